@@ -1,0 +1,10 @@
+"""``python -m onnxfi``: the command-line interface."""
+
+from __future__ import annotations
+
+import sys
+
+from onnxfi.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

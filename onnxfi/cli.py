@@ -1,0 +1,63 @@
+"""Command-line entry point: one sub-command per module in :mod:`onnxfi.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from onnxfi import __version__
+from onnxfi.errors import OnnxfiError
+
+__all__ = ["main", "build_parser"]
+
+_ORDER = ["inspect", "inject", "run", "analyze", "harden", "gate", "compare", "report", "zoo"]
+
+_EPILOG = """examples:
+  onnxfi inspect model.onnx                       sites, parameters, fault space
+  onnxfi inject model.onnx --site conv1.weight --index 3,0,1,1 --bit 30 -o faulty.onnx
+  onnxfi run model.onnx --data eval.npz           outputs, timing, accuracy with labels
+  onnxfi zoo list                                 bundled models (a zoo name works as MODEL)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnxfi",
+        description="Fault injection and hardening for any ONNX model.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"onnxfi {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import onnxfi.commands as commands
+
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    for name in names:
+        module = importlib.import_module(f"onnxfi.commands.{name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except OnnxfiError as e:
+        print(f"onnxfi: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onnxfi: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

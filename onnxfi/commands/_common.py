@@ -1,0 +1,94 @@
+"""Argument groups and helpers shared by the sub-commands (the CLI/report layer: may print)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import onnx_ir as ir
+from rich.console import Console
+
+from onnxfi.bits import FAULT_DTYPES
+from onnxfi.errors import OnnxfiError
+from onnxfi.model import LoadedModel, load_model, parse_input_shape
+from onnxfi.sites import SiteIndex, enumerate_sites
+
+__all__ = [
+    "add_model_args",
+    "load_from_args",
+    "input_shapes_from_args",
+    "resolve_model_arg",
+    "stdout",
+    "stderr",
+    "print_json",
+    "fmt_int",
+    "fmt_value",
+    "dtype_name",
+]
+
+# Rich assumes 80 columns off a terminal; site tables are wider, so give pipes and CI logs room.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+stdout = Console(highlight=False, width=_WIDTH)
+stderr = Console(stderr=True, highlight=False, width=_WIDTH)
+
+
+def dtype_name(dtype: ir.DataType) -> str:
+    info = FAULT_DTYPES.get(dtype)
+    return info.name if info else dtype.name.lower()
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="path to a .onnx file, or a model_zoo name")
+    p.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:DIMS",
+        help="fix a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX checker (shape inference still runs)")
+
+
+def resolve_model_arg(spec: str) -> str:
+    try:
+        zoo = importlib.import_module("onnxfi.zoo")  # the bundled model zoo, when present
+    except ImportError:
+        return spec
+    return str(zoo.resolve_model(spec))
+
+
+def input_shapes_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in getattr(args, "input_shape", None) or []:
+        name, dims = parse_input_shape(text)
+        shapes[name] = dims
+    return shapes
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, SiteIndex]:
+    loaded = load_model(
+        resolve_model_arg(args.model), input_shapes_from_args(args), check=not getattr(args, "no_check", False)
+    )
+    return loaded, enumerate_sites(loaded.model, loaded.value_shapes)
+
+
+def print_json(obj: Any) -> None:
+    try:
+        sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+    except ValueError as e:
+        raise OnnxfiError(f"cannot write JSON: {e}") from None
+
+
+def fmt_int(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
+def fmt_value(v: Any) -> str:
+    """A scalar as text: integers exactly, floats with 9 significant digits (enough for float32)."""
+    if v is None:
+        return "-"
+    kind = getattr(getattr(v, "dtype", None), "kind", "f")
+    if kind in "iub":
+        return str(int(v))
+    return f"{float(v):.9g}"

@@ -1,0 +1,121 @@
+"""``onnxfi inject``: write a copy of a model with one exact fault in a weight or an activation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxfi.commands._common import (
+    add_model_args,
+    fmt_value,
+    input_shapes_from_args,
+    load_from_args,
+    print_json,
+    stdout,
+)
+from onnxfi.data import load_data, random_data
+from onnxfi.errors import OnnxfiError
+from onnxfi.faults import parse_fault
+from onnxfi.inject import Injection, inject
+from onnxfi.model import LoadedModel, save_model
+from onnxfi.passes import ExposeValues
+from onnxfi.runtime import make_session
+
+__all__ = ["register", "run"]
+
+_EXAMPLES = """examples:
+  onnxfi inject model.onnx --site conv1.weight --index 3,0,1,1 --bit 30 -o faulty.onnx
+  onnxfi inject model.onnx --site conv1.weight --index 17 --bit 23 --bit 24 --fault stuck-1 -o f.onnx
+  onnxfi inject model.onnx --site relu_out --index 0,5,5 --bit 30 --image 2 -o f.onnx
+  onnxfi inject model.onnx --site fc.bias --index 0 --fault value:1e9 -o f.onnx
+
+faults: flip (default), burst:K (K adjacent bits from --bit), stuck-0, stuck-1, value:V,
+        random:LO,HI (seeded by --seed), zero.  Bit 0 is the least significant bit;
+        float32 bit 31 is the sign and bits 30..23 the exponent.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "inject", help="write a copy of the model with one exact fault", epilog=_EXAMPLES,
+        description="Weight site: OUT is the same model with exactly that element changed. Activation "
+        "site: OUT has a fault node after the activation that applies the fault at run time "
+        "(to every image, or to image K with --image).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--site", required=True, help="site name (see `onnxfi inspect`)")
+    p.add_argument("--index", required=True, help="flat index or multi-index like 3,0,1,1 (per image)")
+    p.add_argument("--bit", action="append", type=int, default=[], help="bit position (repeatable)")
+    p.add_argument("--fault", default="flip", help="fault model (default: flip)")
+    p.add_argument("--image", type=int, help="activation faults: only this image of the batch")
+    p.add_argument("--seed", type=int, default=0, help="seed for random:LO,HI and for sample inputs")
+    p.add_argument("--data", help=".npz inputs used to show an activation's value before and after")
+    p.add_argument("-o", "--output", required=True, help="where to write the faulty model")
+    p.add_argument("--json", action="store_true", help="print the injection record as JSON")
+    p.set_defaults(func=run)
+
+
+def _activation_preview(
+    loaded: LoadedModel, result: Injection, args: argparse.Namespace
+) -> tuple[Any, Any, str] | None:
+    """Golden and faulty value of an activation element on image 0 of the sample inputs."""
+    from onnxfi import load_model
+
+    clean = load_model(loaded.path, input_shapes_from_args(args), check=False)
+    ExposeValues([result.site.tensor_name])(clean.model)
+    specs = clean.inputs()
+    data = load_data(args.data, specs) if args.data else random_data(
+        specs, seed=args.seed, batch=(result.image or 0) + 1, overrides=input_shapes_from_args(args))
+    feeds = data.batch(0, max(1, (result.image or 0) + 1))
+    sess = make_session(clean.model)
+    value = np.asarray(sess.run([result.site.tensor_name], feeds)[0])
+    img = result.image or 0
+    flat = value[img].reshape(-1) if result.site.batched else value.reshape(-1)
+    old = flat[result.flat_index: result.flat_index + 1]
+    new = result.fault.apply(old, np.random.default_rng(args.seed))
+    return old[0], new[0], f"image {img} of {data.source}"
+
+
+def run(args: argparse.Namespace) -> int:
+    out_path = Path(args.output)
+    if out_path.exists() and out_path.is_dir():
+        raise OnnxfiError(f"-o {out_path} is a directory")
+    loaded, sites = load_from_args(args)
+    fault = parse_fault(args.fault, tuple(args.bit))
+    rng = np.random.default_rng(args.seed)
+    result = inject(loaded, sites, args.site, args.index, fault, image=args.image, rng=rng)
+    preview = None
+    if result.site.kind == "activation":
+        try:
+            preview = _activation_preview(loaded, result, args)
+        except OnnxfiError:
+            preview = None
+        if preview is not None:
+            result.old_value, result.new_value = preview[0], preview[1]
+    written = save_model(result.model, out_path, external_data=loaded.has_external_data)
+    record = result.to_dict() | {"output": [str(w) for w in written]}
+    if args.json:
+        print_json(record)
+        return 0
+    s = result.site
+    coords = ",".join(map(str, result.coords))
+    stdout.print(f"site      {s.name} ({s.kind}, {s.dtype_name}, shape {s.shape_text()})")
+    stdout.print(f"element   flat {result.flat_index}  = [{coords}]"
+                 + (f"  image {result.image}" if result.image is not None else
+                    "  every image" if s.batched else ""))
+    stdout.print(f"fault     {result.fault.spec()}")
+    if s.kind == "weight":
+        stdout.print(f"value     {fmt_value(result.old_value)} -> {fmt_value(result.new_value)}")
+    else:
+        if preview is not None:
+            stdout.print(f"value     {fmt_value(preview[0])} -> {fmt_value(preview[1])}  "
+                         f"(on {preview[2]}; applied at run time to whatever the tensor holds)")
+        stdout.print(f"fault node inserted after {', '.join(s.nodes)}"
+                     + (f"; model converted opset {result.opset_from} -> {result.opset_to}"
+                        if result.opset_to else ""))
+    stdout.print(f"wrote     {', '.join(str(w) for w in written)}")
+    return 0

@@ -1,0 +1,89 @@
+"""One exact fault into a loaded model: a weight element rewritten, or a fault node after an activation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxfi.errors import SiteError
+from onnxfi.faults import Fault
+from onnxfi.model import LoadedModel
+from onnxfi.passes import InjectWeightFault, InsertActivationFault, required_opset, upgrade_opset
+from onnxfi.sites import Site, SiteIndex, parse_index
+
+__all__ = ["Injection", "inject"]
+
+
+@dataclass
+class Injection:
+    """What ``inject`` did: the faulty model and a record of the change."""
+
+    model: ir.Model
+    site: Site
+    flat_index: int
+    coords: tuple[int, ...]
+    fault: Fault
+    image: int | None
+    old_value: Any = None
+    new_value: Any = None
+    opset_from: int | None = None
+    opset_to: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        def scalar(v: Any) -> Any:
+            if v is None:
+                return None
+            f = float(v)
+            return f if np.isfinite(f) else str(f)
+
+        return {
+            "site": self.site.name,
+            "kind": self.site.kind,
+            "dtype": self.site.dtype_name,
+            "index": self.flat_index,
+            "coords": list(self.coords),
+            "fault": self.fault.to_dict() | {"spec": self.fault.spec()},
+            "image": self.image,
+            "old_value": scalar(self.old_value),
+            "new_value": scalar(self.new_value),
+            "opset_from": self.opset_from,
+            "opset_to": self.opset_to,
+        }
+
+
+def inject(
+    loaded: LoadedModel,
+    sites: SiteIndex,
+    site_name: str,
+    index: str | int,
+    fault: Fault,
+    image: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> Injection:
+    """Apply ``fault`` at ``site_name[index]`` of ``loaded`` (modified in place for weights)."""
+    site = sites.get(site_name)
+    shape = site.concrete_shape
+    if shape is None:
+        raise SiteError(
+            f"the shape of {site.name} is not known statically; give --input-shape for every dynamic input"
+        )
+    flat = parse_index(index, shape)
+    coords = tuple(int(c) for c in np.unravel_index(flat, shape)) if shape else ()
+    if site.kind == "weight":
+        if image is not None:
+            raise SiteError("--image applies to activation sites only; a weight fault hits every image")
+        wpass = InjectWeightFault(sites, site, flat, fault, rng)
+        wpass(loaded.model)
+        return Injection(loaded.model, site, flat, coords, fault, None, wpass.old_value, wpass.new_value)
+    apass = InsertActivationFault(site, flat, fault, image, rng)
+    before = int(loaded.model.opset_imports.get("", 0))
+    model = upgrade_opset(loaded.model, required_opset(site, apass.fault))
+    apass(model)
+    after = int(model.opset_imports.get("", 0))
+    return Injection(
+        model, site, flat, coords, apass.fault, image,
+        opset_from=before if after != before else None, opset_to=after if after != before else None,
+    )

@@ -1,0 +1,120 @@
+"""Run models with ONNX Runtime: providers by short name, session creation, timed inference."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxfi.errors import ProviderError
+
+__all__ = [
+    "PROVIDER_NAMES",
+    "available_providers",
+    "resolve_provider",
+    "make_session",
+    "RunResult",
+    "run_session",
+    "model_bytes",
+]
+
+PROVIDER_NAMES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+}
+_SHORT = {v: k for k, v in PROVIDER_NAMES.items()}
+
+
+def available_providers() -> list[str]:
+    """Short names of the execution providers this onnxruntime install can use."""
+    return [_SHORT.get(p, p) for p in ort.get_available_providers()]
+
+
+def resolve_provider(name: str) -> list[str]:
+    """ORT provider list for a short (``cuda``) or full (``CUDAExecutionProvider``) name, CPU as fallback."""
+    full = PROVIDER_NAMES.get(name.lower(), name)
+    avail = ort.get_available_providers()
+    if full not in avail:
+        known = name.lower() in PROVIDER_NAMES or name in _SHORT
+        what = "not available in this onnxruntime install" if known else "unknown"
+        raise ProviderError(
+            f"execution provider {name!r} is {what}; available: {', '.join(available_providers())}"
+        )
+    return [full] if full == "CPUExecutionProvider" else [full, "CPUExecutionProvider"]
+
+
+def model_bytes(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString()
+
+
+def make_session(
+    model: ir.Model | bytes | str | os.PathLike[str],
+    provider: str = "cpu",
+    optimization: str = "all",
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession on ``provider`` with ORT's full graph optimizations unless told otherwise."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    source: bytes | str
+    if isinstance(model, ir.Model):
+        source = model_bytes(model)
+    elif isinstance(model, bytes):
+        source = model
+    else:
+        source = os.fspath(model)
+    return ort.InferenceSession(source, sess_options=so, providers=resolve_provider(provider))
+
+
+@dataclass
+class RunResult:
+    """Outputs by name (in graph order) and the wall time of each timed repetition in seconds."""
+
+    outputs: dict[str, np.ndarray]
+    times: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.times)) if self.times else float("nan")
+
+
+def run_session(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    output_names: Sequence[str] | None = None,
+    repeat: int = 1,
+    warmup: int = 0,
+) -> RunResult:
+    """Run ``session`` on ``feeds``: ``warmup`` untimed runs, then ``repeat`` timed ones."""
+    names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
+    outs: list[np.ndarray] = []
+    for _ in range(warmup):
+        session.run(names, dict(feeds))
+    times = []
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        outs = session.run(names, dict(feeds))
+        times.append(time.perf_counter() - t0)
+    return RunResult(dict(zip(names, (np.asarray(o) for o in outs))), times)
