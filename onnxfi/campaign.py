@@ -1,0 +1,216 @@
+"""Campaigns: plan -> store -> executor -> rows -> rates with confidence intervals (overall, per layer, per bit)."""
+
+from __future__ import annotations
+
+import platform
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from onnxfi import __version__
+from onnxfi.engine import OUTCOMES, EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.executors.local import LocalExecutor
+from onnxfi.faults import BitFault
+from onnxfi.plan import Plan
+from onnxfi.stats import Rate, margin_reached, normal_quantile, rate_with_ci
+from onnxfi.store import Store
+
+__all__ = ["CampaignResult", "run_campaign", "aggregate", "RATE_KEYS", "versions"]
+
+RATE_KEYS = ("sdc1", "sdc5", "critical", "due", "crash", "masked")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "onnxfi": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
+    }
+
+
+@dataclass
+class CampaignResult:
+    plan: Plan
+    clean: dict[str, Any]
+    summary: dict[str, Any]
+    interrupted: bool = False
+    early_stopped: bool = False
+    executed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
+    flags: dict[str, list[bool]] = defaultdict(lambda: [False, False])
+    for e in plan.experiments:
+        f = flags[e.site]
+        if isinstance(e.fault_obj(), BitFault):
+            f[0] = True
+        else:
+            f[1] = True
+    return lambda site: (flags[site][0], flags[site][1])
+
+
+def _rate(k: int, n: int, confidence: float) -> dict[str, Any]:
+    r: Rate = rate_with_ci(k, n, confidence)
+    return {"k": k, "n": n, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+
+
+def _weighted_rate(strata: list[tuple[int, int, int]], confidence: float) -> dict[str, float]:
+    """Population-weighted rate over sampled strata (k, n, N), normal interval.
+
+    The variance uses p~ = (k + 0.5) / (n + 1) per stratum so that strata with few samples and
+    a 0 or 1 observed rate still contribute uncertainty (the plain estimator would give a zero-width
+    interval). Unsampled strata are not represented: see ``strata_sampled`` / ``strata_total``.
+    """
+    z = normal_quantile(0.5 + confidence / 2)
+    total = sum(pop for _, _, pop in strata) or 1
+    rate = var = 0.0
+    for k, n, pop in strata:
+        w = pop / total
+        rate += w * k / n
+        pt = (k + 0.5) / (n + 1)
+        fpc = (pop - n) / (pop - 1) if pop > 1 else 0.0
+        var += w * w * pt * (1 - pt) / n * fpc
+    half = z * var ** 0.5
+    return {"rate": rate, "lo": max(0.0, rate - half), "hi": min(1.0, rate + half)}
+
+
+def aggregate(plan: Plan, rows: Iterable[dict[str, Any]], confidence: float | None = None) -> dict[str, Any]:
+    """Rates with Wilson intervals: overall (raw and population-weighted), per layer, per bit, layer x bit."""
+    conf = confidence or plan.confidence
+    rows = list(rows)
+    n = len(rows)
+    counts = {k: sum(1 for r in rows if r[k]) for k in RATE_KEYS}
+    outcome_counts = {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES}
+    pop = {(s.site, s.bit, s.fault): s.population for s in plan.strata}
+    by_stratum: dict[tuple[str, int | None], list[dict[str, Any]]] = defaultdict(list)
+    by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_bit: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_stratum[(r["site"], r["bit"])].append(r)
+        by_site[r["site"]].append(r)
+        if r["bit"] is not None:
+            by_bit[int(r["bit"])].append(r)
+    strata_pop: dict[tuple[str, int | None], int] = defaultdict(int)
+    for (site, bit, _), p in pop.items():
+        strata_pop[(site, bit)] += p
+    weighted: dict[str, Any] = {}
+    for key in ("sdc1", "sdc5", "critical", "due", "crash"):
+        strata = [(sum(1 for r in rs if r[key]), len(rs), strata_pop.get(k, len(rs))) for k, rs in by_stratum.items()]
+        if strata:
+            weighted[key] = _weighted_rate(strata, conf)
+    weighted["strata_sampled"] = len(by_stratum)
+    weighted["strata_total"] = len(strata_pop)
+    def table(groups: dict[Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        out = []
+        for key, rs in groups.items():
+            entry: dict[str, Any] = {"key": key, "n": len(rs)}
+            for k in RATE_KEYS:
+                entry[k] = _rate(sum(1 for r in rs if r[k]), len(rs), conf)
+            changed = [r["images_changed"] for r in rs if r["images_changed"] is not None]
+            entry["images_changed_mean"] = float(np.mean(changed)) if changed else 0.0
+            out.append(entry)
+        return out
+    layers = table(by_site)
+    layers.sort(key=lambda e: (-e["sdc1"]["rate"], -e["due"]["rate"], str(e["key"])))
+    bits = table(by_bit)
+    bits.sort(key=lambda e: -int(e["key"]))
+    layer_bit = [
+        {"site": site, "bit": bit, **_rate(sum(1 for r in rs if r["sdc1"] or r["due"]), len(rs), conf)}
+        for (site, bit), rs in by_stratum.items() if bit is not None
+    ]
+    changed_all = [r["images_changed"] for r in rows if r["images_changed"] is not None]
+    metric_vals: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        for k, v in (r.get("metrics") or {}).items():
+            if isinstance(v, (int, float)) and k in ("task_value", "accuracy", "miou", "mean_entropy",
+                                                     "mean_msp", "ece", "pixel_accuracy"):
+                metric_vals[k].append(float(v))
+    return {
+        "experiments": n,
+        "planned": len(plan.experiments),
+        "confidence": conf,
+        "outcomes": outcome_counts,
+        "rates": {k: _rate(counts[k], n, conf) for k in RATE_KEYS},
+        "rates_weighted": weighted,
+        "images_changed_mean": float(np.mean(changed_all)) if changed_all else 0.0,
+        "layers": layers,
+        "bits": bits,
+        "layer_bit": layer_bit,
+        "metrics_mean": {k: float(np.mean(v)) for k, v in metric_vals.items()},
+    }
+
+
+def run_campaign(
+    plan: Plan,
+    cfg: EngineConfig,
+    store: Store,
+    workers: int = 1,
+    resume: bool = False,
+    early_stop: bool = False,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    timeout_factor: float = 10.0,
+    min_timeout_s: float = 30.0,
+) -> CampaignResult:
+    """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known."""
+    if resume:
+        stored = store.meta("plan")
+        if stored is None:
+            raise OnnxfiError(f"{store.path}: nothing to resume (no campaign in it)")
+        plan = Plan.from_dict(stored)
+    elif store.has_campaign() and store.count():
+        raise OnnxfiError(f"{store.path} already holds a campaign; use --resume to continue it or another --db")
+    else:
+        store.set_meta("plan", plan.to_dict())
+        store.set_meta("config", {k: v for k, v in cfg.__dict__.items()})
+        store.set_meta("versions", versions())
+    done = store.done_ids()
+    todo = [e for e in plan.experiments if e.id not in done]
+    executor = LocalExecutor(cfg, workers=workers, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s)
+    result = CampaignResult(plan, {}, {})
+    sdc = sum(1 for r in store.rows() if r["sdc1"]) if done else 0
+    finished = len(done)
+    buffer: list[dict[str, Any]] = []
+    rounds_done: dict[int, int] = defaultdict(int)
+    per_round: dict[int, int] = defaultdict(int)
+    for e in plan.experiments:
+        per_round[e.round] += 1
+    for e in plan.experiments:
+        if e.id in done:
+            rounds_done[e.round] += 1
+    try:
+        clean = executor.start()
+        result.clean = clean
+        store.set_meta("clean", clean)
+        for row in executor.run(todo, _site_flags(plan)):
+            buffer.append(row)
+            finished += 1
+            result.executed += 1
+            sdc += bool(row["sdc1"])
+            if len(buffer) >= 16:
+                store.add(buffer)
+                buffer.clear()
+            if progress:
+                progress(finished, len(plan.experiments), {"sdc1": sdc})
+            exp_round = plan.experiments[row["id"]].round if row["id"] < len(plan.experiments) else 0
+            rounds_done[exp_round] += 1
+            if (early_stop and plan.margin and rounds_done[exp_round] == per_round[exp_round]
+                    and margin_reached(sdc, finished, plan.margin, plan.confidence)):
+                result.early_stopped = True
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        if buffer:
+            store.add(buffer)
+        executor.close()
+    if not result.clean:
+        result.clean = store.meta("clean", {})
+    result.summary = aggregate(plan, store.rows())
+    store.set_meta("summary_experiments", result.summary["experiments"])
+    return result

@@ -1,0 +1,222 @@
+"""``onnxfi analyze``: a planned fault-injection campaign with outcome rates, intervals, per-layer and per-bit tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from onnxfi.campaign import CampaignResult, run_campaign
+from onnxfi.commands._common import (
+    add_model_args,
+    input_shapes_from_args,
+    load_from_args,
+    resolve_model_arg,
+    stdout,
+)
+from onnxfi.engine import EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.plan import make_plan, parse_bits
+from onnxfi.store import Store
+
+__all__ = ["register", "run", "print_summary"]
+
+_EXAMPLES = """examples:
+  onnxfi analyze digits_cnn                                   zoo model, its eval data, weight bit flips
+  onnxfi analyze model.onnx --data eval.npz --faults 2000 --bits 23-30
+  onnxfi analyze model.onnx --target activations --margin 0.01 --confidence 0.99 --early-stop
+  onnxfi analyze model.onnx --fault flip --fault stuck-1 --sites 'conv|fc' --json report.json
+  onnxfi analyze model.onnx --db run.db --resume              continue an interrupted campaign
+
+outcomes: masked (outputs bitwise equal), tolerable (differ, no decision changes), sdc1 (top-1 changes on
+some image), sdc5 (golden top-1 leaves the top-5), critical (task metric drops by more than --critical),
+due (NaN/Inf in outputs), crash (runtime error, dead worker, or over 10x the golden time).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze", help="run a fault-injection campaign and report vulnerability", epilog=_EXAMPLES,
+        description="Plan a statistically sized fault-injection campaign, run it in crash-isolated workers, "
+        "store every experiment in SQLite, and report outcome rates with confidence intervals per layer and bit.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--data", help=".npz eval data (inputs + optional labels); default: the zoo model's eval "
+                   "set, else seeded random inputs")
+    p.add_argument("--samples", type=int, default=16, help="random inputs when no data (default 16)")
+    p.add_argument("--target", choices=["weights", "activations", "all"], default="weights")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--faults", type=int, help="number of experiments")
+    size.add_argument("--margin", type=float, help="error margin e for Leveugle sizing (default 0.05)")
+    p.add_argument("--confidence", type=float, default=0.99, help="confidence level (default 0.99)")
+    p.add_argument("--p", type=float, default=0.5, help="expected rate for sizing (default 0.5, worst case)")
+    p.add_argument("--bits", help="bits to hit, e.g. 23-30 or 31,30 (default: all bits of each dtype)")
+    p.add_argument("--sites", metavar="REGEX", help="only sites whose name matches")
+    p.add_argument("--ops", help="only sites used/produced by these op types, e.g. Conv,Gemm")
+    p.add_argument("--include-structure", action="store_true", help="also fault shape/index tensors")
+    p.add_argument("--fault", action="append", default=[],
+                   help="fault model: flip (default), stuck-0, stuck-1, burst:K, value:V, random:LO,HI, zero; "
+                   "repeat for a mix")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--db", help="SQLite results file (default: next to --json, else ./<model>.onnxfi.db)")
+    p.add_argument("--resume", action="store_true", help="continue the campaign stored in --db")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --db")
+    p.add_argument("--json", metavar="FILE", help="write the summary as JSON")
+    p.add_argument("--early-stop", action="store_true", help="stop once the SDC-1 interval is within --margin")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; ORT already uses the cores)")
+    p.add_argument("--threads", type=int, help="ORT intra-op threads per worker")
+    p.add_argument("--provider", default="cpu")
+    p.add_argument("--task", choices=["classification", "segmentation", "regression"], help="override detection")
+    p.add_argument("--output", help="model output that carries the decision (default: the first)")
+    p.add_argument("--metric", metavar="MODULE:FUNC", help="custom metric f(outputs, golden, labels) -> float|dict")
+    p.add_argument("--critical", type=float, default=0.01,
+                   help="metric drop (absolute, e.g. 0.01 = 1 point) that makes an SDC critical")
+    p.add_argument("--batch", type=int, default=256, help="samples per ORT run")
+    p.add_argument("--mode", choices=["port", "naive"], default="port",
+                   help="port: one session per site (default); naive: a new model and session per fault")
+    p.add_argument("--timeout-min", type=float, default=30.0, help="minimum seconds before a fault is a hang")
+    p.add_argument("--top", type=int, default=15, help="layers shown in the terminal table")
+    p.set_defaults(func=run)
+
+
+def _default_data(model_arg: str) -> str | None:
+    try:
+        from onnxfi import zoo  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        return str(zoo.eval_data_path(model_arg))
+    except Exception:
+        return None
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{100 * r['rate']:.2f}% [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]"
+
+
+def print_summary(result: CampaignResult, top: int = 15) -> None:
+    s, plan, clean = result.summary, result.plan, result.clean
+    conf = int(round(100 * s["confidence"]))
+    t = Table(title=f"Outcomes ({s['experiments']} experiments, {conf}% Wilson intervals)", title_justify="left",
+              show_edge=False, header_style="bold")
+    for col in ("outcome", "count", "rate [CI]", "population-weighted [CI]"):
+        t.add_column(col)
+    for key, label in (("sdc1", "SDC-1 (top-1 changed)"), ("sdc5", "SDC-5 (left top-5)"),
+                       ("critical", f"critical (metric drop > {result.plan.options.get('critical', 0.01)})"),
+                       ("due", "DUE (NaN/Inf)"), ("crash", "crash/timeout"), ("masked", "masked")):
+        r = s["rates"][key]
+        w = s["rates_weighted"].get(key)
+        t.add_row(label, str(r["k"]), _pct(r), _pct(w) if w else "-")
+    stdout.print(t)
+    stdout.print("outcome counts: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
+                 + f"; images whose decision changed, mean per experiment: {100 * s['images_changed_mean']:.2f}%")
+    lt = Table(title=f"Layers by SDC-1 rate (top {min(top, len(s['layers']))} of {len(s['layers'])})",
+               title_justify="left", show_edge=False, header_style="bold")
+    for col in ("#", "site", "n", "SDC-1 [CI]", "DUE [CI]", "critical"):
+        lt.add_column(col)
+    for i, e in enumerate(s["layers"][:top], 1):
+        lt.add_row(str(i), str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), f"{100 * e['critical']['rate']:.1f}%")
+    stdout.print(lt)
+    if s["bits"]:
+        bt = Table(title="Bits (bit 0 = LSB; fp32: 31 sign, 30-23 exponent)", title_justify="left",
+                   show_edge=False, header_style="bold")
+        for col in ("bit", "n", "SDC-1 [CI]", "DUE [CI]", "profile"):
+            bt.add_column(col)
+        for e in s["bits"]:
+            bar = "#" * int(round(30 * max(e["sdc1"]["rate"], e["due"]["rate"])))
+            bt.add_row(str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), bar)
+        stdout.print(bt)
+    if clean:
+        stdout.print(f"clean {clean.get('metric')}: {clean.get('value', float('nan')):.4f} on {clean.get('samples')} "
+                     f"samples ({clean.get('data')}); task {clean.get('task')}; plan {plan.mode}, "
+                     f"population {plan.population:,}, seed {plan.seed}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise OnnxfiError("--workers must be at least 1")
+    model_path = resolve_model_arg(args.model)
+    db_path = Path(args.db) if args.db else (
+        Path(args.json).with_suffix(".db") if args.json else Path(f"{Path(model_path).stem}.onnxfi.db"))
+    if db_path.exists() and not args.resume:
+        if not args.overwrite:
+            raise OnnxfiError(f"{db_path} exists: use --resume to continue it, --overwrite to replace it, or --db")
+        db_path.unlink()
+        for suffix in ("-wal", "-shm"):
+            Path(str(db_path) + suffix).unlink(missing_ok=True)
+    if args.resume and not db_path.exists():
+        raise OnnxfiError(f"--resume: {db_path} does not exist")
+    data = args.data or _default_data(args.model)
+    cfg = EngineConfig(
+        model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
+        data_path=data, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
+        batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
+        mode=args.mode,
+    )
+    store = Store(db_path)
+    try:
+        if args.resume:
+            from onnxfi.plan import Plan
+
+            stored_cfg = store.meta("config")
+            if stored_cfg:
+                cfg = EngineConfig(**stored_cfg)
+                cfg.input_shapes = {k: tuple(v) for k, v in cfg.input_shapes.items()}
+            plan = Plan.from_dict(store.meta("plan"))
+            from onnxfi.plan import file_sha256
+
+            if file_sha256(cfg.model_path) != plan.model_sha256:
+                raise OnnxfiError(f"{cfg.model_path} changed since the campaign started (hash differs); refusing to resume")
+        else:
+            loaded, sites = load_from_args(args)
+            ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
+            chosen = sites.select(args.target, args.sites, ops, args.include_structure)
+            margin = args.margin if args.faults is None else None
+            if args.faults is None and margin is None:
+                margin = 0.05
+            plan = make_plan(
+                model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
+                args.confidence, args.p, args.seed, args.target, rounds=4 if args.early_stop else 1,
+                options={"critical": args.critical, "data": data, "sites_regex": args.sites, "ops": args.ops},
+            )
+        plan.save(str(db_path) + ".plan.json")
+        stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments "
+                     f"({plan.mode}; fault space {plan.population:,}; {len(plan.strata)} strata over "
+                     f"{len({s.site for s in plan.strata})} sites), seed {plan.seed}, data {cfg.data_path or 'random'}")
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("SDC-1 {task.fields[sdc]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                      TimeRemainingColumn(), console=stdout, transient=False) as prog:
+            task = prog.add_task("faults", total=len(plan.experiments), sdc="-")
+
+            def progress(done: int, total: int, live: dict[str, Any]) -> None:
+                prog.update(task, completed=done, sdc=f"{100 * live['sdc1'] / max(1, done):.1f}%")
+
+            result = run_campaign(plan, cfg, store, workers=args.workers, resume=args.resume,
+                                  early_stop=args.early_stop, progress=progress, min_timeout_s=args.timeout_min)
+        print_summary(result, args.top)
+        doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
+               "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
+               "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
+            stdout.print(f"wrote {args.json}")
+        stdout.print(f"results: {db_path} (export: onnxfi results {db_path} --csv); plan: {db_path}.plan.json")
+        if result.interrupted:
+            stdout.print(f"[yellow]interrupted: {store.count()} of {len(plan.experiments)} stored; "
+                         f"continue with: onnxfi analyze {args.model} --db {db_path} --resume[/yellow]")
+            return 130
+        return 0
+    finally:
+        store.close()

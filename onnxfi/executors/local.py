@@ -1,0 +1,210 @@
+"""Run experiments in worker processes: a fault that crashes or hangs ONNX Runtime kills only its worker.
+
+Each worker builds an :class:`onnxfi.engine.Engine` once and keeps its site sessions warm; it takes
+experiments grouped by site. A worker that dies or overruns its time budget is replaced, and the
+experiment it was running is recorded as ``crash`` with the reason.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from onnxfi.engine import Engine, EngineConfig
+from onnxfi.plan import Experiment
+
+__all__ = ["LocalExecutor", "crash_row"]
+
+
+def crash_row(exp: Experiment, reason: str, worker: int) -> dict[str, Any]:
+    return {
+        "id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
+        "fault": _fault_spec(exp), "outcome": "crash", "masked": False, "sdc1": False, "sdc5": False,
+        "critical": False, "due": False, "crash": True, "images_changed": None, "metrics": {},
+        "time_s": None, "worker": worker, "error": reason[:500],
+    }
+
+
+def _fault_spec(exp: Experiment) -> str:
+    return exp.fault_obj().spec()
+
+
+def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
+    try:
+        engine = Engine(cfg)
+        conn.send(("ready", engine.clean_summary()))
+    except BaseException as e:  # report, then exit: the parent shows the reason
+        conn.send(("fatal", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg[0] == "stop":
+            return
+        _, exp_dict, needs_bits, needs_values = msg
+        exp = Experiment(**exp_dict)
+        try:
+            engine.runner(exp.site, needs_bits, needs_values)
+            conn.send(("begin", exp.id))
+            t0 = time.perf_counter()
+            row = engine.run(exp, needs_bits, needs_values)
+            elapsed = time.perf_counter() - t0
+            row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
+                        "fault": _fault_spec(exp), "time_s": elapsed, "worker": worker_id, "error": None})
+            conn.send(("result", row))
+        except Exception as e:  # an ORT error for this fault: a crash outcome, the worker goes on
+            conn.send(("result", crash_row(exp, f"{type(e).__name__}: {str(e).strip()[:300]}", worker_id)
+                       | {"trace": traceback.format_exc(limit=2)}))
+
+
+@dataclass
+class _Worker:
+    wid: int
+    proc: Any
+    conn: Connection
+    queue: deque[Experiment] = field(default_factory=deque)
+    current: Experiment | None = None
+    started: float = 0.0
+    running: bool = False
+    golden_time: float = 0.0
+
+
+class LocalExecutor:
+    """Runs experiments on ``workers`` processes; yields rows as they finish (in no fixed order)."""
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        workers: int = 1,
+        timeout_factor: float = 10.0,
+        min_timeout_s: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.n_workers = max(1, workers)
+        self.timeout_factor = timeout_factor
+        self.min_timeout_s = min_timeout_s
+        self.ctx = mp.get_context("spawn")
+        self.clean: dict[str, Any] | None = None
+        self._workers: list[_Worker] = []
+        self._next_id = 0
+
+    def _spawn(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        wid = self._next_id
+        self._next_id += 1
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid), daemon=True)
+        proc.start()
+        child.close()
+        msg: Any = parent.recv() if parent.poll(600) else ("fatal", "worker did not start in 600 s")
+        if msg[0] == "fatal":
+            proc.kill()
+            from onnxfi.errors import OnnxfiError
+
+            raise OnnxfiError(f"worker failed to start: {msg[1]}")
+        self.clean = msg[1]
+        w = _Worker(wid, proc, parent)
+        w.golden_time = float(msg[1].get("golden_time_s", 0.0))
+        return w
+
+    def start(self) -> dict[str, Any]:
+        """Start the workers; returns the clean (fault-free) summary measured by the first one."""
+        if not self._workers:
+            self._workers = [self._spawn() for _ in range(self.n_workers)]
+        assert self.clean is not None
+        return self.clean
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self._workers:
+            w.proc.join(timeout=2)
+            if w.proc.is_alive():
+                w.proc.kill()
+        self._workers = []
+
+    def _send_next(self, w: _Worker, flags: Callable[[str], tuple[bool, bool]]) -> None:
+        if not w.queue:
+            w.current = None
+            return
+        exp = w.queue.popleft()
+        w.current, w.started, w.running = exp, time.monotonic(), False
+        bits, values = flags(exp.site)
+        w.conn.send(("run", exp.__dict__, bits, values))
+
+    def _replace(self, w: _Worker) -> _Worker:
+        try:
+            w.proc.kill()
+            w.proc.join(timeout=5)
+        except Exception:
+            pass
+        new = self._spawn()
+        new.queue = w.queue
+        return new
+
+    def run(
+        self, experiments: Sequence[Experiment], flags: Callable[[str], tuple[bool, bool]]
+    ) -> Iterator[dict[str, Any]]:
+        """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
+        self.start()
+        chunks: deque[deque[Experiment]] = deque()
+        for e in experiments:
+            if chunks and chunks[-1][0].site == e.site and chunks[-1][0].round == e.round:
+                chunks[-1].append(e)
+            else:
+                chunks.append(deque([e]))
+        for w in self._workers:
+            if chunks:
+                w.queue = chunks.popleft()
+                self._send_next(w, flags)
+        while any(w.current is not None for w in self._workers):
+            conns = {w.conn: w for w in self._workers if w.current is not None}
+            sentinels = {w.proc.sentinel: w for w in self._workers if w.current is not None}
+            ready = wait(list(conns) + list(sentinels), timeout=0.5)
+            now = time.monotonic()
+            for i, w in enumerate(list(self._workers)):
+                if w.current is None:
+                    continue
+                dead = w.proc.sentinel in ready and not w.conn.poll()
+                limit = max(self.min_timeout_s, self.timeout_factor * w.golden_time)
+                timed_out = w.running and now - w.started > limit
+                if dead or timed_out:
+                    exp = w.current
+                    code = w.proc.exitcode
+                    reason = (f"timeout: over {limit:.1f} s (10x golden)" if timed_out
+                              else f"worker died (exit code {code})")
+                    yield crash_row(exp, reason, w.wid)
+                    self._workers[i] = w = self._replace(w)
+                    if not w.queue and chunks:
+                        w.queue = chunks.popleft()
+                    self._send_next(w, flags)
+                    continue
+                while w.current is not None and w.conn.poll():
+                    try:
+                        msg = w.conn.recv()
+                    except EOFError:
+                        break
+                    if msg[0] == "begin":
+                        w.running, w.started = True, time.monotonic()
+                    elif msg[0] == "result":
+                        row = msg[1]
+                        row.pop("trace", None)
+                        yield row
+                        if not w.queue and chunks:
+                            w.queue = chunks.popleft()
+                        self._send_next(w, flags)
+
+
+def default_workers() -> int:
+    return 1 if (os.cpu_count() or 1) <= 2 else max(1, (os.cpu_count() or 2) // 2)

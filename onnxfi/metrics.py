@@ -1,0 +1,652 @@
+"""Per-experiment metrics: turn faulty outputs, golden outputs and labels into masks and plain-float scores.
+
+Conventions used throughout:
+
+* Classification scores are ``[N, C]`` (``[N, C, 1, 1]`` is accepted and flattened); labels are ``[N]``
+  (or ``[N, 1]``) integer class ids in ``[0, C)``.
+* NaN handling of the ranking functions follows ``np.argmax``: NaN counts as larger than every number
+  (``+inf`` included), ties go to the lowest index, and among several NaN the first one wins. ``top1``,
+  ``topk_indices`` and ``topk_contains`` all use this one order, so a corrupted row never crashes and
+  ``top1(x) == topk_indices(x, k)[:, 0]`` always holds.
+* Scalar reductions over zero samples (an empty batch, every pixel ignored) return ``nan`` instead of raising.
+* Every summary value is a plain Python ``float`` so the dictionaries can go straight into JSON or SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from onnxfi.errors import OnnxfiError
+
+__all__ = [
+    "Task",
+    "softmax",
+    "is_probability",
+    "detect_task",
+    "top1",
+    "topk_indices",
+    "topk_contains",
+    "sdc1_mask",
+    "sdc5_mask",
+    "accuracy",
+    "topk_accuracy",
+    "nonfinite_mask",
+    "error_stats",
+    "confusion_matrix",
+    "miou",
+    "pixel_accuracy",
+    "predictive_entropy",
+    "mean_entropy",
+    "max_softmax_probability",
+    "expected_calibration_error",
+    "classification_metrics",
+    "segmentation_metrics",
+]
+
+Task = Literal["classification", "segmentation", "regression"]
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+# Largest magnitude a float label id may have before it is treated as garbage (keeps int64 casts exact).
+_MAX_LABEL = float(2**53)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input coercion
+# --------------------------------------------------------------------------------------------------
+
+
+def _numeric(x: ArrayLike, name: str) -> NDArray[Any]:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise OnnxfiError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _as_float(x: ArrayLike, name: str) -> FloatArray:
+    return _numeric(x, name).astype(np.float64, copy=False)
+
+
+def _axis(axis: int, ndim: int, name: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise OnnxfiError(f"{name}: axis {axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def _scores(x: ArrayLike, name: str) -> FloatArray:
+    """Classification scores as float64 ``[N, C]``; ``[N, C, 1, 1]`` is flattened."""
+    arr = _as_float(x, name)
+    if arr.ndim == 4 and arr.shape[2] == 1 and arr.shape[3] == 1:
+        arr = arr.reshape(arr.shape[0], arr.shape[1])
+    if arr.ndim != 2:
+        raise OnnxfiError(f"{name}: expected classification scores of shape [N, C], got {list(arr.shape)}")
+    if arr.shape[1] < 1:
+        raise OnnxfiError(f"{name}: scores have no classes (shape {list(arr.shape)})")
+    return arr
+
+
+def _same_shape(a: NDArray[Any], b: NDArray[Any], what: str) -> None:
+    if a.shape != b.shape:
+        raise OnnxfiError(f"{what}: shapes differ ({list(a.shape)} vs {list(b.shape)})")
+
+
+def _labels(labels: ArrayLike, n: int, num_classes: int, name: str = "labels") -> IntArray:
+    """Class ids as int64 ``[N]``, validated against ``[0, num_classes)``."""
+    arr = _numeric(labels, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise OnnxfiError(f"{name}: expected {n} class ids (shape [{n}]), got shape {list(arr.shape)}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise OnnxfiError(f"{name}: class ids must be whole numbers")
+    out = arr.astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() >= num_classes):
+        raise OnnxfiError(
+            f"{name}: class ids must lie in [0, {num_classes}), got range [{out.min()}, {out.max()}]"
+        )
+    return out
+
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise OnnxfiError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _mean(values: NDArray[Any]) -> float:
+    """Mean as a float; ``nan`` for an empty array (no warning)."""
+    if values.size == 0:
+        return float("nan")
+    return float(np.mean(values, dtype=np.float64))
+
+
+def _finite_mean(values: FloatArray) -> float:
+    """Mean of the finite entries; ``nan`` when there are none."""
+    return _mean(values[np.isfinite(values)])
+
+
+# --------------------------------------------------------------------------------------------------
+# Probabilities and task detection
+# --------------------------------------------------------------------------------------------------
+
+
+def softmax(logits: ArrayLike, axis: int = 1) -> FloatArray:
+    """Numerically stable softmax in float64 along ``axis``.
+
+    Non-finite inputs follow the mathematical limit where one exists: a slice holding ``+inf`` becomes
+    uniform over its ``+inf`` entries, ``-inf`` entries get probability 0. A slice holding NaN, or made
+    only of ``-inf``, becomes all NaN.
+    """
+    x = _as_float(logits, "logits")
+    if x.ndim == 0:
+        raise OnnxfiError("logits: expected at least one dimension")
+    ax = _axis(axis, x.ndim, "logits")
+    if x.shape[ax] == 0:
+        raise OnnxfiError(f"logits: axis {axis} has size 0")
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(x, axis=ax, keepdims=True)
+        shifted = np.where(np.isposinf(m), np.where(np.isposinf(x), 0.0, -np.inf), x - m)
+        e = np.exp(shifted)
+        out: FloatArray = e / np.sum(e, axis=ax, keepdims=True)
+    return out
+
+
+def is_probability(x: ArrayLike, axis: int = 1, atol: float = 1e-2) -> bool:
+    """Heuristic: every value finite and in ``[0, 1]`` and every slice along ``axis`` sums to 1.
+
+    Both checks use the tolerance ``atol`` (default 1e-2, loose enough for float16 softmax outputs).
+    Empty or non-numeric arrays are not probabilities. Used so outputs that already went through a
+    softmax are not softmaxed a second time.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf" or arr.ndim == 0 or arr.size == 0:
+        return False
+    if not -arr.ndim <= axis < arr.ndim:
+        return False
+    a = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(a)):
+        return False
+    if a.min() < -atol or a.max() > 1.0 + atol:
+        return False
+    return bool(np.all(np.abs(np.sum(a, axis=axis) - 1.0) <= atol))
+
+
+def _dim(d: object) -> int | None:
+    """A known dimension as int; symbolic (str), missing (None) or negative dims are unknown."""
+    if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0:
+        return int(d)
+    return None
+
+
+def detect_task(shape: Sequence[int | str | None], dtype: DTypeLike | None = None) -> Task:
+    """Guess what a model output is from its shape (and optionally its dtype).
+
+    * ``[N, C]`` with ``C >= 2`` (or unknown): classification; ``[N, C, 1, 1]`` likewise.
+    * ``[N, C, H, W]`` with ``C >= 2`` (or unknown): segmentation logits; ``[N, 1, H, W]`` with an
+      integer dtype: a label map kept with its channel axis, also segmentation.
+    * ``[N, H, W]``: a label map, segmentation -- unless ``dtype`` is given and is a float type.
+    * Everything else: regression.
+
+    Symbolic or unknown dimensions (``str``/``None``/negative, as in ONNX shapes) count as "large".
+    """
+    dims = [_dim(d) for d in shape]
+    is_int = dtype is not None and np.dtype(dtype).kind in "biu"
+    is_float_like = dtype is not None and not is_int
+
+    def many(d: int | None) -> bool:
+        return d is None or d >= 2
+
+    if len(dims) == 2:
+        return "classification" if many(dims[1]) else "regression"
+    if len(dims) == 4:
+        c, h, w = dims[1], dims[2], dims[3]
+        if h == 1 and w == 1 and many(c):
+            return "classification"
+        if many(c):
+            return "segmentation"
+        if c == 1 and is_int:
+            return "segmentation"
+        return "regression"
+    if len(dims) == 3:
+        return "regression" if is_float_like else "segmentation"
+    return "regression"
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------------
+
+
+def top1(x: ArrayLike) -> IntArray:
+    """Index of the largest score per row of ``[N, C]`` scores (``np.argmax``: NaN wins, first tie wins)."""
+    s = _scores(x, "scores")
+    out: IntArray = np.asarray(np.argmax(s, axis=1), dtype=np.int64)
+    return out
+
+
+def topk_indices(x: ArrayLike, k: int) -> IntArray:
+    """The ``min(k, C)`` best class indices per row, best first, in the module's NaN-aware order."""
+    s = _scores(x, "scores")
+    k = min(_positive_int(k, "k"), s.shape[1])
+    nan = np.isnan(s)
+    # lexsort: last key is primary. NaN first (in index order), then descending value, ties by index.
+    order = np.lexsort((-np.where(nan, 0.0, s), ~nan), axis=1)
+    return order[:, :k].astype(np.int64)
+
+
+def topk_contains(x: ArrayLike, target: ArrayLike, k: int) -> BoolArray:
+    """Whether ``target[i]`` is among the top ``min(k, C)`` classes of row ``i`` of ``[N, C]`` scores.
+
+    Rank-based (no sort): the rank of the target is the number of classes ordered before it in the
+    module's NaN-aware order, so this agrees exactly with ``topk_indices``.
+    """
+    s = _scores(x, "scores")
+    n, c = s.shape
+    t = _labels(target, n, c, "target")
+    k = min(_positive_int(k, "k"), c)
+    v = s[np.arange(n), t][:, None]
+    before = np.arange(c)[None, :] < t[:, None]
+    s_nan = np.isnan(s)
+    with np.errstate(invalid="ignore"):
+        beats_finite = s_nan | (s > v) | ((s == v) & before)
+    beats = np.where(np.isnan(v), s_nan & before, beats_finite)
+    rank = np.sum(beats, axis=1)
+    out: BoolArray = rank < k
+    return out
+
+
+def sdc1_mask(faulty: ArrayLike, golden: ArrayLike) -> BoolArray:
+    """Per sample: the faulty top-1 class differs from the golden top-1 class."""
+    f = _scores(faulty, "faulty")
+    g = _scores(golden, "golden")
+    _same_shape(f, g, "sdc1_mask")
+    out: BoolArray = top1(f) != top1(g)
+    return out
+
+
+def sdc5_mask(faulty: ArrayLike, golden: ArrayLike, k: int = 5) -> BoolArray:
+    """Per sample: the golden top-1 class is not in the faulty top-``min(k, C)`` (k = 5 by default)."""
+    f = _scores(faulty, "faulty")
+    g = _scores(golden, "golden")
+    _same_shape(f, g, "sdc5_mask")
+    out: BoolArray = ~topk_contains(f, top1(g), k)
+    return out
+
+
+def accuracy(x: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of samples whose top-1 class equals the label (``nan`` for an empty batch)."""
+    s = _scores(x, "scores")
+    t = _labels(labels, s.shape[0], s.shape[1])
+    return _mean(top1(s) == t)
+
+
+def topk_accuracy(x: ArrayLike, labels: ArrayLike, k: int = 5) -> float:
+    """Fraction of samples whose label is among the top ``min(k, C)`` classes (``nan`` for an empty batch)."""
+    return _mean(topk_contains(x, labels, k))
+
+
+def nonfinite_mask(x: ArrayLike) -> BoolArray:
+    """Per sample (axis 0): whether any value is NaN or +-Inf -- the usual DUE signal."""
+    arr = _numeric(x, "output")
+    if arr.ndim == 0:
+        raise OnnxfiError("output: expected a batch axis, got a scalar")
+    finite = np.isfinite(arr)
+    if arr.ndim > 1:
+        finite = np.all(finite, axis=tuple(range(1, arr.ndim)))
+    out: BoolArray = ~finite
+    return out
+
+
+def error_stats(faulty: ArrayLike, golden: ArrayLike, eps: float = 1e-8) -> dict[str, float]:
+    """Element-wise deviation of ``faulty`` from ``golden`` (any shape, computed in float64).
+
+    ``max_abs``/``mean_abs`` are over ``|f - g|``; ``max_rel``/``mean_rel`` over ``|f - g| / (|g| + eps)``
+    (``eps`` keeps golden zeros from dividing by zero). These four are taken only over positions where
+    *both* values are finite, and are ``nan`` when there is no such position. Non-finite values are
+    reported separately: ``nan_frac`` and ``inf_frac`` are the fractions of faulty elements that are NaN
+    and +-Inf, ``finite_frac`` the fraction of positions the four statistics cover. So an output with an
+    Inf shows ``inf_frac > 0`` instead of ``max_abs = inf`` hiding the size of the finite deviations.
+    A finite difference that overflows float64 is reported as ``inf``.
+    """
+    f = _as_float(faulty, "faulty")
+    g = _as_float(golden, "golden")
+    _same_shape(f, g, "error_stats")
+    both = np.isfinite(f) & np.isfinite(g)
+    fv, gv = f[both], g[both]
+    nan = float("nan")
+    stats = {"max_abs": nan, "mean_abs": nan, "max_rel": nan, "mean_rel": nan}
+    if fv.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.abs(fv - gv)
+            rel = d / (np.abs(gv) + eps)
+            stats = {
+                "max_abs": float(np.max(d)),
+                "mean_abs": float(np.mean(d)),
+                "max_rel": float(np.max(rel)),
+                "mean_rel": float(np.mean(rel)),
+            }
+    stats["nan_frac"] = _mean(np.isnan(f))
+    stats["inf_frac"] = _mean(np.isinf(f))
+    stats["finite_frac"] = _mean(both)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------------
+
+
+def _label_map(x: ArrayLike, name: str) -> tuple[IntArray, int | None]:
+    """A ``[N, H, W]`` int64 label map and, when ``x`` was ``[N, C, H, W]`` logits, ``C``.
+
+    Logits are reduced with ``np.argmax`` over C. Integer ``[N, 1, H, W]`` is a label map with a kept
+    channel axis. Float label maps are allowed; entries that are not whole finite numbers (e.g. after a
+    fault) become -1, an id that is never a valid class.
+    """
+    arr = _numeric(x, name)
+    if arr.ndim == 4:
+        if arr.shape[1] == 1 and arr.dtype.kind in "biu":
+            arr = arr[:, 0]
+        elif arr.shape[1] < 2:
+            raise OnnxfiError(f"{name}: segmentation logits need at least 2 channels, got {list(arr.shape)}")
+        else:
+            return np.argmax(arr, axis=1).astype(np.int64), int(arr.shape[1])
+    if arr.ndim != 3:
+        raise OnnxfiError(
+            f"{name}: expected segmentation logits [N, C, H, W] or a label map [N, H, W], got {list(arr.shape)}"
+        )
+    if arr.dtype.kind == "f":
+        a = arr.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(a) & (a == np.round(a)) & (np.abs(a) < _MAX_LABEL)
+        return np.where(ok, a, -1.0).astype(np.int64), None
+    if arr.dtype == np.uint64:
+        # ids beyond int64 would wrap to negative numbers; they are invalid anyway
+        arr = np.minimum(arr, np.uint64(2**62))
+    return arr.astype(np.int64), None
+
+
+def _resolve_segmentation(
+    pred: ArrayLike, target: ArrayLike, num_classes: int | None
+) -> tuple[IntArray, IntArray, int | None]:
+    p, cp = _label_map(pred, "pred")
+    t, ct = _label_map(target, "target")
+    _same_shape(p, t, "segmentation pred/target label maps")
+    channels = {c for c in (cp, ct) if c is not None}
+    if len(channels) > 1:
+        raise OnnxfiError(f"pred and target logits have different class counts: {sorted(channels)}")
+    inferred = channels.pop() if channels else None
+    if num_classes is not None:
+        num_classes = _positive_int(num_classes, "num_classes")
+        if inferred is not None and inferred != num_classes:
+            raise OnnxfiError(f"num_classes={num_classes} but the logits have {inferred} channels")
+        return p, t, num_classes
+    return p, t, inferred
+
+
+def _confusion_full(pred: IntArray, target: IntArray, k: int) -> IntArray:
+    """``[K, K + 1]`` counts, rows = target class, columns = predicted class, last column = invalid prediction.
+
+    Pixels whose target is outside ``[0, K)`` (e.g. 255 or -1 "ignore" ids) are skipped.
+    """
+    valid = (target >= 0) & (target < k)
+    t = target[valid]
+    p = pred[valid]
+    p = np.where((p >= 0) & (p < k), p, k)
+    counts = np.bincount(t * (k + 1) + p, minlength=k * (k + 1))
+    return counts.reshape(k, k + 1).astype(np.int64)
+
+
+def _need_classes(k: int | None) -> int:
+    if k is None:
+        raise OnnxfiError("num_classes is required when neither pred nor target is [N, C, H, W] logits")
+    return k
+
+
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int | None = None) -> IntArray:
+    """``[K, K]`` pixel counts: ``cm[t, p]`` = pixels of target class ``t`` predicted as ``p``.
+
+    ``pred``/``target`` are ``[N, C, H, W]`` logits (argmax over C) or ``[N, H, W]`` label maps.
+    ``num_classes`` may be left out when either is logits. Target pixels outside ``[0, K)`` are ignored;
+    predictions outside ``[0, K)`` appear in no column (they still count as misses in ``miou``).
+    """
+    p, t, k = _resolve_segmentation(pred, target, num_classes)
+    k = _need_classes(k)
+    return _confusion_full(p, t, k)[:, :k].copy()
+
+
+def miou(
+    pred: ArrayLike, target: ArrayLike, num_classes: int | None = None, ignore_absent: bool = True
+) -> float:
+    """Mean intersection-over-union over classes, pooled over the whole batch.
+
+    IoU_c = TP / (TP + FP + FN). With ``ignore_absent`` (default) the mean is over the classes present in
+    the target or the prediction (``nan`` if none); otherwise over all ``num_classes``, with an absent
+    class scoring 1.0 (nothing to get wrong), so ``miou(x, x)`` is 1 either way. Predictions outside
+    ``[0, K)`` are false negatives for the target class; target pixels outside ``[0, K)`` are ignored.
+    """
+    p, t, k = _resolve_segmentation(pred, target, num_classes)
+    k = _need_classes(k)
+    cm = _confusion_full(p, t, k)
+    tp = np.diag(cm[:, :k]).astype(np.float64)
+    union = cm.sum(axis=1) + cm[:, :k].sum(axis=0) - tp
+    present = union > 0
+    iou = np.divide(tp, union, out=np.ones(k, dtype=np.float64), where=present)
+    if ignore_absent:
+        return _mean(iou[present])
+    return _mean(iou)
+
+
+def pixel_accuracy(pred: ArrayLike, target: ArrayLike, num_classes: int | None = None) -> float:
+    """Fraction of target pixels whose predicted class equals the target class.
+
+    Target pixels outside ``[0, K)`` are ignored when the class count K is known (``num_classes`` or
+    logits); otherwise only negative target ids are ignored. ``nan`` when no pixel is left.
+    """
+    p, t, k = _resolve_segmentation(pred, target, num_classes)
+    valid = t >= 0
+    if k is not None:
+        valid &= t < k
+    return _mean(p[valid] == t[valid])
+
+
+# --------------------------------------------------------------------------------------------------
+# Uncertainty
+# --------------------------------------------------------------------------------------------------
+
+
+def predictive_entropy(probs: ArrayLike, axis: int = 1) -> FloatArray:
+    """Shannon entropy in nats along ``axis`` (0 log 0 = 0); NaN/negative probabilities give NaN."""
+    p = _as_float(probs, "probs")
+    if p.ndim < 2:
+        raise OnnxfiError(f"probs: expected [N, C, ...], got shape {list(p.shape)}")
+    ax = _axis(axis, p.ndim, "probs")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        terms = np.where(p == 0.0, 0.0, p * np.log(p))
+    out: FloatArray = -np.sum(terms, axis=ax)
+    return out
+
+
+def mean_entropy(probs: ArrayLike, axis: int = 1) -> float:
+    """Mean predictive entropy over samples (and pixels), skipping non-finite entropies; ``nan`` if none."""
+    return _finite_mean(predictive_entropy(probs, axis))
+
+
+def max_softmax_probability(probs: ArrayLike, axis: int = 1) -> FloatArray:
+    """Confidence (maximum probability) along ``axis``; a NaN anywhere in the slice gives NaN."""
+    p = _as_float(probs, "probs")
+    if p.ndim < 2:
+        raise OnnxfiError(f"probs: expected [N, C, ...], got shape {list(p.shape)}")
+    ax = _axis(axis, p.ndim, "probs")
+    if p.shape[ax] == 0:
+        raise OnnxfiError("probs: no classes")
+    out: FloatArray = np.max(p, axis=ax)
+    return out
+
+
+def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Expected calibration error of ``[N, C]`` probabilities (Guo et al., 2017).
+
+    Confidence = max probability, prediction = its argmax. Samples go to ``n_bins`` equal-width bins
+    ``(i/B, (i+1)/B]`` (a confidence of exactly 0 goes to the first bin, above 1 to the last), and
+    ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|. Rows holding NaN/Inf have no meaningful
+    confidence and are left out (N counts only the finite rows; DUE is reported separately). ``nan``
+    when no finite row is left. The probabilities are used as given, not renormalised.
+    """
+    s = _scores(probs, "probs")
+    t = _labels(labels, s.shape[0], s.shape[1])
+    bins = _positive_int(n_bins, "n_bins")
+    ok = np.all(np.isfinite(s), axis=1)
+    s, t = s[ok], t[ok]
+    n = s.shape[0]
+    if n == 0:
+        return float("nan")
+    conf = np.max(s, axis=1)
+    correct = (np.argmax(s, axis=1) == t).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    sum_conf = np.bincount(b, weights=conf, minlength=bins)
+    sum_acc = np.bincount(b, weights=correct, minlength=bins)
+    # (n_b / N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
+    return float(np.sum(np.abs(sum_acc - sum_conf)) / n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------------
+
+
+def _probabilities(output: FloatArray, golden: FloatArray) -> FloatArray:
+    """``output`` as probabilities: as is when the golden output already is one, else softmaxed.
+
+    The decision is taken on the golden (fault-free) output so a corrupted row cannot flip it.
+    """
+    if is_probability(golden, axis=1):
+        return output
+    return softmax(output, axis=1)
+
+
+def classification_metrics(
+    output: ArrayLike, golden: ArrayLike, labels: ArrayLike | None = None
+) -> dict[str, float]:
+    """Every per-experiment classification number for one faulty ``output`` against its ``golden`` run.
+
+    Keys (all plain floats, fractions are over the N samples):
+
+    * ``n``, ``num_classes``;
+    * ``due_frac``: samples whose output holds NaN/Inf (detected unrecoverable error);
+    * ``sdc1_frac`` / ``sdc5_frac``: samples with a finite output whose top-1 differs from golden / whose
+      golden top-1 left the top-5 (top-C when C < 5). DUE samples are not counted as SDC;
+    * ``golden_agreement``: samples whose top-1 equals golden's (all samples, ``np.argmax`` order);
+    * ``mean_entropy`` / ``mean_msp``: of the output probabilities over the finite samples. Outputs are
+      softmaxed first unless the golden output already is a probability distribution;
+    * ``err_*``: :func:`error_stats` of the raw outputs (``err_max_abs``, ``err_nan_frac``, ...);
+    * with ``labels``: ``accuracy``, ``top5_accuracy`` (top-min(5, C)), ``ece`` (15 bins, finite samples).
+
+    Accuracy uses the ``np.argmax`` order on every sample, DUE ones included (an all-NaN row predicts
+    class 0), matching what a framework's argmax would report; use ``due_frac`` to separate them.
+    """
+    f = _scores(output, "output")
+    g = _scores(golden, "golden")
+    _same_shape(f, g, "classification_metrics output/golden")
+    n, c = f.shape
+    due = nonfinite_mask(f)
+    ok = ~due
+    mismatch1 = sdc1_mask(f, g)
+    mismatch5 = sdc5_mask(f, g)
+    probs = _probabilities(f, g)
+    result: dict[str, float] = {
+        "n": float(n),
+        "num_classes": float(c),
+        "due_frac": _mean(due),
+        "sdc1_frac": _mean(mismatch1 & ok),
+        "sdc5_frac": _mean(mismatch5 & ok),
+        "golden_agreement": _mean(~mismatch1),
+        "mean_entropy": _finite_mean(predictive_entropy(probs[ok])),
+        "mean_msp": _finite_mean(max_softmax_probability(probs[ok])),
+    }
+    if labels is not None:
+        t = _labels(labels, n, c)
+        result["accuracy"] = accuracy(f, t)
+        result["top5_accuracy"] = topk_accuracy(f, t, 5)
+        result["ece"] = expected_calibration_error(probs[ok], t[ok])
+    for key, value in error_stats(f, g).items():
+        result[f"err_{key}"] = value
+    return result
+
+
+def segmentation_metrics(
+    output: ArrayLike,
+    golden: ArrayLike,
+    labels: ArrayLike | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Every per-experiment segmentation number for one faulty ``output`` against its ``golden`` run.
+
+    ``output``/``golden`` are ``[N, C, H, W]`` logits or ``[N, H, W]`` label maps; ``labels`` a label map.
+    The class count comes from ``num_classes``, else the logits' C, else ``max(golden label map) + 1``.
+
+    Keys (plain floats):
+
+    * ``n``, ``num_classes``, ``due_frac`` (images whose output holds NaN/Inf);
+    * ``miou``, ``pixel_accuracy``: against ``labels`` when given, else against the golden argmax;
+    * ``pixel_change_frac``: pixels whose class differs from golden (all images);
+    * ``sdc_frac``: images with a finite output and at least one pixel changed;
+    * when output and golden are both logits: ``mean_entropy`` and ``mean_msp`` per pixel over the finite
+      images (softmax over C unless golden already is probabilities) and the ``err_*``
+      :func:`error_stats` of the raw outputs.
+    """
+    out_arr = _numeric(output, "output")
+    gold_arr = _numeric(golden, "golden")
+    pred, c_out = _label_map(out_arr, "output")
+    gold, c_gold = _label_map(gold_arr, "golden")
+    _same_shape(pred, gold, "segmentation_metrics output/golden label maps")
+    if c_out is not None and c_gold is not None and c_out != c_gold:
+        raise OnnxfiError(f"output has {c_out} channels but golden has {c_gold}")
+    channels = c_out or c_gold
+    if num_classes is not None and channels is not None and num_classes != channels:
+        raise OnnxfiError(f"num_classes={num_classes} but the logits have {channels} channels")
+    k = num_classes if num_classes is not None else channels
+    if k is None:
+        if gold.size == 0 or gold.max() < 0:
+            raise OnnxfiError(
+                "num_classes is required: it cannot be inferred from label maps without classes"
+            )
+        k = int(gold.max()) + 1
+    k = _positive_int(k, "num_classes")
+    reference = gold
+    if labels is not None:
+        reference, c_lab = _label_map(labels, "labels")
+        _same_shape(pred, reference, "segmentation_metrics output/labels label maps")
+        if c_lab is not None and c_lab != k:
+            raise OnnxfiError(f"labels have {c_lab} channels but num_classes is {k}")
+    n = pred.shape[0]
+    due = nonfinite_mask(out_arr)
+    ok = ~due
+    changed = pred != gold
+    changed_per_image = np.any(changed.reshape(n, -1), axis=1) if n else np.zeros(0, dtype=bool)
+    result: dict[str, float] = {
+        "n": float(n),
+        "num_classes": float(k),
+        "due_frac": _mean(due),
+        "miou": miou(pred, reference, k),
+        "pixel_accuracy": pixel_accuracy(pred, reference, k),
+        "pixel_change_frac": _mean(changed),
+        "sdc_frac": _mean(changed_per_image & ok),
+    }
+    if c_out is not None and c_gold is not None:
+        f = out_arr.astype(np.float64, copy=False)
+        g = gold_arr.astype(np.float64, copy=False)
+        probs = _probabilities(f, g)[ok]
+        result["mean_entropy"] = _finite_mean(predictive_entropy(probs, axis=1))
+        result["mean_msp"] = _finite_mean(max_softmax_probability(probs, axis=1))
+        for key, value in error_stats(f, g).items():
+            result[f"err_{key}"] = value
+    return result
