@@ -18,17 +18,12 @@ install: $(VENV)/.installed
 
 demo: install
 	@mkdir -p $(OUT)
-	$(PY) -m onnxfi inspect $(DEMO_MODEL)
-	$(PY) -m onnxfi run $(DEMO_MODEL) --data $(DEMO_DATA)
-	@echo; echo "== flip exponent MSB (bit 30) of one weight of the second convolution =="
+	$(PY) -m onnxfi inspect $(DEMO_MODEL) --weights
+	@echo; echo "== one exact fault: exponent MSB (bit 30) of one weight of the second convolution =="
 	$(PY) -m onnxfi inject $(DEMO_MODEL) --site features.3.weight --index 0,0,1,1 --bit 30 -o $(OUT)/demo_weight_exp.onnx
 	$(PY) -m onnxfi run $(OUT)/demo_weight_exp.onnx --data $(DEMO_DATA)
-	@echo; echo "== flip the sign bit (31) of the same weight =="
-	$(PY) -m onnxfi inject $(DEMO_MODEL) --site features.3.weight --index 0,0,1,1 --bit 31 -o $(OUT)/demo_weight_sign.onnx
-	$(PY) -m onnxfi run $(OUT)/demo_weight_sign.onnx --data $(DEMO_DATA)
-	@echo; echo "== flip bit 30 of one activation after the first ReLU, in every image (fault node) =="
-	$(PY) -m onnxfi inject $(DEMO_MODEL) --site /features/features.2/Relu_output_0 --index 0,3,3 --bit 30 -o $(OUT)/demo_act_exp.onnx --data $(DEMO_DATA)
-	$(PY) -m onnxfi run $(OUT)/demo_act_exp.onnx --data $(DEMO_DATA)
+	@echo; echo "== campaign: weight bit flips over every layer and bit, stratified, with 99% intervals =="
+	$(PY) -m onnxfi analyze $(DEMO_MODEL) --faults 1600 --db $(OUT)/demo.db --overwrite --json $(OUT)/demo.json
 
 lint: install
 	$(VENV)/bin/ruff check onnxfi tests bench

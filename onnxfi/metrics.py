@@ -53,6 +53,9 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
+# Elements per float64 chunk in error_stats (8 MiB per temporary).
+_CHUNK = 1 << 20
+
 # Largest magnitude a float label id may have before it is treated as garbage (keeps int64 casts exact).
 _MAX_LABEL = float(2**53)
 
@@ -315,27 +318,42 @@ def error_stats(faulty: ArrayLike, golden: ArrayLike, eps: float = 1e-8) -> dict
     Inf shows ``inf_frac > 0`` instead of ``max_abs = inf`` hiding the size of the finite deviations.
     A finite difference that overflows float64 is reported as ``inf``.
     """
-    f = _as_float(faulty, "faulty")
-    g = _as_float(golden, "golden")
+    f = _numeric(faulty, "faulty")
+    g = _numeric(golden, "golden")
     _same_shape(f, g, "error_stats")
-    both = np.isfinite(f) & np.isfinite(g)
-    fv, gv = f[both], g[both]
-    nan = float("nan")
-    stats = {"max_abs": nan, "mean_abs": nan, "max_rel": nan, "mean_rel": nan}
-    if fv.size:
+    flat_f, flat_g = f.reshape(-1), g.reshape(-1)
+    count = n_nan = n_inf = 0
+    sum_abs = sum_rel = 0.0
+    max_abs = max_rel = -np.inf
+    # Chunked so a large segmentation output is never copied to float64 as a whole.
+    for start in range(0, flat_f.size, _CHUNK):
+        fc = flat_f[start : start + _CHUNK].astype(np.float64)
+        gc = flat_g[start : start + _CHUNK].astype(np.float64)
+        n_nan += int(np.count_nonzero(np.isnan(fc)))
+        n_inf += int(np.count_nonzero(np.isinf(fc)))
+        both = np.isfinite(fc) & np.isfinite(gc)
+        if not np.any(both):
+            continue
+        gv = gc[both]
         with np.errstate(over="ignore", invalid="ignore"):
-            d = np.abs(fv - gv)
+            d = np.abs(fc[both] - gv)
             rel = d / (np.abs(gv) + eps)
-            stats = {
-                "max_abs": float(np.max(d)),
-                "mean_abs": float(np.mean(d)),
-                "max_rel": float(np.max(rel)),
-                "mean_rel": float(np.mean(rel)),
-            }
-    stats["nan_frac"] = _mean(np.isnan(f))
-    stats["inf_frac"] = _mean(np.isinf(f))
-    stats["finite_frac"] = _mean(both)
-    return stats
+            sum_abs += float(np.sum(d))
+            sum_rel += float(np.sum(rel))
+        max_abs = max(max_abs, float(np.max(d)))
+        max_rel = max(max_rel, float(np.max(rel)))
+        count += d.size
+    nan = float("nan")
+    total = flat_f.size
+    return {
+        "max_abs": max_abs if count else nan,
+        "mean_abs": sum_abs / count if count else nan,
+        "max_rel": max_rel if count else nan,
+        "mean_rel": sum_rel / count if count else nan,
+        "nan_frac": n_nan / total if total else nan,
+        "inf_frac": n_inf / total if total else nan,
+        "finite_frac": count / total if total else nan,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -642,11 +660,22 @@ def segmentation_metrics(
         "sdc_frac": _mean(changed_per_image & ok),
     }
     if c_out is not None and c_gold is not None:
-        f = out_arr.astype(np.float64, copy=False)
-        g = gold_arr.astype(np.float64, copy=False)
-        probs = _probabilities(f, g)[ok]
-        result["mean_entropy"] = _finite_mean(predictive_entropy(probs, axis=1))
-        result["mean_msp"] = _finite_mean(max_softmax_probability(probs, axis=1))
-        for key, value in error_stats(f, g).items():
+        already_probs = is_probability(gold_arr, axis=1)
+        ent_sum = msp_sum = 0.0
+        ent_count = msp_count = 0
+        # One image at a time: a float64 copy of a whole [N, C, H, W] batch can be gigabytes.
+        for i in np.flatnonzero(ok):
+            image = out_arr[i : i + 1].astype(np.float64)
+            probs = image if already_probs else softmax(image, axis=1)
+            ent = predictive_entropy(probs, axis=1)
+            msp = max_softmax_probability(probs, axis=1)
+            ent, msp = ent[np.isfinite(ent)], msp[np.isfinite(msp)]
+            ent_sum += float(np.sum(ent))
+            msp_sum += float(np.sum(msp))
+            ent_count += ent.size
+            msp_count += msp.size
+        result["mean_entropy"] = ent_sum / ent_count if ent_count else float("nan")
+        result["mean_msp"] = msp_sum / msp_count if msp_count else float("nan")
+        for key, value in error_stats(out_arr, gold_arr).items():
             result[f"err_{key}"] = value
     return result

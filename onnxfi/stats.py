@@ -105,13 +105,17 @@ def leveugle_sample_size(population: SupportsIndex, margin: float, confidence: f
     n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), with N the population (all possible faults), e the
     margin of error, t the two-sided normal quantile for ``confidence`` and p the a-priori failure
     probability (0.5, the default, is the worst case). Rounded up and never more than N.
+
+    As in the paper's worked figures, t is the cut-off read from a normal table to three decimals
+    (2.576 for 99%, 1.960 for 95%); this gives n = 16,589 for N = 374,064,384 at e = 0.01, 99%
+    (the exact quantile 2.5758293 would give 16,587).
     """
     n_pop = _count(population, "population")
     if n_pop < 1:
         raise OnnxfiError("population must be >= 1")
     e = _open_unit(margin, "margin")
     prior = _open_unit(p, "p")
-    t = _two_sided_z(confidence)
+    t = round(_two_sided_z(confidence), 3)
     n = n_pop / (1.0 + e * e * (n_pop - 1) / (t * t * prior * (1.0 - prior)))
     # The relative tolerance keeps float noise (e.g. 16587.000000000004) from adding a whole experiment.
     size = math.ceil(n * (1.0 - 1e-12))

@@ -22,7 +22,9 @@ from onnxfi.faults import parse_fault
 from onnxfi.inject import Injection, inject
 from onnxfi.model import LoadedModel, save_model
 from onnxfi.passes import ExposeValues
+from onnxfi.plan import Experiment, Plan
 from onnxfi.runtime import make_session
+from onnxfi.store import Store
 
 __all__ = ["register", "run"]
 
@@ -31,6 +33,7 @@ _EXAMPLES = """examples:
   onnxfi inject model.onnx --site conv1.weight --index 17 --bit 23 --bit 24 --fault stuck-1 -o f.onnx
   onnxfi inject model.onnx --site relu_out --index 0,5,5 --bit 30 --image 2 -o f.onnx
   onnxfi inject model.onnx --site fc.bias --index 0 --fault value:1e9 -o f.onnx
+  onnxfi inject model.onnx --from-plan run.db --experiment 42 -o exp42.onnx
 
 faults: flip (default), burst:K (K adjacent bits from --bit), stuck-0, stuck-1, value:V,
         random:LO,HI (seeded by --seed), zero.  Bit 0 is the least significant bit;
@@ -47,8 +50,11 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
-    p.add_argument("--site", required=True, help="site name (see `onnxfi inspect`)")
-    p.add_argument("--index", required=True, help="flat index or multi-index like 3,0,1,1 (per image)")
+    p.add_argument("--site", help="site name (see `onnxfi inspect`)")
+    p.add_argument("--index", help="flat index or multi-index like 3,0,1,1 (per image)")
+    p.add_argument("--from-plan", metavar="PLAN", help="take site, index and fault from a campaign plan "
+                   "(the .plan.json beside an analyze DB, or the DB itself)")
+    p.add_argument("--experiment", type=int, help="experiment id in --from-plan")
     p.add_argument("--bit", action="append", type=int, default=[], help="bit position (repeatable)")
     p.add_argument("--fault", default="flip", help="fault model (default: flip)")
     p.add_argument("--image", type=int, help="activation faults: only this image of the batch")
@@ -68,16 +74,32 @@ def _activation_preview(
     clean = load_model(loaded.path, input_shapes_from_args(args), check=False)
     ExposeValues([result.site.tensor_name])(clean.model)
     specs = clean.inputs()
+    img = result.image or 0
+    # a static batch dim (in the model or from --input-shape) must be fed whole
+    static = [s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
+    count = max(static) if static else img + 1
     data = load_data(args.data, specs) if args.data else random_data(
-        specs, seed=args.seed, batch=(result.image or 0) + 1, overrides=input_shapes_from_args(args))
-    feeds = data.batch(0, max(1, (result.image or 0) + 1))
+        specs, seed=args.seed, batch=count, overrides=input_shapes_from_args(args))
+    if data.size < count:
+        raise OnnxfiError(f"{data.source} has {data.size} samples; the preview needs {count}")
+    feeds = data.batch(0, count)
     sess = make_session(clean.model)
     value = np.asarray(sess.run([result.site.tensor_name], feeds)[0])
-    img = result.image or 0
     flat = value[img].reshape(-1) if result.site.batched else value.reshape(-1)
     old = flat[result.flat_index: result.flat_index + 1]
     new = result.fault.apply(old, np.random.default_rng(args.seed))
     return old[0], new[0], f"image {img} of {data.source}"
+
+
+def _plan_experiment(path: str, exp_id: int) -> Experiment:
+    p = Path(path)
+    if p.suffix == ".json" or not p.is_file():
+        return Plan.load(p).experiment(exp_id)
+    with Store(p) as store:
+        d = store.meta("plan")
+    if d is None:
+        raise OnnxfiError(f"{p}: no campaign plan in it")
+    return Plan.from_dict(d).experiment(exp_id)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,14 +107,23 @@ def run(args: argparse.Namespace) -> int:
     if out_path.exists() and out_path.is_dir():
         raise OnnxfiError(f"-o {out_path} is a directory")
     loaded, sites = load_from_args(args)
-    fault = parse_fault(args.fault, tuple(args.bit))
-    rng = np.random.default_rng(args.seed)
-    result = inject(loaded, sites, args.site, args.index, fault, image=args.image, rng=rng)
+    if args.from_plan:
+        if args.experiment is None:
+            raise OnnxfiError("--from-plan needs --experiment ID")
+        exp = _plan_experiment(args.from_plan, args.experiment)
+        site_name, index, fault = exp.site, exp.index, exp.fault_obj()
+        rng = np.random.default_rng(exp.seed)
+    else:
+        if not args.site or args.index is None:
+            raise OnnxfiError("give --site and --index (or --from-plan PLAN --experiment ID)")
+        site_name, index, fault = args.site, args.index, parse_fault(args.fault, tuple(args.bit))
+        rng = np.random.default_rng(args.seed)
+    result = inject(loaded, sites, site_name, index, fault, image=args.image, rng=rng)
     preview = None
     if result.site.kind == "activation":
         try:
             preview = _activation_preview(loaded, result, args)
-        except OnnxfiError:
+        except Exception:  # only a preview: ORT may not run or return this dtype (bfloat16), data may not fit
             preview = None
         if preview is not None:
             result.old_value, result.new_value = preview[0], preview[1]
