@@ -165,16 +165,21 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
         mode=args.mode,
     )
+    created = not db_path.exists()
     store = Store(db_path)
+    keep = True
     try:
         if args.resume:
             from onnxfi.plan import Plan
 
+            stored_plan = store.meta("plan")
+            if stored_plan is None:
+                raise OnnxfiError(f"{db_path}: nothing to resume (no campaign in it)")
             stored_cfg = store.meta("config")
             if stored_cfg:
                 cfg = EngineConfig(**stored_cfg)
                 cfg.input_shapes = {k: tuple(v) for k, v in cfg.input_shapes.items()}
-            plan = Plan.from_dict(store.meta("plan"))
+            plan = Plan.from_dict(stored_plan)
             from onnxfi.plan import file_sha256
 
             if file_sha256(cfg.model_path) != plan.model_sha256:
@@ -218,5 +223,12 @@ def run(args: argparse.Namespace) -> int:
                          f"continue with: onnxfi analyze {args.model} --db {db_path} --resume[/yellow]")
             return 130
         return 0
+    except BaseException:
+        # A run that failed before storing any result leaves nothing behind, so the same --db works next time.
+        keep = not created or store.count() > 0
+        raise
     finally:
         store.close()
+        if not keep:
+            for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), Path(f"{db_path}.plan.json")):
+                path.unlink(missing_ok=True)

@@ -176,24 +176,13 @@ class LocalExecutor:
             for i, w in enumerate(list(self._workers)):
                 if w.current is None:
                     continue
-                dead = w.proc.sentinel in ready and not w.conn.poll()
-                limit = max(self.min_timeout_s, self.timeout_factor * w.golden_time)
-                timed_out = w.running and now - w.started > limit
-                if dead or timed_out:
-                    exp = w.current
-                    code = w.proc.exitcode
-                    reason = (f"timeout: over {limit:.1f} s (10x golden)" if timed_out
-                              else f"worker died (exit code {code})")
-                    yield crash_row(exp, reason, w.wid)
-                    self._workers[i] = w = self._replace(w)
-                    if not w.queue and chunks:
-                        w.queue = chunks.popleft()
-                    self._send_next(w, flags)
-                    continue
+                # Read what the worker sent before judging it: a dead worker's pipe polls readable (EOF).
+                broken = False
                 while w.current is not None and w.conn.poll():
                     try:
                         msg = w.conn.recv()
-                    except EOFError:
+                    except (EOFError, OSError):
+                        broken = True
                         break
                     if msg[0] == "begin":
                         w.running, w.started = True, time.monotonic()
@@ -204,6 +193,23 @@ class LocalExecutor:
                         if not w.queue and chunks:
                             w.queue = chunks.popleft()
                         self._send_next(w, flags)
+                if w.current is None:
+                    continue
+                dead = broken or w.proc.sentinel in ready or not w.proc.is_alive()
+                if dead:
+                    w.proc.join(timeout=5)
+                limit = max(self.min_timeout_s, self.timeout_factor * w.golden_time)
+                timed_out = not dead and w.running and now - w.started > limit
+                if dead or timed_out:
+                    exp = w.current
+                    code = w.proc.exitcode
+                    reason = (f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)" if timed_out
+                              else f"worker died (exit code {code})")
+                    yield crash_row(exp, reason, w.wid)
+                    self._workers[i] = w = self._replace(w)
+                    if not w.queue and chunks:
+                        w.queue = chunks.popleft()
+                    self._send_next(w, flags)
 
 
 def default_workers() -> int:
