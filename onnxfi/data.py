@@ -125,6 +125,8 @@ def load_data(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Datas
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if not zipfile.is_zipfile(p):  # np.load would return a bare array (.npy) or try to unpickle
+        raise DataError(f"{p.name}: not an .npz file (save the inputs with numpy.savez)")
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

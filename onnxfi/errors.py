@@ -9,6 +9,7 @@ __all__ = [
     "FaultError",
     "DataError",
     "ProviderError",
+    "SessionError",
 ]
 
 
@@ -36,3 +37,7 @@ class DataError(OnnxfiError):
 
 class ProviderError(OnnxfiError):
     """An execution provider that is unknown or not available in this install."""
+
+
+class SessionError(OnnxfiError):
+    """ONNX Runtime cannot load or run the model (IR version, operator or type it does not support)."""

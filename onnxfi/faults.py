@@ -247,7 +247,19 @@ class RandomValue(Fault):
     def draw(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         info = dtype_info_for_numpy(dtype)
         if info.is_float:
-            return rng.uniform(self.low, self.high, size=shape).astype(dtype)
+            # rounding to a narrow type (float16, bfloat16) can land on ``high`` or just below ``low``:
+            # clamp to the representable values inside [low, high)
+            with np.errstate(over="ignore"):
+                first, last = np.array(self.low).astype(dtype), np.array(self.high).astype(dtype)
+            if float(first) < self.low:
+                first = np.nextafter(first, np.array(np.inf, dtype=dtype))
+            if float(last) >= self.high:
+                last = np.nextafter(last, np.array(-np.inf, dtype=dtype))
+            if not float(first) <= float(last):
+                raise FaultError(f"no {info.name} value lies in [{self.low}, {self.high})")
+            with np.errstate(over="ignore"):
+                vals = rng.uniform(self.low, self.high, size=shape).astype(dtype)
+            return np.asarray(np.minimum(np.maximum(vals, first), last), dtype=dtype)
         lim = np.iinfo(dtype)
         lo, hi = max(math.ceil(self.low), int(lim.min)), min(math.floor(self.high), int(lim.max))
         if lo > hi:

@@ -28,6 +28,7 @@ __all__ = [
     "save_model",
     "parse_input_shape",
     "iter_tensor_protos",
+    "EXTERNAL_META",
 ]
 
 MIN_OPSET = 7
@@ -187,6 +188,37 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> bool:
     return found
 
 
+EXTERNAL_META = "onnxfi.external"
+
+
+def _external_names(graph: onnx.GraphProto, out: set[str]) -> set[str]:
+    """Names of initializers and Constant outputs (any graph) whose data lives in an external file."""
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.add(t.name)
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                out.update(node.output)
+            if attr.HasField("g"):
+                _external_names(attr.g, out)
+            for g in attr.graphs:
+                _external_names(g, out)
+    return out
+
+
+def _mark_external(model: ir.Model, names: set[str]) -> None:
+    """Tag (``meta[EXTERNAL_META]``) the tensors that were read from external data into memory."""
+    for g in (model.graph, *model.graph.subgraphs()):
+        for name, v in g.initializers.items():
+            if name in names and v.const_value is not None:
+                v.const_value.meta[EXTERNAL_META] = True
+    for node in model.graph.all_nodes():
+        attr = node.attributes.get("value")
+        if node.op_type == "Constant" and attr is not None and node.outputs[0].name in names:
+            attr.value.meta[EXTERNAL_META] = True
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     for line in text.splitlines():
@@ -318,6 +350,7 @@ def load_model(
                 f"{p}: unsupported opset {v} (onnxfi supports ai.onnx opsets {MIN_OPSET}..{MAX_OPSET})"
             )
     has_external = _check_external_data(proto, p.parent)
+    external = _external_names(proto.graph, set()) if has_external else set()
     if has_external:
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(p.parent))
@@ -342,6 +375,7 @@ def load_model(
         model = ir.from_proto(proto)
     except Exception as e:
         raise ModelLoadError(f"{p}: cannot read the graph ({_first_line(e)})") from None
+    _mark_external(model, external)
     return LoadedModel(model, p, has_external, warnings, value_shapes)
 
 
@@ -358,6 +392,8 @@ def save_model(model: ir.Model, path: str | os.PathLike[str], external_data: boo
         if data_path.exists():
             data_path.unlink()
         ir.save(model, out, external_data=data_name)
+        if data_path.exists() and data_path.stat().st_size == 0:  # every tensor was small enough to stay inline
+            data_path.unlink()
         return [out, data_path] if data_path.exists() else [out]
     ir.save(model, out)
     return [out]

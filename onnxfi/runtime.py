@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxfi.errors import ProviderError
+from onnxfi.errors import ProviderError, SessionError
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -85,7 +85,19 @@ def make_session(
         source = model
     else:
         source = os.fspath(model)
-    return ort.InferenceSession(source, sess_options=so, providers=resolve_provider(provider))
+    providers = resolve_provider(provider)
+    try:
+        return ort.InferenceSession(source, sess_options=so, providers=providers)
+    except Exception as e:  # ORT raises its own exception types, each with a one-line message
+        raise SessionError(f"onnxruntime cannot load the model: {_ort_message(e)}") from None
+
+
+def _ort_message(e: BaseException) -> str:
+    """ORT's message without its source-location prefix, first line only."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if ") " in text and "onnxruntime::" in text:  # "... model.cc:256 onnxruntime::Model::Model(...) Unsupported ..."
+        text = text.rsplit(") ", 1)[1]
+    return text[:300]
 
 
 @dataclass
@@ -110,11 +122,14 @@ def run_session(
     """Run ``session`` on ``feeds``: ``warmup`` untimed runs, then ``repeat`` timed ones."""
     names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
     outs: list[np.ndarray] = []
-    for _ in range(warmup):
-        session.run(names, dict(feeds))
     times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        outs = session.run(names, dict(feeds))
-        times.append(time.perf_counter() - t0)
+    try:
+        for _ in range(warmup):
+            session.run(names, dict(feeds))
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            outs = session.run(names, dict(feeds))
+            times.append(time.perf_counter() - t0)
+    except Exception as e:  # ORT raises its own exception types, each with a one-line message
+        raise SessionError(f"onnxruntime cannot run the model: {_ort_message(e)}") from None
     return RunResult(dict(zip(names, (np.asarray(o) for o in outs))), times)

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from onnxfi.bits import FAULT_DTYPES, dtype_info
 from onnxfi.errors import SiteError
+from onnxfi.model import EXTERNAL_META
 
 __all__ = [
     "Site",
@@ -164,7 +165,11 @@ def _dims(shape: ir.Shape | None) -> tuple[int | str | None, ...] | None:
 
 
 def _is_external(t: object) -> bool:
-    return isinstance(t, ir.ExternalTensor) or type(t).__name__ == "ExternalTensor"
+    """Stored in an external data file: still lazy, or read in by ``load_model`` (which tags it)."""
+    if isinstance(t, ir.ExternalTensor) or type(t).__name__ == "ExternalTensor":
+        return True
+    meta = getattr(t, "meta", None)
+    return bool(meta is not None and meta.get(EXTERNAL_META))
 
 
 def _structural_values(graphs: list[ir.Graph]) -> set[int]:

@@ -67,6 +67,9 @@ class InsertActivationFault(ir.passes.InPlacePass):
             raise SiteError(f"{site.name} has no batch dimension; --image does not apply")
         if image is not None and image < 0:
             raise SiteError("--image must be >= 0")
+        batch = site.shape[0] if site.batched and site.shape else None
+        if image is not None and isinstance(batch, int) and image >= batch:
+            raise SiteError(f"--image {image} is outside the static batch of {batch} image(s) of {site.name}")
         self.info: DTypeInfo = dtype_info(site.dtype)
         fault.check(self.info)
         if isinstance(fault, RandomValue):  # draw once, now: the node then applies a fixed value
