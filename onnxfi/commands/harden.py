@@ -1,0 +1,234 @@
+"""``onnxfi harden``: apply hardening passes, write the hardened model, report changes, accuracy and latency."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from onnxfi.commands._common import (
+    add_model_args,
+    input_shapes_from_args,
+    load_from_args,
+    print_json,
+    stderr,
+    stdout,
+)
+from onnxfi.data import Dataset, load_data, random_data
+from onnxfi.errors import OnnxfiError
+from onnxfi.harden import (
+    DATA_METHODS,
+    METHODS,
+    Comparison,
+    HardenOptions,
+    HardenResult,
+    PassReport,
+    compare_models,
+    harden,
+    parse_methods,
+)
+from onnxfi.model import LoadedModel, load_model, save_model
+
+__all__ = ["register", "run"]
+
+_EXAMPLES = """methods (composed in the order given):
+""" + "".join(f"  {name:<10} {text}\n" for name, text in METHODS.items()) + """
+examples:
+  onnxfi harden model.onnx --method ranger --calib calib.npz -o hardened.onnx
+  onnxfi harden model.onnx --method relumax,protect --calib calib.npz -o hardened.onnx --json
+  onnxfi harden model.onnx --method ranger --percentile 99.99 --calib calib.npz -o out.onnx
+  onnxfi harden model.onnx --method clipact --search --calib calib.npz -o out.onnx
+  onnxfi harden model.onnx --method protect --level 2 --eval eval.npz -o out.onnx   (no calibration)
+  onnxfi harden model.onnx --method nan-guard --guard-points 'Add|logits' -o out.onnx
+  onnxfi harden digits_cnn --method ranger -o out.onnx                 (zoo name: its eval data calibrates)
+
+Calibration data is an .npz with one array per input name (+ optional `labels`). Without --calib, a zoo
+model uses its eval data and any other model seeded random inputs (weak bounds: a warning says so).
+The report compares the hardened model with the original on the same data (--eval, else the calibration
+data): accuracy against labels when there are labels, else top-1 agreement with the original; and the
+median ONNX Runtime latency of both under the same session options.
+"""
+
+_SHOW = 20  # rows per table before eliding (everything is in --json)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "harden", help="harden a model without retraining (ranger, clipact, relumax, protect, nan-guard)",
+        epilog=_EXAMPLES,
+        description="Apply hardening passes to a model, write it, and report what changed, the clean-metric "
+        "change and the latency overhead.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--method", required=True, metavar="M[,M2]", help=f"comma list of: {', '.join(METHODS)}")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the hardened model")
+    p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
+    p.add_argument("--eval", metavar="DATA.npz", help="data for the accuracy comparison (default: the calibration data)")
+    p.add_argument("--percentile", type=float, metavar="P",
+                   help="ranger: upper bound = P-th percentile of each activation instead of its max")
+    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), metavar="L",
+                   help="protect: 0..3, wider windows protect more weights with larger changes (default 1)")
+    p.add_argument("--search", action="store_true",
+                   help="clipact: search each threshold by fault-injection AUC instead of the profiled max")
+    p.add_argument("--guard-points", metavar="REGEX",
+                   help="nan-guard: guard the values whose names match REGEX instead of the default points")
+    p.add_argument("--samples", type=int, default=64, help="random calibration inputs: how many (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs, subsampling and the search")
+    p.add_argument("--batch", type=int, default=64, help="samples per run (default 64)")
+    p.add_argument("--repeat", type=int, default=50, help="timed runs per model for the latency (default 50)")
+    p.add_argument("--provider", default="cpu", help="execution provider: cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's choice)")
+    p.add_argument("--external-data", action="store_true", help="write weights to OUT.onnx.data")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _zoo_eval_data(spec: str) -> Path | None:
+    """The eval-data file of zoo model ``spec`` (when ``spec`` names one and the zoo module exists)."""
+    if Path(spec).is_file():
+        return None
+    try:
+        zoo = importlib.import_module("onnxfi.zoo")
+    except ImportError:
+        return None
+    find = getattr(zoo, "eval_data_path", None)
+    if find is None:
+        return None
+    try:
+        path = Path(find(spec))
+    except OnnxfiError:
+        return None
+    return path if path.is_file() else None
+
+
+def _calibration(
+    args: argparse.Namespace, loaded: LoadedModel, methods: list[str], warnings: list[str]
+) -> Dataset:
+    specs = loaded.inputs()
+    if args.calib:
+        return load_data(args.calib, specs)
+    zoo_data = _zoo_eval_data(args.model)
+    if zoo_data is not None:
+        return load_data(zoo_data, specs)
+    if args.eval and not any(m in DATA_METHODS for m in methods):
+        return load_data(args.eval, specs)  # nothing to calibrate: the eval data serves the report
+    if any(m in DATA_METHODS for m in methods):
+        warnings.append(
+            "no --calib: calibrating on seeded random inputs; bounds from random data are weak "
+            "(give --calib DATA.npz with real inputs)"
+        )
+    else:
+        warnings.append("no --calib or --eval: comparing the models on seeded random inputs")
+    return random_data(specs, seed=args.seed, batch=args.samples, overrides=input_shapes_from_args(args))
+
+
+def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
+    if args.batch < 1 or args.repeat < 1 or args.samples < 1:
+        raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
+    for flag, value, method in (
+        ("--search", args.search, "clipact"),
+        ("--percentile", args.percentile is not None, "ranger"),
+        ("--level", args.level is not None, "protect"),
+        ("--guard-points", args.guard_points is not None, "nan-guard"),
+    ):
+        if value and method not in methods:
+            raise OnnxfiError(f"{flag} applies to {method}; add it to --method")
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.method)
+    _check_options(args, methods)
+    options = HardenOptions(
+        percentile=args.percentile, level=1 if args.level is None else args.level, search=args.search,
+        guard_points=args.guard_points, batch_size=args.batch, provider=args.provider, threads=args.threads,
+        seed=args.seed,
+    )
+    out = Path(args.output)
+    if out.suffix != ".onnx":
+        raise OnnxfiError(f"-o {out}: the output must be a .onnx file")
+    loaded, _ = load_from_args(args)
+    warnings = list(loaded.warnings)
+    calib = _calibration(args, loaded, methods, warnings)
+    evaluation = load_data(args.eval, loaded.inputs()) if args.eval else calib
+    result = harden(loaded.model, methods, calib, options)
+    written = save_model(result.model, out, external_data=args.external_data or loaded.has_external_data)
+    load_model(out)  # the written file must pass the checker and load again
+    comparison = compare_models(
+        loaded.model, result.model, evaluation, repeat=args.repeat, batch_size=args.batch,
+        provider=args.provider, threads=args.threads,
+    )
+    report: dict[str, Any] = {
+        "model": str(loaded.path),
+        "output": str(out),
+        "files": [str(f) for f in written],
+        "methods": methods,
+        "calibration": {"data": calib.source, "samples": calib.size},
+        "warnings": warnings,
+        **result.to_dict(),
+        "comparison": comparison.to_dict(),
+    }
+    if args.json:
+        print_json(report)
+        return 0
+    for w in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    _print(loaded, out, methods, calib, result, comparison, args.provider)
+    return 0
+
+
+def _print(
+    loaded: LoadedModel, out: Path, methods: list[str], calib: Dataset, result: HardenResult,
+    comparison: Comparison, provider: str,
+) -> None:
+    role = "calibration" if any(m in DATA_METHODS for m in methods) else "data"
+    stdout.print(f"[bold]{escape(str(loaded.path))}[/bold] -> [bold]{escape(str(out))}[/bold]: "
+                 f"{', '.join(methods)} ({role}: {calib.size} samples from {escape(calib.source)})")
+    for report in result.reports:
+        _print_pass(report)
+    c = comparison
+    if c.before is not None and c.after is not None:
+        label = "accuracy" if c.metric == "accuracy" else "top-1 agreement with the original"
+        stdout.print(escape(f"{label}: {c.before:.4f} -> {c.after:.4f} ({c.after - c.before:+.4f}) "
+                            f"on {c.samples} samples of {c.data} (output {c.output})"))
+    stdout.print(f"max |output difference| {c.max_abs_diff:.6g}")
+    stdout.print(f"latency: {c.latency_before_ms:.3f} ms -> {c.latency_after_ms:.3f} ms median "
+                 f"({c.overhead * 100:+.1f}%), batch {c.batch}, {c.repeat} runs each on {provider}")
+
+
+def _print_pass(report: PassReport) -> None:
+    stdout.print(f"\n[bold]{report.method}[/bold]: {len(report.changes)} changed, {len(report.skips)} skipped")
+    d = report.details
+    if report.method == "protect":
+        stdout.print(f"  level {d['level']}: {d['rewritten']} weights rewritten, worst relative change "
+                     f"{d['worst_relative_change']:.3g} (bound {d['bound']:.3g})")
+    if report.method == "clipact" and "search" in d:
+        s = d["search"]
+        stdout.print(f"  threshold search ({s['metric']}): AUC {s['auc_initial']:.4f} at the profiled max -> "
+                     f"{s['auc_final']:.4f}")
+    if report.changes:
+        t = Table(show_edge=False, header_style="bold")
+        for col in ("changed", "value", "what"):
+            t.add_column(col)
+        for ch in report.changes[:_SHOW]:
+            t.add_row(escape(ch.node), escape(ch.value), escape(ch.detail))
+        stdout.print(t)
+        if len(report.changes) > _SHOW:
+            stdout.print(f"  ... {len(report.changes) - _SHOW} more (--json lists all)")
+    if report.skips:
+        by_reason: dict[str, list[str]] = {}
+        for sk in report.skips:
+            by_reason.setdefault(sk.reason, []).append(sk.node)
+        t = Table(show_edge=False, header_style="bold")
+        t.add_column("skipped")
+        t.add_column("reason")
+        for reason, nodes in list(by_reason.items())[:_SHOW]:
+            shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            t.add_row(escape(shown), escape(reason))
+        stdout.print(t)
+        if len(by_reason) > _SHOW:
+            stdout.print(f"  ... {len(by_reason) - _SHOW} more reasons (--json lists all)")

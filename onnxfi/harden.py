@@ -1,0 +1,578 @@
+"""Harden a model without retraining: compose the hardening passes, profile what they need, compare the result.
+
+``harden(model, ["relumax", "protect"], data)`` runs the passes in the given order on a copy of the model,
+profiling activation ranges on ``data`` for each pass that needs them (on the model as the previous passes
+left it). ``compare_models`` measures the clean-metric change and the latency overhead under ONNX Runtime.
+The FT-ClipAct threshold search lives here too: it needs data, faults and sessions, which passes never touch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxfi.data import Dataset
+from onnxfi.errors import OnnxfiError
+from onnxfi.faults import BitFlip
+from onnxfi.passes._hardening import Change, HardeningPass, Skip, graph_opset, hardening_method
+from onnxfi.passes.clipact import ClipAct, threshold_array
+from onnxfi.passes.nan_guard import NanGuard
+from onnxfi.passes.protect import Protect, max_relative_change
+from onnxfi.passes.ranger import Ranger
+from onnxfi.passes.relumax import ReluMax
+from onnxfi.profile import Profile, batch_size_for, batches, copy_model, profile_values
+from onnxfi.runtime import make_session, run_session
+from onnxfi.sites import enumerate_sites
+
+__all__ = [
+    "METHODS",
+    "DATA_METHODS",
+    "parse_methods",
+    "SearchConfig",
+    "HardenOptions",
+    "PassReport",
+    "HardenResult",
+    "harden",
+    "ClipActSearch",
+    "search_clipact_thresholds",
+    "Comparison",
+    "compare_models",
+    "run_outputs",
+    "score_outputs",
+]
+
+METHODS: dict[str, str] = {
+    "ranger": "Ranger: Clip(x, lo, hi) after each activation (chain) with profiled bounds",
+    "clipact": "FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (T: profiled max, or --search)",
+    "relumax": "ReLUMax: ReLU -> 0 where the pre-activation exceeds its profiled max",
+    "protect": "zero-cost protection: nudge fp32 weights out of exponent classes where one flip blows up",
+    "nan-guard": "NaN -> 0, +-Inf -> +-max at outputs, residual Adds and the classifier input",
+}
+DATA_METHODS = ("ranger", "clipact", "relumax")  # the methods that profile activations
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``"relumax,protect"`` (or a list) -> ``["relumax", "protect"]``; unknown or repeated names are errors."""
+    parts = [p.strip().lower() for p in (text.split(",") if isinstance(text, str) else text)]
+    parts = [p.replace("_", "-") for p in parts if p]
+    if not parts:
+        raise OnnxfiError(f"no hardening method given; choose from {', '.join(METHODS)}")
+    for p in parts:
+        if p not in METHODS:
+            raise OnnxfiError(f"unknown hardening method {p!r}; choose from {', '.join(METHODS)}")
+    dup = sorted({p for p in parts if parts.count(p) > 1})
+    if dup:
+        raise OnnxfiError(f"method {dup[0]!r} given twice")
+    return parts
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """FT-ClipAct threshold search: fault rates (per weight bit), trials per rate, narrowing rounds."""
+
+    rates: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+    trials: int = 3
+    rounds: int = 3
+    candidates: int = 4
+    seed: int = 0
+    max_samples: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.rates or any(not 0 < r < 1 for r in self.rates):
+            raise OnnxfiError("search fault rates must be in (0, 1)")
+        if self.trials < 1 or self.rounds < 1 or self.candidates < 2 or self.max_samples < 1:
+            raise OnnxfiError("search needs trials >= 1, rounds >= 1, candidates >= 2, max_samples >= 1")
+
+
+@dataclass(frozen=True)
+class HardenOptions:
+    """Settings of :func:`harden`; each applies to the methods named in its comment."""
+
+    percentile: float | None = None  # ranger: upper bound = this percentile instead of the max
+    level: int = 1  # protect: 0..3
+    search: bool = False  # clipact: search T instead of the profiled max
+    search_config: SearchConfig = field(default_factory=SearchConfig)
+    guard_points: str | None = None  # nan-guard: regex over value names instead of the default points
+    batch_size: int = 64
+    provider: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.percentile is not None and not 0 < self.percentile <= 100:
+            raise OnnxfiError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.level not in (0, 1, 2, 3):
+            raise OnnxfiError(f"--level must be 0, 1, 2 or 3, got {self.level}")
+        if self.batch_size < 1:
+            raise OnnxfiError("batch size must be at least 1")
+
+
+@dataclass
+class PassReport:
+    """What one method did: nodes (or weights) changed, candidates skipped with reasons, and details."""
+
+    method: str
+    changes: list[Change]
+    skips: list[Skip]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "changed": [c.to_dict() for c in self.changes],
+            "skipped": [s.to_dict() for s in self.skips],
+            "details": self.details,
+        }
+
+
+@dataclass
+class HardenResult:
+    """The hardened model (a copy) and one report per method, in the order they ran."""
+
+    model: ir.Model
+    reports: list[PassReport]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passes": [r.to_dict() for r in self.reports]}
+
+
+# --------------------------------------------------------------------------------------------------
+# running models and scoring outputs
+
+
+def run_outputs(
+    model: ir.Model | Any,
+    data: Dataset,
+    batch_size: int = 64,
+    limit: int | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    feeds_extra: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every output of ``model`` (an ir.Model or a session) on ``data``, batch by batch, concatenated."""
+    session = make_session(model, provider=provider, threads=threads) if isinstance(model, ir.Model) else model
+    names = [i.name for i in session.get_inputs()]
+    bsize = batch_size_for(model, batch_size) if isinstance(model, ir.Model) else batch_size
+    chunks: list[dict[str, np.ndarray]] = []
+    for feeds in batches(data, bsize, limit):
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        if feeds_extra:
+            feeds.update(feeds_extra)
+        chunks.append(run_session(session, feeds).outputs)
+    first = chunks[0]
+    return {k: (np.concatenate([c[k] for c in chunks]) if first[k].ndim else first[k]) for k in first}
+
+
+def _label_accuracy(output: np.ndarray, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy of ``[N, C, ...]`` scores (or of integer predictions) against labels; None if unfit."""
+    if output.ndim >= 2 and output.dtype.kind == "f" and labels.shape == (output.shape[0], *output.shape[2:]):
+        return float(np.mean(np.argmax(output, axis=1) == labels))
+    if output.shape == labels.shape and output.dtype.kind in "iu":
+        return float(np.mean(output == labels))
+    return None
+
+
+def score_outputs(
+    reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], labels: np.ndarray | None
+) -> tuple[str, str, float | None, float | None]:
+    """(output name, metric, reference score, score): accuracy with labels, else top-1 agreement with ``reference``."""
+    if labels is not None:
+        for name, ref in reference.items():
+            before = _label_accuracy(ref, labels)
+            if before is not None:
+                return name, "accuracy", before, _label_accuracy(outputs[name], labels)
+    for name, ref in reference.items():
+        if ref.ndim >= 2 and ref.dtype.kind == "f" and ref.shape[1] > 1:
+            agree = float(np.mean(np.argmax(ref, axis=1) == np.argmax(outputs[name], axis=1)))
+            return name, "top1_agreement", 1.0, agree
+    name = next(iter(reference))
+    return name, "none", None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# FT-ClipAct threshold search
+
+
+@dataclass
+class ClipActSearch:
+    """Result of the search: T per activation, the AUC before/after, and every evaluated candidate."""
+
+    thresholds: dict[str, float]
+    initial: dict[str, float]
+    auc_initial: float
+    auc_final: float
+    metric: str
+    history: list[dict[str, Any]]
+    fault_bits: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": self.thresholds,
+            "initial": self.initial,
+            "auc_initial": self.auc_initial,
+            "auc_final": self.auc_final,
+            "metric": self.metric,
+            "fault_bits": self.fault_bits,
+            "history": self.history,
+        }
+
+
+def _fault_sets(
+    weights: Mapping[str, np.ndarray], config: SearchConfig
+) -> tuple[list[list[dict[str, np.ndarray]]], int]:
+    """Per rate, per trial: the weights hit by random single-bit flips (rate per stored bit), seeded."""
+    names = list(weights)
+    bits = np.array([weights[n].size * weights[n].itemsize * 8 for n in names], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(bits)])
+    total = int(offsets[-1])
+    out: list[list[dict[str, np.ndarray]]] = []
+    for ri, rate in enumerate(config.rates):
+        trials = []
+        for t in range(config.trials):
+            rng = np.random.default_rng([config.seed, ri, t])
+            k = int(rng.binomial(total, rate)) if total else 0
+            positions = rng.integers(0, total, size=k) if k else np.zeros(0, dtype=np.int64)
+            faulty: dict[str, np.ndarray] = {}
+            for pos in positions:
+                si = int(np.searchsorted(offsets, pos, side="right") - 1)
+                name = names[si]
+                width = weights[name].itemsize * 8
+                element, bit = divmod(int(pos - offsets[si]), width)
+                arr = faulty.setdefault(name, weights[name].copy())
+                flat = arr.reshape(-1)
+                flat[element : element + 1] = BitFlip((bit,)).apply(flat[element : element + 1])
+            trials.append(faulty)
+        out.append(trials)
+    return out, total
+
+
+def _auc(accuracies: Sequence[float], rates: Sequence[float]) -> float:
+    """Area under accuracy vs log10(fault rate), normalised to [0, 1] (the accuracy itself for one rate)."""
+    if len(rates) == 1:
+        return float(accuracies[0])
+    x = np.log10(np.asarray(rates, dtype=np.float64))
+    order = np.argsort(x)
+    x, y = x[order], np.asarray(accuracies, dtype=np.float64)[order]
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+    return area / float(x[-1] - x[0])
+
+
+def search_clipact_thresholds(
+    model: ir.Model,
+    threshold_values: Mapping[str, str],
+    initial: Mapping[str, float],
+    data: Dataset,
+    labels: np.ndarray,
+    output: str,
+    config: SearchConfig | None = None,
+    batch_size: int = 64,
+    provider: str = "cpu",
+    threads: int | None = None,
+) -> ClipActSearch:
+    """Search T per clipact layer (``threshold_values``: activation -> T initializer) as FT-ClipAct does.
+
+    Layer by layer, T starts in [0, max]: ``candidates`` evenly spaced values in (lo, hi] are scored by
+    the area under the accuracy-vs-fault-rate curve, the interval shrinks to one spacing either side of
+    the round's best, ``rounds`` times; each layer keeps the best T seen (the profiled max unless a
+    candidate beat it), so the final AUC is never below the initial one. Faults: at each rate, ``trials`` seeded draws of random single-bit flips
+    (rate per stored bit) over the float32 weights of every graph (initializers and Constant nodes,
+    hardening constants excluded), the same draws for every candidate. Each draw is baked into its own
+    session (so ORT still folds and prepacks weights); the T values are fed as overridable
+    initializers. ``model`` is not modified.
+    """
+    cfg = config or SearchConfig()
+    evaluation = copy_model(model)
+    graph = evaluation.graph
+    opset = graph_opset(graph)
+    t_inits = {layer: graph.initializers[name] for layer, name in threshold_values.items()}
+    t_names = {v.name for v in t_inits.values()}
+    present = {v.name for v in graph.inputs}
+    for v in t_inits.values():
+        if v.name not in present:
+            graph.inputs.append(v)
+    index = enumerate_sites(evaluation)
+    hardening_nodes = {n.name for n in graph.all_nodes() if hardening_method(n) and n.name}
+    sites = {
+        site.name: site for site in index.select("weights")
+        if site.dtype == ir.DataType.FLOAT and site.tensor_name not in t_names
+        and not (site.nodes and set(site.nodes) <= hardening_nodes)
+    }
+    weights = {name: index.weight_array(site).copy() for name, site in sites.items()}
+    fault_sets, total_bits = _fault_sets(weights, cfg)
+
+    def session_with(faulty: Mapping[str, np.ndarray]) -> Any:
+        for name, arr in faulty.items():
+            index.set_weight_array(sites[name], arr)
+        try:
+            return make_session(evaluation, provider=provider, threads=threads)
+        finally:
+            for name in faulty:
+                index.set_weight_array(sites[name], weights[name])
+
+    clean = session_with({})
+    sessions = [[session_with(f) if f else clean for f in per_rate] for per_rate in fault_sets]
+    dtypes = {layer: v.dtype or ir.DataType.FLOAT for layer, v in t_inits.items()}
+    n = min(data.size, cfg.max_samples) if data.size else None
+    bsize = batch_size_for(model, max(batch_size, cfg.max_samples))
+    ref = labels[:n] if n is not None else labels
+    cache: dict[tuple[tuple[float, ...], int, int], float] = {}
+    layers = list(threshold_values)
+
+    def accuracy(ts: Mapping[str, float], ri: int, t: int) -> float:
+        faulty = fault_sets[ri][t]
+        key = (tuple(ts[layer] for layer in layers), ri if faulty else -1, t if faulty else -1)
+        if key not in cache:
+            extra = {t_inits[layer].name or "": threshold_array(ts[layer], dtypes[layer], opset) for layer in layers}
+            out = run_outputs(sessions[ri][t], data, bsize, n, feeds_extra=extra)[output]
+            with np.errstate(invalid="ignore"):
+                score = _label_accuracy(out, ref)
+            cache[key] = 0.0 if score is None else score
+        return cache[key]
+
+    def auc(ts: Mapping[str, float]) -> float:
+        accs = [float(np.mean([accuracy(ts, ri, t) for t in range(cfg.trials)])) for ri in range(len(cfg.rates))]
+        return _auc(accs, cfg.rates)
+
+    current = {layer: float(initial[layer]) for layer in layers}
+    auc_initial = auc(current)
+    history: list[dict[str, Any]] = []
+    for layer in layers:
+        top = current[layer]
+        lo, hi = 0.0, top
+        best_t, best_auc = top, auc(current)  # the profiled max is the candidate to beat
+        for rnd in range(cfg.rounds):
+            cands = [float(c) for c in np.linspace(lo, hi, cfg.candidates + 1)[1:]]
+            scores = [auc({**current, layer: c}) for c in cands]
+            i = max(range(len(cands)), key=lambda k: (scores[k], cands[k]))  # ties: the larger T
+            history.append({"layer": layer, "round": rnd, "candidates": cands, "auc": scores})
+            if scores[i] > best_auc:
+                best_t, best_auc = cands[i], scores[i]
+            step = (hi - lo) / cfg.candidates
+            lo, hi = max(0.0, cands[i] - step), min(top, cands[i] + step)
+        current[layer] = best_t
+    return ClipActSearch(
+        current, dict(initial), auc_initial, auc(current),
+        "accuracy (labels)" if labels is not None else "top-1 agreement", history, total_bits,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# composition
+
+
+def _profile(
+    model: ir.Model, data: Dataset | None, names: list[str], options: HardenOptions, method: str,
+    percentiles: Sequence[float] = (),
+) -> Profile:
+    if data is None:
+        raise OnnxfiError(f"{method} needs calibration data to profile activation ranges")
+    return profile_values(
+        model, data, names, percentiles=percentiles, batch_size=options.batch_size, seed=options.seed,
+        provider=options.provider, threads=options.threads,
+    )
+
+
+def _reference_labels(
+    original: ir.Model, data: Dataset, options: HardenOptions
+) -> tuple[np.ndarray, str]:
+    outs = run_outputs(original, data, options.batch_size, options.search_config.max_samples,
+                       options.provider, options.threads)
+    name, metric, _, _ = score_outputs(outs, outs, data.labels)
+    if metric == "accuracy" and data.labels is not None:
+        return data.labels, name
+    if metric == "top1_agreement":
+        return np.argmax(outs[name], axis=1), name
+    raise OnnxfiError("the clipact search needs a classifier output ([N, C] scores) to score")
+
+
+def _run_method(
+    model: ir.Model, original: ir.Model, method: str, data: Dataset | None, options: HardenOptions
+) -> PassReport:
+    details: dict[str, Any] = {}
+    pass_: HardeningPass
+    if method == "ranger":
+        ranger = Ranger({}, options.percentile)
+        names = ranger.profile_points(model)
+        prof = _profile(model, data, names, options, method, [options.percentile] if options.percentile else [])
+        ranger.ranges = prof.ranges
+        details = {"percentile": options.percentile, "samples": prof.samples, "data": prof.source}
+        pass_ = ranger
+    elif method == "relumax":
+        relumax = ReluMax({})
+        prof = _profile(model, data, relumax.profile_points(model), options, method)
+        relumax.ranges = prof.ranges
+        details = {"samples": prof.samples, "data": prof.source}
+        pass_ = relumax
+    elif method == "clipact":
+        clipact = ClipAct({})
+        prof = _profile(model, data, clipact.profile_points(model), options, method)
+        clipact.ranges = prof.ranges
+        details = {"samples": prof.samples, "data": prof.source, "search": options.search}
+        pass_ = clipact
+    elif method == "protect":
+        pass_ = Protect(options.level)
+        details = {"level": options.level, "bound": max_relative_change(options.level)}
+    elif method == "nan-guard":
+        pass_ = NanGuard(options.guard_points)
+        details = {"points": options.guard_points or "default"}
+    else:  # parse_methods keeps this unreachable for CLI input
+        raise OnnxfiError(f"unknown hardening method {method!r}")
+    pass_(model)
+    if isinstance(pass_, Protect):
+        details["worst_relative_change"] = pass_.worst_relative_change
+        details["rewritten"] = int(sum(r.indices.size for r in pass_.rewrites.values()))
+    if isinstance(pass_, ClipAct):
+        initial = dict(pass_.applied)
+        details["thresholds"] = dict(initial)
+        if options.search and pass_.threshold_values:
+            assert data is not None
+            labels, output = _reference_labels(original, data, options)
+            result = search_clipact_thresholds(
+                model, pass_.threshold_values, initial, data, labels, output, options.search_config,
+                options.batch_size, options.provider, options.threads,
+            )
+            opset = graph_opset(model.graph)
+            for layer, t in result.thresholds.items():
+                value = model.graph.initializers[pass_.threshold_values[layer]]
+                dtype = value.dtype or ir.DataType.FLOAT
+                value.const_value = ir.Tensor(threshold_array(t, dtype, opset), dtype=dtype, name=value.name)
+            pass_.changes = [
+                Change(c.node, c.value, re.sub(r"T = \S+$", f"T = {result.thresholds[c.value]:.6g} (searched)",
+                                               c.detail)) if c.value in result.thresholds else c
+                for c in pass_.changes
+            ]
+            details["thresholds"] = result.thresholds
+            details["search"] = result.to_dict()
+    return PassReport(method, list(pass_.changes), list(pass_.skips), details)
+
+
+def harden(
+    model: ir.Model,
+    methods: Sequence[str],
+    data: Dataset | None = None,
+    options: HardenOptions | None = None,
+) -> HardenResult:
+    """Apply ``methods`` in order to a copy of ``model``; ``data`` calibrates the data-driven methods."""
+    opts = options or HardenOptions()
+    chosen = parse_methods(list(methods))
+    if opts.search and "clipact" not in chosen:
+        raise OnnxfiError("--search tunes clipact thresholds; add clipact to --method")
+    if data is None and any(m in DATA_METHODS for m in chosen):
+        need = next(m for m in chosen if m in DATA_METHODS)
+        raise OnnxfiError(f"{need} needs calibration data to profile activation ranges")
+    hardened = copy_model(model)
+    reports = [_run_method(hardened, model, m, data, opts) for m in chosen]
+    return HardenResult(hardened, reports)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparison
+
+
+@dataclass
+class Comparison:
+    """Clean metric and latency of the original and hardened models on the same data and session options."""
+
+    output: str
+    metric: str
+    before: float | None
+    after: float | None
+    samples: int
+    max_abs_diff: float
+    latency_before_ms: float
+    latency_after_ms: float
+    batch: int
+    repeat: int
+    data: str
+
+    @property
+    def metric_change(self) -> float | None:
+        return None if self.before is None or self.after is None else self.after - self.before
+
+    @property
+    def overhead(self) -> float:
+        """Relative latency overhead (0.05 = 5% slower)."""
+        return self.latency_after_ms / self.latency_before_ms - 1 if self.latency_before_ms > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else float(x)
+
+        return {
+            "output": self.output,
+            "metric": self.metric,
+            "before": num(self.before),
+            "after": num(self.after),
+            "change": num(self.metric_change),
+            "samples": self.samples,
+            "max_abs_diff": num(self.max_abs_diff),
+            "data": self.data,
+            "latency_ms": {
+                "before": self.latency_before_ms,
+                "after": self.latency_after_ms,
+                "overhead": num(self.overhead),
+                "batch": self.batch,
+                "repeat": self.repeat,
+                "statistic": "median",
+            },
+        }
+
+
+def _max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    worst = 0.0
+    for name, x in a.items():
+        y = b[name]
+        if x.dtype.kind != "f" or x.shape != y.shape or x.size == 0:
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+        d = d[np.isfinite(d)]
+        if d.size:
+            worst = max(worst, float(d.max()))
+    return worst
+
+
+def compare_models(
+    original: ir.Model,
+    hardened: ir.Model,
+    data: Dataset,
+    *,
+    repeat: int = 50,
+    batch_size: int = 64,
+    provider: str = "cpu",
+    threads: int | None = None,
+) -> Comparison:
+    """Score both models on ``data`` and time them (median of ``repeat`` runs of the first batch each).
+
+    Both sessions use the same provider, optimization level (all) and threads; timed runs alternate
+    between the two models in rounds so that drift (turbo, other load) hits both alike.
+    """
+    if repeat < 1:
+        raise OnnxfiError("--repeat must be at least 1")
+    s0 = make_session(original, provider=provider, threads=threads)
+    s1 = make_session(hardened, provider=provider, threads=threads)
+    bsize = batch_size_for(original, batch_size)
+    ref = run_outputs(s0, data, bsize)
+    out = run_outputs(s1, data, bsize)
+    output, metric, before, after = score_outputs(ref, out, data.labels)
+    names = [i.name for i in s0.get_inputs()]
+    feeds = {k: v for k, v in next(batches(data, bsize)).items() if k in names}
+    rounds = min(repeat, 5)
+    t0: list[float] = []
+    t1: list[float] = []
+    for r in range(rounds):
+        k = repeat // rounds + (1 if r < repeat % rounds else 0)
+        t0 += run_session(s0, feeds, repeat=k, warmup=1).times
+        t1 += run_session(s1, feeds, repeat=k, warmup=1).times
+    first = next(iter(feeds.values()), None)
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    return Comparison(
+        output, metric, before, after, max(1, data.size), _max_abs_diff(ref, out),
+        float(np.median(t0)) * 1e3, float(np.median(t1)) * 1e3, batch, repeat, data.source,
+    )
