@@ -1,0 +1,280 @@
+"""The onnxfi model zoo: small ONNX models with committed eval subsets and recorded metrics.
+
+The zoo lives in the repository's ``model_zoo/`` folder (or the folder named by the
+``ONNXFI_ZOO`` environment variable). ``model_zoo/registry.json`` maps each model name to
+its ``.onnx`` file, task, input spec, eval subset (a pickle-free ``.npz`` with one array
+per model input plus ``labels``), metric and the metric value recorded by running the
+exported model with onnxruntime on that subset.
+
+This module needs only numpy and onnxruntime; it never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxfi.errors import OnnxfiError
+
+__all__ = [
+    "ZOO_ENV_VAR",
+    "ZooEntry",
+    "InputSpec",
+    "zoo_dir",
+    "registry_path",
+    "entries",
+    "names",
+    "get",
+    "resolve_model",
+    "model_path",
+    "eval_data_path",
+    "load_eval_data",
+    "compute_metrics",
+    "evaluate",
+]
+
+ZOO_ENV_VAR = "ONNXFI_ZOO"
+"""Environment variable that overrides the zoo folder."""
+
+TASKS = ("classification", "segmentation")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, shape (symbolic dims as strings) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One registry entry. Paths are absolute (resolved against the zoo folder)."""
+
+    name: str
+    file: Path
+    task: str
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+    metric_output: str
+    eval_data: Path
+    eval_samples: int
+    metric: str
+    value: float
+    metrics: Mapping[str, float]
+    framework: str
+    converter: str
+    data_source: Mapping[str, str]
+    notes: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def zoo_dir() -> Path:
+    """The zoo folder: ``$ONNXFI_ZOO`` if set, else the repository's ``model_zoo/``."""
+    env = os.environ.get(ZOO_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent / "model_zoo"
+
+
+def registry_path() -> Path:
+    """Path of ``registry.json`` inside :func:`zoo_dir`."""
+    return zoo_dir() / "registry.json"
+
+
+_KNOWN_KEYS = {
+    "file", "task", "inputs", "outputs", "metric_output", "eval_data", "eval_samples", "metric",
+    "value", "metrics", "framework", "converter", "data_source", "notes",
+}  # fmt: skip
+
+
+def _entry_from_json(name: str, raw: Mapping[str, Any], root: Path) -> ZooEntry:
+    try:
+        inputs = tuple(
+            InputSpec(name=str(i["name"]), shape=tuple(i["shape"]), dtype=str(i["dtype"])) for i in raw["inputs"]
+        )
+        outputs = tuple(str(o) for o in raw.get("outputs", ()))
+        task = str(raw["task"])
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        return ZooEntry(
+            name=name,
+            file=root / str(raw["file"]),
+            task=task,
+            inputs=inputs,
+            outputs=outputs,
+            metric_output=str(raw.get("metric_output") or (outputs[0] if outputs else "")),
+            eval_data=root / str(raw["eval_data"]),
+            eval_samples=int(raw.get("eval_samples", 0)),
+            metric=str(raw["metric"]),
+            value=float(raw["value"]),
+            metrics={str(k): float(v) for k, v in dict(raw.get("metrics", {})).items()},
+            framework=str(raw.get("framework", "")),
+            converter=str(raw.get("converter", "")),
+            data_source={str(k): str(v) for k, v in dict(raw.get("data_source", {})).items()},
+            notes=str(raw.get("notes", "")),
+            extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OnnxfiError(f"model zoo registry {registry_path()}: bad entry {name!r}: {exc}") from exc
+
+
+def _load_registry() -> dict[str, ZooEntry]:
+    path = registry_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OnnxfiError(
+            f"model zoo registry not found: {path} (set {ZOO_ENV_VAR} or run 'make zoo')"
+        ) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OnnxfiError(f"cannot read model zoo registry {path}: {exc}") from exc
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict):
+        raise OnnxfiError(f"model zoo registry {path}: missing 'models' mapping")
+    root = path.parent
+    return {str(name): _entry_from_json(str(name), spec, root) for name, spec in models.items()}
+
+
+def entries() -> list[ZooEntry]:
+    """All registry entries, sorted by name."""
+    return [e for _, e in sorted(_load_registry().items())]
+
+
+def names() -> list[str]:
+    """All model names in the registry, sorted."""
+    return sorted(_load_registry())
+
+
+def get(name: str) -> ZooEntry:
+    """The entry called ``name``; raises :class:`OnnxfiError` listing the available names."""
+    registry = _load_registry()
+    try:
+        return registry[name]
+    except KeyError:
+        available = ", ".join(sorted(registry)) or "(none)"
+        raise OnnxfiError(f"unknown zoo model {name!r}; available: {available}") from None
+
+
+def model_path(name: str) -> Path:
+    """The ``.onnx`` file of zoo model ``name``."""
+    return get(name).file
+
+
+def resolve_model(spec: str | os.PathLike[str]) -> Path:
+    """Turn a CLI model argument into a path.
+
+    An existing file wins; otherwise a zoo model name gives that model's file; anything else
+    comes back unchanged as a path, so that the model loader reports it as not found.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    text = os.fspath(spec)
+    if text and os.sep not in text and not text.endswith(".onnx"):
+        try:
+            registry = _load_registry()
+        except OnnxfiError:
+            return path
+        if text in registry:
+            return registry[text].file
+    return path
+
+
+def eval_data_path(name: str) -> Path:
+    """The committed eval subset (``.npz``) of zoo model ``name``."""
+    return get(name).eval_data
+
+
+def load_eval_data(name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Feeds (one array per model input) and labels of zoo model ``name``'s eval subset."""
+    entry = get(name)
+    try:
+        with np.load(entry.eval_data, allow_pickle=False) as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
+    except FileNotFoundError as exc:
+        raise OnnxfiError(f"eval data of zoo model {name!r} not found: {entry.eval_data}") from exc
+    except (OSError, ValueError) as exc:
+        raise OnnxfiError(f"cannot read eval data {entry.eval_data}: {exc}") from exc
+    if "labels" not in arrays:
+        raise OnnxfiError(f"eval data {entry.eval_data} has no 'labels' array")
+    labels = arrays.pop("labels")
+    missing = [spec.name for spec in entry.inputs if spec.name not in arrays]
+    if missing:
+        raise OnnxfiError(f"eval data {entry.eval_data} lacks input array(s): {', '.join(missing)}")
+    return {spec.name: arrays[spec.name] for spec in entry.inputs}, labels
+
+
+def compute_metrics(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics of a model output against labels.
+
+    classification: ``accuracy`` = mean(argmax(output, axis=1) == labels).
+    segmentation (output [N,C,H,W], labels [N,H,W]): ``miou`` = mean IoU over the classes present
+    in the labels or the prediction, and ``pixel_accuracy``.
+    """
+    scores = np.asarray(output)
+    if scores.ndim < 2:
+        raise OnnxfiError(f"expected an output with a class axis, got shape {scores.shape}")
+    pred = scores.argmax(axis=1)
+    labels = np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise OnnxfiError(f"prediction shape {pred.shape} does not match labels shape {labels.shape}")
+    if task == "classification":
+        return {"accuracy": float(np.mean(pred == labels))}
+    if task == "segmentation":
+        ious = []
+        for cls in np.union1d(np.unique(labels), np.unique(pred)):
+            inter = np.count_nonzero((pred == cls) & (labels == cls))
+            union = np.count_nonzero((pred == cls) | (labels == cls))
+            ious.append(inter / union)
+        return {"miou": float(np.mean(ious)), "pixel_accuracy": float(np.mean(pred == labels))}
+    raise OnnxfiError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
+
+
+def evaluate(name: str, providers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run zoo model ``name`` with onnxruntime on its eval subset and compute its clean metric.
+
+    Returns a dict with ``name``, ``task``, ``metric``, ``value`` (measured), ``recorded``,
+    ``difference`` (value - recorded), ``metrics`` (all measured metrics), ``samples`` and
+    ``providers`` (those the session used).
+    """
+    import onnxruntime as ort
+
+    entry = get(name)
+    if not entry.file.is_file():
+        raise OnnxfiError(f"model file of zoo model {name!r} not found: {entry.file}")
+    feeds, labels = load_eval_data(name)
+    wanted = list(providers) if providers else ["CPUExecutionProvider"]
+    unknown = [p for p in wanted if p not in ort.get_available_providers()]
+    if unknown:
+        raise OnnxfiError(
+            f"execution provider(s) not available: {', '.join(unknown)}; "
+            f"available: {', '.join(ort.get_available_providers())}"
+        )
+    try:
+        session = ort.InferenceSession(str(entry.file), providers=wanted)
+        (output,) = session.run([entry.metric_output], feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxfiError(f"onnxruntime failed on zoo model {name!r}: {exc}") from exc
+    metrics = compute_metrics(entry.task, np.asarray(output), labels)
+    if entry.metric not in metrics:
+        raise OnnxfiError(f"zoo model {name!r}: metric {entry.metric!r} is not computed for task {entry.task!r}")
+    value = metrics[entry.metric]
+    return {
+        "name": name,
+        "task": entry.task,
+        "metric": entry.metric,
+        "value": value,
+        "recorded": entry.value,
+        "difference": value - entry.value,
+        "metrics": metrics,
+        "samples": int(labels.shape[0]),
+        "providers": list(session.get_providers()),
+    }
