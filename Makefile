@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m onnxfi analyze $(DEMO_MODEL) --faults 1600 --db $(OUT)/demo.db --overwrite --json $(OUT)/demo.json
 
 lint: install
-	$(VENV)/bin/ruff check onnxfi tests bench
+	$(VENV)/bin/ruff check onnxfi tests
 
 typecheck: install
 	$(VENV)/bin/mypy onnxfi
