@@ -20,23 +20,23 @@ from typing import Any
 
 import numpy as np
 
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import DataError, ModelLoadError, OnnxfiError, ProviderError
 
 __all__ = [
     "ZOO_ENV_VAR",
-    "ZooEntry",
     "InputSpec",
-    "zoo_dir",
-    "registry_path",
-    "entries",
-    "names",
-    "get",
-    "resolve_model",
-    "model_path",
-    "eval_data_path",
-    "load_eval_data",
+    "ZooEntry",
     "compute_metrics",
+    "entries",
+    "eval_data_path",
     "evaluate",
+    "get",
+    "load_eval_data",
+    "model_path",
+    "names",
+    "registry_path",
+    "resolve_model",
+    "zoo_dir",
 ]
 
 ZOO_ENV_VAR = "ONNXFI_ZOO"
@@ -98,7 +98,8 @@ _KNOWN_KEYS = {
 def _entry_from_json(name: str, raw: Mapping[str, Any], root: Path) -> ZooEntry:
     try:
         inputs = tuple(
-            InputSpec(name=str(i["name"]), shape=tuple(i["shape"]), dtype=str(i["dtype"])) for i in raw["inputs"]
+            InputSpec(name=str(i["name"]), shape=tuple(i["shape"]), dtype=str(i["dtype"]))
+            for i in raw["inputs"]
         )
         outputs = tuple(str(o) for o in raw.get("outputs", ()))
         task = str(raw["task"])
@@ -200,15 +201,15 @@ def load_eval_data(name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         with np.load(entry.eval_data, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
     except FileNotFoundError as exc:
-        raise OnnxfiError(f"eval data of zoo model {name!r} not found: {entry.eval_data}") from exc
+        raise DataError(f"eval data of zoo model {name!r} not found: {entry.eval_data}") from exc
     except (OSError, ValueError) as exc:
-        raise OnnxfiError(f"cannot read eval data {entry.eval_data}: {exc}") from exc
+        raise DataError(f"cannot read eval data {entry.eval_data}: {exc}") from exc
     if "labels" not in arrays:
-        raise OnnxfiError(f"eval data {entry.eval_data} has no 'labels' array")
+        raise DataError(f"eval data {entry.eval_data} has no 'labels' array")
     labels = arrays.pop("labels")
     missing = [spec.name for spec in entry.inputs if spec.name not in arrays]
     if missing:
-        raise OnnxfiError(f"eval data {entry.eval_data} lacks input array(s): {', '.join(missing)}")
+        raise DataError(f"eval data {entry.eval_data} lacks input array(s): {', '.join(missing)}")
     return {spec.name: arrays[spec.name] for spec in entry.inputs}, labels
 
 
@@ -249,12 +250,12 @@ def evaluate(name: str, providers: Sequence[str] | None = None) -> dict[str, Any
 
     entry = get(name)
     if not entry.file.is_file():
-        raise OnnxfiError(f"model file of zoo model {name!r} not found: {entry.file}")
+        raise ModelLoadError(f"model file of zoo model {name!r} not found: {entry.file}")
     feeds, labels = load_eval_data(name)
     wanted = list(providers) if providers else ["CPUExecutionProvider"]
     unknown = [p for p in wanted if p not in ort.get_available_providers()]
     if unknown:
-        raise OnnxfiError(
+        raise ProviderError(
             f"execution provider(s) not available: {', '.join(unknown)}; "
             f"available: {', '.join(ort.get_available_providers())}"
         )
@@ -265,7 +266,9 @@ def evaluate(name: str, providers: Sequence[str] | None = None) -> dict[str, Any
         raise OnnxfiError(f"onnxruntime failed on zoo model {name!r}: {exc}") from exc
     metrics = compute_metrics(entry.task, np.asarray(output), labels)
     if entry.metric not in metrics:
-        raise OnnxfiError(f"zoo model {name!r}: metric {entry.metric!r} is not computed for task {entry.task!r}")
+        raise OnnxfiError(
+            f"zoo model {name!r}: metric {entry.metric!r} is not computed for task {entry.task!r}"
+        )
     value = metrics[entry.metric]
     return {
         "name": name,

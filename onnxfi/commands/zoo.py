@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         result["metric"],
         f"{result['value']:.4f}",
         f"{result['recorded']:.4f}",
-        f"{result['difference']:+.4f}",
+        f"{0.0 if abs(result['difference']) < 5e-5 else result['difference']:+.4f}",
     )
     for key, value in result["metrics"].items():
         if key != result["metric"]:
