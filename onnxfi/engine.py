@@ -25,7 +25,7 @@ from onnxfi import metrics
 from onnxfi.bits import dtype_info
 from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
-from onnxfi.faults import BitFault, BitFlip, Fault, RandomValue, SetValue
+from onnxfi.faults import BitFault, BitFlip, Fault, RandomValue, SetValue, inject_element
 from onnxfi.model import LoadedModel, load_model
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
 from onnxfi.passes.fault_port import (
@@ -231,15 +231,11 @@ class _SiteRunner:
         fault = exp.fault_obj()
         rng = np.random.default_rng(exp.seed)
         if self.mode == "weight":
-            arr = self.original.copy()
-            flat = arr.reshape(-1)
-            flat[exp.index: exp.index + 1] = fault.apply(flat[exp.index: exp.index + 1], rng)
+            arr = inject_element(self.original, exp.index, fault, rng)
             return self._run({self.site.tensor_name: arr})
         if self.mode == "rebuild":
             site = self.index.get(self.site.name)
-            arr = self.original.copy()
-            flat = arr.reshape(-1)
-            flat[exp.index: exp.index + 1] = fault.apply(flat[exp.index: exp.index + 1], rng)
+            arr = inject_element(self.original, exp.index, fault, rng)
             self.index.set_weight_array(site, arr)
             try:
                 sess = make_session(self.loaded.model, self.engine.cfg.provider, threads=self.engine.cfg.threads)
@@ -286,9 +282,7 @@ class _NaiveRunner(_SiteRunner):
         index = enumerate_sites(loaded.model, loaded.value_shapes)
         site = index.get(self.site.name)
         if site.kind == "weight":
-            arr = index.weight_array(site).copy()
-            flat = arr.reshape(-1)
-            flat[exp.index: exp.index + 1] = fault.apply(flat[exp.index: exp.index + 1], rng)
+            arr = inject_element(index.weight_array(site), exp.index, fault, rng)
             index.set_weight_array(site, arr)
             model = loaded.model
         else:
