@@ -6,7 +6,7 @@ OUT ?= out
 DEMO_MODEL ?= digits_cnn
 DEMO_DATA ?= model_zoo/data/digits_eval.npz
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m onnxfi analyze $(DEMO_MODEL) --faults 1600 --db $(OUT)/demo.db --overwrite --json $(OUT)/demo.json
 
 lint: install
-	$(VENV)/bin/ruff check onnxfi tests
+	$(VENV)/bin/ruff check onnxfi tests bench
 
 typecheck: install
 	$(VENV)/bin/mypy onnxfi
@@ -36,5 +36,26 @@ test: install lint typecheck
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmark (issue 5): one weight campaign plan run by naive rebuilds, onnxfi and PyTorchFI; see bench/README.md.
+# torch and pytorchfi live in .venv-bench so .venv stays small; torch==2.13.0 is the local CPU wheel,
+# installed first and alone. About 6-8 minutes on 2 quiet cores.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_DIGITS ?= --faults 1088
+BENCH_RESNET ?= --faults 612 --baseline-faults 51 --modes naive,suffix,pytorchfi
+
+$(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
+	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q "$$(grep '^torch==' bench/requirements.txt)"
+	$(BENCH_PY) -m pip install -q -r bench/requirements.txt -e .
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	@mkdir -p $(OUT)/bench
+	$(BENCH_PY) bench/build_resnet18.py
+	$(BENCH_PY) bench/bench_campaign.py --model digits_cnn $(BENCH_DIGITS) --json $(OUT)/bench/digits_cnn.json
+	$(BENCH_PY) bench/bench_campaign.py --model resnet18 $(BENCH_RESNET) --json $(OUT)/bench/resnet18.json
 
 -include model_zoo/zoo.mk

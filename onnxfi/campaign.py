@@ -15,7 +15,7 @@ import onnxruntime
 from onnxfi import __version__
 from onnxfi.engine import OUTCOMES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.executors.local import LocalExecutor
+from onnxfi.executors import make_executor
 from onnxfi.faults import BitFault
 from onnxfi.plan import Plan
 from onnxfi.stats import Rate, margin_reached, normal_quantile, rate_with_ci
@@ -156,8 +156,12 @@ def run_campaign(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     timeout_factor: float = 10.0,
     min_timeout_s: float = 30.0,
+    executor: str = "local",
+    address: str | None = None,
 ) -> CampaignResult:
     """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known."""
+    runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
+                           min_timeout_s=min_timeout_s)
     if resume:
         stored = store.meta("plan")
         if stored is None:
@@ -171,7 +175,6 @@ def run_campaign(
         store.set_meta("versions", versions())
     done = store.done_ids()
     todo = [e for e in plan.experiments if e.id not in done]
-    executor = LocalExecutor(cfg, workers=workers, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s)
     result = CampaignResult(plan, {}, {})
     sdc = sum(1 for r in store.rows() if r["sdc1"]) if done else 0
     finished = len(done)
@@ -184,10 +187,10 @@ def run_campaign(
         if e.id in done:
             rounds_done[e.round] += 1
     try:
-        clean = executor.start()
+        clean = runner.start()
         result.clean = clean
         store.set_meta("clean", clean)
-        for row in executor.run(todo, _site_flags(plan)):
+        for row in runner.run(todo, _site_flags(plan)):
             buffer.append(row)
             finished += 1
             result.executed += 1
@@ -208,7 +211,7 @@ def run_campaign(
     finally:
         if buffer:
             store.add(buffer)
-        executor.close()
+        runner.close()
     if not result.clean:
         result.clean = store.meta("clean", {})
     result.summary = aggregate(plan, store.rows())

@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 
 from onnxfi import metrics
-from onnxfi.bits import dtype_info
+from onnxfi.bits import dtype_info, dtype_info_for_numpy
 from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
 from onnxfi.faults import BitFault, BitFlip, Fault, RandomValue, SetValue, inject_element
 from onnxfi.model import LoadedModel, load_model
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
+from onnxfi.passes.expose import ExposeValues
 from onnxfi.passes.fault_port import (
     PORT_AND,
     PORT_OR,
@@ -42,8 +45,11 @@ from onnxfi.passes.opset import upgrade_opset
 from onnxfi.plan import Experiment
 from onnxfi.runtime import make_session
 from onnxfi.sites import Site, SiteIndex, enumerate_sites
+from onnxfi.suffix import Cut, CutError, boundary, cut_model, weight_start
 
-__all__ = ["EngineConfig", "Engine", "classify", "OUTCOMES", "task_metric"]
+__all__ = ["EngineConfig", "Engine", "classify", "OUTCOMES", "task_metric", "MODES"]
+
+MODES = ("suffix", "port", "naive")
 
 OUTCOMES = ("masked", "tolerable", "sdc1", "sdc5", "critical", "due", "crash")
 
@@ -65,8 +71,13 @@ class EngineConfig:
     task: str | None = None
     critical: float = 0.01
     metric: str | None = None
-    mode: str = "port"  # "port": one session per site; "naive": a rebuilt model and session per fault
+    # "suffix": per site, a cached fault-free prefix and a session of the site's forward cone only
+    # (falls back to "port" where a model cannot be cut); "port": one whole-model session per site
+    # with the site opened to faults; "naive": a rebuilt model and a new session per fault.
+    mode: str = "suffix"
     max_sessions: int = 8
+    cache_mb: float = 1024.0
+    shortcuts: bool = True
 
 
 def _load_metric(spec: str) -> Callable[..., Any]:
@@ -293,6 +304,161 @@ class _NaiveRunner(_SiteRunner):
         return self._run({}, sess)
 
 
+def _perturbed(weight: np.ndarray) -> np.ndarray:
+    """``weight`` with a low bit flipped in every element: a probe that shows whether ORT folds it."""
+    info = dtype_info_for_numpy(weight.dtype)
+    word = np.ascontiguousarray(weight).view(info.word) if info.is_float else weight
+    return np.asarray(word ^ np.asarray(2 if info.bits > 8 else 1, dtype=word.dtype)).view(weight.dtype)
+
+
+class _SuffixRunner(_SiteRunner):
+    """Prefix cache + suffix session: the fault-free model runs once with every tensor the site's
+    forward cone reads exposed; each fault then runs only the cone, fed from that cache.
+
+    Activation faults are applied to the cached site tensor in numpy (the same element of every image,
+    as the port does), so no fault node and no opset upgrade is needed. Weight faults feed the faulty
+    weight to the cone, which starts at the weight's consumers. When the site's only consumer is a
+    ReLU, MaxPool or Clip and that node's output on the faulty tensor is bitwise equal to its golden
+    output, the fault is masked and the cone is not run (``shortcuts``).
+    """
+
+    def __init__(self, engine: Engine, site: Site) -> None:
+        self.engine, self.site = engine, site
+        self.mode = "suffix"
+        self.shortcuts = 0
+        cfg = engine.cfg
+        if site.graph:
+            raise CutError("site is inside a subgraph")
+        proto = engine.model_proto()
+        name = site.tensor_name
+        self.info = dtype_info(site.dtype)
+        start = weight_start(proto, name) if site.kind == "weight" else [name]
+        expose = boundary(proto, start, [name]) + ([name] if site.kind == "activation" else [])
+        full = load_model(cfg.model_path, cfg.input_shapes, check=False).model
+        if expose:
+            ExposeValues(expose)(full)
+        prefix = make_session(full, cfg.provider, threads=cfg.threads)
+        out_names = [o.name for o in prefix.get_outputs()]
+        self.chunks: list[dict[str, np.ndarray]] = []
+        budget = cfg.cache_mb * 2**20
+        used = 0
+        data = engine.data
+        n = max(1, data.size)
+        for lo in range(0, n, cfg.batch):
+            feeds = data.batch(lo, min(n, lo + cfg.batch))
+            outs = dict(zip(out_names, prefix.run(out_names, feeds)))
+            chunk = {k: np.asarray(v) for k, v in outs.items()}
+            chunk.update(feeds)
+            used += sum(v.nbytes for k, v in outs.items() if k in expose)
+            if used > budget:
+                raise CutError(f"prefix cache for {site.name} needs more than --cache-mb {cfg.cache_mb:g}")
+            self.chunks.append(chunk)
+        del prefix
+        self.cache_bytes = used
+        if site.kind == "weight":
+            self.original = engine.index.weight_array(site).copy()
+        else:
+            arr = self.chunks[0][name]
+            if arr.dtype != self.info.numpy:
+                raise CutError(f"ONNX Runtime returns {site.name} as {arr.dtype}, not {self.info.numpy}")
+        cut: Cut = cut_model(proto, start, [name], {**self.chunks[0], name: self.original} if site.kind == "weight" else self.chunks[0])
+        self.cut = cut
+        self.session = make_session(cut.model.SerializeToString(), cfg.provider, threads=cfg.threads)
+        self.checkpoint = None
+        if cfg.shortcuts and site.kind == "activation" and cut.checkpoint is not None:
+            self.checkpoint = make_session(cut.checkpoint.SerializeToString(), cfg.provider, threads=1)
+            self.checkpoint_golden = [self._check(c[name]) for c in self.chunks]
+        t0 = time.perf_counter()
+        self.golden = self._suffix_run(
+            (lambda c: self.original) if site.kind == "weight" else (lambda c: c[name]))
+        self.golden_time = time.perf_counter() - t0
+        self.baked = False
+        if site.kind == "weight":
+            # A weight fed as an input stops ORT from folding it (Conv+BatchNormalization fusion,
+            # DequantizeLinear of constant weights, constant subexpressions), which changes the
+            # arithmetic. If the fault-free outputs show that, each fault gets its own session with the
+            # faulty weight baked in, as the whole-model path does, but of the forward cone only.
+            baked_golden = self._suffix_run(lambda c: self.original, self._baked_session(self.original))
+            probe = _perturbed(self.original)
+            fed_probe = self._suffix_run(lambda c: probe)
+            baked_probe = self._suffix_run(lambda c: probe, self._baked_session(probe))
+            if any(baked_golden[k].tobytes() != self.golden[k].tobytes()
+                   or baked_probe[k].tobytes() != fed_probe[k].tobytes() for k in self.golden):
+                self.baked = True
+                self.golden = baked_golden
+                engine.fallbacks[site.name] = "weight is folded by ONNX Runtime: one cone session per fault"
+
+    def _check(self, x: np.ndarray) -> bytes:
+        assert self.checkpoint is not None
+        return bytes(np.asarray(self.checkpoint.run(None, {self.site.tensor_name: x})[0]).tobytes())
+
+    def _baked_session(self, weight: np.ndarray) -> Any:
+        """A session of the cone with ``weight`` as an initializer instead of an input."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.cut.model)
+        name = self.site.tensor_name
+        keep = [i for i in model.graph.input if i.name != name]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(weight, name))
+        return make_session(model.SerializeToString(), self.engine.cfg.provider, threads=self.engine.cfg.threads)
+
+    def _suffix_run(
+        self, site_value: Callable[[dict[str, np.ndarray]], np.ndarray], session: Any = None
+    ) -> dict[str, np.ndarray]:
+        sess = session if session is not None else self.session
+        assert sess is not None
+        cut, name = self.cut, self.site.tensor_name
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.engine.output_names}
+        for chunk in self.chunks:
+            feeds = {k: chunk[k] for k in cut.inputs if k != name}
+            value = site_value(chunk)
+            if session is None:
+                feeds[name] = value
+            outs = sess.run(cut.outputs, feeds) if cut.outputs else []
+            got = dict(zip(cut.outputs, outs))
+            for k in self.engine.output_names:
+                if k in got:
+                    parts[k].append(np.asarray(got[k]))
+                elif k == name:  # the site itself is a model output
+                    parts[k].append(value)
+                else:
+                    parts[k].append(chunk[k])
+        return {k: (np.concatenate(v) if len(v) > 1 else v[0]) for k, v in parts.items()}
+
+    def run(self, exp: Experiment) -> dict[str, np.ndarray]:
+        fault = exp.fault_obj()
+        rng = np.random.default_rng(exp.seed)
+        if self.site.kind == "weight":
+            arr = inject_element(self.original, exp.index, fault, rng)
+            if self.baked:
+                return self._suffix_run(lambda c: arr, self._baked_session(arr))
+            return self._suffix_run(lambda c: arr)
+        if isinstance(fault, RandomValue):  # one value for every image, drawn as the port draws it
+            fault = SetValue(float(fault.draw(rng, (1,), self.info.numpy)[0]))
+        name, batched = self.site.tensor_name, self.site.batched
+        faulty: list[np.ndarray] = []
+        guard = True
+        for chunk in self.chunks:
+            x = np.array(chunk[name], copy=True)
+            flat = x.reshape(len(x), -1) if batched and x.ndim else x.reshape(1, -1)
+            old = flat[:, exp.index].copy()
+            new = fault.apply(old)
+            flat[:, exp.index] = new
+            faulty.append(x)
+            changed = old.view(np.uint8).reshape(len(old), -1) != new.view(np.uint8).reshape(len(new), -1)
+            moved = new[changed.any(axis=1)]
+            if moved.dtype.kind == "f" and (not np.all(np.isfinite(moved)) or np.any(moved == 0)):
+                guard = False  # NaN/Inf/±0 may be treated differently once fused: no shortcut
+        if self.checkpoint is not None and guard and all(
+            self._check(x) == g for x, g in zip(faulty, self.checkpoint_golden)
+        ):
+            self.shortcuts += 1
+            return self.golden
+        it = iter(faulty)
+        return self._suffix_run(lambda c: next(it))
+
+
 class Engine:
     """Loads the model and data once, keeps recent site sessions, runs and classifies experiments."""
 
@@ -314,15 +480,22 @@ class Engine:
         self.custom = _load_metric(cfg.metric) if cfg.metric else None
         self._runners: OrderedDict[tuple[str, bool, bool], _SiteRunner] = OrderedDict()
         self.task: str = cfg.task or ""
+        self._proto: onnx.ModelProto | None = None
+        self.fallbacks: dict[str, str] = {}  # site -> why the suffix path was not used
+        if cfg.mode not in MODES:
+            raise OnnxfiError(f"unknown execution mode {cfg.mode!r} (use {', '.join(MODES)})")
 
     def runner(self, site_name: str, needs_bits: bool, needs_values: bool) -> _SiteRunner:
         key = (site_name, needs_bits, needs_values)
         r = self._runners.get(key)
         if r is None:
             site = self.index.get(site_name)
-            r = _NaiveRunner(self, site) if self.cfg.mode == "naive" else _SiteRunner(self, site, needs_bits, needs_values)
+            r = self._make_runner(site, needs_bits, needs_values)
             self._runners[key] = r
-            while len(self._runners) > self.cfg.max_sessions:
+            while len(self._runners) > 1 and (
+                len(self._runners) > self.cfg.max_sessions
+                or sum(getattr(x, "cache_bytes", 0) for x in self._runners.values()) > self.cfg.cache_mb * 2**20
+            ):
                 self._runners.popitem(last=False)
             if not self.task:
                 gold = r.golden[self.primary]
@@ -330,6 +503,21 @@ class Engine:
         else:
             self._runners.move_to_end(key)
         return r
+
+    def model_proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            self._proto = ir.to_proto(self.loaded.model)
+        return self._proto
+
+    def _make_runner(self, site: Site, needs_bits: bool, needs_values: bool) -> _SiteRunner:
+        if self.cfg.mode == "naive":
+            return _NaiveRunner(self, site)
+        if self.cfg.mode == "suffix":
+            try:
+                return _SuffixRunner(self, site)
+            except CutError as e:
+                self.fallbacks[site.name] = str(e)
+        return _SiteRunner(self, site, needs_bits, needs_values)
 
     def golden(self, site_name: str) -> dict[str, np.ndarray]:
         return self.runner(site_name, False, False).golden

@@ -1,10 +1,26 @@
-"""FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (NaN too), both comparison forms, ORT fusions, threshold search."""
+"""FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (NaN too), both comparison forms, ORT fusion kept, threshold search."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
 import pytest
-from harden_helpers import CONV_RELU, fill, initializer_values, node_by_output, ops, parse, ranges, run, vr
+from harden_helpers import (
+    CONV_RELU,
+    fill,
+    initializer_values,
+    node_by_output,
+    ops,
+    parse,
+    ranges,
+    run,
+    to_proto,
+    vr,
+)
 
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError
@@ -16,39 +32,84 @@ SPECIALS = np.array([-1.0, -0.0, 0.0, 1.0, 2.0, 2.5, np.nan, np.inf, -np.inf], d
 EXPECTED = np.array([0, 0, 0, 1, 2, 0, 0, 0, 0], dtype=np.float32)  # T = 2: out of [0, T] and NaN -> 0
 
 
-def test_relu_becomes_the_zeroing_clip() -> None:
+def _optimized_nodes(model: ir.Model, tmp_path: Path, nchwc: bool = True) -> list[tuple[str, str]]:
+    """(op, fused activation) of each node ORT keeps at ORT_ENABLE_ALL; ``nchwc.`` marks the blocked-layout ops.
+
+    ``nchwc=False`` turns off only ORT's NCHWc transformer, so that Conv + activation shows as ``FusedConv``.
+    """
+    path = tmp_path / "optimized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(path)
+    so.log_severity_level = 3
+    ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
+    out = []
+    for n in onnx.load(str(path)).graph.node:
+        act = next((a.s.decode() for a in n.attribute if a.name == "activation"), "")
+        out.append((("nchwc." if n.domain == "com.microsoft.nchwc" else "") + n.op_type, act))
+    return out
+
+
+def _reference(x: np.ndarray, t: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.where((x >= 0) & (x <= t), x, 0).astype(x.dtype)
+
+
+def test_relu_stays_and_the_zeroing_follows_it() -> None:
     model = parse(RELU)
     p = ClipAct(ranges(vr("y", 0.0, 2.0)))
     assert p.profile_points(model) == ["y"]
     assert p(model).modified
-    assert ops(model) == ["GreaterOrEqual", "LessOrEqual", "And", "Where"]
-    assert [o.name for o in model.graph.outputs] == ["y"]
+    assert ops(model) == ["Relu", "LessOrEqual", "Where"]
+    relu, le, where = list(model.graph)
+    r = relu.outputs[0]
+    assert relu.inputs[0].name == "x" and relu.metadata_props["onnxfi.hardening"] == "clipact"
+    assert le.inputs[0] is r and where.inputs[0] is le.outputs[0] and where.inputs[1] is r
+    assert float(np.asarray(where.inputs[2].const_value.numpy())) == 0.0
+    assert [o.name for o in model.graph.outputs] == ["y"] and where.outputs[0].name == "y"
     assert initializer_values(model, list(p.threshold_values.values())) == [2.0]
     for level in ("none", "all"):
         np.testing.assert_array_equal(run(model, {"x": SPECIALS}, level)[0], EXPECTED)
 
 
-def test_before_opset_12_strict_comparisons_select_the_same_values() -> None:
+def test_exact_against_numpy_on_random_bit_patterns() -> None:
+    model = parse(RELU.replace("float[9]", "float[N]"))
+    ClipAct(ranges(vr("y", 0.0, 2.5)))(model)
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 2**32, size=20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    t = np.float32(2.5)
+    around = [np.nextafter(t, np.float32(np.inf)), t, np.nextafter(t, np.float32(0))]
+    x = np.concatenate([x, np.array(around, dtype=np.float32), SPECIALS])
+    for level in ("none", "all"):
+        out = run(model, {"x": x}, level)[0]
+        np.testing.assert_array_equal(out, _reference(x, 2.5))
+        assert not np.isnan(out).any()  # NaN -> 0
+
+
+def test_before_opset_12_strict_comparison_selects_the_same_values() -> None:
     model = parse(RELU, opset=11)
     ClipAct(ranges(vr("y", 0.0, 2.0)))(model)
-    assert ops(model) == ["Greater", "Less", "And", "Where"]
+    assert ops(model) == ["Relu", "Less", "Where"]
     edge = np.array([np.nextafter(np.float32(2), np.float32(3)), 2.0, 1e-45, -1e-45, 0.0, np.nan, 7.0, -3.0, 1.5],
                     dtype=np.float32)
-    expected = np.where((edge >= 0) & (edge <= 2), edge, 0).astype(np.float32)
+    expected = _reference(edge, 2.0)
     for level in ("none", "all"):
         out = run(model, {"x": edge}, level)[0]
         np.testing.assert_array_equal(out[[0, 1, 4, 5, 6, 7, 8]], expected[[0, 1, 4, 5, 6, 7, 8]])
         assert out[2] in (0.0, edge[2]) and out[3] == 0.0  # subnormals: either kept or flushed, never wrong sign
 
 
-def test_relu6_threshold_is_capped_by_the_clip_max() -> None:
+def test_relu6_becomes_relu_and_the_threshold_is_capped_by_the_clip_max() -> None:
     model = parse("""
     g (float[9] x) => (float[9] y) <float lo = {0.0}, float hi = {6.0}> { y = Clip(x, lo, hi) }""")
     p = ClipAct(ranges(vr("y", 0.0, 8.0)))
     p(model)
+    assert ops(model) == ["Relu", "LessOrEqual", "Where"]  # T <= 6: values above T go to 0, so no Clip is needed
     assert p.changes[0].detail == "Clip -> x if 0 <= x <= T else 0, T = 6"
     x = np.array([-1, 0, 3, 6, 6.5, 100, np.nan, 5.9, 1], dtype=np.float32)
-    np.testing.assert_array_equal(run(model, {"x": x})[0], np.where((x >= 0) & (x <= 6), x, 0).astype(np.float32))
+    for level in ("none", "all"):
+        np.testing.assert_array_equal(run(model, {"x": x}, level)[0], _reference(x, 6.0))
 
 
 def test_threshold_override() -> None:
@@ -58,17 +119,27 @@ def test_threshold_override() -> None:
     np.testing.assert_array_equal(run(model, {"x": SPECIALS})[0], EXPECTED)
 
 
-def test_ort_fusion_keeps_the_zeroing() -> None:
+def test_ort_keeps_the_conv_fusion_and_the_zeroing(tmp_path: Path) -> None:
     hardened = parse(CONV_RELU)
     ClipAct(ranges(vr("y", 0.0, 1.0)))(hardened)
+    assert ops(hardened) == ["Conv", "Relu", "LessOrEqual", "Where"]
+    assert _optimized_nodes(hardened, tmp_path, nchwc=False) == [
+        ("FusedConv", "Relu"), ("LessOrEqual", ""), ("Where", "")
+    ]
+    blocked = _optimized_nodes(hardened, tmp_path)  # NCHWc: a reorder before the comparison, fusion kept
+    assert blocked[0] in (("FusedConv", "Relu"), ("nchwc.Conv", "Relu"))
+    assert [op for op, _ in blocked if not op.startswith("nchwc.")] == ["LessOrEqual", "Where"]
     x = np.random.default_rng(3).normal(size=(3, 1, 4, 4)).astype(np.float32)
     x[2, 0, 0, 3] = -400.0
     x[0, 0, 3, 0] = 400.0
-    c = run(parse(CONV_RELU.replace("y = Relu(c)", "y = Identity(c)")), {"x": x}, "none")[0]
-    expected = np.where((c >= 0) & (c <= 1.0), c, 0).astype(np.float32)
-    assert (c > 100).any()
+    x[1, 0, 1, 1] = np.nan
+    exposed = parse(CONV_RELU.replace("y = Relu(c)", "y = Identity(c)"))
     for level in ("all", "none"):
-        np.testing.assert_allclose(run(hardened, {"x": x}, level)[0], expected, rtol=1e-5, atol=1e-6)
+        c = run(exposed, {"x": x}, level)[0]
+        assert (c > 100).any() and np.isnan(c).any()
+        out = run(hardened, {"x": x}, level)[0]
+        np.testing.assert_array_equal(out, _reference(c, 1.0))
+        assert not np.isnan(out).any()
 
 
 def test_reasons() -> None:

@@ -1,43 +1,159 @@
-"""ReLUMax: Relu -> Where(Greater(x, M), 0, Relu(x)); above-M pre-activations become 0, also after ORT fusions."""
+"""ReLUMax: 0 where the pre-activation exceeds M; float32 mask form, Where form, exact under ORT, fusion kept."""
 
 from __future__ import annotations
 
-import numpy as np
-from harden_helpers import CONV_RELU, node_by_output, ops, parse, ranges, run, vr
+from pathlib import Path
 
-from onnxfi.data import Dataset
-from onnxfi.passes.relumax import ReluMax
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from harden_helpers import (
+    CONV_RELU,
+    DIGITS,
+    DIGITS_DATA,
+    node_by_output,
+    ops,
+    parse,
+    ranges,
+    run,
+    to_proto,
+    vr,
+)
+
+from onnxfi.data import Dataset, load_data
+from onnxfi.harden import harden
+from onnxfi.model import load_model
+from onnxfi.passes.relumax import ReluMax, mask_coefficients
 from onnxfi.profile import profile_values
 
+F32 = np.float32
+FMAX = float(np.finfo(F32).max)
+
 ACTS = """
-g (float[6] x) => (float[6] y, float[6] z) {
+g (float[N] x) => (float[N] y, float[N] z) {
   y = Relu(x)
   z = LeakyRelu(x)
 }
 """
 
 
-def test_op_sequence_and_names() -> None:
+def _reference(x: np.ndarray, m: float) -> np.ndarray:
+    """ReLUMax in numpy: Relu(x), 0 where x > M; NaN stays NaN (as ORT's Relu keeps it)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(x > m, 0, np.maximum(x, 0)).astype(x.dtype)
+
+
+def _probe(m: float, dtype: type = F32) -> np.ndarray:
+    """Values around M and every special: +-0, subnormals, +-max, +-Inf, NaN, and random bit patterns."""
+    info = np.finfo(dtype)
+    mm = np.array(m, dtype=dtype)
+    around = [mm]
+    lo = hi = mm
+    for _ in range(4):
+        lo, hi = np.nextafter(lo, dtype(-np.inf)), np.nextafter(hi, dtype(np.inf))
+        around += [lo, hi]
+    specials = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.tiny, 1.0, -1.0,
+                info.max, -info.max, np.inf, -np.inf, np.nan, m / 2, min(2 * m, float(info.max)), 3e4, -3e4]
+    width = {2: np.uint16, 4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, np.iinfo(width).max, size=2000, dtype=width, endpoint=True).view(dtype)
+    return np.concatenate([np.array(around, dtype=dtype), np.array(specials, dtype=dtype), bits])
+
+
+def _optimized_nodes(model: ir.Model, tmp_path: Path, nchwc: bool = True) -> list[tuple[str, str]]:
+    """(op, fused activation) of each node ORT keeps at ORT_ENABLE_ALL; ``nchwc.`` marks the blocked-layout ops.
+
+    ``nchwc=False`` turns off only ORT's NCHWc transformer, so that Conv + activation shows as ``FusedConv``.
+    """
+    path = tmp_path / "optimized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(path)
+    so.log_severity_level = 3
+    ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
+    out = []
+    for n in onnx.load(str(path)).graph.node:
+        act = next((a.s.decode() for a in n.attribute if a.name == "activation"), "")
+        out.append((("nchwc." if n.domain == "com.microsoft.nchwc" else "") + n.op_type, act))
+    return out
+
+
+def test_mask_form_op_sequence_and_names() -> None:
     model = parse(ACTS)
     p = ReluMax(ranges(vr("x", -5.0, 2.0)))
     assert p.profile_points(model) == ["x"]
     assert p(model).modified
-    assert ops(model) == ["Relu", "Greater", "Where", "LeakyRelu"]
-    where = node_by_output(model, "y")
-    greater = where.inputs[0].producer()
-    assert greater is not None and greater.inputs[0].name == "x"
-    assert float(np.asarray(greater.inputs[1].const_value.numpy())) == 2.0
+    assert ops(model) == ["Clip", "HardSigmoid", "Mul", "LeakyRelu"]
+    mul = node_by_output(model, "y")
+    s, mask = mul.inputs
+    clip, hsig = s.producer(), mask.producer()
+    assert clip is not None and hsig is not None
+    assert clip.op_type == "Clip" and clip.inputs[0].name == "x" and hsig.inputs[0] is s
+    bounds = [float(np.asarray(v.const_value.numpy())) for v in clip.inputs[1:]]
+    assert bounds == [0.0, FMAX]
+    # M = 2: M+ = 2 + 2**-22, A = 2**22, A * M+ = 2**23 + 1
+    assert hsig.attributes["alpha"].value == -(2.0**22) and hsig.attributes["beta"].value == 2.0**23 + 1
+    assert all(n.metadata_props["onnxfi.hardening"] == "relumax" for n in (clip, hsig, mul))
     assert [o.name for o in model.graph.outputs] == ["y", "z"]
+    assert p.changes[0].detail == "0 where pre-activation > M = 2"
 
 
-def test_inputs_above_m_give_zero() -> None:
+@pytest.mark.parametrize("m", [2.0, 3.7, 4.56, 1e-3, 1e-20, 123456.7, 2.0**24, 3e30])
+def test_mask_form_is_exact_under_ort(m: float) -> None:
     model = parse(ACTS)
-    ReluMax(ranges(vr("x", -5.0, 2.0)))(model)
-    x = np.array([-3.0, 0.0, 1.0, 2.0, 2.5, 1e30], dtype=np.float32)
+    ReluMax(ranges(vr("x", -1.0, m)))(model)
+    assert ops(model)[:3] == ["Clip", "HardSigmoid", "Mul"]
+    mm = float(F32(m)) if float(F32(m)) >= m else float(np.nextafter(F32(m), F32(np.inf)))  # M rounded up
+    x = _probe(mm)
     for level in ("none", "all"):
         y, z = run(model, {"x": x}, level)
-        np.testing.assert_array_equal(y, np.where(x > 2.0, 0.0, np.maximum(x, 0)).astype(np.float32))
-        np.testing.assert_allclose(z, np.where(x > 0, x, 0.01 * x), rtol=1e-6)  # LeakyRelu untouched
+        np.testing.assert_array_equal(y, _reference(x, mm))
+        assert np.isnan(y[np.isnan(x)]).all()  # NaN passes, as through the Relu
+        assert y[x == np.inf][0] == 0.0  # +Inf is above every M: 0, not Inf * 0 = NaN
+    np.testing.assert_array_equal(run(parse(ACTS), {"x": x})[1], z)  # LeakyRelu untouched
+
+
+def test_mask_coefficients() -> None:
+    assert mask_coefficients(2.0) == (2.0**22, 2.0**23 + 1)
+    for m in (0.3, 1.0, 7.25, 1e-30, 1e30, 2.0**-100):
+        a, beta = mask_coefficients(m)  # type: ignore[misc]
+        m32 = F32(m) if float(F32(m)) >= m else np.nextafter(F32(m), F32(np.inf))
+        above = np.nextafter(m32, F32(np.inf))
+        assert a == 1 / (float(above) - float(m32)) and np.log2(a) == int(np.log2(a))
+        assert beta == a * float(above) and float(F32(beta)) == beta and float(F32(a)) == a
+    assert mask_coefficients(1e-38) is None  # the gap above M is 2**-149: A = 2**149 is no float32
+    assert mask_coefficients(FMAX) is None  # nothing above it
+    assert mask_coefficients(0.0) is None
+
+
+def test_where_form_for_other_float_types_and_extreme_m() -> None:
+    half = parse(ACTS.replace("float[N]", "float16[N]"))
+    ReluMax(ranges(vr("x", -5.0, 2.0)))(half)
+    assert ops(half) == ["Relu", "Greater", "Where", "LeakyRelu"]
+    where = node_by_output(half, "y")
+    greater = where.inputs[0].producer()
+    relu = next(n for n in half.graph if n.op_type == "Relu")
+    assert greater is not None and greater.inputs[0] is relu.outputs[0] and where.inputs[2] is relu.outputs[0]
+    assert relu.metadata_props["onnxfi.hardening"] == "relumax"
+    for dtype, model in ((np.float16, half), (np.float64, parse(ACTS.replace("float[N]", "double[N]")))):
+        if dtype == np.float64:
+            ReluMax(ranges(vr("x", -5.0, 2.0)))(model)
+            assert ops(model) == ["Relu", "Greater", "Where", "LeakyRelu"]
+        x = _probe(2.0, dtype)
+        for level in ("none", "all"):
+            np.testing.assert_array_equal(run(model, {"x": x}, level)[0], _reference(x, 2.0))
+    tiny = parse(ACTS)
+    ReluMax(ranges(vr("x", -1.0, 1e-38)))(tiny)  # no exact float32 mask for this M
+    assert ops(tiny) == ["Relu", "Greater", "Where", "LeakyRelu"]
+    greater = node_by_output(tiny, "y").inputs[0].producer()
+    assert greater is not None
+    m32 = float(np.asarray(greater.inputs[1].const_value.numpy()))
+    assert m32 >= 1e-38 and float(np.nextafter(F32(m32), F32(0))) < 1e-38  # M rounded up, never down
+    x = _probe(m32)
+    np.testing.assert_array_equal(run(tiny, {"x": x})[0], _reference(x, m32))
 
 
 def test_m_is_the_profiled_preactivation_max() -> None:
@@ -52,18 +168,50 @@ def test_m_is_the_profiled_preactivation_max() -> None:
     np.testing.assert_array_equal(y, np.maximum(x, 0))  # calibration inputs pass unchanged
 
 
-def test_ort_fusion_keeps_the_zeroing() -> None:
-    hardened = parse(CONV_RELU)
-    ReluMax(ranges(vr("c", -2.0, 1.0)))(hardened)
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(3, 1, 4, 4)).astype(np.float32)
+def _conv_input() -> np.ndarray:
+    x = np.random.default_rng(2).normal(size=(3, 1, 4, 4)).astype(np.float32)
     x[1, 0, 2, 2] = 500.0  # drives some pre-activations far above M
-    conv_only = parse(CONV_RELU.replace("y = Relu(c)", "y = Identity(c)"))
-    c = run(conv_only, {"x": x}, "none")[0]
-    expected = np.where(c > 1.0, 0.0, np.maximum(c, 0)).astype(np.float32)
-    assert (c > 100).any() and (expected[c > 1.0] == 0).all()
+    x[2, 0, 1, 1] = np.inf  # and some to +-Inf
+    return x
+
+
+@pytest.mark.parametrize("m, form, activation", [(1.0, ["Clip", "HardSigmoid", "Mul"], "Clip"),
+                                                 (FMAX, ["Relu", "Greater", "Where"], "Relu")])
+def test_ort_keeps_the_conv_fusion_and_the_zeroing(
+    m: float, form: list[str], activation: str, tmp_path: Path
+) -> None:
+    hardened = parse(CONV_RELU)
+    ReluMax(ranges(vr("c", -2.0, m)))(hardened)  # M = FLT_MAX: no float32 mask, the Where form
+    assert ops(hardened) == ["Conv", *form]
+    # the activation fuses into the Conv, the hardening after it stays
+    assert _optimized_nodes(hardened, tmp_path, nchwc=False) == [("FusedConv", activation)] + [
+        (op, "") for op in form[1:]
+    ]
+    blocked = _optimized_nodes(hardened, tmp_path)
+    assert blocked[0] in (("FusedConv", activation), ("nchwc.Conv", activation))
+    assert [op for op, _ in blocked if not op.startswith("nchwc.")][-2:] == form[1:]
+    x = _conv_input()
+    exposed = parse(CONV_RELU.replace("y = Relu(c)", "y = Identity(c)"))
     for level in ("all", "none"):
-        np.testing.assert_allclose(run(hardened, {"x": x}, level)[0], expected, rtol=1e-5, atol=1e-6)
+        c = run(exposed, {"x": x}, level)[0]
+        assert (c > 100).any() and np.isinf(c).any()
+        np.testing.assert_array_equal(run(hardened, {"x": x}, level)[0], _reference(c, m))
+
+
+def test_digits_cnn_keeps_the_fusions_and_the_blocked_layout(tmp_path: Path) -> None:
+    """Every Conv keeps its (now Clip) activation fused and no reorder is inserted; clean outputs are unchanged."""
+    loaded = load_model(DIGITS)
+    data = load_data(DIGITS_DATA, loaded.inputs())
+    hardened = harden(loaded.model, ["relumax"], data).model
+    assert ops(hardened).count("HardSigmoid") == 3
+    for nchwc in (False, True):
+        nodes = _optimized_nodes(hardened, tmp_path, nchwc)
+        kinds = [op for op, _ in nodes]
+        assert [act for op, act in nodes if op in ("FusedConv", "nchwc.Conv")] == ["Clip"] * 3
+        assert "nchwc.ReorderInput" not in kinds  # the blocked layout runs through HardSigmoid and Mul
+        assert kinds.count("HardSigmoid") == 3 and kinds.count("Mul") == 3
+    x = data.feeds["input"]
+    np.testing.assert_array_equal(run(hardened, {"input": x})[0], run(loaded.model, {"input": x})[0])
 
 
 def test_reasons() -> None:
@@ -86,11 +234,16 @@ def test_reasons() -> None:
     assert [c.node for c in p.changes] == ["Relu(a)"]
     assert {s.node: s.reason for s in p.skips}["Relu(c)"].startswith("dead ReLU")
     old = parse("g (float[4] x) => (float[4] a) { a = Relu(x) }", opset=8)
-    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(old, "a")) == (
+    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(old, "a")) is None  # the mask form needs no Where
+    old_half = parse("g (float16[4] x) => (float16[4] a) { a = Relu(x) }", opset=8)
+    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(old_half, "a")) == (
         "Where needs opset 9; the model has opset 8"
     )
+    ints = parse("g (int32[4] x) => (int32[4] a) { a = Relu(x) }", opset=17)
+    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(ints, "a")) == "value is INT32, not a float type"
     again = ReluMax(ranges(vr("x", -1.0, 2.0)))
     again(model)
     assert not again.changes
-    relu = next(n for n in model.graph if n.op_type == "Relu" and n.inputs[0].name == "x")
-    assert again.check(relu) == "part of the relumax hardening"
+    clip = next(n for n in model.graph if n.op_type == "Clip")
+    assert again.check(clip) == "part of the relumax hardening"
+    assert again.check(next(n for n in model.graph if n.op_type == "HardSigmoid")) == "part of the relumax hardening"

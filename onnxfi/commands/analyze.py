@@ -77,6 +77,10 @@ def register(sub: Any) -> None:
     p.add_argument("--early-stop", action="store_true", help="stop once the SDC-1 interval is within --margin")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; ORT already uses the cores)")
     p.add_argument("--threads", type=int, help="ORT intra-op threads per worker")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: worker processes here (default); ray: Ray actors (pip install 'onnxfi[ray]')")
+    p.add_argument("--address", help="with --executor ray: a running cluster (auto, HOST:PORT, ray://HOST:PORT); "
+                   "default $RAY_ADDRESS, else a Ray instance on this machine")
     p.add_argument("--provider", default="cpu")
     p.add_argument("--task", choices=["classification", "segmentation", "regression"], help="override detection")
     p.add_argument("--output", help="model output that carries the decision (default: the first)")
@@ -209,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 prog.update(task, completed=done, sdc=f"{100 * live['sdc1'] / max(1, done):.1f}%")
 
             result = run_campaign(plan, cfg, store, workers=args.workers, resume=args.resume,
-                                  early_stop=args.early_stop, progress=progress, min_timeout_s=args.timeout_min)
+                                  early_stop=args.early_stop, progress=progress, min_timeout_s=args.timeout_min,
+                                  executor=args.executor, address=args.address)
         print_summary(result, args.top)
         doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,

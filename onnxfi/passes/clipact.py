@@ -1,10 +1,19 @@
 """FT-ClipAct (Hoang et al.): a ReLU passes values in [0, T] and sends everything else, NaN included, to 0.
 
-``y = Where(And(GreaterOrEqual(x, 0), LessOrEqual(x, T)), x, 0)`` replaces ``Relu(x)`` (and ``Clip(x, 0, c)``,
-ReLU6, with ``T <= c``). Out-of-range values go to zero, not to ``T``: a fault-sized activation is dropped
-instead of kept at the bound. Before opset 12 the comparisons are ``Greater(x, -tiny)`` and
-``Less(x, next float above T)``, which select exactly the same values. ``T`` per layer is the profiled
-maximum of the activation's output unless given (e.g. by the threshold search in :mod:`onnxfi.harden`).
+``r = Relu(x)``, ``y = Where(LessOrEqual(r, T), r, 0)`` replaces ``Relu(x)`` (and ``Clip(x, 0, c)``,
+ReLU6, with ``T <= c``: its Clip becomes a Relu, since every value above ``T`` goes to 0 anyway). The Relu
+stays first so that ONNX Runtime still fuses it into the producing Conv. Out-of-range values go to zero,
+not to ``T``: a fault-sized activation is dropped instead of kept at the bound. NaN goes to 0 whether
+the Relu keeps it (ONNX Runtime does) or not, because every comparison with NaN is false; ``-Inf`` gives
+``Relu = 0``. Before opset 12 the comparison is ``Less(r, next float above T)``, which selects exactly the
+same values. ``T`` per layer is the profiled maximum of the activation's output unless given (e.g. by the
+threshold search in :mod:`onnxfi.harden`).
+
+On CPU, ONNX Runtime runs convolutions in a blocked layout (NCHWc) that ``LessOrEqual``/``Where`` do not
+take, so it reorders each hardened activation out of and back into that layout; that, not the two
+element-wise ops, is most of the latency cost. No form without ``Where`` maps NaN to 0 (Mul, Add and the
+activations ORT keeps blocked all propagate NaN), so clipact keeps it; relumax, which passes NaN like
+the ReLU, has a blocked form.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import onnx_ir as ir
 
 from onnxfi.passes._hardening import (
     ACTIVATION_OPS,
+    HARDENING_KEY,
     Change,
     HardeningPass,
     NodeBuilder,
@@ -72,7 +82,7 @@ class _Plan:
 
 
 class ClipAct(HardeningPass):
-    """Replace each ReLU (``Relu``, ``Clip`` with min 0) by the zeroing clip ``x if 0 <= x <= T else 0``.
+    """Replace each ReLU (``Relu``, ``Clip`` with min 0) by the zeroing clip ``x if 0 <= x <= T else 0`` (NaN -> 0).
 
     ``thresholds`` (activation output name -> T) overrides the profiled maximum from ``ranges``. After
     ``call``, ``threshold_values`` maps each rewritten activation's output name to its ``T`` initializer
@@ -179,21 +189,20 @@ class ClipAct(HardeningPass):
             shape = plan.x.shape
             y = take_place_of(plan.out, builder)
             t = builder.const("T", threshold_array(plan.threshold, dtype, opset), dtype)
-            if opset >= _INCLUSIVE_OPSET:
-                zero = builder.const("zero", np.zeros((), dtype=numpy_dtype(dtype)), dtype)
-                ge, nonneg = builder.node("GreaterOrEqual", [plan.x, zero], ir.DataType.BOOL, shape)
-                le, below = builder.node("LessOrEqual", [plan.x, t], ir.DataType.BOOL, shape)
-            else:
-                np_t = numpy_dtype(dtype)
-                tiny = np.array(np.nextafter(np.zeros((), np_t), np.array(-1, np_t)), dtype=np_t)
-                neg_tiny = builder.const("neg_tiny", tiny, dtype)
-                zero = builder.const("zero", np.zeros((), dtype=np_t), dtype)
-                ge, nonneg = builder.node("Greater", [plan.x, neg_tiny], ir.DataType.BOOL, shape)
-                le, below = builder.node("Less", [plan.x, t], ir.DataType.BOOL, shape)
-            both, inside = builder.node("And", [nonneg, below], ir.DataType.BOOL, shape)
-            where, _ = builder.node("Where", [inside, plan.x, zero], dtype, plan.out.shape, out=y)
-            insert_nodes_after(graph, plan.node, [ge, le, both, where])
-            graph.remove(plan.node, safe=True)
+            zero = builder.const("zero", np.zeros((), dtype=numpy_dtype(dtype)), dtype)
+            nodes: list[ir.Node] = []
+            if plan.node.op_type == "Relu":  # stays, marked, so that it still fuses into its producer
+                r = plan.out
+                plan.node.metadata_props[HARDENING_KEY] = self.method
+            else:  # Clip(x, 0, c) with T <= c: a Relu selects the same values
+                relu, r = builder.node("Relu", [plan.x], dtype, plan.out.shape)
+                nodes.append(relu)
+            compare = "LessOrEqual" if opset >= _INCLUSIVE_OPSET else "Less"
+            cmp, inside = builder.node(compare, [r, t], ir.DataType.BOOL, shape)
+            where, _ = builder.node("Where", [inside, r, zero], dtype, plan.out.shape, out=y)
+            insert_nodes_after(graph, plan.node, [*nodes, cmp, where])
+            if plan.node.op_type != "Relu":
+                graph.remove(plan.node, safe=True)
             self.threshold_values[y.name or ""] = t.name or ""
             self.applied[y.name or ""] = plan.threshold
             self.changes.append(Change(

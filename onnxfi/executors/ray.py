@@ -1,0 +1,452 @@
+"""Run experiments on Ray actors (one machine or a cluster): plan experiments in, stored rows out.
+
+Same interface and rows as :class:`onnxfi.executors.local.LocalExecutor`. Each actor builds an
+:class:`onnxfi.engine.Engine` once and takes whole site groups, so its site sessions stay warm; an
+idle actor takes half of the busiest actor's unsent work. Results come back one experiment at a
+time to the driver, which stores them.
+
+Failures: an actor that dies (a fault that kills ONNX Runtime, a lost node, ``ray.kill``) is
+replaced, and the experiments it held go back to the queue. Actor calls run in submission order,
+so only the oldest unfinished experiment of a dead actor can have killed it: that one is charged an
+attempt, and after ``max_retries`` retries it is stored as ``crash``; the others are retried free.
+An experiment that overruns its time budget is a ``crash`` at once (a hang repeats), as locally.
+Every experiment is yielded exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from onnxfi.engine import Engine, EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.executors.local import crash_row
+from onnxfi.plan import Experiment, file_sha256
+
+__all__ = ["RayExecutor"]
+
+# Experiment calls queued on one actor beyond the one it runs: hides the driver round trip.
+WINDOW = 3
+# An idle actor steals from another's unsent work only when there is this much (a site session costs).
+STEAL_MIN = 4
+# Files up to this size are compared by hash on the worker's node; larger ones by size only.
+HASH_LIMIT = 256 << 20
+# Refuse to ship more than this through the object store: put the files on shared storage instead.
+SHIP_LIMIT = 2 << 30
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str  # as the driver names it (absolute)
+    size: int
+    sha256: str | None
+
+
+def _describe(path: str) -> _File:
+    p = Path(path).resolve()
+    size = p.stat().st_size
+    return _File(str(p), size, file_sha256(p) if size <= HASH_LIMIT else None)
+
+
+def _same(f: _File) -> bool:
+    p = Path(f.path)
+    if not p.is_file() or p.stat().st_size != f.size:
+        return False
+    return f.sha256 is None or file_sha256(p) == f.sha256
+
+
+def _external_files(model_path: str) -> list[str]:
+    """Absolute paths of the external-data files a model names (relative to its folder)."""
+    import onnx
+
+    from onnxfi.model import iter_tensor_protos
+
+    try:
+        proto = onnx.load_model(model_path, load_external_data=False)
+    except Exception:
+        return []  # the engine reports a bad model with its own message
+    base = Path(model_path).resolve().parent
+    found: dict[str, None] = {}
+    for t in iter_tensor_protos(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location")
+            if loc and (base / loc).is_file():
+                found[str((base / loc).resolve())] = None
+    return list(found)
+
+
+def _copy_paths(cfg: EngineConfig, files: list[_File]) -> dict[str, Path]:
+    """Where a node keeps its copies of the campaign files: ``$TMPDIR/onnxfi-ray-files/<key>/``, the
+    model's folder layout kept (external data), the data file beside it."""
+    key = hashlib.sha256(repr(files).encode()).hexdigest()[:16]
+    root = Path(tempfile.gettempdir()) / "onnxfi-ray-files" / key
+    base = Path(cfg.model_path).resolve().parent
+    out: dict[str, Path] = {}
+    for f in files:
+        rel = os.path.relpath(f.path, base)
+        out[f.path] = root / "model" / rel if not rel.startswith("..") else root / "data" / Path(f.path).name
+    return out
+
+
+class _EngineActor:
+    """What one Ray actor runs (wrapped with ``ray.remote`` by the executor)."""
+
+    def __init__(self, cfg: EngineConfig, wid: int, sys_path: list[str]) -> None:
+        self.cfg, self.wid = cfg, wid
+        self.engine: Engine | None = None
+        # Like a spawned local worker, see the driver's import paths (custom --metric modules).
+        sys.path[:0] = [p for p in sys_path if p not in sys.path and os.path.isdir(p)]
+
+    def setup(self, files: list[_File], shipped: list[Any] | None) -> tuple[Any, ...]:
+        """("missing",) when this node lacks the campaign files, ("fatal", reason) when the engine
+        cannot start, else ("ready", clean summary, pid, node id)."""
+        cfg = self.cfg
+        if not all(_same(f) for f in files):
+            # This node's files differ: use (or make) a copy under a folder named after their contents.
+            copies = _copy_paths(cfg, files)
+            if not all(_same(replace(f, path=str(copies[f.path]))) for f in files):
+                if not shipped:
+                    return ("missing",)
+                contents: dict[str, bytes] = ray.get(shipped[0])
+                for path, blob in contents.items():
+                    target = copies[path]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    partial = target.with_name(f".{target.name}.{os.getpid()}")  # actors on one node may race
+                    partial.write_bytes(blob)
+                    os.replace(partial, target)
+            model = copies.get(str(Path(cfg.model_path).resolve()))
+            data = copies.get(str(Path(cfg.data_path).resolve())) if cfg.data_path else None
+            cfg = replace(cfg, model_path=str(model) if model else cfg.model_path,
+                          data_path=str(data) if data else cfg.data_path)
+        try:
+            self.engine = Engine(cfg)
+            clean = self.engine.clean_summary()
+        except BaseException as e:  # reported to the driver, which raises it as a user error
+            return ("fatal", f"{type(e).__name__}: {e}")
+        return ("ready", clean, os.getpid(), ray.get_runtime_context().get_node_id())
+
+    def prepare(self, site: str, needs_bits: bool, needs_values: bool) -> None:
+        """Build the site's session (not timed: the next experiments are)."""
+        assert self.engine is not None
+        try:
+            self.engine.runner(site, needs_bits, needs_values)
+        except Exception:
+            pass  # the experiment that follows records the error as its crash
+
+    def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> dict[str, Any]:
+        assert self.engine is not None
+        exp = Experiment(**exp_dict)
+        try:
+            t0 = time.perf_counter()
+            row = self.engine.run(exp, needs_bits, needs_values)
+            elapsed = time.perf_counter() - t0
+            row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
+                        "fault": exp.fault_obj().spec(), "time_s": elapsed, "worker": self.wid, "error": None})
+            return row
+        except Exception as e:  # an ORT error for this fault: a crash outcome, the actor goes on
+            return crash_row(exp, f"{type(e).__name__}: {str(e).strip()[:300]}", self.wid) | {
+                "trace": traceback.format_exc(limit=2)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass
+class _Slot:
+    """One actor and the work it holds: ``queue`` not yet sent, ``inflight`` sent (oldest first)."""
+
+    wid: int
+    actor: Any
+    setup_ref: Any = None
+    ready: bool = False
+    golden_time: float = 0.0
+    pid: int | None = None
+    node: str | None = None
+    queue: deque[Experiment] = field(default_factory=deque)
+    inflight: deque[tuple[Any, Experiment | None]] = field(default_factory=deque)  # None: a prepare call
+    head_since: float = 0.0
+    site_key: tuple[str, bool, bool] | None = None
+
+
+class RayExecutor:
+    """Runs experiments on ``workers`` Ray actors; yields rows as they finish (in no fixed order).
+
+    ``address``: a running cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); default
+    ``$RAY_ADDRESS``, else a private Ray instance on this machine. When Ray is already initialised in
+    this process, that connection is used (and left open by :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        workers: int = 1,
+        address: str | None = None,
+        timeout_factor: float = 10.0,
+        min_timeout_s: float = 30.0,
+        max_retries: int = 2,
+        start_timeout_s: float = 600.0,
+    ) -> None:
+        # Actors do not share the driver's working directory: give them absolute paths.
+        self.cfg = replace(cfg, model_path=os.path.abspath(cfg.model_path),
+                           data_path=os.path.abspath(cfg.data_path) if cfg.data_path else None)
+        self.n_workers = max(1, workers)
+        self.address = address
+        self.timeout_factor = timeout_factor
+        self.min_timeout_s = min_timeout_s
+        self.max_retries = max_retries
+        self.start_timeout_s = start_timeout_s
+        self.clean: dict[str, Any] | None = None
+        self.cpus_per_worker = max(1, cfg.threads or 1)
+        self._owns_ray = False
+        self._tag = uuid.uuid4().hex[:8]
+        self._slots: list[_Slot] = []
+        self._next_id = 0
+        self._files: list[_File] = []
+        self._shipped: list[Any] | None = None
+        self._actor_cls: Any = None
+        self._failed_starts = 0
+
+    # ------------------------------------------------------------------ actors
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        addr = self.address or os.environ.get("RAY_ADDRESS") or "local"
+        kwargs: dict[str, Any] = {}
+        if addr == "local":
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, self.n_workers * self.cpus_per_worker)
+        try:
+            ray.init(address=addr, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OnnxfiError(f"cannot start or reach Ray at {addr!r}: {first}") from None
+        self._owns_ray = True
+
+    def _spawn(self) -> _Slot:
+        wid = self._next_id
+        self._next_id += 1
+        actor = self._actor_cls.options(
+            num_cpus=self.cpus_per_worker, name=f"onnxfi-worker-{self._tag}-{wid}", max_restarts=0,
+        ).remote(self.cfg, wid, [os.path.abspath(p or ".") for p in sys.path])
+        slot = _Slot(wid, actor)
+        slot.setup_ref = actor.setup.remote(self._files, self._shipped)
+        return slot
+
+    def _ship(self) -> list[Any]:
+        if self._shipped is None:
+            total = sum(f.size for f in self._files)
+            if total > SHIP_LIMIT:
+                raise OnnxfiError(
+                    f"a Ray node lacks the campaign files ({total / 2**30:.1f} GiB, too large to ship): "
+                    f"put {self.cfg.model_path} and its data at the same path on every node")
+            self._shipped = [ray.put({f.path: Path(f.path).read_bytes() for f in self._files})]
+        return self._shipped
+
+    def _on_setup(self, slot: _Slot) -> None:
+        """Handle a finished setup call (raises OnnxfiError when the engine cannot start)."""
+        try:
+            msg = ray.get(slot.setup_ref)
+        except ray.exceptions.RayError as e:
+            self._failed_starts += 1
+            if self._failed_starts > 3 * self.n_workers and not any(s.ready for s in self._slots):
+                raise OnnxfiError(f"Ray workers keep dying at start-up: {_short(e)}") from None
+            self._replace(slot)
+            return
+        if msg[0] == "missing":
+            slot.setup_ref = slot.actor.setup.remote(self._files, self._ship())
+            return
+        if msg[0] == "fatal":
+            raise OnnxfiError(f"worker failed to start: {msg[1]}")
+        _, clean, slot.pid, slot.node = msg
+        slot.setup_ref, slot.ready = None, True
+        slot.golden_time = float(clean.get("golden_time_s", 0.0))
+        if self.clean is None:
+            self.clean = clean
+
+    def _replace(self, slot: _Slot) -> None:
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:
+            pass  # already gone
+        self._slots[self._slots.index(slot)] = self._spawn()
+
+    def start(self) -> dict[str, Any]:
+        """Start the actors; returns the clean (fault-free) summary measured by the first one ready.
+
+        The others join when they are ready: a cluster short of CPUs still runs the campaign."""
+        if self.clean is not None:
+            return self.clean
+        self._connect()
+        self._actor_cls = ray.remote(_EngineActor)
+        self._files = [_describe(self.cfg.model_path)] if Path(self.cfg.model_path).is_file() else []
+        if self._files:
+            self._files += [_describe(p) for p in _external_files(self.cfg.model_path)]
+        if self.cfg.data_path and Path(self.cfg.data_path).is_file():
+            self._files.append(_describe(self.cfg.data_path))
+        self._slots = [self._spawn() for _ in range(self.n_workers)]
+        deadline = time.monotonic() + self.start_timeout_s
+        while self.clean is None:
+            pending = {s.setup_ref: s for s in self._slots if s.setup_ref is not None}
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                cpus = ray.cluster_resources().get("CPU", 0)
+                raise OnnxfiError(f"no Ray worker started in {self.start_timeout_s:g} s (the cluster has "
+                                  f"{cpus:g} CPUs; each worker asks for {self.cpus_per_worker})")
+            for ref in done:
+                self._on_setup(pending[ref])
+        return self.clean
+
+    def close(self) -> None:
+        for s in self._slots:
+            try:
+                ray.kill(s.actor, no_restart=True)
+            except Exception:
+                pass
+        self._slots = []
+        self._shipped = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    @property
+    def worker_pids(self) -> dict[int, int]:
+        """Worker id -> process id of the actors that are ready (for tests and diagnostics)."""
+        return {s.wid: s.pid for s in self._slots if s.ready and s.pid is not None}
+
+    # --------------------------------------------------------------------- run
+
+    def run(
+        self, experiments: Sequence[Experiment], flags: Callable[[str], tuple[bool, bool]]
+    ) -> Iterator[dict[str, Any]]:
+        """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
+        self.start()
+        chunks: deque[deque[Experiment]] = deque()
+        for e in experiments:
+            if chunks and chunks[-1][0].site == e.site and chunks[-1][0].round == e.round:
+                chunks[-1].append(e)
+            else:
+                chunks.append(deque([e]))
+        remaining = {e.id for e in experiments}
+        attempts: dict[int, int] = {}
+        last_progress = time.monotonic()
+        while remaining:
+            for slot in list(self._slots):
+                if slot.ready:
+                    self._feed(slot, chunks, flags)
+            refs: dict[Any, _Slot] = {}
+            for s in self._slots:
+                if s.setup_ref is not None:
+                    refs[s.setup_ref] = s
+                elif s.inflight:
+                    refs[s.inflight[0][0]] = s  # results come in order: only the oldest matters
+            if not any(s.inflight for s in self._slots) and not chunks:
+                raise RuntimeError(f"executor lost track of {len(remaining)} experiments")  # a bug, not user error
+            if not any(s.ready for s in self._slots) and time.monotonic() - last_progress > self.start_timeout_s:
+                raise OnnxfiError(f"no Ray worker came back in {self.start_timeout_s:g} s after losing them all "
+                                  f"({len(remaining)} experiments left; continue later with --resume)")
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            if done:
+                done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            for ref in done:
+                slot = refs[ref]
+                if ref == slot.setup_ref:
+                    self._on_setup(slot)
+                    last_progress = time.monotonic()
+                    continue
+                last_progress = time.monotonic()
+                yield from self._collect(slot, remaining, attempts, chunks)
+            now = time.monotonic()
+            for slot in list(self._slots):
+                head = slot.inflight[0][1] if slot.inflight else None
+                limit = max(self.min_timeout_s, self.timeout_factor * slot.golden_time)
+                if head is not None and now - slot.head_since > limit:
+                    slot.inflight.popleft()
+                    remaining.discard(head.id)
+                    yield crash_row(head, f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)",
+                                    slot.wid)
+                    self._requeue(slot, chunks)
+                    self._replace(slot)
+
+    def _feed(self, slot: _Slot, chunks: deque[deque[Experiment]],
+              flags: Callable[[str], tuple[bool, bool]]) -> None:
+        while sum(1 for _, e in slot.inflight if e is not None) < WINDOW:
+            if not slot.queue:
+                if chunks:
+                    slot.queue = chunks.popleft()
+                else:
+                    donor = max(self._slots, key=lambda s: len(s.queue))
+                    if len(donor.queue) < STEAL_MIN:
+                        return
+                    half = len(donor.queue) // 2
+                    slot.queue = deque(donor.queue.pop() for _ in range(half))
+                    slot.queue.reverse()
+            exp = slot.queue.popleft()
+            bits, values = flags(exp.site)
+            if not slot.inflight:
+                slot.head_since = time.monotonic()
+            if slot.site_key != (exp.site, bits, values):
+                slot.site_key = (exp.site, bits, values)
+                slot.inflight.append((slot.actor.prepare.remote(exp.site, bits, values), None))
+            slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values), exp))
+
+    def _collect(self, slot: _Slot, remaining: set[int], attempts: dict[int, int],
+                 chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
+        """Take the finished results at the front of ``slot``; on a dead actor, requeue and replace."""
+        while slot.inflight:
+            ref, exp = slot.inflight[0]
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                return
+            try:
+                row = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                yield from self._lost(slot, e, remaining, attempts, chunks)
+                return
+            slot.inflight.popleft()
+            slot.head_since = time.monotonic()
+            if exp is None:
+                continue
+            row.pop("trace", None)
+            if exp.id in remaining:  # never twice
+                remaining.discard(exp.id)
+                yield row
+
+    def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: dict[int, int],
+              chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
+        culprit = next((e for _, e in slot.inflight if e is not None), None)
+        if culprit is not None:
+            n = attempts[culprit.id] = attempts.get(culprit.id, 0) + 1
+            if n > self.max_retries:
+                slot.inflight = deque(x for x in slot.inflight if x[1] is not culprit)
+                remaining.discard(culprit.id)
+                yield crash_row(culprit, f"worker died (on {n} attempts; {_short(err)})", slot.wid)
+        self._requeue(slot, chunks)
+        self._replace(slot)
+
+    @staticmethod
+    def _requeue(slot: _Slot, chunks: deque[deque[Experiment]]) -> None:
+        back = deque(e for _, e in slot.inflight if e is not None)
+        back.extend(slot.queue)
+        slot.inflight.clear()
+        slot.queue = deque()
+        if back:
+            chunks.appendleft(back)
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__

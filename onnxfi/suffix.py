@@ -1,0 +1,292 @@
+"""Cut a model at a fault site: the forward cone of the site as its own model, fed with cached tensors.
+
+A fault in a tensor can only change what is computed from it. The *forward cone* of a set of values is
+every main-graph node that consumes one of them, directly or through other cone nodes. Running only the
+cone, with every tensor it reads from outside the cone fed from a cached fault-free run (the *prefix*),
+gives exactly the outputs of the whole faulty model, at the cost of the downstream part only.
+
+Everything here works on ``onnx.ModelProto`` (node order, names and initializers are kept as they are),
+so the suffix session sees the same nodes, weights and attributes as the full model and ONNX Runtime
+optimizes it with the same passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+__all__ = ["Cut", "forward_cone", "cut_model", "boundary", "weight_start", "CutError", "SHORTCUT_OPS"]
+
+# Single consumers whose output can stay bitwise equal when their input changes (the exact shortcut):
+# a ReLU maps every negative value to 0; a MaxPool ignores values below their window's maximum;
+# a Clip saturates values beyond its bounds.
+SHORTCUT_OPS = frozenset({"Relu", "MaxPool", "Clip"})
+
+
+class CutError(Exception):
+    """The model cannot be cut at this site (the caller falls back to a whole-model session)."""
+
+
+@dataclass
+class Cut:
+    """The suffix model and what it needs: ``inputs`` fed from the prefix cache or the data, ``outputs``
+    of the original model that the suffix computes, and ``passthrough`` outputs the fault cannot reach."""
+
+    model: onnx.ModelProto
+    inputs: list[str]
+    outputs: list[str]
+    passthrough: list[str]
+    cached: list[str]
+    checkpoint: onnx.ModelProto | None = None  # the site's single consumer alone (for the exact shortcut)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from the enclosing scope (so they count as the node's inputs)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local.update(o for o in n.output if o)
+            for n in g.node:
+                names.update(i for i in n.input if i and i not in local)
+                names.update(x for x in _subgraph_inputs(n) if x not in local)
+    return names
+
+
+def _node_inputs(node: onnx.NodeProto) -> list[str]:
+    return [i for i in node.input if i] + sorted(_subgraph_inputs(node))
+
+
+def forward_cone(graph: onnx.GraphProto, start: Iterable[str]) -> list[int]:
+    """Indices (in graph order) of the nodes that read ``start`` values, directly or transitively."""
+    tainted = set(start)
+    cone: list[int] = []
+    for i, node in enumerate(graph.node):  # ONNX requires topological order in a valid graph
+        if any(name in tainted for name in _node_inputs(node)):
+            cone.append(i)
+            tainted.update(o for o in node.output if o)
+    return cone
+
+
+# Nodes that only transform a weight on its way to the node that computes with it.
+_WEIGHT_TRANSFORMS = frozenset({
+    "DequantizeLinear", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten",
+})
+
+
+def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]:
+    """Where a weight's cone starts: the weight, plus the inputs of the nodes that produce the data
+    inputs of the nodes computing with it. ONNX Runtime fuses patterns around a constant weight
+    (Conv+BatchNormalization, a bias Add or scale Mul into the Conv/MatMul before it,
+    DequantizeLinear+Conv+QuantizeLinear into QLinearConv); starting one node before the node that
+    uses the weight (``depth`` nodes) keeps such a pattern whole in the cone, so a baked weight gets the same fusion as
+    in the whole model. Weight transforms (DequantizeLinear, Cast, Transpose, ...) are followed."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    consts = set(_constant_values(graph, [name])) | {i.name for i in graph.input}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for x in _node_inputs(node):
+            consumers.setdefault(x, []).append(node)
+    chain = {name}
+    users: list[onnx.NodeProto] = []
+    frontier = [name]
+    for _ in range(6):
+        nxt: list[str] = []
+        for v in frontier:
+            for node in consumers.get(v, []):
+                users.append(node)
+                others = [x for x in _node_inputs(node) if x not in chain]
+                if node.op_type in _WEIGHT_TRANSFORMS and all(x in consts for x in others):
+                    outs = [o for o in node.output if o]
+                    chain.update(outs)
+                    nxt.extend(outs)
+        frontier = nxt
+        if not frontier:
+            break
+    start = [name]
+    data = [x for node in users for x in _node_inputs(node) if x not in chain]
+    for _ in range(depth):  # Conv -> Add(bias) -> BatchNormalization needs two steps back
+        back: list[str] = []
+        for x in data:
+            p = producer.get(x)
+            if x in consts or p is None:
+                continue
+            for y in _node_inputs(p):
+                if y not in start:
+                    start.append(y)
+                    back.append(y)
+        data = back
+    return start
+
+
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"})
+
+
+def _constant_values(graph: onnx.GraphProto, fed: Sequence[str]) -> dict[str, int | None]:
+    """Values computable from constants alone (initializers, Constant nodes and what is computed from
+    them only), mapped to the index of the node producing them (None for initializers). ``fed`` values are not
+    constants. Such values are recomputed in a cut model, not cached, so ORT folds them as it would in
+    the whole model."""
+    fed_set = set(fed)
+    const: dict[str, int | None] = {t.name: None for t in graph.initializer if t.name not in fed_set}
+    for i in graph.input:
+        const.pop(i.name, None)  # an input with a default initializer can be overridden
+    for i, node in enumerate(graph.node):
+        ins = _node_inputs(node)
+        if node.op_type in _NONDETERMINISTIC or any(o in fed_set for o in node.output):
+            continue
+        if all(x in const for x in ins):
+            for o in node.output:
+                if o:
+                    const[o] = i
+    return const
+
+
+def boundary(model: onnx.ModelProto, start: Sequence[str], fed: Sequence[str] = ()) -> list[str]:
+    """Values the forward cone of ``start`` reads from outside that a prefix run must provide:
+    outputs of nodes outside the cone (not initializers, not graph inputs, not the ``fed`` values)."""
+    graph = model.graph
+    cone = [graph.node[i] for i in forward_cone(graph, start)]
+    produced = {o for n in cone for o in n.output if o}
+    skip = produced | {t.name for t in graph.initializer} | {i.name for i in graph.input} | set(fed)
+    skip |= set(_constant_values(graph, fed))
+    out: list[str] = []
+    for n in cone:
+        for name in _node_inputs(n):
+            if name not in skip and name not in out:
+                out.append(name)
+    return out
+
+
+def _value_info(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
+    try:
+        elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+    except Exception as e:  # e.g. a dtype ORT hands back that ONNX has no name for
+        raise CutError(f"cannot describe cached tensor {name!r} of dtype {array.dtype}") from e
+    shape: list[int | str] = list(array.shape)
+    if shape:
+        shape[0] = "onnxfi_batch"
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def cut_model(
+    model: onnx.ModelProto,
+    start: Sequence[str],
+    fed: Sequence[str],
+    samples: dict[str, np.ndarray],
+) -> Cut:
+    """The forward cone of ``start`` as a model.
+
+    ``fed`` are values the caller feeds itself (the site tensor; for a weight site, the weight, which is
+    removed from the initializers). ``samples`` holds one cached array per value the cone may read from
+    outside (as produced by a prefix run) and is used for their types; graph inputs keep their own type.
+    """
+    graph = model.graph
+    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
+        # Subgraphs may read outer values under names the cone analysis sees, but ORT's
+        # handling of implicit inputs across a cut is not worth the risk: use the whole model.
+        raise CutError("model has control-flow nodes")
+    cone_idx = forward_cone(graph, start)
+    if not cone_idx:
+        raise CutError("nothing reads the site")
+    cone = [graph.node[i] for i in cone_idx]
+    produced = {o for n in cone for o in n.output if o}
+    initializers = {t.name: t for t in graph.initializer}
+    graph_inputs = {i.name: i for i in graph.input}
+    needed: list[str] = []
+    for n in cone:
+        for name in _node_inputs(n):
+            if name not in produced and name not in needed:
+                needed.append(name)
+    fed_set = set(fed)
+    constants = _constant_values(graph, fed)
+    const_needed: set[str] = set()
+    inputs: list[onnx.ValueInfoProto] = []
+    input_names: list[str] = []
+    cached: list[str] = []
+    keep_inits: list[onnx.TensorProto] = []
+    for name in needed:
+        if name in fed_set:
+            if name in samples:
+                inputs.append(_value_info(name, samples[name]))
+            elif name in initializers:
+                t = initializers[name]
+                inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+            else:
+                raise CutError(f"no type for fed value {name!r}")
+            input_names.append(name)
+        elif name in initializers:
+            keep_inits.append(initializers[name])
+        elif name in constants:  # Constant nodes and constant subexpressions: recomputed, so ORT folds them
+            const_needed.add(name)
+        elif name in graph_inputs:
+            inputs.append(graph_inputs[name])
+            input_names.append(name)
+        elif name in samples:
+            inputs.append(_value_info(name, samples[name]))
+            input_names.append(name)
+            cached.append(name)
+        else:
+            raise CutError(f"cone reads {name!r}, which is neither cached nor an input")
+    outputs = [o for o in graph.output if o.name in produced]
+    passthrough = [o.name for o in graph.output if o.name not in produced]
+    # the nodes (and initializers) that compute the needed constants, in graph order
+    todo = list(const_needed)
+    const_node_ids: set[int] = set()  # indices into graph.node
+    seen: set[str] = set()
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        idx = constants.get(v)
+        if idx is None:
+            if v in initializers and all(t.name != v for t in keep_inits):
+                keep_inits.append(initializers[v])
+            continue
+        const_node_ids.add(idx)
+        todo.extend(_node_inputs(graph.node[idx]))
+    const_nodes = [graph.node[i] for i in sorted(const_node_ids)]
+    sub = helper.make_graph(const_nodes + cone, f"{graph.name}_suffix", inputs, outputs, initializer=keep_inits)
+    keep_vi = [v for v in graph.value_info if v.name in produced]
+    sub.value_info.extend(keep_vi)
+    suffix = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    suffix.functions.extend(model.functions)
+    checkpoint = _checkpoint(model, start, initializers, samples)
+    return Cut(suffix, input_names, [o.name for o in outputs], passthrough, cached, checkpoint)
+
+
+def _checkpoint(
+    model: onnx.ModelProto, start: Sequence[str], initializers: dict[str, onnx.TensorProto],
+    samples: dict[str, np.ndarray],
+) -> onnx.ModelProto | None:
+    """The site's only consumer as a one-node model, when it is a shortcut op that reads nothing else
+    but initializers. None when the shortcut does not apply."""
+    graph = model.graph
+    if len(start) != 1 or start[0] not in samples:
+        return None
+    name = start[0]
+    if any(o.name == name for o in graph.output):
+        return None
+    consumers = [n for n in graph.node if name in _node_inputs(n)]
+    if len(consumers) != 1:
+        return None
+    node = consumers[0]
+    if node.op_type not in SHORTCUT_OPS or node.domain not in ("", "ai.onnx") or node.input[0] != name:
+        return None
+    if len(node.output) != 1 or any(i == name for i in node.input[1:]):
+        return None
+    others = [i for i in node.input[1:] if i]
+    if any(i not in initializers for i in others):
+        return None
+    x = _value_info(name, samples[name])
+    y = helper.make_tensor_value_info(node.output[0], x.type.tensor_type.elem_type, None)
+    g = helper.make_graph([node], "onnxfi_checkpoint", [x], [y], initializer=[initializers[i] for i in others])
+    return helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)

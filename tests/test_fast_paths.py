@@ -1,0 +1,237 @@
+"""The fast execution paths (prefix cache + suffix sessions, exact shortcuts) against the naive path.
+
+Naive = per fault, the whole model rewritten with the fault and a new ONNX Runtime session. The suffix
+path must give the same outcome for every experiment. Metrics that only depend on decisions (accuracy,
+agreement, mIoU) must be equal; metrics computed from raw output values may differ at the level of one
+unit in the last place of the outputs, because ONNX Runtime optimizes a cut graph and a whole graph
+differently (see ../shared/PERFORMANCE.md, "Pitfalls"); for activation faults the naive path even
+compares a model with a fault node (which blocks fusions around the site) against the original model.
+Absolute errors are compared within 2e-5; relative errors are not compared (they divide ulp noise by
+near-zero golden outputs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+from onnx import TensorProto
+
+from onnxfi.engine import Engine, EngineConfig
+from onnxfi.faults import BitFlip
+from onnxfi.model import load_model
+from onnxfi.plan import Experiment, make_plan
+from onnxfi.sites import enumerate_sites
+from onnxfi.suffix import boundary, cut_model, forward_cone, weight_start
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "model_zoo"
+
+# metric -> (rtol, atol) for values that come from raw outputs; everything else must be equal
+_VALUE_METRICS = {
+    "mean_entropy": (1e-4, 1e-6), "mean_msp": (1e-4, 1e-6), "ece": (1e-4, 1e-5),
+}
+
+
+def _close(key: str, a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if key.startswith("err_") and key.endswith("_rel"):
+            return True  # |out - golden| / |golden| magnifies ulp noise near zero outputs; abs is checked
+        if key.startswith("err_"):
+            return bool(np.isclose(a, b, rtol=1e-3, atol=2e-5))
+        rtol, atol = _VALUE_METRICS.get(key, (1e-9, 1e-9))
+        return bool(np.isclose(a, b, rtol=rtol, atol=atol))
+    return bool(a == b)
+
+
+def _three_sites(model: str, target: str) -> list[Any]:
+    loaded = load_model(model)
+    sites = enumerate_sites(loaded.model, loaded.value_shapes).select(target, None, None, False)
+    sites = [s for s in sites if (s.elements or 0) > 1]
+    return [sites[0], sites[len(sites) // 2], sites[-1]]  # early, middle, late
+
+
+def _run(model: str, data: str | None, plan: Any, mode: str, **kw: Any) -> tuple[Engine, list[dict[str, Any]]]:
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode=mode, samples=8, **kw))
+    return eng, [eng.run(e, True, True) for e in plan.experiments]
+
+
+CASES = [
+    ("digits_cnn.onnx", "digits_eval.npz", "weights", 36),
+    ("digits_cnn.onnx", "digits_eval.npz", "activations", 36),
+    ("fashion_cnn_bnfold.onnx", None, "weights", 30),
+    ("fashion_cnn_int8_qdq.onnx", None, "weights", 24),
+    ("digits_cnn_paddle.onnx", "digits_eval.npz", "weights", 24),
+    ("fashion_seg.onnx", None, "activations", 24),
+]
+
+
+@pytest.mark.parametrize(("model", "data", "target", "n"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_suffix_path_matches_naive(model: str, data: str | None, target: str, n: int) -> None:
+    path = str(ZOO / model)
+    data_path = str(ZOO / "data" / data) if data else None
+    sites = _three_sites(path, target)
+    plan = make_plan(path, sites, ["flip"], None, n, None, 0.99, 0.5, 3, target)
+    _, naive = _run(path, data_path, plan, "naive")
+    eng, fast = _run(path, data_path, plan, "suffix")
+    assert len(fast) == len(naive) == len(plan.experiments)
+    for e, a, b in zip(plan.experiments, naive, fast):
+        assert a["outcome"] == b["outcome"], (e, a["outcome"], b["outcome"])
+        for flag in ("masked", "sdc1", "sdc5", "critical", "due"):
+            assert a[flag] == b[flag], (e, flag)
+        assert a["images_changed"] == b["images_changed"]
+        assert set(a["metrics"]) == set(b["metrics"])
+        for k in a["metrics"]:
+            assert _close(k, a["metrics"][k], b["metrics"][k]), (e, k, a["metrics"][k], b["metrics"][k])
+    # the suffix path was really used for at least one site (not a fallback to whole-model sessions)
+    used = [r for r in eng._runners.values() if r.mode == "suffix"]
+    assert used
+
+
+def test_outcomes_vary_in_the_equality_cases() -> None:
+    """The equality test above is only meaningful if its plans mix outcomes: check one of them does."""
+    path = str(ZOO / "digits_cnn.onnx")
+    sites = _three_sites(path, "weights")
+    plan = make_plan(path, sites, ["flip"], None, 36, None, 0.99, 0.5, 3, "weights")
+    _, rows = _run(path, str(ZOO / "data" / "digits_eval.npz"), plan, "suffix")
+    assert len({r["outcome"] for r in rows}) >= 2
+
+
+# ------------------------------------------------------------------------------- tiny graphs
+
+def _residual_model() -> onnx.ModelProto:
+    """x -> Relu(a) -> Mul(w) (m) -> Add(a, m) (s) -> Relu (y): a skips over the Mul."""
+    w = np.array([[0.5, -2.0, 1.5, 0.25]], dtype=np.float32)
+    g = oh.make_graph(
+        [
+            oh.make_node("Relu", ["x"], ["a"], name="r0"),
+            oh.make_node("Mul", ["a", "w"], ["m"], name="mul"),
+            oh.make_node("Add", ["a", "m"], ["s"], name="add"),
+            oh.make_node("Relu", ["s"], ["y"], name="r1"),
+        ],
+        "res",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[onh.from_array(w, "w")],
+    )
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def test_forward_cone_and_boundary_on_a_residual_block() -> None:
+    m = _residual_model()
+    assert forward_cone(m.graph, ["m"]) == [2, 3]
+    assert boundary(m, ["m"], ["m"]) == ["a"]  # the skip tensor must come from the cache
+    assert forward_cone(m.graph, ["a"]) == [1, 2, 3]
+    assert boundary(m, ["a"], ["a"]) == []
+    # a weight's cone starts one node earlier (the producer of its consumer's data input)
+    assert weight_start(m, "w", depth=1) == ["w", "x"]
+    assert forward_cone(m.graph, weight_start(m, "w")) == [0, 1, 2, 3]
+
+
+def test_cut_model_runs_and_equals_the_whole_model() -> None:
+    import onnxruntime as ort
+
+    m = _residual_model()
+    x = np.array([[1.0, -1.0, 2.0, 3.0], [-0.5, 4.0, 0.0, 1.0]], dtype=np.float32)
+    full = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.maximum(x, 0)
+    mm = a * np.array([[0.5, -2.0, 1.5, 0.25]], dtype=np.float32)
+    cut = cut_model(m, ["m"], ["m"], {"a": a, "m": mm})
+    assert [n.op_type for n in cut.model.graph.node] == ["Add", "Relu"]
+    assert cut.inputs == ["a", "m"] and cut.cached == ["a"] and cut.outputs == ["y"]
+    sess = ort.InferenceSession(cut.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    faulty = mm.copy()
+    faulty[0, 1] = -40.0
+    got = sess.run(["y"], {"a": a, "m": faulty})[0]
+    np.testing.assert_array_equal(got, np.maximum(a + faulty, 0))
+    np.testing.assert_array_equal(sess.run(["y"], {"a": a, "m": mm})[0], full.run(["y"], {"x": x})[0])
+
+
+def _relu_site_model(tmp_path: Path) -> str:
+    """x -> Mul(w) -> h -> Relu -> y: h's only consumer is a ReLU (the exact-shortcut case)."""
+    w = np.array([[1.0, -1.0, 0.5]], dtype=np.float32)
+    g = oh.make_graph(
+        [oh.make_node("Mul", ["x", "w"], ["h"], name="mul"), oh.make_node("Relu", ["h"], ["y"], name="relu")],
+        "relu",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[onh.from_array(w, "w")],
+    )
+    p = tmp_path / "relu.onnx"
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
+    np.savez(tmp_path / "d.npz", x=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32))
+    return str(p)
+
+
+def _exp(site: str, index: int, bit: int) -> Experiment:
+    return Experiment(id=0, site=site, kind="activation", index=index, bit=bit,
+                      fault=BitFlip((bit,)).to_dict(), seed=1, round=0)
+
+
+def test_exact_shortcut_masks_a_negative_value_that_stays_negative(tmp_path: Path) -> None:
+    model = _relu_site_model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=str(tmp_path / "d.npz"), mode="suffix"))
+    # h[:, 1] = -x[:, 1] < 0: flipping a mantissa bit keeps it negative -> ReLU still outputs 0
+    row = eng.run(_exp("h", 1, 3), True, False)
+    r = eng.runner("h", True, False)
+    assert r.mode == "suffix" and r.checkpoint is not None
+    assert row["outcome"] == "masked" and r.shortcuts == 1
+    # the sign bit makes it positive: the shortcut must not apply, and the output changes
+    row = eng.run(_exp("h", 1, 31), True, False)
+    assert r.shortcuts == 1 and row["outcome"] != "masked"
+    # a positive value changed by a mantissa flip: not masked either
+    row = eng.run(_exp("h", 0, 22), True, False)
+    assert r.shortcuts == 1 and not row["masked"]
+    # the same experiments without shortcuts give the same outcomes
+    slow = Engine(EngineConfig(model_path=model, data_path=str(tmp_path / "d.npz"), mode="suffix", shortcuts=False))
+    for idx, bit in ((1, 3), (1, 31), (0, 22)):
+        assert slow.run(_exp("h", idx, bit), True, False)["outcome"] == eng.run(_exp("h", idx, bit), True, False)["outcome"]
+    assert slow.runner("h", True, False).shortcuts == 0
+
+
+def test_cache_budget_falls_back_to_whole_model_sessions(tmp_path: Path) -> None:
+    model = _relu_site_model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=str(tmp_path / "d.npz"), mode="suffix", cache_mb=1e-9))
+    row = eng.run(_exp("h", 1, 31), True, False)
+    assert eng.runner("h", True, False).mode == "activation"
+    assert "cache" in eng.fallbacks["h"]
+    ref = Engine(EngineConfig(model_path=model, data_path=str(tmp_path / "d.npz"), mode="naive"))
+    assert ref.run(_exp("h", 1, 31), True, False)["outcome"] == row["outcome"]
+
+
+def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
+    """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; feeding a
+    BN parameter as an input would change the arithmetic, so the suffix path bakes it per fault."""
+    rng = np.random.default_rng(0)
+    conv_w = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)
+    nodes = [
+        oh.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        oh.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["bn"], name="bn"),
+        oh.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    inits = [onh.from_array(conv_w, "cw")] + [
+        onh.from_array(v.astype(np.float32), n)
+        for n, v in (("g", rng.uniform(0.5, 2, 4)), ("b", rng.normal(size=4)), ("mu", rng.normal(size=4)),
+                     ("var", rng.uniform(0.1, 2, 4)))
+    ]
+    g = oh.make_graph(nodes, "bn", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], initializer=inits)
+    p = tmp_path / "bn.onnx"
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 1, 6, 6)).astype(np.float32))
+    eng = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="suffix"))
+    naive = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="naive"))
+    for site in ("var", "cw"):
+        for idx in range(3):
+            for bit in (0, 1, 12, 23, 30):
+                e = Experiment(id=0, site=site, kind="weight", index=idx, bit=bit,
+                               fault=BitFlip((bit,)).to_dict(), seed=1, round=0)
+                a, b = naive.run(e, True, False), eng.run(e, True, False)
+                assert a["outcome"] == b["outcome"], (site, idx, bit)
+                assert a["metrics"] == b["metrics"], (site, idx, bit)
+    assert eng.runner("var", True, False).baked

@@ -1,0 +1,182 @@
+"""Ray executor acceptance on a local 2-CPU Ray cluster: the same rows as the local executor, a worker
+killed mid-campaign (ray.kill and SIGKILL) loses and repeats nothing, a fault that kills every worker
+it lands on is one ``crash`` row after its retries, a hang is a timeout, and the CLI path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from campaign_helpers import kat_expected, row_key, save_kat
+
+from onnxfi.campaign import run_campaign
+from onnxfi.cli import main
+from onnxfi.engine import EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.executors import make_executor
+from onnxfi.model import load_model
+from onnxfi.plan import Plan, make_plan
+from onnxfi.sites import Site, enumerate_sites
+from onnxfi.store import Store
+
+ray = pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "model_zoo" / "digits_cnn.onnx"
+DIGITS_DATA = REPO / "model_zoo" / "data" / "digits_eval.npz"
+
+
+def _sites(model: Path, target: str, pattern: str | None = None) -> list[Site]:
+    loaded = load_model(str(model))
+    return enumerate_sites(loaded.model, loaded.value_shapes).select(target, pattern)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """One local Ray instance for the module (start-up takes seconds); the executor reuses it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits_plan() -> Plan:
+    """Weights and activations of digits_cnn: many site groups, so actors switch sites and steal work."""
+    return make_plan(DIGITS, _sites(DIGITS, "all"), n_faults=72, seed=7)
+
+
+@pytest.fixture(scope="module")
+def local_rows(digits_plan: Plan, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    db = tmp_path_factory.mktemp("local") / "local.db"
+    with Store(db) as store:
+        run_campaign(digits_plan, EngineConfig(str(DIGITS), data_path=str(DIGITS_DATA)), store)
+        return [row_key(r) for r in store.rows()]
+
+
+def _run(plan: Plan, db: Path, cfg: EngineConfig, **kwargs: Any) -> tuple[list[dict[str, Any]], Any, list[int]]:
+    """Run on Ray; returns the stored rows, the result, and the progress counts as yielded."""
+    seen: list[int] = []
+    user_progress = kwargs.pop("progress", None)
+
+    def progress(done: int, total: int, live: dict[str, Any]) -> None:
+        seen.append(done)
+        if user_progress:
+            user_progress(done)
+
+    with Store(db) as store:
+        result = run_campaign(plan, cfg, store, executor="ray", progress=progress, **kwargs)
+        rows = list(store.rows())
+    return rows, result, seen
+
+
+def _check_complete(plan: Plan, rows: list[dict[str, Any]], result: Any, seen: list[int]) -> None:
+    n = len(plan.experiments)
+    assert sorted(r["id"] for r in rows) == list(range(n))  # no gaps
+    assert result.executed == n and seen == list(range(1, n + 1))  # nothing yielded twice
+    assert not result.interrupted
+
+
+def test_ray_gives_the_rows_of_the_local_executor(cluster: Any, digits_plan: Plan,
+                                                  local_rows: list[dict[str, Any]], tmp_path: Path) -> None:
+    cfg = EngineConfig(str(DIGITS), data_path=str(DIGITS_DATA))
+    rows, result, seen = _run(digits_plan, tmp_path / "ray.db", cfg, workers=2)
+    _check_complete(digits_plan, rows, result, seen)
+    assert [row_key(r) for r in rows] == local_rows
+    assert {r["worker"] for r in rows} == {0, 1}  # both actors took work
+    assert result.clean["value"] > 0.9
+
+
+def test_workers_killed_mid_campaign_lose_and_repeat_nothing(cluster: Any, digits_plan: Plan,
+                                                             local_rows: list[dict[str, Any]],
+                                                             tmp_path: Path) -> None:
+    before = set(ray.util.list_named_actors())
+    killed: list[str] = []
+
+    def ours() -> list[str]:
+        return sorted(n for n in set(ray.util.list_named_actors()) - before
+                      if n.startswith("onnxfi-worker-") and n not in killed)
+
+    def kill(done: int) -> None:
+        if done == 20:  # the Ray way
+            name = ours()[0]
+            ray.kill(ray.get_actor(name))
+            killed.append(name)
+        elif done == 45:  # as the OS would (OOM killer, a segfault): SIGKILL of the actor's process
+            name = ours()[-1]
+            pid = ray.get(ray.get_actor(name).pid.remote(), timeout=60)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+
+    cfg = EngineConfig(str(DIGITS), data_path=str(DIGITS_DATA))
+    rows, result, seen = _run(digits_plan, tmp_path / "ray.db", cfg, workers=2, progress=kill)
+    assert len(killed) == 2
+    _check_complete(digits_plan, rows, result, seen)
+    assert [row_key(r) for r in rows] == local_rows  # retried experiments: same outcomes, no crash rows
+    assert max(r["worker"] for r in rows) >= 2  # replacement actors ran the rest
+
+
+def test_a_fault_that_kills_every_worker_is_one_crash_row_and_a_hang_a_timeout(
+        cluster: Any, tmp_path: Path) -> None:
+    model, data = save_kat(tmp_path)
+    plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
+    assert len(plan.experiments) == 36
+    # SIGKILL on W[0] bit 31 (every attempt), sleep on W[7] bit 31 (= W[1, 1]); in the actors.
+    cfg = EngineConfig(str(model), data_path=str(data), metric="campaign_helpers:kill_or_hang")
+    rows, result, seen = _run(plan, tmp_path / "ray.db", cfg, workers=2, min_timeout_s=3)
+    _check_complete(plan, rows, result, seen)
+    crashed = {(r["site"], r["idx"], r["bit"]): r["error"] for r in rows if r["outcome"] == "crash"}
+    assert set(crashed) == {("W", 0, 31), ("W", 7, 31)}
+    assert "worker died (on 3 attempts" in crashed[("W", 0, 31)]
+    assert "timeout" in crashed[("W", 7, 31)]
+    for r in rows:
+        if r["outcome"] != "crash":
+            assert r["error"] is None
+            assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})
+    assert Counter(r["outcome"] for r in rows)["crash"] == 2
+
+
+def test_cli_analyze_with_ray(cluster: Any, tmp_path: Path) -> None:
+    model, data = save_kat(tmp_path)
+    db = tmp_path / "cli.db"
+    rc = main(["analyze", str(model), "--data", str(data), "--faults", "24", "--executor", "ray",
+               "--workers", "2", "--db", str(db), "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    with Store(db) as store:
+        assert store.count() == 24
+
+
+def test_executor_names_are_checked(tmp_path: Path) -> None:
+    cfg = EngineConfig(str(tmp_path / "m.onnx"))
+    with pytest.raises(OnnxfiError, match="unknown executor 'dask'.*local, ray"):
+        make_executor("dask", cfg)
+    with pytest.raises(OnnxfiError, match="--address needs --executor ray"):
+        make_executor("local", cfg, address="10.0.0.1:6379")
+    assert main(["analyze", str(tmp_path / "m.onnx"), "--address", "auto"]) == 2
+
+
+def test_a_node_without_the_model_gets_it_shipped(cluster: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose copy differs (here: every node, as the recorded hash is wrong) gets the model and data
+    through the object store and runs on its own copy."""
+    import onnxfi.executors.ray as ray_executor
+
+    model, data = save_kat(tmp_path)
+    real = ray_executor._describe
+    monkeypatch.setattr(ray_executor, "_describe", lambda p: ray_executor._File(real(p).path, real(p).size, "0" * 64))
+    plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
+    cfg = EngineConfig(str(model), data_path=str(data))
+    copies = ray_executor._copy_paths(cfg, [ray_executor._describe(str(p)) for p in (model, data)])
+    try:
+        rows, result, seen = _run(plan, tmp_path / "ray.db", cfg, workers=1)
+        assert all(p.is_file() for p in copies.values())  # the actor ran on shipped copies
+    finally:
+        shutil.rmtree(next(iter(copies.values())).parents[1], ignore_errors=True)
+    _check_complete(plan, rows, result, seen)
+    for r in rows:
+        assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})

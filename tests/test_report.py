@@ -1,0 +1,386 @@
+"""HTML report: rendering from a campaign database, escaping of hostile names, the hardening and runtime
+sections, and the page as headless Chromium loads it (console errors, CSP violations, a screenshot).
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
+separated by NUL bytes on file descriptors 3 and 4), so errors come back as structured events rather
+than scraped log lines. A missing Chromium fails the test: CI installs it (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+from onnx import TensorProto
+
+from onnxfi.campaign import run_campaign
+from onnxfi.cli import main
+from onnxfi.engine import EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.model import load_model
+from onnxfi.plan import Plan, make_plan
+from onnxfi.report.html import CSP, _clean_svg, _load, _load_compare, render_report
+from onnxfi.sites import enumerate_sites
+from onnxfi.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Names an attacker could put in a model: they must reach the page as text, never as markup.
+HOSTILE_WEIGHT = "<script>alert(1)</script>"
+HOSTILE_BIAS = 'b"><img src=x onerror=alert(2)>$x^$'
+HOSTILE_VALUE = "</svg><script>alert(3)</script>-->"
+HOSTILE_NODE = "<script>alert('node')</script>"
+
+
+# ------------------------------------------------------------------------------------ chromium (CDP)
+
+
+@dataclass
+class PageLoad:
+    errors: list[str]
+    screenshot: bytes
+    probe: Any
+
+
+class Chromium:
+    """One headless Chromium driven over ``--remote-debugging-pipe``; each ``load`` opens a fresh tab."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            pytest.fail("chromium not found: install it (Debian: apt-get install -y chromium); CI does in .ci/run")
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+
+        def wire_fds() -> None:  # in the child: Chromium reads commands on fd 3, writes replies on fd 4
+            os.dup2(cmd_r, 3)
+            os.dup2(out_w, 4)
+
+        self._log = open(workdir / "chromium.log", "wb")  # closed in close()
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-extensions", "--disable-default-apps", "--mute-audio", "--disable-dev-shm-usage",
+             f"--user-data-dir={workdir / 'profile'}", "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, preexec_fn=wire_fds, pass_fds=(3, 4),
+        )
+        os.close(cmd_r)
+        os.close(out_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _recv(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._out_r], [], [], left)[0]:
+                raise TimeoutError("chromium did not answer in time")
+            chunk = os.read(self._out_r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        msg: dict[str, Any] = json.loads(raw)
+        return msg
+
+    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
+             timeout: float = 30.0) -> dict[str, Any]:
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._recv(timeout)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_event(self, method: str, session: str, timeout: float = 30.0) -> None:
+        if any(e["method"] == method and e.get("sessionId") == session for e in self.events):
+            return
+        while True:
+            msg = self._recv(timeout)
+            if "method" in msg:
+                self.events.append(msg)
+                if msg["method"] == method and msg.get("sessionId") == session:
+                    return
+
+    def load(self, url: str, probe: str = "null", width: int = 1280, max_height: int = 12000) -> PageLoad:
+        """Open ``url``; return every error Chromium reported, a full-page PNG, and ``probe`` evaluated."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page"):
+            self.send(f"{domain}.enable", session=session)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+        self.send("Page.navigate", {"url": url}, session)
+        self.wait_event("Page.loadEventFired", session)
+        value = self.send("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
+        size = self.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        height = int(min(max_height, size["height"]))
+        shot = self.send("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        }, session)
+        self.send("Target.closeTarget", {"targetId": target})
+        errors = []
+        for e in self.events:
+            if e.get("sessionId") != session:
+                continue
+            p = e["params"]
+            if e["method"] == "Runtime.exceptionThrown":
+                d = p["exceptionDetails"]
+                errors.append(f"exception: {d.get('text')} {d.get('exception', {}).get('description', '')}")
+            elif e["method"] == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+                errors.append(f"console.{p['type']}: {[a.get('value') for a in p['args']]}")
+            elif e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
+                errors.append(f"{p['entry']['source']}: {p['entry']['text']}")
+        self.events = [e for e in self.events if e.get("sessionId") != session]
+        return PageLoad(errors, base64.b64decode(shot["data"]), value.get("result", {}).get("value"))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._cmd_w, self._out_r):
+            os.close(fd)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    chrome = Chromium(tmp_path_factory.mktemp("chromium"))
+    try:
+        yield chrome
+    finally:
+        chrome.close()
+
+
+# -------------------------------------------------------------------------------------- campaigns
+
+
+@pytest.fixture(scope="module")
+def zoo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small campaign on the digits_cnn zoo model, through the CLI."""
+    db = tmp_path_factory.mktemp("zoo") / "digits.db"
+    assert main(["analyze", "digits_cnn", "--faults", "96", "--seed", "1", "--db", str(db)]) == 0
+    return db
+
+
+def hostile_model(scale: float = 1.0) -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    w = (scale * rng.standard_normal((4, 3))).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", HOSTILE_WEIGHT], [HOSTILE_VALUE], name=HOSTILE_NODE),
+         oh.make_node("Add", [HOSTILE_VALUE, HOSTILE_BIAS], ["y"], name="add")],
+        "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[onh.from_array(w, HOSTILE_WEIGHT), onh.from_array(b, HOSTILE_BIAS)],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def hostile_plan(model_path: Path) -> Plan:
+    loaded = load_model(str(model_path))
+    sites = enumerate_sites(loaded.model, loaded.value_shapes).select("all")
+    return make_plan(model_path, sites, n_faults=48, seed=3, target="all")
+
+
+def campaign(model_path: Path, db: Path, plan: Plan | None = None) -> Path:
+    with Store(db) as store:
+        run_campaign(plan or hostile_plan(model_path), EngineConfig(model_path=str(model_path), samples=8), store)
+    return db
+
+
+@pytest.fixture(scope="module")
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("hostile")
+    model = d / "hostile.onnx"
+    onnx.save(hostile_model(), str(model))
+    return campaign(model, d / "hostile.db")
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def zoo_report(zoo_db: Path) -> Path:
+    out = zoo_db.with_name("report.html")
+    assert main(["report", str(zoo_db), "-o", str(out)]) == 0
+    return out
+
+
+def test_cli_writes_a_self_contained_page(zoo_report: Path) -> None:
+    page = zoo_report.read_text(encoding="utf-8")
+    assert f'content="{CSP.replace(chr(39), "&#x27;")}"' in page
+    low = page.lower()
+    for active in ("<script", "<link", "<iframe", "@import", "src=\"http", "href=\"http", "url(http"):
+        assert active not in low, active
+    for section in ("summary", "outcomes", "layers", "bits", "metrics", "examples", "repro"):
+        assert f'<section id="{section}">' in page
+    assert page.count("<svg ") == 5  # outcomes, layers, heatmap, per-bit, distributions
+    assert "digits_cnn.onnx" in page and "<th>seed</th><td>1</td>" in page
+
+
+def test_page_loads_in_chromium_without_errors(zoo_report: Path, browser: Chromium) -> None:
+    probe = "[document.querySelectorAll('svg').length, document.scripts.length, document.title]"
+    page = browser.load(zoo_report.as_uri(), probe)
+    assert page.errors == []
+    assert page.probe == [5, 0, "onnxfi report: digits_cnn.onnx"]
+    assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
+    zoo_report.with_suffix(".png").write_bytes(page.screenshot)
+
+
+def test_chromium_check_catches_errors(tmp_path: Path, browser: Chromium) -> None:
+    """The check above can fail: a script error, and content the report's CSP blocks, are both reported."""
+    js = tmp_path / "js.html"
+    js.write_text("<!DOCTYPE html><title>t</title><script>console.error('oops'); missing();</script>")
+    errors = browser.load(js.as_uri()).errors
+    assert any("oops" in e for e in errors) and any("exception" in e for e in errors)
+    csp = tmp_path / "csp.html"
+    csp.write_text(f'<!DOCTYPE html><meta http-equiv="Content-Security-Policy" content="{CSP}"><title>t</title>'
+                   '<img src="http://example.invalid/x.png"><script>1</script>')
+    errors = browser.load(csp.as_uri()).errors
+    assert any("example.invalid" in e for e in errors) and any("inline script" in e for e in errors)
+
+
+def test_hostile_names_are_text(hostile_db: Path, tmp_path: Path, browser: Chromium) -> None:
+    page = render_report(hostile_db)
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    out = tmp_path / "hostile.html"
+    out.write_text(page, encoding="utf-8")
+    probe = "[document.scripts.length, document.images.length, document.body.innerText]"
+    loaded = browser.load(out.as_uri(), probe)
+    assert loaded.errors == []
+    scripts, images, text = loaded.probe
+    assert (scripts, images) == (0, 0)
+    for name in (HOSTILE_WEIGHT, HOSTILE_BIAS, HOSTILE_VALUE):
+        assert name in text  # shown as the text it is
+
+
+def test_svg_with_active_content_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="active content"):
+        _clean_svg('<?xml?><svg width="1"><script>alert(1)</script></svg>', "f1-", "x")
+    svg = _clean_svg('<?xml version="1.0"?>\n<svg x="1"><!-- a --><metadata>m</metadata>'
+                     '<path id="p1"/><use xlink:href="#p1"/><g clip-path="url(#p1)"/></svg>', "f7-", "alt")
+    assert svg == ('<svg role="img" aria-label="alt" x="1"><path id="f7-p1"/><use xlink:href="#f7-p1"/>'
+                   '<g clip-path="url(#f7-p1)"/></svg>')
+
+
+def test_hardening_before_after(hostile_db: Path, tmp_path: Path) -> None:
+    """`analyze --compare` contract: {"db", "model"} under the `compare` key; the other DB has the same plan."""
+    hardened = tmp_path / "hardened.onnx"
+    onnx.save(hostile_model(scale=0.5), str(hardened))
+    with Store(hostile_db) as store:
+        plan = Plan.from_dict(store.meta("plan"))
+    other = campaign(hardened, tmp_path / "before.db.compare.db", plan)
+    before = tmp_path / "before.db"
+    shutil.copy(hostile_db, before)
+    with Store(before) as store:
+        store.set_meta("compare", {"db": str(other), "model": str(hardened)})
+    page = render_report(before)
+    assert '<section id="hardening">' in page and "hardened.onnx" in page and "hostile.onnx" in page
+    assert page.count("<svg ") == 7  # + per-bit and per-layer before/after
+    with Store(before) as store:  # moved away from where analyze wrote it: found next to the database
+        store.set_meta("compare", {"db": "elsewhere/before.db.compare.db", "model": str(hardened)})
+    assert render_report(before) == page  # and the same database gives the same page (no timestamp)
+    with Store(before) as store:
+        store.set_meta("compare", {"db": str(tmp_path / "gone.db"), "model": "x"})
+    assert _load_compare(_load(before)) == (None, f"comparison database not found: {tmp_path / 'gone.db'}")
+
+
+def test_runtime_comparison_table(hostile_db: Path, tmp_path: Path) -> None:
+    """`--compare-json` with the `onnxfi compare --json` document (schema onnxfi.compare/1), and any other JSON."""
+    rate = {"k": 1, "n": 4, "rate": 0.25, "lo": 0.05, "hi": 0.7}
+    doc = {
+        "schema": "onnxfi.compare/1", "model": HOSTILE_WEIGHT, "reference": "cpu", "passed": False,
+        "runtimes": [
+            {"name": "cpu", "available": True, "runtime": "onnxruntime CPU", "reference": True, "passed": None,
+             "error": "", "outputs": [], "latency": {"median_ms": 1.25, "p90_ms": 2.0},
+             "faults": {"outcomes": {}, "rates": {"sdc1": rate, "due": rate}}},
+            {"name": "reference", "available": True, "runtime": HOSTILE_BIAS, "reference": False, "passed": False,
+             "error": "", "outputs": [{"max_abs": "inf", "max_rel": 0.5, "top1_agreement": 0.75}],
+             "latency": None, "faults": None},
+            {"name": "openvino", "available": False, "reason": "not installed", "outputs": []},
+        ],
+        "faults": {"disagreements": [{"id": 3, "site": HOSTILE_VALUE, "index": 0, "bit": 30,
+                                      "outcomes": {"cpu": "sdc1", "reference": "masked"}}]},
+    }
+    cmp_json = tmp_path / "runtime.json"
+    cmp_json.write_text(json.dumps(doc))
+    out = tmp_path / "r.html"
+    assert main(["report", str(hostile_db), "-o", str(out), "--compare-json", str(cmp_json)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert '<section id="runtime">' in page
+    for cell in ("<td>reference</td>", "<td>1.25</td>", "<td>25.00% [5.00, 70.00]</td>", "<td>inf</td>",
+                 "<td>OUT OF TOLERANCE</td>", "<td>75.00%</td>", "<td>unavailable: not installed</td>"):
+        assert cell in page, cell
+    assert "1 faults whose outcome differs" in page
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    from onnxfi.report.html import _runtime_section
+
+    generic = _runtime_section({"note": "x", "rows": [{"provider": "cuda", "ms": 0.5}]}, "other.json").body
+    assert "<td>cuda</td><td>0.5</td>" in generic
+
+
+def test_user_errors(hostile_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "missing.db"), "-o", str(tmp_path / "x.html")]) == 2
+    assert "not found" in capsys.readouterr().err
+    Store(tmp_path / "empty.db").close()
+    assert main(["report", str(tmp_path / "empty.db")]) == 2
+    assert "no campaign" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert main(["report", str(hostile_db), "-o", str(tmp_path / "x.html"), "--compare-json", str(bad)]) == 2
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    with pytest.raises(OnnxfiError, match=r"onnxfi\[plot\]"):
+        render_report(hostile_db)
+
+
+def test_campaign_with_no_result_yet(hostile_db: Path, tmp_path: Path) -> None:
+    with Store(hostile_db) as store:
+        plan = store.meta("plan")
+    with Store(tmp_path / "fresh.db") as store:
+        store.set_meta("plan", plan)
+    page = render_report(tmp_path / "fresh.db")
+    assert "Partial campaign: 0 of 48" in page and "No experiment stored yet" in page
+
+
+def test_report_subprocess(tmp_path: Path) -> None:
+    """End to end: a user error is one line on stderr and exit status 2 (no traceback)."""
+    proc = subprocess.run([sys.executable, "-m", "onnxfi", "report", str(tmp_path / "none.db")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"onnxfi: error: results database not found: {tmp_path / 'none.db'}"
