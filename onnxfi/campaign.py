@@ -21,7 +21,7 @@ from onnxfi.plan import Plan
 from onnxfi.stats import Rate, margin_reached, normal_quantile, rate_with_ci
 from onnxfi.store import Store
 
-__all__ = ["CampaignResult", "run_campaign", "aggregate", "RATE_KEYS", "versions"]
+__all__ = ["CampaignResult", "run_campaign", "compare_plan", "aggregate", "RATE_KEYS", "versions"]
 
 RATE_KEYS = ("sdc1", "sdc5", "critical", "due", "crash", "masked")
 
@@ -144,6 +144,36 @@ def aggregate(plan: Plan, rows: Iterable[dict[str, Any]], confidence: float | No
         "layer_bit": layer_bit,
         "metrics_mean": {k: float(np.mean(v)) for k, v in metric_vals.items()},
     }
+
+
+def compare_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+    """``plan`` for another model (e.g. a hardened copy): the same experiments, matched by site name.
+
+    Every site of the plan must exist in the other model with the same kind, element type and number of
+    elements, otherwise the comparison would not be like for like.
+    """
+    from onnxfi.model import load_model
+    from onnxfi.plan import file_sha256
+    from onnxfi.sites import enumerate_sites
+
+    loaded = load_model(other_path, input_shapes or {}, check=False)
+    index = {s.name: s for s in enumerate_sites(loaded.model, loaded.value_shapes)}
+    mine = load_model(plan.model, input_shapes or {}, check=False)
+    my_index = {s.name: s for s in enumerate_sites(mine.model, mine.value_shapes)}
+    bad = []
+    for name in sorted({e.site for e in plan.experiments}):
+        a, b = my_index.get(name), index.get(name)
+        if b is None:
+            bad.append(f"{name} (missing)")
+        elif a is not None and (a.kind, a.dtype, a.elements) != (b.kind, b.dtype, b.elements):
+            bad.append(f"{name} ({a.kind} {a.dtype.name} x{a.elements} vs {b.kind} {b.dtype.name} x{b.elements})")
+    if bad:
+        raise OnnxfiError(f"{other_path}: {len(bad)} fault sites do not match: " + ", ".join(bad[:5])
+                          + (" ..." if len(bad) > 5 else ""))
+    d = plan.to_dict()
+    d["model"] = other_path
+    d["model_sha256"] = file_sha256(other_path)
+    return Plan.from_dict(d)
 
 
 def run_campaign(

@@ -274,12 +274,17 @@ class SiteIndex:
         pattern: str | None = None,
         ops: Iterable[str] | None = None,
         include_structure: bool = False,
+        layers: str | None = None,
     ) -> list[Site]:
-        """Sites of ``kind`` (weights/activations/all) whose name matches ``pattern`` (regex search)."""
-        try:
-            rx = re.compile(pattern) if pattern else None
-        except re.error as e:
-            raise SiteError(f"bad site pattern {pattern!r}: {e}") from None
+        """Sites of ``kind`` (weights/activations/all) whose name matches ``pattern`` (regex search),
+        used or produced by one of ``ops``, and by a node whose name matches ``layers`` (regex search)."""
+        def compile_(what: str, text: str | None) -> re.Pattern[str] | None:
+            try:
+                return re.compile(text) if text else None
+            except re.error as e:
+                raise SiteError(f"bad {what} pattern {text!r}: {e}") from None
+
+        rx, lx = compile_("site", pattern), compile_("layer", layers)
         op_set = {o.lower() for o in ops} if ops else None
         want = {"weights": "weight", "weight": "weight", "activations": "activation",
                 "activation": "activation"}.get(kind)
@@ -292,6 +297,8 @@ class SiteIndex:
             if rx and not rx.search(s.name):
                 continue
             if op_set and not op_set & {o.lower() for o in s.ops}:
+                continue
+            if lx and not any(lx.search(n) for n in s.nodes):
                 continue
             out.append(s)
         return out

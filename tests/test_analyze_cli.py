@@ -282,3 +282,81 @@ def test_margin_and_early_stop_stop_after_the_first_round(tmp_path: Path,
     assert doc["summary"]["experiments"] == len(first_round)
     assert doc["summary"]["rates"]["sdc1"]["k"] == 0
     assert doc["summary"]["rates"]["sdc1"]["hi"] - doc["summary"]["rates"]["sdc1"]["lo"] <= 2 * 0.05
+
+
+def test_terminal_output_has_layer_and_bit_and_layer_x_bit_tables(
+        kat: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = kat
+    rc = main(["analyze", str(model), "--data", str(data), "--faults", "40", "--bits", "30,23,0",
+               "--db", str(tmp_path / "t.db")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Layers by SDC-1 rate" in out and "Bits (bit 0 = LSB" in out and "Layer x bit" in out
+    grid = out[out.index("Layer x bit"):].splitlines()
+    header = next(line for line in grid if "site" in line)
+    assert header.split()[header.split().index("site") + 1:] == ["┃", "30", "┃", "23", "┃", "0"]
+    # the rows of the grid are the sites of the campaign
+    assert any(line.lstrip().startswith("W ") for line in grid) and any(line.lstrip().startswith("b ") for line in grid)
+
+
+def test_layers_filter_selects_sites_by_node_name(kat: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = kat
+    db = tmp_path / "l.db"
+    assert main(["analyze", str(model), "--data", str(data), "--faults", "12", "--layers", "^add$",
+                 "--db", str(db)]) == 0
+    with Store(db) as store:
+        assert {r["site"] for r in store.rows()} == {"b"}  # the Add's weight only, not the MatMul's W
+
+
+def test_layers_filter_matching_nothing_is_an_error(kat: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = kat
+    assert main(["analyze", str(model), "--data", str(data), "--layers", "nope", "--db", str(tmp_path / "n.db")]) == 2
+    assert "no fault sites match" in _error_line(capsys)
+    assert not (tmp_path / "n.db").exists()
+
+
+def test_compare_runs_the_same_plan_on_the_other_model(kat: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The other model's W row 0 is scaled by 0.5, b is the same: faults on b must give identical rows
+    on both (same experiments), and the JSON carries both summaries."""
+    from campaign_helpers import KAT_W, kat_model
+
+    model, data = kat
+    w2 = KAT_W.copy()
+    w2[0] *= 0.5
+    other = tmp_path / "other.onnx"
+    onnx.save(kat_model(w2), other)
+    db, report = tmp_path / "c.db", tmp_path / "c.json"
+    rc = main(["analyze", str(model), "--data", str(data), "--faults", "24", "--seed", "2", "--db", str(db),
+               "--compare", str(other), "--json", str(report)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "same plan" in out and "SDC-1" in out
+    doc = json.loads(report.read_text())
+    assert doc["compare"]["model"] == str(other)
+    with Store(db) as a, Store(Path(str(db) + ".compare.db")) as b:
+        assert a.meta("compare")["db"] == str(db) + ".compare.db"
+        ra, rb = list(a.rows()), list(b.rows())
+        pa, pb = a.meta("plan"), b.meta("plan")
+    assert [e for e in pa["experiments"]] == [e for e in pb["experiments"]]
+    assert pb["model_sha256"] != pa["model_sha256"]
+    assert [(r["id"], r["site"], r["idx"], r["bit"]) for r in ra] == [(r["id"], r["site"], r["idx"], r["bit"]) for r in rb]
+    assert doc["compare"]["summary"]["experiments"] == len(rb) == 24
+
+
+def test_compare_refuses_a_model_without_the_sites(kat: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = kat
+    m = onnx.load(model)
+    for t in m.graph.initializer:
+        if t.name == "W":
+            t.name = "W_renamed"
+    for n in m.graph.node:
+        n.input[:] = ["W_renamed" if i == "W" else i for i in n.input]
+    other = tmp_path / "renamed.onnx"
+    onnx.save(m, other)
+    rc = main(["analyze", str(model), "--data", str(data), "--faults", "12", "--sites", "^W$",
+               "--db", str(tmp_path / "r.db"), "--compare", str(other)])
+    assert rc == 2
+    assert "do not match" in _error_line(capsys)

@@ -25,7 +25,7 @@ from onnxfi.commands._common import (
     resolve_model_arg,
     stdout,
 )
-from onnxfi.engine import EngineConfig
+from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.plan import make_plan, parse_bits
 from onnxfi.store import Store
@@ -65,6 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--bits", help="bits to hit, e.g. 23-30 or 31,30 (default: all bits of each dtype)")
     p.add_argument("--sites", metavar="REGEX", help="only sites whose name matches")
     p.add_argument("--ops", help="only sites used/produced by these op types, e.g. Conv,Gemm")
+    p.add_argument("--layers", metavar="REGEX", help="only sites used/produced by nodes whose name matches")
     p.add_argument("--include-structure", action="store_true", help="also fault shape/index tensors")
     p.add_argument("--fault", action="append", default=[],
                    help="fault model: flip (default), stuck-0, stuck-1, burst:K, value:V, random:LO,HI, zero; "
@@ -88,8 +89,15 @@ def register(sub: Any) -> None:
     p.add_argument("--critical", type=float, default=0.01,
                    help="metric drop (absolute, e.g. 0.01 = 1 point) that makes an SDC critical")
     p.add_argument("--batch", type=int, default=256, help="samples per ORT run")
-    p.add_argument("--mode", choices=["port", "naive"], default="port",
-                   help="port: one session per site (default); naive: a new model and session per fault")
+    p.add_argument("--mode", choices=list(MODES), default="suffix",
+                   help="suffix (default): per site a cached fault-free prefix and a session of the site's "
+                   "forward cone; port: one whole-model session per site; naive: a new model and session per fault")
+    p.add_argument("--cache-mb", type=float, default=1024.0,
+                   help="memory for cached prefix tensors per worker (default 1024); sites over it use port mode")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (needs matplotlib)")
+    p.add_argument("--compare", metavar="OTHER.onnx",
+                   help="run the same plan on OTHER (e.g. a hardened copy; faults matched by site name) and "
+                   "print both side by side; its results go to DB.compare.db")
     p.add_argument("--timeout-min", type=float, default=30.0, help="minimum seconds before a fault is a hang")
     p.add_argument("--top", type=int, default=15, help="layers shown in the terminal table")
     p.set_defaults(func=run)
@@ -142,10 +150,78 @@ def print_summary(result: CampaignResult, top: int = 15) -> None:
             bar = "#" * int(round(30 * max(e["sdc1"]["rate"], e["due"]["rate"])))
             bt.add_row(str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), bar)
         stdout.print(bt)
+    _print_layer_bit(s, top)
     if clean:
         stdout.print(f"clean {clean.get('metric')}: {clean.get('value', float('nan')):.4f} on {clean.get('samples')} "
                      f"samples ({clean.get('data')}); task {clean.get('task')}; plan {plan.mode}, "
                      f"population {plan.population:,}, seed {plan.seed}")
+
+
+def _print_layer_bit(s: dict[str, Any], top: int) -> None:
+    """Layer x bit grid of the SDC-1-or-DUE rate (%), most vulnerable layers first."""
+    cells = {(e["site"], e["bit"]): e for e in s.get("layer_bit", [])}
+    if not cells:
+        return
+    bits = sorted({b for _, b in cells}, reverse=True)
+    layers = [str(e["key"]) for e in s["layers"] if any((str(e["key"]), b) in cells for b in bits)][:top]
+    if len(bits) > 32:  # keep the terminal readable: the 32 most damaging bits
+        worst = sorted(bits, key=lambda b: -sum(cells[(ly, b)]["rate"] for ly in layers if (ly, b) in cells))
+        bits = sorted(worst[:32], reverse=True)
+    t = Table(title="Layer x bit: SDC-1 or DUE rate, % (- = not sampled; rows: top layers)",
+              title_justify="left", show_edge=False, header_style="bold", pad_edge=False)
+    t.add_column("site", overflow="ellipsis", max_width=28)
+    for b in bits:
+        t.add_column(str(b), justify="right")
+    for layer in layers:
+        row = []
+        for b in bits:
+            e = cells.get((layer, b))
+            if e is None:
+                row.append("-")
+            else:
+                pct = 100 * e["rate"]
+                style = "bold red" if pct >= 50 else ("yellow" if pct >= 10 else "dim")
+                row.append(f"[{style}]{pct:.0f}[/{style}]")
+        t.add_row(layer, *row)
+    stdout.print(t)
+
+
+def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: EngineConfig, db_path: Path,
+                 store: Store, result: CampaignResult) -> dict[str, Any]:
+    """Run ``other_plan`` (``plan`` on ``--compare``, experiments matched by site name) and print both."""
+    from dataclasses import replace
+
+    other_path = other_plan.model
+    other_db = Path(f"{db_path}.compare.db")
+    for path in (other_db, Path(f"{other_db}-wal"), Path(f"{other_db}-shm")):
+        path.unlink(missing_ok=True)
+    other_cfg = replace(cfg, model_path=other_path)
+    stdout.print(f"[bold]{Path(other_path).name}[/bold]: the same {len(plan.experiments):,} experiments")
+    with Store(other_db) as other_store, Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=stdout) as prog:
+        task = prog.add_task("compare", total=len(other_plan.experiments))
+        other = run_campaign(other_plan, other_cfg, other_store, workers=args.workers,
+                             progress=lambda d, t, live: prog.update(task, completed=d),
+                             min_timeout_s=args.timeout_min, executor=args.executor, address=args.address)
+    store.set_meta("compare", {"db": str(other_db), "model": other_path})
+    a, b = result.summary, other.summary
+    conf = int(round(100 * a["confidence"]))
+    t = Table(title=f"{Path(cfg.model_path).name} vs {Path(other_path).name} (same plan, {conf}% Wilson intervals)",
+              title_justify="left", show_edge=False, header_style="bold")
+    for col in ("rate", Path(cfg.model_path).name, Path(other_path).name, "ratio", "intervals"):
+        t.add_column(col)
+    for key, label in (("sdc1", "SDC-1"), ("sdc5", "SDC-5"), ("critical", "critical"), ("due", "DUE"),
+                       ("crash", "crash"), ("masked", "masked")):
+        ra, rb = a["rates"][key], b["rates"][key]
+        ratio = f"{ra['rate'] / rb['rate']:.1f}x" if rb["rate"] > 0 else ("-" if ra["rate"] == 0 else "inf")
+        apart = ra["hi"] < rb["lo"] or rb["hi"] < ra["lo"]
+        t.add_row(label, _pct(ra), _pct(rb), ratio, "[green]apart[/green]" if apart else "overlap")
+    stdout.print(t)
+    ca, cb = result.clean, other.clean
+    if ca and cb:
+        stdout.print(f"clean {ca.get('metric')}: {ca.get('value', float('nan')):.4f} -> {cb.get('value', float('nan')):.4f}")
+    return {"model": other_path, "db": str(other_db), "clean": other.clean, "summary": other.summary}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
         data_path=data, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
-        mode=args.mode,
+        mode=args.mode, cache_mb=args.cache_mb,
     )
     created = not db_path.exists()
     store = Store(db_path)
@@ -191,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             loaded, sites = load_from_args(args)
             ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
-            chosen = sites.select(args.target, args.sites, ops, args.include_structure)
+            chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
+            if not chosen:
+                raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)")
             margin = args.margin if args.faults is None else None
             if args.faults is None and margin is None:
                 margin = 0.05
@@ -200,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
                 args.confidence, args.p, args.seed, args.target, rounds=4 if args.early_stop else 1,
                 options={"critical": args.critical, "data": data, "sites_regex": args.sites, "ops": args.ops},
             )
+        other_plan = None
+        if args.compare:  # checked before the first campaign runs
+            from onnxfi.campaign import compare_plan
+
+            other_plan = compare_plan(plan, resolve_model_arg(args.compare), cfg.input_shapes)
         plan.save(str(db_path) + ".plan.json")
         stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments "
                      f"({plan.mode}; fault space {plan.population:,}; {len(plan.strata)} strata over "
@@ -219,9 +302,16 @@ def run(args: argparse.Namespace) -> int:
         doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
                "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}
+        if args.compare and not result.interrupted:
+            other = _run_compare(args, plan, other_plan, cfg, db_path, store, result)
+            doc["compare"] = other
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
             stdout.print(f"wrote {args.json}")
+        if args.html:
+            from onnxfi.report.html import write_report
+
+            stdout.print(f"wrote {write_report(db_path, args.html)}")
         stdout.print(f"results: {db_path} (export: onnxfi results {db_path} --csv); plan: {db_path}.plan.json")
         if result.interrupted:
             stdout.print(f"[yellow]interrupted: {store.count()} of {len(plan.experiments)} stored; "

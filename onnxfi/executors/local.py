@@ -52,6 +52,7 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
             return
         _, exp_dict, needs_bits, needs_values = msg
         exp = Experiment(**exp_dict)
+        conn.send(("got", exp.id))  # from here on a death or a hang is this experiment's (or its site's)
         try:
             engine.runner(exp.site, needs_bits, needs_values)
             conn.send(("begin", exp.id))
@@ -75,6 +76,7 @@ class _Worker:
     current: Experiment | None = None
     started: float = 0.0
     running: bool = False
+    received: bool = False
     golden_time: float = 0.0
 
 
@@ -87,8 +89,11 @@ class LocalExecutor:
         workers: int = 1,
         timeout_factor: float = 10.0,
         min_timeout_s: float = 30.0,
+        build_timeout_s: float = 600.0,
     ) -> None:
         self.cfg = cfg
+        self.build_timeout_s = build_timeout_s  # building one site's sessions (prefix, cone, shortcut)
+        self._retried: set[int] = set()
         self.n_workers = max(1, workers)
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
@@ -139,9 +144,12 @@ class LocalExecutor:
             w.current = None
             return
         exp = w.queue.popleft()
-        w.current, w.started, w.running = exp, time.monotonic(), False
+        w.current, w.started, w.running, w.received = exp, time.monotonic(), False, False
         bits, values = flags(exp.site)
-        w.conn.send(("run", exp.__dict__, bits, values))
+        try:
+            w.conn.send(("run", exp.__dict__, bits, values))
+        except OSError:  # BrokenPipeError: the worker died after its last result; handled as a death
+            pass
 
     def _replace(self, w: _Worker) -> _Worker:
         try:
@@ -184,7 +192,9 @@ class LocalExecutor:
                     except (EOFError, OSError):
                         broken = True
                         break
-                    if msg[0] == "begin":
+                    if msg[0] == "got":
+                        w.received, w.started = True, time.monotonic()
+                    elif msg[0] == "begin":
                         w.running, w.started = True, time.monotonic()
                     elif msg[0] == "result":
                         row = msg[1]
@@ -200,12 +210,21 @@ class LocalExecutor:
                     w.proc.join(timeout=5)
                 limit = max(self.min_timeout_s, self.timeout_factor * w.golden_time)
                 timed_out = not dead and w.running and now - w.started > limit
-                if dead or timed_out:
+                build_hang = not dead and w.received and not w.running and now - w.started > self.build_timeout_s
+                if dead or timed_out or build_hang:
                     exp = w.current
+                    assert exp is not None
                     code = w.proc.exitcode
-                    reason = (f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)" if timed_out
-                              else f"worker died (exit code {code})")
-                    yield crash_row(exp, reason, w.wid)
+                    if dead and not w.received and exp.id not in self._retried:
+                        # died before it read this experiment (e.g. right after sending a result):
+                        # not this experiment's doing; run it again once on the replacement worker
+                        self._retried.add(exp.id)
+                        w.queue.appendleft(exp)
+                    else:
+                        reason = (f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)" if timed_out
+                                  else f"timeout: building the site's sessions took over {self.build_timeout_s:g} s"
+                                  if build_hang else f"worker died (exit code {code})")
+                        yield crash_row(exp, reason, w.wid)
                     self._workers[i] = w = self._replace(w)
                     if not w.queue and chunks:
                         w.queue = chunks.popleft()
