@@ -23,7 +23,7 @@ demo: install
 	$(PY) -m onnxfi inject $(DEMO_MODEL) --site features.3.weight --index 0,0,1,1 --bit 30 -o $(OUT)/demo_weight_exp.onnx
 	$(PY) -m onnxfi run $(OUT)/demo_weight_exp.onnx --data $(DEMO_DATA)
 	@echo; echo "== campaign: weight bit flips over every layer and bit, stratified, with 99% intervals =="
-	$(PY) -m onnxfi analyze $(DEMO_MODEL) --faults 1600 --db $(OUT)/demo.db --overwrite --json $(OUT)/demo.json
+	$(PY) -m onnxfi analyze $(DEMO_MODEL) --faults 1600 --db $(OUT)/demo.db --overwrite --json $(OUT)/demo.json --html $(OUT)/demo.html
 
 lint: install
 	$(VENV)/bin/ruff check onnxfi tests bench
