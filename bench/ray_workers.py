@@ -41,7 +41,8 @@ def site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
     return lambda site: (flags[site][0], flags[site][1])
 
 
-def measure(plan: Plan, cfg: EngineConfig, executor: str, workers: int, address: str | None) -> dict[str, float]:
+def measure(plan: Plan, cfg: EngineConfig, executor: str, workers: int,
+            address: str | None) -> dict[str, float]:
     t0 = time.perf_counter()
     ex = make_executor(executor, cfg, workers=workers, address=address)
     try:
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(plan, cfg, args.executor, w, args.address)
         assert r["n"] == len(plan.experiments)
         base = base or r["rate"]
-        print(f"{w:>7} {r['startup_s']:>10.2f} {r['run_s']:>8.2f} {r['rate']:>8.1f} {r['rate'] / base:>5.2f}x",
-              flush=True)
+        ratio = r["rate"] / base
+        print(f"{w:>7} {r['startup_s']:>10.2f} {r['run_s']:>8.2f} {r['rate']:>8.1f} {ratio:>5.2f}x", flush=True)
     return 0
 
 

@@ -59,7 +59,8 @@ def local_rows(digits_plan: Plan, tmp_path_factory: pytest.TempPathFactory) -> l
         return [row_key(r) for r in store.rows()]
 
 
-def _run(plan: Plan, db: Path, cfg: EngineConfig, **kwargs: Any) -> tuple[list[dict[str, Any]], Any, list[int]]:
+def _run(plan: Plan, db: Path, cfg: EngineConfig,
+         **kwargs: Any) -> tuple[list[dict[str, Any]], Any, list[int]]:
     """Run on Ray; returns the stored rows, the result, and the progress counts as yielded."""
     seen: list[int] = []
     user_progress = kwargs.pop("progress", None)
@@ -99,16 +100,19 @@ def test_workers_killed_mid_campaign_lose_and_repeat_nothing(cluster: Any, digit
     killed: list[str] = []
 
     def ours() -> list[str]:
-        return sorted(n for n in set(ray.util.list_named_actors()) - before
-                      if n.startswith("onnxfi-worker-") and n not in killed)
+        """This campaign's live actors, first started first (names end in the worker id)."""
+        names = [n for n in set(ray.util.list_named_actors()) - before
+                 if n.startswith("onnxfi-worker-") and n not in killed]
+        return sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))
 
+    # Both original actors die while busy, so the rest can only be done by replacements.
     def kill(done: int) -> None:
-        if done == 20:  # the Ray way
+        if done == 20:  # the Ray way: worker 0
             name = ours()[0]
             ray.kill(ray.get_actor(name))
             killed.append(name)
-        elif done == 45:  # as the OS would (OOM killer, a segfault): SIGKILL of the actor's process
-            name = ours()[-1]
+        elif done == 45:  # as the OS would (OOM killer, a segfault): SIGKILL of worker 1's process
+            name = ours()[0]
             pid = ray.get(ray.get_actor(name).pid.remote(), timeout=60)
             os.kill(pid, signal.SIGKILL)
             killed.append(name)
@@ -118,6 +122,7 @@ def test_workers_killed_mid_campaign_lose_and_repeat_nothing(cluster: Any, digit
     assert len(killed) == 2
     _check_complete(digits_plan, rows, result, seen)
     assert [row_key(r) for r in rows] == local_rows  # retried experiments: same outcomes, no crash rows
+    assert [n.rsplit("-", 1)[1] for n in killed] == ["0", "1"]
     assert max(r["worker"] for r in rows) >= 2  # replacement actors ran the rest
 
 
@@ -168,7 +173,8 @@ def test_a_node_without_the_model_gets_it_shipped(cluster: Any, tmp_path: Path,
 
     model, data = save_kat(tmp_path)
     real = ray_executor._describe
-    monkeypatch.setattr(ray_executor, "_describe", lambda p: ray_executor._File(real(p).path, real(p).size, "0" * 64))
+    monkeypatch.setattr(ray_executor, "_describe",
+                        lambda p: ray_executor._File(real(p).path, real(p).size, "0" * 64))
     plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
     cfg = EngineConfig(str(model), data_path=str(data))
     copies = ray_executor._copy_paths(cfg, [ray_executor._describe(str(p)) for p in (model, data)])
@@ -178,5 +184,38 @@ def test_a_node_without_the_model_gets_it_shipped(cluster: Any, tmp_path: Path,
     finally:
         shutil.rmtree(next(iter(copies.values())).parents[1], ignore_errors=True)
     _check_complete(plan, rows, result, seen)
+    for r in rows:
+        assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})
+
+
+def test_an_address_nobody_listens_on_fails_fast() -> None:
+    from onnxfi.executors.ray import _check_reachable
+
+    with pytest.raises(OnnxfiError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1")
+    _check_reachable("auto")  # left to Ray
+
+
+def test_ctrl_c_keeps_what_finished_and_resume_completes(cluster: Any, tmp_path: Path) -> None:
+    """KeyboardInterrupt in the driver's loop (as Ctrl-C raises it): stored rows kept, actors gone, resume."""
+    model, data = save_kat(tmp_path)
+    plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
+    cfg = EngineConfig(str(model), data_path=str(data))
+    before = set(ray.util.list_named_actors())
+
+    def interrupt(done: int, total: int, live: dict[str, Any]) -> None:
+        if done == 10:
+            raise KeyboardInterrupt
+
+    db = tmp_path / "ray.db"
+    with Store(db) as store:
+        result = run_campaign(plan, cfg, store, workers=2, executor="ray", progress=interrupt)
+        assert result.interrupted and store.count() == 10
+    assert not set(ray.util.list_named_actors()) - before  # the actors were killed
+    with Store(db) as store:
+        result = run_campaign(plan, cfg, store, workers=2, executor="ray", resume=True)
+        rows = list(store.rows())
+    assert not result.interrupted and result.executed == 26
+    assert sorted(r["id"] for r in rows) == list(range(36))
     for r in rows:
         assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})

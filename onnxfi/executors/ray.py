@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -154,7 +155,8 @@ class _EngineActor:
             row = self.engine.run(exp, needs_bits, needs_values)
             elapsed = time.perf_counter() - t0
             row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
-                        "fault": exp.fault_obj().spec(), "time_s": elapsed, "worker": self.wid, "error": None})
+                        "fault": exp.fault_obj().spec(), "time_s": elapsed, "worker": self.wid,
+                        "error": None})
             return row
         except Exception as e:  # an ORT error for this fault: a crash outcome, the actor goes on
             return crash_row(exp, f"{type(e).__name__}: {str(e).strip()[:300]}", self.wid) | {
@@ -225,6 +227,7 @@ class RayExecutor:
         if ray.is_initialized():
             return
         addr = self.address or os.environ.get("RAY_ADDRESS") or "local"
+        _check_reachable(addr)
         kwargs: dict[str, Any] = {}
         if addr == "local":
             kwargs["num_cpus"] = max(os.cpu_count() or 1, self.n_workers * self.cpus_per_worker)
@@ -233,7 +236,9 @@ class RayExecutor:
                      log_to_driver=False, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OnnxfiError(f"cannot start or reach Ray at {addr!r}: {first}") from None
+            hint = "" if addr == "local" else (
+                "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here")
+            raise OnnxfiError(f"cannot start or reach Ray at {addr!r}: {first}{hint}") from None
         self._owns_ray = True
 
     def _spawn(self) -> _Slot:
@@ -322,11 +327,6 @@ class RayExecutor:
             ray.shutdown()
             self._owns_ray = False
 
-    @property
-    def worker_pids(self) -> dict[int, int]:
-        """Worker id -> process id of the actors that are ready (for tests and diagnostics)."""
-        return {s.wid: s.pid for s in self._slots if s.ready and s.pid is not None}
-
     # --------------------------------------------------------------------- run
 
     def run(
@@ -354,10 +354,12 @@ class RayExecutor:
                 elif s.inflight:
                     refs[s.inflight[0][0]] = s  # results come in order: only the oldest matters
             if not any(s.inflight for s in self._slots) and not chunks:
-                raise RuntimeError(f"executor lost track of {len(remaining)} experiments")  # a bug, not user error
-            if not any(s.ready for s in self._slots) and time.monotonic() - last_progress > self.start_timeout_s:
-                raise OnnxfiError(f"no Ray worker came back in {self.start_timeout_s:g} s after losing them all "
-                                  f"({len(remaining)} experiments left; continue later with --resume)")
+                # a bug, not a user error
+                raise RuntimeError(f"executor lost track of {len(remaining)} experiments")
+            stalled = time.monotonic() - last_progress > self.start_timeout_s
+            if stalled and not any(s.ready for s in self._slots):
+                raise OnnxfiError(f"no Ray worker came back in {self.start_timeout_s:g} s after losing them "
+                                  f"all ({len(remaining)} experiments left; continue later with --resume)")
             done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
             if done:
                 done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -445,6 +447,19 @@ class RayExecutor:
         slot.queue = deque()
         if back:
             chunks.appendleft(back)
+
+
+def _check_reachable(addr: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    hostport = addr.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "local", "auto": Ray resolves them itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise OnnxfiError(f"cannot reach a Ray cluster at {addr} ({e.strerror or e}); start one with "
+                          f"`ray start --head` or check --address") from None
 
 
 def _short(e: BaseException) -> str:
