@@ -62,16 +62,16 @@ TORCH_MODE = "pytorchfi"
 def prepare(model: str, data: str | None, batch: int) -> tuple[Path, Path | None, str | None]:
     """(model path, npz holding exactly one batch or None for random data, kind of PyTorch twin or None)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    if model == "resnet18":
-        model_path, data_path = CACHE / "resnet18.onnx", CACHE / f"resnet18_batch{batch}.npz"
+    if model in ("resnet18", "resnet18_fused"):
+        model_path, data_path = CACHE / f"{model}.onnx", CACHE / f"resnet18_batch{batch}.npz"
         if not (model_path.exists() and data_path.exists()):
             try:
                 from build_resnet18 import build
             except ImportError as e:
                 raise SystemExit(
-                    f"bench: {e}; building resnet18 needs torch (run `make bench` or use .venv-bench)") from None
+                    f"bench: {e}; building {model} needs torch (run `make bench` or use .venv-bench)") from None
             build(CACHE, batch)
-        return model_path, data_path, "resnet18"
+        return model_path, data_path, model
     source: Path | None
     kind: str | None
     if model in ZOO_MODELS:
@@ -80,7 +80,7 @@ def prepare(model: str, data: str | None, batch: int) -> tuple[Path, Path | None
     else:
         model_path, source, kind = Path(model), Path(data) if data else None, None
         if not model_path.is_file():
-            raise SystemExit(f"bench: model {model!r} is neither digits_cnn, resnet18 nor an .onnx file")
+            raise SystemExit(f"bench: model {model!r} is not digits_cnn, resnet18, resnet18_fused or an .onnx file")
     if source is None:
         return model_path, None, kind
     with np.load(source, allow_pickle=False) as npz:
@@ -382,7 +382,8 @@ def _clean(x: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="digits_cnn", help="digits_cnn, resnet18 or a path to an .onnx file")
+    ap.add_argument("--model", default="digits_cnn", help="digits_cnn, resnet18 (BatchNorm separate), resnet18_fused (BatchNorm folded into Conv) "
+                    "or a path to an .onnx file")
     ap.add_argument("--data", help="an .npz for a model given by path (default: seeded random inputs)")
     ap.add_argument("--faults", type=int, default=1088, help="experiments in the plan (default 1088)")
     ap.add_argument("--baseline-faults", type=int, default=0,

@@ -17,13 +17,16 @@ hash change. Each campaign is ``onnxfi.campaign.run_campaign`` with its own SQLi
 
 Reported per model: SDC-1, DUE and critical rates over the experiments with 99% Wilson intervals, the
 same rates weighted by the population of each (site, bit) stratum (normal intervals, as ``onnxfi analyze``
-gives them), the SDC-1 reduction factor against the original, whether the 99% intervals overlap, the
-clean metric and its change, and the latency overhead (ORT_ENABLE_ALL, same threads, one batch, the two
-models timed in alternating rounds; median over all runs). Per site, a site is "covered" by a hardened
-model when every path from it to a graph output passes through a hardening node; SDC-1 is also given
-over the covered sites alone. For segmentation (or ``--target activations``) the mean mIoU per experiment
-(each experiment's mIoU against the labels; masked experiments count with the clean value) is given with
-a seeded bootstrap 99% interval, and the paired difference hardened - original over the same experiments.
+gives them), the SDC-1 reduction factor against the original and whether the 99% intervals overlap;
+SDC-1 per inference (the fraction of (fault, image) pairs whose top-1 changed, also "silent", with the
+experiments that ended in a DUE counted as no SDC; seeded bootstrap intervals over experiments); the clean
+metric and its change; the latency overhead (ORT_ENABLE_ALL, one batch, 1 intra-op thread unless
+``--latency-threads``, the two models interleaved run by run; medians). A site is "covered" by a hardened
+model when every path from it to a graph output passes through a hardening node; SDC-1 is also given over
+the covered sites alone, and per site, per bit and by flip direction (|w| grows or shrinks). The mean task
+metric per experiment (accuracy or mIoU against the labels; masked experiments count with the clean
+value) comes with a seeded bootstrap 99% interval, and the paired difference hardened - original over the
+same experiments.
 
 Needs no network; writes only under ``--workdir`` (a temporary folder unless given).
 """
@@ -50,7 +53,7 @@ import onnxruntime
 
 import onnxfi
 from onnxfi import metrics, zoo
-from onnxfi.campaign import run_campaign
+from onnxfi.campaign import aggregate, run_campaign
 from onnxfi.data import Dataset, load_data
 from onnxfi.engine import EngineConfig
 from onnxfi.harden import HardenOptions, harden, run_outputs
@@ -86,15 +89,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="campaign worker processes (default 1)")
     p.add_argument("--threads", type=int, help="ORT intra-op threads for campaigns and latency")
     p.add_argument("--batch", type=int, default=64, help="latency batch (default 64)")
-    p.add_argument("--latency-rounds", type=int, default=10, help="alternating timing rounds (default 10)")
-    p.add_argument("--latency-runs", type=int, default=30, help="timed runs per model per round (default 30)")
+    p.add_argument("--latency-runs", type=int, default=300,
+                   help="timed runs per model, interleaved with the original's (default 300)")
+    p.add_argument("--latency-threads", type=int, default=1, help="ORT intra-op threads for the latency "
+                   "(default 1: stable on a shared machine; 0 = ORT's choice)")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for mIoU intervals")
     p.add_argument("--workdir", help="where hardened models and stores go (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="reuse a --workdir store that already holds the same "
+                   "finished plan for the same model file (e.g. to re-tabulate)")
     p.add_argument("--json", metavar="OUT.json", help="also write every figure as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
-    if args.faults < 1 or args.latency_rounds < 1 or args.latency_runs < 1 or args.batch < 1:
-        p.error("--faults, --latency-rounds, --latency-runs and --batch must be at least 1")
+    if args.faults < 1 or args.latency_runs < 1 or args.batch < 1:
+        p.error("--faults, --latency-runs and --batch must be at least 1")
+    if args.latency_threads == 0:
+        args.latency_threads = None
     return args
 
 
@@ -236,34 +245,33 @@ def clean_metric(model: ir.Model, data: Dataset, threads: int | None) -> Clean:
 
 
 def latency(
-    original: ir.Model, hardened: ir.Model, data: Dataset, batch: int, rounds: int, runs: int,
-    threads: int | None,
+    original: ir.Model, hardened: ir.Model, data: Dataset, batch: int, runs: int, threads: int | None, seed: int
 ) -> dict[str, Any]:
-    """Median ms of one batch for both models, timed in alternating rounds (which one goes first alternates)."""
+    """Median ms of one batch for both models, interleaved run by run in a seeded random order.
+
+    Interleaving makes drift (turbo, other processes) hit both models alike; the paired figure is the
+    median over iterations of the per-iteration ratio. With 1 intra-op thread the wall time equals the
+    thread's CPU time here, so a busy second core moves it little.
+    """
     sessions = [make_session(original, threads=threads), make_session(hardened, threads=threads)]
     names = [i.name for i in sessions[0].get_inputs()]
     feeds = {k: v[:batch] for k, v in data.feeds.items() if k in names}
     for s in sessions:
-        for _ in range(5):
+        for _ in range(10):
             s.run(None, feeds)
     times: list[list[float]] = [[], []]
-    ratios = []
-    for r in range(rounds):
-        order = (0, 1) if r % 2 == 0 else (1, 0)
-        per_round: list[list[float]] = [[], []]
-        for i in order:
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                sessions[i].run(None, feeds)
-                per_round[i].append(time.perf_counter() - t0)
-        times[0] += per_round[0]
-        times[1] += per_round[1]
-        ratios.append(float(np.median(per_round[1]) / np.median(per_round[0])))
-    before, after = float(np.median(times[0])) * 1e3, float(np.median(times[1])) * 1e3
+    rng = np.random.default_rng(seed)
+    for _ in range(runs):
+        for i in rng.permutation(2):
+            t0 = time.perf_counter()
+            sessions[i].run(None, feeds)
+            times[i].append(time.perf_counter() - t0)
+    t0s, t1s = np.array(times[0]), np.array(times[1])
+    before, after = float(np.median(t0s)) * 1e3, float(np.median(t1s)) * 1e3
     return {
         "before_ms": before, "after_ms": after, "overhead": after / before - 1,
-        "round_overheads": [x - 1 for x in ratios], "batch": int(next(iter(feeds.values())).shape[0]),
-        "rounds": rounds, "runs": runs,
+        "paired_overhead": float(np.median(t1s / t0s)) - 1, "batch": int(next(iter(feeds.values())).shape[0]),
+        "runs": runs, "threads": threads,
     }
 
 
@@ -281,6 +289,15 @@ def plan_for(plan: Plan, model_path: Path) -> Plan:
 def run_one(
     plan: Plan, model_path: Path, data_path: Path, db: Path, args: argparse.Namespace, label: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    if args.reuse and db.exists():
+        with Store(db) as store:
+            stored = store.meta("plan")
+            if (stored is not None and stored.get("model_sha256") == plan.model_sha256
+                    and stored.get("experiments") == plan.to_dict()["experiments"]
+                    and store.count() == len(plan.experiments)):
+                rows = list(store.rows())
+                note(args, f"  {label}: reusing the {len(rows)} stored experiments of {db.name}")
+                return rows, aggregate(plan, rows), store.meta("clean", {})
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     cfg = EngineConfig(model_path=str(model_path), data_path=str(data_path), threads=args.threads,
@@ -313,12 +330,17 @@ def per_group(rows: Sequence[dict[str, Any]], key: str) -> dict[Any, dict[str, f
     groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[r[key]].append(r)
-    return {g: wilson(sum(1 for r in rs if r["sdc1"]), len(rs)) for g, rs in groups.items()}
+    return {g: {**wilson(sum(1 for r in rs if r["sdc1"]), len(rs)), "images": float(np.mean(images_changed(rs)))}
+            for g, rs in groups.items()}
 
 
-def images_changed(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Per experiment, the fraction of eval images whose top-1 (or some pixel's class) changed."""
-    return np.array([float(r["images_changed"] or 0.0) for r in sorted(rows, key=lambda r: r["id"])])
+def images_changed(rows: Sequence[dict[str, Any]], silent: bool = False) -> np.ndarray:
+    """Per experiment, the fraction of eval images whose top-1 (or some pixel's class) changed.
+
+    ``silent``: an experiment with a DUE (NaN/Inf output, a detectable error) counts as no silent change.
+    """
+    ordered = sorted(rows, key=lambda r: r["id"])
+    return np.array([0.0 if silent and r["due"] else float(r["images_changed"] or 0.0) for r in ordered])
 
 
 def flip_directions(plan: Plan, index: SiteIndex) -> dict[int, str]:
@@ -351,7 +373,11 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     loaded: LoadedModel = load_model(model_path)
     data = load_data(data_path, loaded.inputs())
     index = enumerate_sites(loaded.model, loaded.value_shapes)
-    sites = index.select(args.target, args.sites)
+    selected = index.select(args.target, args.sites)
+    sites = [s for s in selected if s.elements is not None]
+    unknown = sorted(s.name for s in selected if s.elements is None)
+    if unknown:  # e.g. Resize/Concat outputs whose shape inference cannot give
+        note(args, f"left out {len(unknown)} sites of unknown shape: {', '.join(unknown)}")
     bits = parse_bits(args.bits)
     plan = make_plan(model_path, sites, ["flip"], bits, args.faults, None, CONFIDENCE, seed=args.seed,
                      target=args.target, options={"critical": args.critical, "data": str(data_path)})
@@ -383,7 +409,7 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "model": str(model_path), "data": str(data_path), "samples": data.size,
         "target": args.target, "bits": args.bits, "faults": len(plan.experiments), "seed": args.seed,
         "plan_mode": plan.mode, "population": plan.population, "strata": len(plan.strata),
-        "sites": len({e.site for e in plan.experiments}), "confidence": CONFIDENCE,
+        "sites": len({e.site for e in plan.experiments}), "sites_unknown_shape": unknown, "confidence": CONFIDENCE,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__, "onnxfi": onnxfi.__version__},
@@ -403,6 +429,7 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "per_bit": {str(k): v for k, v in sorted(per_group(rows, "bit").items(), key=lambda kv: -int(kv[0]))},
             "task_metric": next((r["metrics"].get("task_metric") for r in rows if r["metrics"]), None),
             "sdc1_images": bootstrap_mean(images_changed(rows), args.bootstrap, args.seed),
+            "sdc1_images_silent": bootstrap_mean(images_changed(rows, silent=True), args.bootstrap, args.seed),
         }
         if directions:
             groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -422,8 +449,8 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cm = clean_metric(entry["model"], data, args.threads)
             m["clean"] = {"metric": cm.metric, "before": clean0.value, "after": cm.value,
                           "change": cm.value - clean0.value}
-            m["latency"] = latency(loaded.model, entry["model"], data, args.batch, args.latency_rounds,
-                                   args.latency_runs, args.threads)
+            m["latency"] = latency(loaded.model, entry["model"], data, args.batch, args.latency_runs,
+                                   args.latency_threads, args.seed)
         else:
             m["clean"] = {"metric": clean0.metric, "before": clean0.value, "after": clean0.value, "change": 0.0}
         report["models"][label] = m
@@ -438,11 +465,21 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         bi, hi = base["sdc1_images"], m["sdc1_images"]
         m["sdc1_images_factor"] = factor(bi["mean"], hi["mean"])
         m["sdc1_images_overlap"] = overlap(bi, hi)
+        bs, hs = base["sdc1_images_silent"], m["sdc1_images_silent"]
+        m["sdc1_images_silent_factor"] = factor(bs["mean"], hs["mean"])
+        m["sdc1_images_silent_overlap"] = overlap(bs, hs)
         m["sdc1_overlap"] = overlap(base["rates"]["sdc1"], m["rates"]["sdc1"])
         wb, wh = base["rates_weighted"]["sdc1"], m["rates_weighted"]["sdc1"]
         m["sdc1_weighted_factor"] = factor(wb["rate"], wh["rate"])
         m["sdc1_weighted_overlap"] = overlap(wb, wh)
         covered_base = rates([r for r in all_rows["original"] if m["covered"][r["site"]]])
+        cov_b = images_changed([r for r in all_rows["original"] if m["covered"][r["site"]]])
+        cov_h = images_changed([r for r in all_rows[label] if m["covered"][r["site"]]])
+        if cov_b.size:
+            m["sdc1_images_covered_original"] = bootstrap_mean(cov_b, args.bootstrap, args.seed)
+            m["sdc1_images_covered"] = bootstrap_mean(cov_h, args.bootstrap, args.seed)
+            m["sdc1_images_covered_factor"] = factor(float(cov_b.mean()), float(cov_h.mean()))
+            m["sdc1_images_covered_overlap"] = overlap(m["sdc1_images_covered_original"], m["sdc1_images_covered"])
         m["rates_covered_original"] = covered_base
         m["sdc1_covered_factor"] = factor(covered_base["sdc1"]["rate"], m["rates_covered"]["sdc1"]["rate"])
         m["sdc1_covered_overlap"] = overlap(covered_base["sdc1"], m["rates_covered"]["sdc1"])
@@ -477,13 +514,26 @@ def print_report(report: dict[str, Any]) -> None:
         ovl = "" if label == "original" else ("yes" if m["sdc1_overlap"] else "no")
         print(f"{label:<10} {clean:>17} {lat:>8} {fmt_rate(m['rates']['sdc1']):>26} {fmt_rate(m['rates']['due']):>26} "
               f"{fmt_rate(m['rates']['critical']):>26} {fac:>8} {ovl:>7}")
-    print("\nSDC-1 per inference: fraction of (fault, image) pairs whose top-1 changed (each weight fault is "
-          "persistent,\nso every eval image is one inference under it); bootstrap 99% interval over experiments")
+    print("\nSDC-1 per inference: fraction of (fault, image) pairs whose top-1 (or some pixel's class) changed; "
+          "a fault\npersists for every eval image, so each image is one inference under it; bootstrap 99% interval "
+          "over experiments")
     for label, m in models.items():
         t = m["sdc1_images"]
         extra = "" if label == "original" else (
             f"  {m['sdc1_images_factor']:.2f}x, overlap {'yes' if m['sdc1_images_overlap'] else 'no'}")
         print(f"{label:<10} {100 * t['mean']:6.3f}% [{100 * t['lo']:.3f}, {100 * t['hi']:.3f}]{extra}")
+    print("silent: experiments with a DUE (NaN/Inf in an output, detectable) count as no SDC")
+    for label, m in models.items():
+        t = m["sdc1_images_silent"]
+        extra = "" if label == "original" else (
+            f"  {m['sdc1_images_silent_factor']:.2f}x, overlap {'yes' if m['sdc1_images_silent_overlap'] else 'no'}")
+        print(f"{label:<10} {100 * t['mean']:6.3f}% [{100 * t['lo']:.3f}, {100 * t['hi']:.3f}]{extra}")
+    for label, m in models.items():
+        if "sdc1_images_covered" in m:
+            b, h = m["sdc1_images_covered_original"], m["sdc1_images_covered"]
+            print(f"{label:<10} covered sites only: {100 * b['mean']:.3f}% [{100 * b['lo']:.3f}, {100 * b['hi']:.3f}] -> "
+                  f"{100 * h['mean']:.3f}% [{100 * h['lo']:.3f}, {100 * h['hi']:.3f}]  "
+                  f"{m['sdc1_images_covered_factor']:.2f}x, overlap {'yes' if m['sdc1_images_covered_overlap'] else 'no'}")
     if "per_direction" in base:
         print("\nSDC-1 by what the flip does to |w| (per experiment k/n, per inference %)")
         for d in base["per_direction"]:
@@ -507,19 +557,19 @@ def print_report(report: dict[str, Any]) -> None:
               f" -> {fmt_rate(m['rates_covered']['sdc1'])}  {m['sdc1_covered_factor']:.2f}x, overlap "
               f"{'yes' if m['sdc1_covered_overlap'] else 'no'}; uncovered sites: {fmt_rate(m['rates_uncovered']['sdc1'])}")
     labels = list(models)
-    print("\nSDC-1 per site (k/n)" + "".join(f" | {x}" for x in labels))
+    print("\nSDC-1 per site (per experiment k/n, per inference %)" + "".join(f" | {x}" for x in labels))
     for site in base["per_site"]:
         cells = []
         for x in labels:
             r = models[x]["per_site"].get(site)
             mark = "" if x == "original" else ("*" if models[x]["covered"].get(site) else " ")
-            cells.append(f"{r['k']:>4}/{r['n']:<4}{mark}" if r else "-")
+            cells.append(f"{r['k']:>4}/{r['n']:<4} {100 * r['images']:5.1f}%{mark}" if r else "-")
         print(f"  {site[:48]:<48} " + " | ".join(cells))
     print("  (* = covered)")
-    print("\nSDC-1 per bit (k/n)" + "".join(f" | {x}" for x in labels))
+    print("\nSDC-1 per bit (per experiment k/n, per inference %)" + "".join(f" | {x}" for x in labels))
     for bit in base["per_bit"]:
-        print(f"  bit {bit:>3} " + " | ".join(f"{models[x]['per_bit'][bit]['k']:>4}/{models[x]['per_bit'][bit]['n']:<4}"
-                                           for x in labels))
+        cells = [models[x]["per_bit"][bit] for x in labels]
+        print(f"  bit {bit:>3} " + " | ".join(f"{c['k']:>4}/{c['n']:<4} {100 * c['images']:5.1f}%" for c in cells))
     name = base.get("task_metric")
     print(f"\nmean {name} per experiment (bootstrap 99% interval; paired difference vs the original)")
     for label, m in models.items():
@@ -532,9 +582,9 @@ def print_report(report: dict[str, Any]) -> None:
     for label, m in models.items():
         if label != "original":
             lat = m["latency"]
-            print(f"\nlatency {label}: {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms median, "
-                  f"batch {lat['batch']}, {lat['rounds']} rounds x {lat['runs']} runs; per-round overheads "
-                  + ", ".join(f"{100 * x:+.0f}%" for x in lat["round_overheads"]), end="")
+            print(f"\nlatency {label}: {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms median "
+                  f"({100 * lat['overhead']:+.1f}%; paired {100 * lat['paired_overhead']:+.1f}%), batch {lat['batch']}, "
+                  f"{lat['runs']} interleaved runs each, {lat['threads'] or 'default'} thread(s)", end="")
     print()
 
 

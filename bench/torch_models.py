@@ -10,8 +10,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["DigitsCNN", "ResNet18", "build_torch_model", "load_onnx_weights"]
+__all__ = ["DigitsCNN", "ResNet18", "build_torch_model", "fuse_batchnorm", "load_onnx_weights"]
 
 
 class DigitsCNN(nn.Module):
@@ -38,17 +39,21 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _bn(c: int, fused: bool) -> nn.Module:
+    return nn.Identity() if fused else nn.BatchNorm2d(c)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, fused: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=fused)
+        self.bn1 = _bn(cout, fused)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=fused)
+        self.bn2 = _bn(cout, fused)
         self.relu = nn.ReLU()
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=fused), _bn(cout, fused))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -57,17 +62,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for 32x32 inputs (CIFAR style: 3x3 stem, no max-pool), 11.2M parameters."""
+    """ResNet-18 for 32x32 inputs (CIFAR style: 3x3 stem, no max-pool), 11.2M parameters.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    ``fused=True``: every BatchNorm folded into the Conv before it (convolutions with a bias, the
+    BatchNorms are identities), as an eval-mode export with constant folding leaves it.
+    """
+
+    def __init__(self, num_classes: int = 10, fused: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=fused)
+        self.bn1 = _bn(64, fused)
         self.relu = nn.ReLU()
         layers: list[nn.Module] = []
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride, fused), BasicBlock(cout, cout, 1, fused)))
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -78,6 +87,33 @@ class ResNet18(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.flatten(self.pool(x)))
+
+
+def fuse_batchnorm(model: ResNet18) -> ResNet18:
+    """The same network with every BatchNorm folded into its Conv (eval mode): a ``ResNet18(fused=True)``."""
+    fused = ResNet18(fused=True)
+    mods = dict(model.named_modules())
+    fmods = dict(fused.named_modules())
+    pairs = {"bn1": "conv1", "bn2": "conv2", "shortcut.1": "shortcut.0"}
+    with torch.no_grad():
+        for name, bn in mods.items():
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            prefix, conv_name = "", ""
+            for bn_suffix, conv_suffix in pairs.items():
+                if name == bn_suffix or name.endswith("." + bn_suffix):
+                    prefix = name[: len(name) - len(bn_suffix)]
+                    conv_name = prefix + conv_suffix
+            conv = mods[conv_name]
+            assert isinstance(conv, nn.Conv2d) and bn.running_mean is not None and bn.running_var is not None
+            w, b = fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            target = fmods[conv_name]
+            assert isinstance(target, nn.Conv2d) and target.bias is not None
+            target.weight.copy_(w)
+            target.bias.copy_(b)
+        fused.fc.load_state_dict(model.fc.state_dict())
+    return fused.eval()
 
 
 def load_onnx_weights(module: nn.Module, onnx_path: str) -> list[str]:
@@ -108,4 +144,6 @@ def build_torch_model(kind: str) -> nn.Module:
         return DigitsCNN()
     if kind == "resnet18":
         return ResNet18()
+    if kind == "resnet18_fused":
+        return ResNet18(fused=True)
     raise ValueError(f"no PyTorch twin for {kind!r}")

@@ -413,7 +413,7 @@ def _run_method(
         clipact = ClipAct({})
         prof = _profile(model, data, clipact.profile_points(model), options, method)
         clipact.ranges = prof.ranges
-        details = {"samples": prof.samples, "data": prof.source, "search": options.search}
+        details = {"samples": prof.samples, "data": prof.source}
         pass_ = clipact
     elif method == "protect":
         pass_ = Protect(options.level)

@@ -206,7 +206,7 @@ def _print_pass(report: PassReport) -> None:
     if report.method == "protect":
         stdout.print(f"  level {d['level']}: {d['rewritten']} weights rewritten, worst relative change "
                      f"{d['worst_relative_change']:.3g} (bound {d['bound']:.3g})")
-    if report.method == "clipact" and "search" in d:
+    if report.method == "clipact" and isinstance(d.get("search"), dict):
         s = d["search"]
         stdout.print(f"  threshold search ({s['metric']}): AUC {s['auc_initial']:.4f} at the profiled max -> "
                      f"{s['auc_final']:.4f}")

@@ -10,7 +10,7 @@ the blocked (NCHWc) layout, in which comparisons and ``Where`` would force a reo
   ``s <= M``: ``m`` is exactly 1 for ``s <= M`` and exactly 0 for ``s >= M+``. The clip at the largest
   float makes ``x = +Inf`` give ``FLT_MAX * 0 = 0`` instead of ``Inf * 0 = NaN``; it replaces the ReLU
   and fuses into the Conv as the ReLU did.
-* other float types, or an ``M`` whose ``A`` is not a finite float32 (``M`` below ~2**-103): the Where
+* other float types, or an ``M`` whose ``A`` is not a finite float32 (``M`` below 2**-104): the Where
   form ``r = Relu(x)``, ``y = Where(Greater(r, M), 0, r)``; the original Relu stays. For ``M >= 0``,
   ``Relu(x) > M`` exactly when ``x > M``.
 
