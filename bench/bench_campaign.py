@@ -52,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 from flops import FlopCounter  # noqa: E402
 
 ZOO_MODELS = {"digits_cnn": (ROOT / "model_zoo" / "digits_cnn.onnx", ROOT / "model_zoo" / "data" / "digits_eval.npz")}
-ONNXFI_MODES = ("naive", "port", "suffix")
+ONNXFI_MODES = ("naive", "port", "suffix", "suffix-noverify")
 TORCH_MODE = "pytorchfi"
 
 
@@ -124,6 +124,7 @@ class SiteTiming:
     run_s: float = 0.0
     golden_s: float | None = None
     shortcuts: int = 0
+    verified: int = 0  # suffix: weight experiments re-run with the weight baked in
     path: str = ""
 
 
@@ -143,8 +144,12 @@ class ModeResult:
 
 
 def known_modes() -> tuple[str, ...]:
-    """Engine modes of the installed onnxfi (older versions have no MODES and know naive and port)."""
-    return tuple(getattr(fi_engine, "MODES", ("port", "naive")))
+    """Engine modes of the installed onnxfi (older versions have no MODES and know naive and port), and
+    ``suffix-noverify`` (suffix without re-running rounding-ambiguous weight experiments baked)."""
+    modes = tuple(getattr(fi_engine, "MODES", ("port", "naive")))
+    if "suffix" in modes and "verify" in EngineConfig.__dataclass_fields__:
+        modes += ("suffix-noverify",)
+    return modes
 
 
 # ---------------------------------------------------------------- onnxfi
@@ -152,7 +157,7 @@ def known_modes() -> tuple[str, ...]:
 
 def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> ModeResult:
     """Run ``exps`` in-process with the engine in ``mode``; per-site session setup is timed apart."""
-    cfg = replace(cfg, mode=mode)
+    cfg = replace(cfg, mode="suffix", verify=False) if mode == "suffix-noverify" else replace(cfg, mode=mode)
     t0 = time.perf_counter()
     engine = Engine(cfg)
     per_site: dict[str, SiteTiming] = {}
@@ -171,13 +176,16 @@ def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> Mode
         row = engine.run(exp, needs_bits=True, needs_values=False)
         st.run_s += time.perf_counter() - ts
         st.n += 1
+        runner = engine.runner(exp.site, True, False)  # counts before the runner may be evicted
+        st.shortcuts = int(getattr(runner, "shortcuts", 0))
+        st.verified = int(getattr(runner, "verified", 0))
         outcomes[str(exp.id)] = row["outcome"]
         sdc1[str(exp.id)] = bool(row["sdc1"])
     total = time.perf_counter() - t0
-    for key, r in engine._runners.items():  # shortcut counts of the runners still cached
-        if key[0] in per_site:
-            per_site[key[0]].shortcuts = int(getattr(r, "shortcuts", 0))
     notes = [f"{s}: {why}" for s, why in getattr(engine, "fallbacks", {}).items()]
+    verified = sum(st.verified for st in per_site.values())
+    if verified:
+        notes.insert(0, f"{verified}/{len(exps)} experiments re-run with the weight baked in (rounding-ambiguous)")
     return ModeResult(mode, len(exps), total, outcomes, sdc1, list(per_site.values()), notes)
 
 

@@ -80,6 +80,12 @@ _WEIGHT_TRANSFORMS = frozenset({
 })
 
 
+_QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+_OPERAND_OPS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+})
+
+
 def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]:
     """Where a weight's cone starts: the weight, plus the inputs of the nodes that produce the data
     inputs of the nodes computing with it. ONNX Runtime fuses patterns around a constant weight
@@ -89,7 +95,8 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
     in the whole model. Weight transforms (DequantizeLinear, Cast, Transpose, ...) are followed."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output if o}
-    consts = set(_constant_values(graph, [name])) | {i.name for i in graph.input}
+    constants = set(_constant_values(graph, [name]))
+    consts = constants | {i.name for i in graph.input}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for x in _node_inputs(node):
@@ -112,14 +119,28 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
             break
     start = [name]
     data = [x for node in users for x in _node_inputs(node) if x not in chain]
+    # The weight is an operand of the nodes that compute with it (Conv, MatMul, ...): the patterns ORT
+    # fuses with them lie downstream (bias Add, BatchNormalization, activation, QuantizeLinear), already in
+    # the cone, except the DequantizeLinear of a QDQ input. A weight of a node that ORT folds backwards
+    # (a BatchNormalization or bias Add/Mul after a Conv) needs the nodes before it.
+    operand = all(n.op_type in _OPERAND_OPS for n in users if any(x not in chain for x in _node_inputs(n)))
     for _ in range(depth):  # Conv -> Add(bias) -> BatchNormalization needs two steps back
         back: list[str] = []
         for x in data:
             p = producer.get(x)
             if x in consts or p is None:
                 continue
+            if operand and p.op_type != "DequantizeLinear":
+                continue
+            if p.op_type in _QUANTIZERS:
+                # a quantized tensor: the fused integer kernels of the whole model produce exactly it,
+                # while the float tensors before it do not exist there (Conv+Relu+QuantizeLinear is one
+                # QLinearConv); the cut stops here
+                if x not in start:
+                    start.append(x)
+                continue
             for y in _node_inputs(p):
-                if y not in start:
+                if y not in start and y not in constants:  # a shared constant (a QDQ scale) would pull in its other users
                     start.append(y)
                     back.append(y)
         data = back

@@ -205,8 +205,10 @@ def test_cache_budget_falls_back_to_whole_model_sessions(tmp_path: Path) -> None
 
 
 def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
-    """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; feeding a
-    BN parameter as an input would change the arithmetic, so the suffix path bakes it per fault."""
+    """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
+    parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
+    overflow in w * gamma / sigma only when folded. The suffix path feeds the weight and re-runs, with
+    the weight baked in, every experiment whose outcome that could change: outcomes equal naive's."""
     rng = np.random.default_rng(0)
     conv_w = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)
     nodes = [
@@ -234,4 +236,99 @@ def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
                 a, b = naive.run(e, True, False), eng.run(e, True, False)
                 assert a["outcome"] == b["outcome"], (site, idx, bit)
                 assert a["metrics"] == b["metrics"], (site, idx, bit)
-    assert eng.runner("var", True, False).baked
+    r = eng.runner("var", True, False)
+    assert not r.baked and r.verified >= 3  # at least the three bit-30 flips were re-run baked
+
+
+def _qdq_chain() -> onnx.ModelProto:
+    """x -> Conv(w1) -> Relu -> Q(s, z) -> DQ(s, z) -> Conv(DQ(w2q)) -> y, with the activation scale s
+    shared by a second Q/DQ pair at the input (as quantizers export it)."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(size=(2, 1, 1, 1)).astype(np.float32)
+    w2q = rng.integers(-20, 20, size=(2, 2, 1, 1)).astype(np.int8)
+    inits = [onh.from_array(w1, "w1"), onh.from_array(w2q, "w2q"), onh.from_array(np.float32(0.05), "s"),
+             onh.from_array(np.int8(0), "z"), onh.from_array(np.float32(0.02), "ws"), onh.from_array(np.int8(0), "wz")]
+    nodes = [
+        oh.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        oh.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        oh.make_node("Conv", ["xd", "w1"], ["c1"]),
+        oh.make_node("Relu", ["c1"], ["r1"]),
+        oh.make_node("QuantizeLinear", ["r1", "s", "z"], ["r1q"]),
+        oh.make_node("DequantizeLinear", ["r1q", "s", "z"], ["r1d"]),
+        oh.make_node("DequantizeLinear", ["w2q", "ws", "wz"], ["w2"]),
+        oh.make_node("Conv", ["r1d", "w2"], ["y"]),
+    ]
+    g = oh.make_graph(nodes, "qdq", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 3, 3])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])], initializer=inits)
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def test_weight_cut_stops_at_quantized_tensors_and_ignores_shared_scales() -> None:
+    """The float tensors before a QuantizeLinear do not exist in ORT's fused QLinearConv graph: a baked
+    cone starts at the quantized tensor. A constant the walk meets (the shared scale s) is not a start:
+    it would pull its other users (the input's Q/DQ) and their float inputs into the cone."""
+    m = _qdq_chain()
+    start = weight_start(m, "w2q")
+    assert start == ["w2q", "r1q"]
+    ops = [m.graph.node[i].op_type for i in forward_cone(m.graph, start)]
+    assert ops == ["DequantizeLinear", "DequantizeLinear", "Conv"]
+    assert boundary(m, start, ["w2q"]) == ["r1q"]
+
+
+def test_quantized_weight_site_runs_baked_and_equals_naive(tmp_path: Path) -> None:
+    p = tmp_path / "q.onnx"
+    onnx.save(_qdq_chain(), p)
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(0, 2, size=(8, 1, 3, 3)).astype(np.float32))
+    cfg = {"model_path": str(p), "data_path": str(tmp_path / "d.npz")}
+    eng, naive = Engine(EngineConfig(mode="suffix", **cfg)), Engine(EngineConfig(mode="naive", **cfg))
+    for idx in range(4):
+        for bit in range(8):
+            e = Experiment(id=0, site="w2q", kind="weight", index=idx, bit=bit,
+                           fault=BitFlip((bit,)).to_dict(), seed=1, round=0)
+            a, b = naive.run(e, True, False), eng.run(e, True, False)
+            assert (a["outcome"], a["metrics"]) == (b["outcome"], b["metrics"]), (idx, bit)
+    assert eng.runner("w2q", True, False).baked
+    assert "quantized" in eng.fallbacks["w2q"]
+
+
+def test_noise_bounds_and_ambiguity() -> None:
+    from onnxfi.engine import _ambiguous, _extreme, _noise_bounds
+
+    g = {"y": np.array([[1.0, 3.0, 2.0]], dtype=np.float32)}
+    ulp = float(np.spacing(np.float32(3.0)))
+    nudged = {"y": g["y"] + np.float32(ulp) * np.array([[0, 1, 0]], dtype=np.float32)}
+    bounds = _noise_bounds(nudged, g)
+    assert bounds == {"y": max(4 * ulp, 8 * ulp)}
+    assert _noise_bounds({"y": g["y"] + np.float32(0.5)}, g) is None  # beyond rounding
+    assert _noise_bounds({"y": g["y"][:, ::-1].copy()}, g) is None  # other decisions / values
+    assert _noise_bounds({"y": g["y"].astype(np.float64)}, g) is None  # other dtype
+    b = {"y": 8 * ulp}
+    assert _ambiguous(g, g, b)  # equal to golden: masked or not is decided by rounding
+    assert not _ambiguous({"y": np.array([[1.0, 5.0, 2.0]], np.float32)}, g, b)  # clear change, clear top-1
+    assert _ambiguous({"y": np.array([[1.0, 3.0, 3.0]], np.float32)}, g, b)  # a tie decides the top-1
+    assert _ambiguous({"y": np.array([[np.nan, 3.0, 2.0]], np.float32)}, g, b)
+    assert _extreme(np.float32(1e30)) and _extreme(np.float32(np.inf)) and not _extreme(np.float32(1e10))
+    assert _extreme(np.float16(300.0)) and not _extreme(np.float16(100.0)) and not _extreme(np.int8(127))
+
+
+def test_weight_and_bias_of_a_layer_share_one_prefix_run(tmp_path: Path) -> None:
+    """The prefix (the fault-free run with the cone's inputs exposed) is built by appending the extra
+    outputs to the serialized model and is shared by sites that need the same values."""
+    rng = np.random.default_rng(5)
+    inits = [onh.from_array(rng.normal(size=(3, 2, 1, 1)).astype(np.float32), "w0"),
+             onh.from_array(rng.normal(size=(2, 3, 1, 1)).astype(np.float32), "w"),
+             onh.from_array(rng.normal(size=(2,)).astype(np.float32), "b")]
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["c0"]), oh.make_node("Relu", ["c0"], ["r0"]),
+             oh.make_node("Conv", ["r0", "w", "b"], ["y"])]
+    g = oh.make_graph(nodes, "two", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])], initializer=inits)
+    p = tmp_path / "m.onnx"
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(6, 2, 3, 3)).astype(np.float32))
+    eng = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="suffix"))
+    rw, rb = eng.runner("w", True, False), eng.runner("b", True, False)
+    assert rw.chunks is rb.chunks and len(eng._prefixes) == 1
+    x = np.load(tmp_path / "d.npz")["x"]
+    np.testing.assert_allclose(rw.chunks[0]["r0"], np.maximum(0, np.einsum("oc,nchw->nohw", onh.to_array(inits[0])[:, :, 0, 0], x)), rtol=1e-5)
+    assert rw.cut.inputs == ["r0", "w"] and rb.cut.inputs == ["r0", "b"]

@@ -94,6 +94,10 @@ def register(sub: Any) -> None:
                    "forward cone; port: one whole-model session per site; naive: a new model and session per fault")
     p.add_argument("--cache-mb", type=float, default=1024.0,
                    help="memory for cached prefix tensors per worker (default 1024); sites over it use port mode")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="suffix mode, weights: skip re-running with the weight baked in the experiments whose "
+                   "outcome rounding could change (faster; masked/tolerable may then differ from --mode naive "
+                   "for faults as small as the rounding)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (needs matplotlib)")
     p.add_argument("--compare", metavar="OTHER.onnx",
                    help="run the same plan on OTHER (e.g. a hardened copy; faults matched by site name) and "
@@ -243,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
         data_path=data, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
-        mode=args.mode, cache_mb=args.cache_mb,
+        mode=args.mode, cache_mb=args.cache_mb, verify=args.verify,
     )
     created = not db_path.exists()
     store = Store(db_path)
