@@ -46,7 +46,7 @@ BENCH_DIGITS ?= --faults 1088
 # resnet18_fused: BatchNorm folded into Conv as exports usually ship it (42 weight sites); resnet18 keeps
 # BatchNorm separate (102 sites, longer).
 BENCH_RESNET_MODEL ?= resnet18_fused
-BENCH_RESNET ?= --faults 336 --baseline-faults 42 --modes naive,suffix,pytorchfi
+BENCH_RESNET ?= --faults 336 --baseline-faults 42 --modes naive,suffix,suffix-noverify,pytorchfi
 
 $(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
 	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)

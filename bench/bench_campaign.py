@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run naive and pytorchfi on the sites of about this many experiments of the plan (0: all)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
-    ap.add_argument("--modes", default="naive,port,suffix,pytorchfi",
+    ap.add_argument("--modes", default="naive,port,suffix,suffix-noverify,pytorchfi",
                     help="comma list of naive, port, suffix (onnxfi engine modes) and pytorchfi")
     ap.add_argument("--torch-impl", choices=("pytorchfi", "plain"), default="pytorchfi",
                     help="pytorchfi: its declare_weight_fi where it applies; plain: copy-flip-forward in torch")

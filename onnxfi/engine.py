@@ -380,13 +380,15 @@ def _extreme(value: np.ndarray) -> bool:
     v = np.asarray(value)
     if not _is_float(v):
         return False
-    f = v.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a flipped bit can make a signalling NaN
+        f = v.astype(np.float64)
     return bool(not np.all(np.isfinite(f)) or np.any(np.abs(f) >= np.sqrt(float(ml_dtypes.finfo(v.dtype).max))))
 
 
 def _change_class(old: np.ndarray, new: np.ndarray) -> float:
     """floor(log2(|new - old| / |old|)) of one weight element (inf when not finite or old is 0)."""
-    a, b = float(np.asarray(old).astype(np.float64)), float(np.asarray(new).astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        a, b = float(np.asarray(old).astype(np.float64)), float(np.asarray(new).astype(np.float64))
     if a == 0 or not np.isfinite(a) or not np.isfinite(b):
         return float("inf")
     d = abs(b - a) / abs(a)
@@ -510,7 +512,8 @@ class _SuffixRunner(_SiteRunner):
         if self.quantized:
             why = "quantized weight: ONNX Runtime computes it in integer kernels"
         else:
-            bounds = _noise_bounds(self.golden, baked_golden)
+            with np.errstate(invalid="ignore"):
+                bounds = _noise_bounds(self.golden, baked_golden)
             if bounds is None:
                 why = "weight is folded by ONNX Runtime (outputs differ beyond rounding)"
             else:
@@ -587,7 +590,9 @@ class _SuffixRunner(_SiteRunner):
         out = self._suffix_run(lambda c: arr)
         stats = self.engine.ambiguity.setdefault(size, [0, 0])
         stats[0] += 1
-        if _ambiguous(out, self.golden, self.bounds):
+        with np.errstate(invalid="ignore"):
+            ambiguous = _ambiguous(out, self.golden, self.bounds)
+        if ambiguous:
             stats[1] += 1
             self.verified += 1
             return self._baked_run(arr), self.baked_golden
