@@ -204,6 +204,16 @@ def test_cache_budget_falls_back_to_whole_model_sessions(tmp_path: Path) -> None
     assert ref.run(_exp("h", 1, 31), True, False)["outcome"] == row["outcome"]
 
 
+def _save_conv_model(tmp_path: Path, nodes: list[Any], inits: list[Any], x_shape: list[int], y_shape: list[int],
+                     x: np.ndarray) -> tuple[str, str]:
+    """A float graph x [N, *x_shape] -> y [N, *y_shape] saved with its data (x as float32): (model, data) paths."""
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])], initializer=inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32))
+    return str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
+
+
 def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
     """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
     parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
@@ -221,13 +231,9 @@ def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
         for n, v in (("g", rng.uniform(0.5, 2, 4)), ("b", rng.normal(size=4)), ("mu", rng.normal(size=4)),
                      ("var", rng.uniform(0.1, 2, 4)))
     ]
-    g = oh.make_graph(nodes, "bn", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], initializer=inits)
-    p = tmp_path / "bn.onnx"
-    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
-    np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 1, 6, 6)).astype(np.float32))
-    eng = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="suffix"))
-    naive = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="naive"))
+    p, d = _save_conv_model(tmp_path, nodes, inits, [1, 6, 6], [4, 6, 6], rng.normal(size=(16, 1, 6, 6)))
+    eng = Engine(EngineConfig(model_path=p, data_path=d, mode="suffix"))
+    naive = Engine(EngineConfig(model_path=p, data_path=d, mode="naive"))
     for site in ("var", "cw"):
         for idx in range(3):
             for bit in (0, 1, 12, 23, 30):
@@ -321,14 +327,10 @@ def test_weight_and_bias_of_a_layer_share_one_prefix_run(tmp_path: Path) -> None
              onh.from_array(rng.normal(size=(2,)).astype(np.float32), "b")]
     nodes = [oh.make_node("Conv", ["x", "w0"], ["c0"]), oh.make_node("Relu", ["c0"], ["r0"]),
              oh.make_node("Conv", ["r0", "w", "b"], ["y"])]
-    g = oh.make_graph(nodes, "two", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
-                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])], initializer=inits)
-    p = tmp_path / "m.onnx"
-    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
-    np.savez(tmp_path / "d.npz", x=rng.normal(size=(6, 2, 3, 3)).astype(np.float32))
-    eng = Engine(EngineConfig(model_path=str(p), data_path=str(tmp_path / "d.npz"), mode="suffix"))
+    p, d = _save_conv_model(tmp_path, nodes, inits, [2, 3, 3], [2, 3, 3], rng.normal(size=(6, 2, 3, 3)))
+    eng = Engine(EngineConfig(model_path=p, data_path=d, mode="suffix"))
     rw, rb = eng.runner("w", True, False), eng.runner("b", True, False)
     assert rw.chunks is rb.chunks and len(eng._prefixes) == 1
-    x = np.load(tmp_path / "d.npz")["x"]
+    x = np.load(d)["x"]
     np.testing.assert_allclose(rw.chunks[0]["r0"], np.maximum(0, np.einsum("oc,nchw->nohw", onh.to_array(inits[0])[:, :, 0, 0], x)), rtol=1e-5)
     assert rw.cut.inputs == ["r0", "w"] and rb.cut.inputs == ["r0", "b"]
