@@ -73,7 +73,8 @@ def _numeric(x: ArrayLike, name: str) -> NDArray[Any]:
 
 
 def _as_float(x: ArrayLike, name: str) -> FloatArray:
-    return _numeric(x, name).astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # a faulty output can hold a signalling NaN: it stays NaN
+        return _numeric(x, name).astype(np.float64, copy=False)
 
 
 def _axis(axis: int, ndim: int, name: str) -> int:
