@@ -168,14 +168,19 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
         return
     bits = sorted({b for _, b in cells}, reverse=True)
     layers = [str(e["key"]) for e in s["layers"] if any((str(e["key"]), b) in cells for b in bits)][:top]
-    if len(bits) > 32:  # keep the terminal readable: the 32 most damaging bits
+    site_w = min(28, max(8, *(len(ly) for ly in layers)))
+    fit = max(4, (stdout.width - site_w - 1) // 4)  # 3 digits and a space per bit
+    total = len(bits)
+    shown = min(total, fit, 32)
+    if shown < total:  # keep the terminal readable: the most damaging bits that fit
         worst = sorted(bits, key=lambda b: -sum(cells[(ly, b)]["rate"] for ly in layers if (ly, b) in cells))
-        bits = sorted(worst[:32], reverse=True)
-    t = Table(title="Layer x bit: SDC-1 or DUE rate, % (- = not sampled; rows: top layers)",
-              title_justify="left", show_edge=False, header_style="bold", pad_edge=False)
-    t.add_column("site", overflow="ellipsis", max_width=28)
+        bits = sorted(worst[:shown], reverse=True)
+    note = "" if shown == total else f"; the {shown} most damaging of {total} bits"
+    t = Table(title=f"Layer x bit: SDC-1 or DUE rate, % (- = not sampled; rows: top layers{note})",
+              title_justify="left", box=None, header_style="bold", pad_edge=False, padding=(0, 1))
+    t.add_column("site", overflow="ellipsis", no_wrap=True, min_width=site_w, max_width=site_w)
     for b in bits:
-        t.add_column(str(b), justify="right")
+        t.add_column(str(b), justify="right", min_width=3, no_wrap=True)
     for layer in layers:
         row = []
         for b in bits:
