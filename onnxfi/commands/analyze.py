@@ -177,7 +177,7 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
         bits = sorted(worst[:shown], reverse=True)
     note = "" if shown == total else f"; the {shown} most damaging of {total} bits"
     t = Table(title=f"Layer x bit: SDC-1 or DUE rate, % (- = not sampled; rows: top layers{note})",
-              title_justify="left", box=None, header_style="bold", pad_edge=False, padding=(0, 1))
+              title_justify="left", box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
     t.add_column("site", overflow="ellipsis", no_wrap=True, min_width=site_w, max_width=site_w)
     for b in bits:
         t.add_column(str(b), justify="right", min_width=3, no_wrap=True)
