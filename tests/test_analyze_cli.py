@@ -377,3 +377,15 @@ def test_compare_refuses_a_model_without_the_sites(kat: tuple[Path, Path], tmp_p
                "--db", str(tmp_path / "r.db"), "--compare", str(other)])
     assert rc == 2
     assert "do not match" in _error_line(capsys)
+
+
+def test_no_verify_is_stored_with_the_campaign_and_kept_on_resume(kat: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = kat
+    db = tmp_path / "nv.db"
+    assert main(["analyze", str(model), "--data", str(data), "--faults", "12", "--target", "weights",
+                 "--no-verify", "--db", str(db)]) == 0
+    with Store(db) as store:
+        assert store.meta("config")["verify"] is False
+    assert main(["analyze", str(model), "--data", str(data), "--db", str(db), "--resume"]) == 0
+    with Store(db) as store:
+        assert store.meta("config")["verify"] is False and len(list(store.rows())) == 12

@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
                 raise OnnxfiError(f"{db_path}: nothing to resume (no campaign in it)")
             stored_cfg = store.meta("config")
             if stored_cfg:
-                cfg = EngineConfig(**stored_cfg)
+                known = EngineConfig.__dataclass_fields__  # a key another onnxfi version wrote is left out
+                cfg = EngineConfig(**{k: v for k, v in stored_cfg.items() if k in known})
                 cfg.input_shapes = {k: tuple(v) for k, v in cfg.input_shapes.items()}
             plan = Plan.from_dict(stored_plan)
             from onnxfi.plan import file_sha256
