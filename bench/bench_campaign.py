@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", type=int, default=32,
                     help="also project port/suffix exp/s at this many experiments per site (0: off)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bits", help="bit range LO-HI of the plan (default: every bit), e.g. 23-30 for fp32 exponents")
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = ap.parse_args(argv)
     out = print
@@ -417,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     model_path, data_path, kind = prepare(args.model, args.data, args.batch)
     sites = weight_sites(model_path)
     names = {s.name: s.tensor_name or s.name for s in sites}
-    plan = make_plan(model_path, sites, ["flip"], bits=None, n_faults=args.faults, seed=args.seed, target="weights")
+    bits = None
+    if args.bits:
+        lo, _, hi = args.bits.partition("-")
+        bits = list(range(int(lo), int(hi or lo) + 1))
+    plan = make_plan(model_path, sites, ["flip"], bits=bits, n_faults=args.faults, seed=args.seed, target="weights")
     exps = list(plan.experiments)
     base_exps = baseline_subset(plan, args.baseline_faults)
     cfg = EngineConfig(str(model_path), data_path=str(data_path) if data_path else None, samples=args.batch,
@@ -429,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     out(f"== bench_campaign: {model_path.name}, batch {args.batch}, {args.threads} threads")
     out(f"   {info['cpu']}, {info['cores']} cores; onnxruntime {info['onnxruntime']}; {info['torch']}")
-    out(f"   plan: {len(exps)} single bit flips over {len(sites)} weight sites x all bits (seed {args.seed}, "
+    which = f"bits {args.bits}" if args.bits else "all bits"
+    out(f"   plan: {len(exps)} single bit flips over {len(sites)} weight sites x {which} (seed {args.seed}, "
         f"{plan.mode}); {len(exps) / len(sites):.1f} experiments per site")
     if len(base_exps) < len(exps):
         out(f"   naive and pytorchfi run the {len(base_exps)} experiments of {len({e.site for e in base_exps})} "
