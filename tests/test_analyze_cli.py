@@ -389,3 +389,15 @@ def test_no_verify_is_stored_with_the_campaign_and_kept_on_resume(kat: tuple[Pat
     assert main(["analyze", str(model), "--data", str(data), "--db", str(db), "--resume"]) == 0
     with Store(db) as store:
         assert store.meta("config")["verify"] is False and len(list(store.rows())) == 12
+
+
+def test_sites_of_unknown_shape_are_left_out_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fashion_seg's Resize outputs have shapes static inference cannot tell: a campaign over all sites
+    leaves them out and says so instead of refusing to run."""
+    rc = main(["analyze", "fashion_seg", "--target", "activations", "--faults", "6", "--samples", "2",
+               "--db", str(tmp_path / "s.db")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "left out 6 site(s)" in out and "Resize_output_0" in out
+    with Store(tmp_path / "s.db") as store:
+        assert "Resize" not in " ".join(r["site"] for r in store.rows())

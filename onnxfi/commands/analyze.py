@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -280,6 +281,11 @@ def run(args: argparse.Namespace) -> int:
             chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
             if not chosen:
                 raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)")
+            unknown = [s.name for s in chosen if s.elements is None]
+            if unknown and len(unknown) < len(chosen):  # all unknown: make_plan says how to fix it
+                chosen = [s for s in chosen if s.elements is not None]
+                stdout.print(escape(f"left out {len(unknown)} site(s) whose shape static inference cannot tell "
+                                    f"(e.g. {unknown[0]}); --input-shape may fix them"), style="yellow")
             margin = args.margin if args.faults is None else None
             if args.faults is None and margin is None:
                 margin = 0.05
