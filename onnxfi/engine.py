@@ -45,7 +45,7 @@ from onnxfi.passes.opset import upgrade_opset
 from onnxfi.plan import Experiment
 from onnxfi.runtime import make_session
 from onnxfi.sites import Site, SiteIndex, enumerate_sites
-from onnxfi.suffix import _WEIGHT_TRANSFORMS, Cut, CutError, boundary, cut_model, weight_start
+from onnxfi.suffix import Cut, CutError, boundary, cut_model, is_quantized_weight, weight_start
 
 __all__ = ["EngineConfig", "Engine", "classify", "OUTCOMES", "task_metric", "MODES"]
 
@@ -311,35 +311,6 @@ class _NaiveRunner(_SiteRunner):
         return self._run({}, sess)
 
 
-_QUANT_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-    "QGemm", "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized",
-})
-
-
-def _quantized_use(proto: onnx.ModelProto, name: str, dtype: np.dtype[Any]) -> bool:
-    """Whether a weight takes part in quantized arithmetic: an integer tensor, or a scale or zero
-    point (or a tensor that reaches one through weight transforms) of a (De)QuantizeLinear or QLinear op."""
-    if not np.issubdtype(dtype, np.floating):
-        return True
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in proto.graph.node:
-        for x in node.input:
-            consumers.setdefault(x, []).append(node)
-    frontier, seen = [name], {name}
-    for _ in range(4):
-        nxt: list[str] = []
-        for v in frontier:
-            for node in consumers.get(v, []):
-                if node.op_type in _QUANT_OPS or node.op_type.startswith("QLinear"):
-                    return True
-                if node.op_type in _WEIGHT_TRANSFORMS:
-                    nxt.extend(o for o in node.output if o and o not in seen)
-                    seen.update(node.output)
-        frontier = nxt
-    return False
-
-
 def _is_float(a: np.ndarray) -> bool:
     return a.dtype.kind == "f" or a.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
@@ -452,8 +423,7 @@ class _SuffixRunner(_SiteRunner):
         self.engine, self.site = engine, site
         self.mode = "suffix"
         self.shortcuts = 0
-        self.verified = 0  # weight experiments re-run with the weight baked in (see run_with_golden)
-        self.direct = 0  # of those, run baked without a fed run first (their bit is mostly ambiguous)
+        self.verified = 0  # weight experiments run with the weight baked in although the site runs fed
         self._bake_bytes: bytes | None = None
         cfg = engine.cfg
         if site.graph:
@@ -468,8 +438,8 @@ class _SuffixRunner(_SiteRunner):
         bake_start = weight_start(proto, name) if weight else start
         # quantized weights always run baked; exposing the fed cone's float inputs would break the
         # QDQ fusions of the prefix, so only the baked cone's boundary is cached for them
-        self.quantized = weight and _quantized_use(proto, name, self.info.numpy)
-        if self.quantized:
+        quantized = weight and is_quantized_weight(proto, name, self.info.numpy)
+        if quantized:
             start = bake_start
         expose = list(dict.fromkeys(boundary(proto, start, [name]) + boundary(proto, bake_start, [name])))
         if not weight:
@@ -485,45 +455,43 @@ class _SuffixRunner(_SiteRunner):
         values = {**self.chunks[0], name: self.original} if weight else self.chunks[0]
         cut: Cut = cut_model(proto, start, [name], values)
         self.cut = cut
-        self.bake_cut = cut_model(proto, bake_start, [name], values) if weight else cut
-        self.session = make_session(cut.model.SerializeToString(), cfg.provider, threads=cfg.threads)
+        self.bake_cut = cut if bake_start == start else cut_model(proto, bake_start, [name], values)
+        # quantized weights never run fed: no fed session
+        self.session = None if quantized else make_session(cut.model.SerializeToString(), cfg.provider,
+                                                           threads=cfg.threads)
         self.checkpoint = None
         if cfg.shortcuts and not weight and cut.checkpoint is not None:
             self.checkpoint = make_session(cut.checkpoint.SerializeToString(), cfg.provider, threads=1)
             self.checkpoint_golden = [self._check(c[name]) for c in self.chunks]
-        t0 = time.perf_counter()
-        self.golden = self._suffix_run((lambda c: self.original) if weight else (lambda c: c[name]))
-        self.golden_time = time.perf_counter() - t0
-        self.baked = False
+        self.baked = quantized
         self.baked_golden: dict[str, np.ndarray] = {}
         self.bounds: dict[str, float] = {}
-        if weight:
-            self._choose_weight_path()
-
-    def _choose_weight_path(self) -> None:
-        """A weight fed as an input stops ORT from folding it (Conv+BatchNormalization fusion, QDQ into
-        QLinearConv, prepacked/NCHWc kernels), which changes the arithmetic. For float weights that
-        only moves outputs by a few units in the last place; such sites run fed (one session, the
-        fast path) with their own golden, and an experiment whose outcome that noise could change is
-        re-run with the weight baked in (``run_with_golden``). Quantized weights, and float sites whose
-        fed and baked outputs differ beyond rounding noise, get a baked cone session per fault."""
-        baked_golden = self._suffix_run(lambda c: self.original, self._baked_session(self.original))
-        why = ""
-        if self.quantized:
-            why = "quantized weight: ONNX Runtime computes it in integer kernels"
+        t0 = time.perf_counter()
+        if quantized:
+            self.golden = self._baked_run(self.original)
+            engine.fallbacks[site.name] = "quantized weight, computed in integer kernels: one cone session per fault"
         else:
-            with np.errstate(invalid="ignore"):
-                bounds = _noise_bounds(self.golden, baked_golden)
-            if bounds is None:
-                why = "weight is folded by ONNX Runtime (outputs differ beyond rounding)"
-            else:
-                self.bounds = bounds
-        if why:
+            self.golden = self._suffix_run((lambda c: self.original) if weight else (lambda c: c[name]))
+        self.golden_time = time.perf_counter() - t0
+        if weight and not quantized:
+            self._measure_rounding()
+
+    def _measure_rounding(self) -> None:
+        """A weight fed as an input stops ORT from folding it (Conv+BatchNormalization fusion,
+        prepacked/NCHWc kernels), which changes the rounding. The site runs fed (one session, the fast
+        path) against its own golden, with ``bounds``: how far the fed and the baked cone's fault-free
+        outputs are apart; ``run_with_golden`` re-runs baked every experiment that this noise could
+        decide. If they differ beyond rounding, every fault gets a baked cone session."""
+        baked_golden = self._baked_run(self.original)
+        with np.errstate(invalid="ignore"):
+            bounds = _noise_bounds(self.golden, baked_golden)
+        if bounds is None:
             self.baked = True
             self.golden = baked_golden
-            self.engine.fallbacks[self.site.name] = f"{why}: one cone session per fault"
+            self.engine.fallbacks[self.site.name] = ("weight is folded by ONNX Runtime (outputs differ beyond "
+                                                     "rounding): one cone session per fault")
         else:
-            self.baked_golden = baked_golden
+            self.bounds, self.baked_golden = bounds, baked_golden
 
     def _check(self, x: np.ndarray) -> bytes:
         assert self.checkpoint is not None
@@ -552,6 +520,7 @@ class _SuffixRunner(_SiteRunner):
     ) -> dict[str, np.ndarray]:
         sess = session if session is not None else self.session
         assert sess is not None
+        # a session passed in is a baked cone's (see _baked_session)
         cut, name = (self.cut if session is None else self.bake_cut), self.site.tensor_name
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.engine.output_names}
         for chunk in self.chunks:
@@ -571,9 +540,11 @@ class _SuffixRunner(_SiteRunner):
         return {k: (np.concatenate(v) if len(v) > 1 else v[0]) for k, v in parts.items()}
 
     def run_with_golden(self, exp: Experiment) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        if self.site.kind != "weight" or self.baked:
-            return self.run(exp), self.golden
+        if self.site.kind != "weight":
+            return self._run_activation(exp), self.golden
         arr = inject_element(self.original, exp.index, exp.fault_obj(), np.random.default_rng(exp.seed))
+        if self.baked:
+            return self._baked_run(arr), self.golden
         if not self.engine.cfg.verify:
             return self._suffix_run(lambda c: arr), self.golden
         # A fault no larger (relative to the weight) than faults whose fed runs were mostly ambiguous
@@ -585,7 +556,6 @@ class _SuffixRunner(_SiteRunner):
         direct = runs >= 4 and amb >= 0.75 * runs
         if direct or _extreme(arr.reshape(-1)[exp.index]):
             self.verified += 1
-            self.direct += direct
             return self._baked_run(arr), self.baked_golden
         out = self._suffix_run(lambda c: arr)
         stats = self.engine.ambiguity.setdefault(size, [0, 0])
@@ -602,13 +572,13 @@ class _SuffixRunner(_SiteRunner):
         return self._suffix_run(lambda c: arr, self._baked_session(arr))
 
     def run(self, exp: Experiment) -> dict[str, np.ndarray]:
+        """The experiment's outputs; a weight experiment may be classified against ``baked_golden``,
+        so callers that classify use ``run_with_golden``."""
+        return self.run_with_golden(exp)[0]
+
+    def _run_activation(self, exp: Experiment) -> dict[str, np.ndarray]:
         fault = exp.fault_obj()
         rng = np.random.default_rng(exp.seed)
-        if self.site.kind == "weight":
-            arr = inject_element(self.original, exp.index, fault, rng)
-            if self.baked:
-                return self._suffix_run(lambda c: arr, self._baked_session(arr))
-            return self._suffix_run(lambda c: arr)
         if isinstance(fault, RandomValue):  # one value for every image, drawn as the port draws it
             fault = SetValue(float(fault.draw(rng, (1,), self.info.numpy)[0]))
         name, batched = self.site.tensor_name, self.site.batched

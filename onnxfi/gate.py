@@ -547,7 +547,7 @@ def run_gate(
     from onnxfi.campaign import run_campaign
     from onnxfi.engine import EngineConfig
     from onnxfi.model import load_model
-    from onnxfi.plan import make_plan, parse_bits
+    from onnxfi.plan import left_out_note, make_plan, parse_bits
     from onnxfi.sites import enumerate_sites
     from onnxfi.store import Store
 
@@ -594,6 +594,8 @@ def run_gate(
         for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             p.unlink(missing_ok=True)
     warnings: list[str] = []
+    if plan.options.get("left_out_unknown_shape"):
+        warnings.append(left_out_note(plan.options["left_out_unknown_shape"]))
     if existed and not resume and not fresh:
         warnings.append(f"{db} held another campaign (model, plan, data or settings changed): replaced")
     store = Store(db)

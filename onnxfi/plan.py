@@ -30,6 +30,7 @@ __all__ = [
     "Stratum",
     "Plan",
     "make_plan",
+    "left_out_note",
     "parse_bits",
     "file_sha256",
     "PLAN_VERSION",
@@ -198,6 +199,12 @@ def _allocate(populations: Sequence[int], total: int, rng: np.random.Generator) 
     return n
 
 
+def left_out_note(names: Sequence[str]) -> str:
+    """One line naming the sites a plan left out because their shapes are unknown."""
+    return (f"left out {len(names)} site(s) whose shape static inference cannot tell (e.g. {names[0]}); "
+            "--input-shape may fix them")
+
+
 def make_plan(
     model_path: str | os.PathLike[str],
     sites: Sequence[Site],
@@ -216,10 +223,13 @@ def make_plan(
     if not sites:
         raise OnnxfiError("no fault sites match the selection")
     unknown = [s.name for s in sites if s.elements is None]
-    if unknown:
+    if len(unknown) == len(sites):
         raise OnnxfiError(
             f"{len(unknown)} site(s) have unknown shapes (e.g. {unknown[0]}); give --input-shape for dynamic inputs"
         )
+    if unknown:  # sites whose shape static inference cannot tell are left out; the plan says which
+        sites = [s for s in sites if s.elements is not None]
+        options = {**(options or {}), "left_out_unknown_shape": unknown}
     if n_faults is not None and n_faults < 1:
         raise OnnxfiError("--faults must be at least 1")
     templates = [(spec, _template(spec)) for spec in faults]

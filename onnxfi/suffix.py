@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
-__all__ = ["Cut", "forward_cone", "cut_model", "boundary", "weight_start", "CutError", "SHORTCUT_OPS"]
+__all__ = [
+    "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "is_quantized_weight", "CutError", "SHORTCUT_OPS",
+]
 
 # Single consumers whose output can stay bitwise equal when their input changes (the exact shortcut):
 # a ReLU maps every negative value to 0; a MaxPool ignores values below their window's maximum;
@@ -86,17 +89,11 @@ _OPERAND_OPS = frozenset({
 })
 
 
-def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]:
-    """Where a weight's cone starts: the weight, plus the inputs of the nodes that produce the data
-    inputs of the nodes computing with it. ONNX Runtime fuses patterns around a constant weight
-    (Conv+BatchNormalization, a bias Add or scale Mul into the Conv/MatMul before it,
-    DequantizeLinear+Conv+QuantizeLinear into QLinearConv); starting one node before the node that
-    uses the weight (``depth`` nodes) keeps such a pattern whole in the cone, so a baked weight gets the same fusion as
-    in the whole model. Weight transforms (DequantizeLinear, Cast, Transpose, ...) are followed."""
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output if o}
-    constants = set(_constant_values(graph, [name]))
-    consts = constants | {i.name for i in graph.input}
+def _weight_users(
+    graph: onnx.GraphProto, name: str, consts: set[str]
+) -> tuple[set[str], list[onnx.NodeProto]]:
+    """The weight's chain (the weight and what weight transforms of it with constant other inputs
+    make of it) and every node that uses a value of the chain."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for x in _node_inputs(node):
@@ -117,6 +114,39 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
         frontier = nxt
         if not frontier:
             break
+    return chain, users
+
+
+_QUANT_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+    "QGemm", "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized",
+})
+
+
+def is_quantized_weight(model: onnx.ModelProto, name: str, dtype: np.dtype[Any]) -> bool:
+    """Whether a weight takes part in quantized arithmetic, which ORT computes in integer kernels once
+    the weight is a constant: an integer tensor, or a tensor used (directly or through weight transforms)
+    by a (De)QuantizeLinear or QLinear*/integer op, e.g. a scale or zero point."""
+    if not np.issubdtype(dtype, np.floating):
+        return True
+    graph = model.graph
+    consts = set(_constant_values(graph, [name])) | {i.name for i in graph.input}
+    _, users = _weight_users(graph, name, consts)
+    return any(u.op_type in _QUANT_OPS or u.op_type.startswith("QLinear") for u in users)
+
+
+def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]:
+    """Where a weight's cone starts: the weight, plus the inputs of the nodes that produce the data
+    inputs of the nodes computing with it. ONNX Runtime fuses patterns around a constant weight
+    (Conv+BatchNormalization, a bias Add or scale Mul into the Conv/MatMul before it,
+    DequantizeLinear+Conv+QuantizeLinear into QLinearConv); starting one node before the node that
+    uses the weight (``depth`` nodes) keeps such a pattern whole in the cone, so a baked weight gets the same fusion as
+    in the whole model. Weight transforms (DequantizeLinear, Cast, Transpose, ...) are followed."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    constants = set(_constant_values(graph, [name]))
+    consts = constants | {i.name for i in graph.input}
+    chain, users = _weight_users(graph, name, consts)
     start = [name]
     data = [x for node in users for x in _node_inputs(node) if x not in chain]
     # The weight is an operand of the nodes that compute with it (Conv, MatMul, ...): the patterns ORT

@@ -214,7 +214,7 @@ def _save_conv_model(tmp_path: Path, nodes: list[Any], inits: list[Any], x_shape
     return str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
 
 
-def test_folded_weights_are_detected_and_baked(tmp_path: Path) -> None:
+def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(tmp_path: Path) -> None:
     """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
     parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
     overflow in w * gamma / sigma only when folded. The suffix path feeds the weight and re-runs, with

@@ -176,6 +176,9 @@ def test_plan_errors(model_file: Path) -> None:
         make_plan(model_file, [], n_faults=3)
     with pytest.raises(OnnxfiError, match="unknown shapes"):
         make_plan(model_file, [site("a", None)], n_faults=3)
+    # some unknown: left out, and the plan says which
+    plan = make_plan(model_file, [site("a", None), site("b", (4,))], n_faults=3)
+    assert {e.site for e in plan.experiments} == {"b"} and plan.options["left_out_unknown_shape"] == ["a"]
     with pytest.raises(OnnxfiError):
         make_plan(model_file, [site("a", (4,))])  # neither --faults nor --margin
 

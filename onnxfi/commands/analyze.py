@@ -28,7 +28,7 @@ from onnxfi.commands._common import (
 )
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.plan import make_plan, parse_bits
+from onnxfi.plan import left_out_note, make_plan, parse_bits
 from onnxfi.store import Store
 
 __all__ = ["register", "run", "print_summary"]
@@ -281,11 +281,6 @@ def run(args: argparse.Namespace) -> int:
             chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
             if not chosen:
                 raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)")
-            unknown = [s.name for s in chosen if s.elements is None]
-            if unknown and len(unknown) < len(chosen):  # all unknown: make_plan says how to fix it
-                chosen = [s for s in chosen if s.elements is not None]
-                stdout.print(escape(f"left out {len(unknown)} site(s) whose shape static inference cannot tell "
-                                    f"(e.g. {unknown[0]}); --input-shape may fix them"), style="yellow")
             margin = args.margin if args.faults is None else None
             if args.faults is None and margin is None:
                 margin = 0.05
@@ -294,6 +289,9 @@ def run(args: argparse.Namespace) -> int:
                 args.confidence, args.p, args.seed, args.target, rounds=4 if args.early_stop else 1,
                 options={"critical": args.critical, "data": data, "sites_regex": args.sites, "ops": args.ops},
             )
+        left_out = plan.options.get("left_out_unknown_shape")
+        if left_out:
+            stdout.print(escape(left_out_note(left_out)), style="yellow")
         other_plan = None
         if args.compare:  # checked before the first campaign runs
             from onnxfi.campaign import compare_plan
