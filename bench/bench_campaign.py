@@ -171,7 +171,7 @@ def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> Mode
             runner = engine.runner(exp.site, True, False)
             st.setup_s = time.perf_counter() - ts
             st.golden_s = getattr(runner, "golden_time", None)
-            st.path = str(getattr(runner, "mode", mode))
+            st.path = str(getattr(runner, "mode", mode)) + ("/split" if getattr(runner, "split", False) else "")
         ts = time.perf_counter()
         row = engine.run(exp, needs_bits=True, needs_values=False)
         st.run_s += time.perf_counter() - ts
@@ -186,6 +186,10 @@ def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> Mode
     verified = sum(st.verified for st in per_site.values())
     if verified:
         notes.insert(0, f"{verified}/{len(exps)} experiments re-run with the weight baked in (rounding-ambiguous)")
+    split = [st for st in per_site.values() if st.path.endswith("/split")]
+    if split:
+        notes.insert(0, f"{len(split)}/{len(per_site)} sites split (baked head per fault + shared rest), "
+                        f"{sum(st.shortcuts for st in split)} experiments masked at the head's output")
     return ModeResult(mode, len(exps), total, outcomes, sdc1, list(per_site.values()), notes)
 
 

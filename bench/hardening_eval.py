@@ -389,8 +389,10 @@ def evaluate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     models: dict[str, dict[str, Any]] = {"original": {"path": model_path, "model": loaded.model}}
     for method in methods:
-        result = harden(loaded.model, method.split("+"), data, HardenOptions(threads=args.threads))
-        path = workdir / f"{model_path.stem}_{method.replace('+', '_')}.onnx"
+        names, _, pct = method.partition("@")  # "ranger@99.9": ranger's bound at that percentile
+        result = harden(loaded.model, names.split("+"), data,
+                        HardenOptions(threads=args.threads, percentile=float(pct) if pct else None))
+        path = workdir / f"{model_path.stem}_{method.replace('+', '_').replace('@', '_p')}.onnx"
         save_model(result.model, path)
         hardened = load_model(path)
         h_index = enumerate_sites(hardened.model, hardened.value_shapes)

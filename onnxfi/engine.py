@@ -45,7 +45,16 @@ from onnxfi.passes.opset import upgrade_opset
 from onnxfi.plan import Experiment
 from onnxfi.runtime import make_session
 from onnxfi.sites import Site, SiteIndex, enumerate_sites
-from onnxfi.suffix import Cut, CutError, boundary, cut_model, is_quantized_weight, weight_start
+from onnxfi.suffix import (
+    Cut,
+    CutError,
+    boundary,
+    cut_model,
+    forward_cone,
+    is_quantized_weight,
+    weight_head,
+    weight_start,
+)
 
 __all__ = ["EngineConfig", "Engine", "classify", "OUTCOMES", "task_metric", "MODES"]
 
@@ -344,6 +353,14 @@ def _noise_bounds(fed: dict[str, np.ndarray], baked: dict[str, np.ndarray]) -> d
     return bounds
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality (NaN payloads and the sign of zero included)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+
+
 def _extreme(value: np.ndarray) -> bool:
     """A faulty weight value near the top of its float range (at or above the square root of the
     largest finite value) or not finite: whether its products overflow depends on the order ORT
@@ -413,10 +430,16 @@ class _SuffixRunner(_SiteRunner):
     forward cone reads exposed; each fault then runs only the cone, fed from that cache.
 
     Activation faults are applied to the cached site tensor in numpy (the same element of every image,
-    as the port does), so no fault node and no opset upgrade is needed. Weight faults feed the faulty
-    weight to the cone, which starts at the weight's consumers. When the site's only consumer is a
-    ReLU, MaxPool or Clip and that node's output on the faulty tensor is bitwise equal to its golden
+    as the port does), so no fault node and no opset upgrade is needed. When the site's only consumer is
+    a ReLU, MaxPool or Clip and that node's output on the faulty tensor is bitwise equal to its golden
     output, the fault is masked and the cone is not run (``shortcuts``).
+
+    Weight faults (``split``): the weight's head (the node computing with it and what ORT fuses into
+    that node, see ``weight_head``) runs as a small session with the faulty weight baked in, the rest of
+    the cone as one shared session fed with the head's output; used where this reproduces the baked
+    cone's fault-free outputs bit for bit. A fault that leaves the head's output bitwise unchanged is
+    masked without running the rest. Elsewhere the weight is fed to the cone, and experiments whose
+    outcome rounding could decide are re-run with the weight baked in (``verified``).
     """
 
     def __init__(self, engine: Engine, site: Site) -> None:
@@ -444,6 +467,13 @@ class _SuffixRunner(_SiteRunner):
         expose = list(dict.fromkeys(boundary(proto, start, [name]) + boundary(proto, bake_start, [name])))
         if not weight:
             expose.append(name)
+        head: tuple[list[int], list[str]] | None = None
+        if weight and not quantized and cfg.verify:
+            try:
+                head = weight_head(proto, name, bake_start)
+                expose.extend(e for e in head[1] if e not in expose)
+            except CutError:
+                head = None
         self.chunks, used = engine.prefix(expose)
         self.cache_bytes = used
         if weight:
@@ -456,9 +486,7 @@ class _SuffixRunner(_SiteRunner):
         cut: Cut = cut_model(proto, start, [name], values)
         self.cut = cut
         self.bake_cut = cut if bake_start == start else cut_model(proto, bake_start, [name], values)
-        # quantized weights never run fed: no fed session
-        self.session = None if quantized else make_session(cut.model.SerializeToString(), cfg.provider,
-                                                           threads=cfg.threads)
+        self.session = None
         self.checkpoint = None
         if cfg.shortcuts and not weight and cut.checkpoint is not None:
             self.checkpoint = make_session(cut.checkpoint.SerializeToString(), cfg.provider, threads=1)
@@ -466,15 +494,86 @@ class _SuffixRunner(_SiteRunner):
         self.baked = quantized
         self.baked_golden: dict[str, np.ndarray] = {}
         self.bounds: dict[str, float] = {}
+        self.split = False  # weights: a baked head session per fault + one shared session for the rest
+        self._head_bytes: bytes | None = None
         t0 = time.perf_counter()
         if quantized:
             self.golden = self._baked_run(self.original)
             engine.fallbacks[site.name] = "quantized weight, computed in integer kernels: one cone session per fault"
+        elif head is not None and self._try_split(proto, bake_start, head, values):
+            self.golden = self.baked_golden
         else:
+            # quantized weights never run fed: no fed session
+            self.session = make_session(cut.model.SerializeToString(), cfg.provider, threads=cfg.threads)
             self.golden = self._suffix_run((lambda c: self.original) if weight else (lambda c: c[name]))
+            if weight:
+                self._measure_rounding()
         self.golden_time = time.perf_counter() - t0
-        if weight and not quantized:
-            self._measure_rounding()
+
+    def _try_split(
+        self, proto: onnx.ModelProto, bake_start: list[str], head: tuple[list[int], list[str]],
+        values: dict[str, np.ndarray],
+    ) -> bool:
+        """Split the baked cone into the weight's head (baked per fault, small) and the rest (one session,
+        every weight in it a prepacked constant), when the split reproduces the baked cone's fault-free
+        outputs bit for bit: then every fault runs exactly as the baked cone would run it, with no fed
+        weight and no rounding question."""
+        nodes, ends = head
+        try:
+            self.head_cut = cut_model(proto, bake_start, [self.site.tensor_name], values, nodes=nodes, outputs=ends)
+            rest_cut = None
+            if forward_cone(proto.graph, ends):
+                rest_cut = cut_model(proto, ends, ends, self.chunks[0])
+        except CutError:
+            return False
+        self.rest_cut = rest_cut
+        self.rest = (make_session(rest_cut.model.SerializeToString(), self.engine.cfg.provider,
+                                  threads=self.engine.cfg.threads) if rest_cut is not None else None)
+        self.baked_golden = self._baked_run(self.original)
+        self.head_golden = self._head_run(self.original)
+        split_golden = self._rest_run(self.head_golden)
+        if not all(_same_bits(split_golden[k], g) for k, g in self.baked_golden.items()):
+            self.rest = None
+            return False
+        self.split = True
+        return True
+
+    def _head_run(self, weight: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The head's outputs per chunk, with ``weight`` baked in (one small session per call)."""
+        cut, name = self.head_cut, self.site.tensor_name
+        if self._head_bytes is None:
+            model = onnx.ModelProto()
+            model.CopyFrom(cut.model)
+            keep = [i for i in model.graph.input if i.name != name]
+            del model.graph.input[:]
+            model.graph.input.extend(keep)
+            self._head_bytes = model.SerializeToString()
+        extra = onnx.ModelProto(graph=onnx.GraphProto(initializer=[onnx.numpy_helper.from_array(weight, name)]))
+        sess = make_session(self._head_bytes + extra.SerializeToString(), self.engine.cfg.provider,
+                            threads=self.engine.cfg.threads)
+        out = []
+        for chunk in self.chunks:
+            feeds = {k: chunk[k] for k in cut.inputs if k != name}
+            out.append({k: np.asarray(v) for k, v in zip(cut.outputs, sess.run(cut.outputs, feeds))})
+        return out
+
+    def _rest_run(self, heads: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.engine.output_names}
+        for chunk, h in zip(self.chunks, heads):
+            got = dict(h)
+            if self.rest is not None and self.rest_cut is not None:
+                feeds = {k: (h[k] if k in h else chunk[k]) for k in self.rest_cut.inputs}
+                got.update(zip(self.rest_cut.outputs, self.rest.run(self.rest_cut.outputs, feeds)))
+            for k in self.engine.output_names:
+                parts[k].append(np.asarray(got[k]) if k in got else chunk[k])
+        return {k: (np.concatenate(v) if len(v) > 1 else v[0]) for k, v in parts.items()}
+
+    def _split_run(self, weight: np.ndarray) -> dict[str, np.ndarray]:
+        heads = self._head_run(weight)
+        if self.engine.cfg.shortcuts and all(_same_bits(h[k], g[k]) for h, g in zip(heads, self.head_golden) for k in g):
+            self.shortcuts += 1  # the fault did not change the head's output: nothing downstream changes
+            return self.golden
+        return self._rest_run(heads)
 
     def _measure_rounding(self) -> None:
         """A weight fed as an input stops ORT from folding it (Conv+BatchNormalization fusion,
@@ -543,6 +642,8 @@ class _SuffixRunner(_SiteRunner):
         if self.site.kind != "weight":
             return self._run_activation(exp), self.golden
         arr = inject_element(self.original, exp.index, exp.fault_obj(), np.random.default_rng(exp.seed))
+        if self.split:
+            return self._split_run(arr), self.golden
         if self.baked:
             return self._baked_run(arr), self.golden
         if not self.engine.cfg.verify:

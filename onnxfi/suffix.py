@@ -21,7 +21,8 @@ import onnx
 from onnx import helper
 
 __all__ = [
-    "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "is_quantized_weight", "CutError", "SHORTCUT_OPS",
+    "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "weight_head", "is_quantized_weight", "CutError",
+    "SHORTCUT_OPS",
 ]
 
 # Single consumers whose output can stay bitwise equal when their input changes (the exact shortcut):
@@ -177,6 +178,67 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
     return start
 
 
+# Nodes ONNX Runtime may fuse into the node that computes with a weight, and so belong to its head:
+# a BatchNormalization folded into a Conv, a bias or residual Add (FusedConv's Z input), a scale Mul,
+# an activation.
+_FUSE_FOLLOW = frozenset({
+    "BatchNormalization", "Add", "Sub", "Mul", "Div", "Sum", "Relu", "Clip", "LeakyRelu", "HardSigmoid",
+    "Sigmoid", "Tanh",
+})
+
+
+def weight_head(model: onnx.ModelProto, name: str, start: Sequence[str], depth: int = 4) -> tuple[list[int], list[str]]:
+    """The *head* of a weight's cone: the nodes of the cone of ``start`` (see :func:`weight_start`) up
+    to the end of the node computing with the weight and the single-consumer chain of nodes ORT may
+    fuse into it (at most ``depth``), as node indices, and the value it ends in. What the rest of the
+    model reads from the head is that value only (else :class:`CutError`).
+
+    Running the head with the weight baked in and the rest of the cone as one shared session fed with
+    the head's output splits the baked cone where ORT's fusions do not reach; whether the split gives
+    the baked cone's outputs bit for bit is for the caller to check on the fault-free weight."""
+    graph = model.graph
+    consts = set(_constant_values(graph, [name])) | {i.name for i in graph.input}
+    chain, users = _weight_users(graph, name, consts)
+    compute = {id(n): n for n in users if any(o and o not in chain for o in n.output)}
+    if len(compute) != 1:
+        raise CutError("the weight is used by several nodes")
+    node = next(iter(compute.values()))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for x in _node_inputs(n):
+            consumers.setdefault(x, []).append(n)
+    outputs = {o.name for o in graph.output}
+    outs = [o for o in node.output if o]
+    if len(outs) != 1:
+        raise CutError(f"{node.op_type} has several outputs")
+    end = outs[0]
+    for _ in range(depth):
+        nxt = consumers.get(end, [])
+        if end in outputs or len(nxt) != 1:
+            break
+        c = nxt[0]
+        c_outs = [o for o in c.output if o]
+        if c.op_type not in _FUSE_FOLLOW or c.domain not in ("", "ai.onnx") or len(c_outs) != 1:
+            break
+        end = c_outs[0]
+    cone = forward_cone(graph, start)
+    needed, head = {end}, []
+    for i in reversed(cone):
+        n = graph.node[i]
+        if any(o in needed for o in n.output if o):
+            head.append(i)
+            needed.update(_node_inputs(n))
+    head.sort()
+    inside = set(head)
+    produced = {o for i in head for o in graph.node[i].output if o} - {end}
+    for i, n in enumerate(graph.node):
+        if i not in inside and any(x in produced for x in _node_inputs(n)):
+            raise CutError(f"{n.op_type} {n.name!r} reads a value inside the weight's head")
+    if produced & outputs:
+        raise CutError("a value inside the weight's head is a model output")
+    return head, [end]
+
+
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"})
 
 
@@ -232,19 +294,23 @@ def cut_model(
     start: Sequence[str],
     fed: Sequence[str],
     samples: dict[str, np.ndarray],
+    nodes: Sequence[int] | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> Cut:
     """The forward cone of ``start`` as a model.
 
     ``fed`` are values the caller feeds itself (the site tensor; for a weight site, the weight, which is
     removed from the initializers). ``samples`` holds one cached array per value the cone may read from
     outside (as produced by a prefix run) and is used for their types; graph inputs keep their own type.
+    ``nodes`` (indices in graph order) and ``outputs`` (values in ``samples``) cut a part of the cone
+    instead, e.g. a weight's head (see :func:`weight_head`).
     """
     graph = model.graph
     if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
         # Subgraphs may read outer values under names the cone analysis sees, but ORT's
         # handling of implicit inputs across a cut is not worth the risk: use the whole model.
         raise CutError("model has control-flow nodes")
-    cone_idx = forward_cone(graph, start)
+    cone_idx = forward_cone(graph, start) if nodes is None else sorted(nodes)
     if not cone_idx:
         raise CutError("nothing reads the site")
     cone = [graph.node[i] for i in cone_idx]
@@ -286,8 +352,13 @@ def cut_model(
             cached.append(name)
         else:
             raise CutError(f"cone reads {name!r}, which is neither cached nor an input")
-    outputs = [o for o in graph.output if o.name in produced]
-    passthrough = [o.name for o in graph.output if o.name not in produced]
+    if outputs is None:
+        out_vi = [o for o in graph.output if o.name in produced]
+        passthrough = [o.name for o in graph.output if o.name not in produced]
+    else:
+        declared = {o.name: o for o in graph.output}
+        out_vi = [declared[n] if n in declared else _value_info(n, samples[n]) for n in outputs]
+        passthrough = []
     # the nodes (and initializers) that compute the needed constants, in graph order
     todo = list(const_needed)
     const_node_ids: set[int] = set()  # indices into graph.node
@@ -305,13 +376,13 @@ def cut_model(
         const_node_ids.add(idx)
         todo.extend(_node_inputs(graph.node[idx]))
     const_nodes = [graph.node[i] for i in sorted(const_node_ids)]
-    sub = helper.make_graph(const_nodes + cone, f"{graph.name}_suffix", inputs, outputs, initializer=keep_inits)
+    sub = helper.make_graph(const_nodes + cone, f"{graph.name}_suffix", inputs, out_vi, initializer=keep_inits)
     keep_vi = [v for v in graph.value_info if v.name in produced]
     sub.value_info.extend(keep_vi)
     suffix = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     suffix.functions.extend(model.functions)
-    checkpoint = _checkpoint(model, start, initializers, samples)
-    return Cut(suffix, input_names, [o.name for o in outputs], passthrough, cached, checkpoint)
+    checkpoint = _checkpoint(model, start, initializers, samples) if nodes is None else None
+    return Cut(suffix, input_names, [o.name for o in out_vi], passthrough, cached, checkpoint)
 
 
 def _checkpoint(

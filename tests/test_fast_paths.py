@@ -214,11 +214,7 @@ def _save_conv_model(tmp_path: Path, nodes: list[Any], inits: list[Any], x_shape
     return str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
 
 
-def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(tmp_path: Path) -> None:
-    """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
-    parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
-    overflow in w * gamma / sigma only when folded. The suffix path feeds the weight and re-runs, with
-    the weight baked in, every experiment whose outcome that could change: outcomes equal naive's."""
+def _conv_bn_relu(tmp_path: Path) -> tuple[str, str]:
     rng = np.random.default_rng(0)
     conv_w = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)
     nodes = [
@@ -231,7 +227,10 @@ def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(tmp_pat
         for n, v in (("g", rng.uniform(0.5, 2, 4)), ("b", rng.normal(size=4)), ("mu", rng.normal(size=4)),
                      ("var", rng.uniform(0.1, 2, 4)))
     ]
-    p, d = _save_conv_model(tmp_path, nodes, inits, [1, 6, 6], [4, 6, 6], rng.normal(size=(16, 1, 6, 6)))
+    return _save_conv_model(tmp_path, nodes, inits, [1, 6, 6], [4, 6, 6], rng.normal(size=(16, 1, 6, 6)))
+
+
+def _equals_naive_on_conv_bn(p: str, d: str) -> Engine:
     eng = Engine(EngineConfig(model_path=p, data_path=d, mode="suffix"))
     naive = Engine(EngineConfig(model_path=p, data_path=d, mode="naive"))
     for site in ("var", "cw"):
@@ -242,8 +241,61 @@ def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(tmp_pat
                 a, b = naive.run(e, True, False), eng.run(e, True, False)
                 assert a["outcome"] == b["outcome"], (site, idx, bit)
                 assert a["metrics"] == b["metrics"], (site, idx, bit)
+    return eng
+
+
+def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
+    parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
+    overflow in w * gamma / sigma only when folded. Where the baked cone cannot be split (here: the split
+    is switched off), the suffix path feeds the weight and re-runs, with the weight baked in, every
+    experiment whose outcome that could change: outcomes equal naive's."""
+    import onnxfi.engine as engine_mod
+
+    def no_head(*a: Any, **k: Any) -> Any:
+        raise engine_mod.CutError("off")
+
+    monkeypatch.setattr(engine_mod, "weight_head", no_head)
+    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path))
     r = eng.runner("var", True, False)
-    assert not r.baked and r.verified >= 3  # at least the three bit-30 flips were re-run baked
+    assert not r.split and not r.baked and r.verified >= 3  # at least the three bit-30 flips were re-run baked
+
+
+def test_weights_run_split_head_and_rest_and_equal_naive(tmp_path: Path) -> None:
+    """The baked cone split after the weight's fused group (Conv + BatchNormalization + Relu): a small
+    head session with the faulty weight baked in, the rest shared. No fed weight, nothing re-run, and
+    faults that leave the head's output unchanged are masked without running the rest."""
+    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path))
+    for site in ("var", "cw"):
+        r = eng.runner(site, True, False)
+        assert r.split and r.verified == 0 and r.session is None
+        ops = [n.op_type for n in r.head_cut.model.graph.node]
+        assert ops == ["Conv", "BatchNormalization", "Relu"]
+        assert r.rest is None  # the Relu output is the model output: nothing after the head
+    # bit 0 of a variance changes sigma by far less than the outputs' rounding: the head output stays equal
+    assert eng.runner("var", True, False).shortcuts >= 1
+
+
+def test_weight_head_ends_after_the_fused_chain_and_refuses_shared_values() -> None:
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])
+    w = onh.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [
+        oh.make_node("Conv", ["x", "w"], ["c"]),
+        oh.make_node("Add", ["c", "x"], ["a"]),  # residual Add: fused into the Conv by ORT
+        oh.make_node("Relu", ["a"], ["r"]),
+        oh.make_node("MaxPool", ["r"], ["y"], kernel_shape=[1, 1]),
+    ]
+    m = oh.make_model(oh.make_graph(nodes, "g", [x], [y], initializer=[w]))
+    from onnxfi.suffix import weight_head
+
+    assert weight_head(m, "w", ["w"]) == ([0, 1, 2], ["r"])
+    nodes.append(oh.make_node("Identity", ["c"], ["y2"]))  # the Conv output is read outside the head
+    m2 = oh.make_model(oh.make_graph(nodes, "g", [x], [y, oh.make_tensor_value_info("y2", TensorProto.FLOAT, None)],
+                                     initializer=[w]))
+    assert weight_head(m2, "w", ["w"]) == ([0], ["c"])  # two consumers: the head ends at the Conv
 
 
 def _qdq_chain() -> onnx.ModelProto:
