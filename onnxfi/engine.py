@@ -49,6 +49,7 @@ from onnxfi.suffix import (
     Cut,
     CutError,
     boundary,
+    cone_macs,
     cut_model,
     forward_cone,
     is_quantized_weight,
@@ -90,6 +91,10 @@ class EngineConfig:
     # suffix mode, weights: re-run with the weight baked in every experiment whose outcome the
     # rounding difference between a fed and a baked weight could change (exact against naive)
     verify: bool = True
+    # suffix mode, float weights: split the baked cone into a per-fault head session and a shared rest
+    # (exact, no re-runs) where that is exact and, with None, where it is estimated to be the faster way
+    # (large models; on small ones a session build costs more than the re-runs it saves)
+    split: bool | None = None
 
 
 def _load_metric(spec: str) -> Callable[..., Any]:
@@ -353,6 +358,20 @@ def _noise_bounds(fed: dict[str, np.ndarray], baked: dict[str, np.ndarray]) -> d
     return bounds
 
 
+# Multiply-adds of one cone run (over all samples) from which splitting a weight's cone pays by default.
+# Measured on 2 cores (bench/RESULTS.md): a head session build costs 2-3 ms on the zoo's small CNNs,
+# more than a fed cone run plus its share of baked re-runs (digits_cnn: 0.2 GMAC per run, fed 562 vs
+# split 345 exp/s); on ResNet-18 (2.4-70 GMAC per run at batch 64) the split is 1.2x (1.4x steady) faster.
+SPLIT_MIN_MACS = 10**9
+
+
+def _split_pays(cone_macs_per_sample: int, samples: int) -> bool:
+    """Whether a weight's cone is split by default: when one run of it is big enough for a head session
+    build per fault to cost less than the baked re-runs it saves. Deterministic (no timing), so that
+    every worker and every rerun of a plan takes the same path and gets the same metrics."""
+    return cone_macs_per_sample * max(1, samples) >= SPLIT_MIN_MACS
+
+
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise equality (NaN payloads and the sign of zero included)."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
@@ -468,7 +487,8 @@ class _SuffixRunner(_SiteRunner):
         if not weight:
             expose.append(name)
         head: tuple[list[int], list[str]] | None = None
-        if weight and not quantized and cfg.verify:
+        if weight and not quantized and cfg.verify and (cfg.split or (cfg.split is None and _split_pays(
+                cone_macs(proto, forward_cone(proto.graph, start), engine.loaded.value_shapes), engine.data.size))):
             try:
                 head = weight_head(proto, name, bake_start)
                 expose.extend(e for e in head[1] if e not in expose)
@@ -581,7 +601,7 @@ class _SuffixRunner(_SiteRunner):
         path) against its own golden, with ``bounds``: how far the fed and the baked cone's fault-free
         outputs are apart; ``run_with_golden`` re-runs baked every experiment that this noise could
         decide. If they differ beyond rounding, every fault gets a baked cone session."""
-        baked_golden = self._baked_run(self.original)
+        baked_golden = self.baked_golden or self._baked_run(self.original)
         with np.errstate(invalid="ignore"):
             bounds = _noise_bounds(self.golden, baked_golden)
         if bounds is None:

@@ -12,6 +12,7 @@ optimizes it with the same passes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from onnx import helper
 
 __all__ = [
     "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "weight_head", "is_quantized_weight", "CutError",
-    "SHORTCUT_OPS",
+    "SHORTCUT_OPS", "cone_macs",
 ]
 
 # Single consumers whose output can stay bitwise equal when their input changes (the exact shortcut):
@@ -237,6 +238,40 @@ def weight_head(model: onnx.ModelProto, name: str, start: Sequence[str], depth: 
     if produced & outputs:
         raise CutError("a value inside the weight's head is a model output")
     return head, [end]
+
+
+def cone_macs(
+    model: onnx.ModelProto, nodes: Iterable[int], shapes: dict[str, tuple[tuple[int | str | None, ...], bool]]
+) -> int:
+    """Multiply-adds per sample of the Conv, ConvTranspose, Gemm and MatMul nodes among ``nodes``, from
+    the statically inferred ``shapes`` (name -> (dims, batched)); a node with an unknown shape counts 0.
+    A rough, deterministic measure of how much work running those nodes is."""
+    graph = model.graph
+    inits = {t.name: list(t.dims) for t in graph.initializer}
+
+    def per_sample(name: str) -> list[int] | None:
+        dims, batched = shapes.get(name, ((), False))
+        d = list(dims[1:] if batched else dims)
+        return [int(x) for x in d] if d and all(isinstance(x, int) and x > 0 for x in d) else None
+
+    total = 0
+    for i in nodes:
+        n = graph.node[i]
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        out = per_sample(n.output[0])
+        w = inits.get(n.input[1])
+        if out is None or not w:
+            continue
+        if n.op_type == "Conv" and len(w) >= 3:
+            total += math.prod(out) * math.prod(w[1:])
+        elif n.op_type == "ConvTranspose" and len(w) >= 3:
+            inp = per_sample(n.input[0])
+            total += math.prod(inp) * math.prod(w[1:]) if inp is not None else 0
+        elif n.op_type in ("Gemm", "MatMul"):
+            total += math.prod(out) * (w[0] if n.op_type == "MatMul" or not any(
+                a.name == "transB" and a.i for a in n.attribute) else w[-1])
+    return total
 
 
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"})

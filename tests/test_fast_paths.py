@@ -93,6 +93,27 @@ def test_suffix_path_matches_naive(model: str, data: str | None, target: str, n:
     assert used
 
 
+SPLIT_CASES = [c for c in CASES if c[2] == "weights"]
+
+
+@pytest.mark.parametrize(("model", "data", "target", "n"), SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_split_weight_path_matches_naive(model: str, data: str | None, target: str, n: int) -> None:
+    """The split path (baked head per fault + shared rest) forced on every float weight site where it
+    reproduces the baked golden: the same outcomes and metrics as naive, and it is taken somewhere."""
+    path = str(ZOO / model)
+    data_path = str(ZOO / "data" / data) if data else None
+    plan = make_plan(path, _three_sites(path, target), ["flip"], None, n, None, 0.99, 0.5, 4, target)
+    _, naive = _run(path, data_path, plan, "naive")
+    eng, fast = _run(path, data_path, plan, "suffix", split=True)
+    for e, a, b in zip(plan.experiments, naive, fast):
+        assert a["outcome"] == b["outcome"], (e, a["outcome"], b["outcome"])
+        assert a["images_changed"] == b["images_changed"]
+        for k in a["metrics"]:
+            assert _close(k, a["metrics"][k], b["metrics"][k]), (e, k, a["metrics"][k], b["metrics"][k])
+    if "int8" not in model:  # quantized weights always run baked
+        assert any(getattr(r, "split", False) for r in eng._runners.values())
+
+
 def test_outcomes_vary_in_the_equality_cases() -> None:
     """The equality test above is only meaningful if its plans mix outcomes: check one of them does."""
     path = str(ZOO / "digits_cnn.onnx")
@@ -230,8 +251,8 @@ def _conv_bn_relu(tmp_path: Path) -> tuple[str, str]:
     return _save_conv_model(tmp_path, nodes, inits, [1, 6, 6], [4, 6, 6], rng.normal(size=(16, 1, 6, 6)))
 
 
-def _equals_naive_on_conv_bn(p: str, d: str) -> Engine:
-    eng = Engine(EngineConfig(model_path=p, data_path=d, mode="suffix"))
+def _equals_naive_on_conv_bn(p: str, d: str, split: bool | None) -> Engine:
+    eng = Engine(EngineConfig(model_path=p, data_path=d, mode="suffix", split=split))
     naive = Engine(EngineConfig(model_path=p, data_path=d, mode="naive"))
     for site in ("var", "cw"):
         for idx in range(3):
@@ -244,21 +265,13 @@ def _equals_naive_on_conv_bn(p: str, d: str) -> Engine:
     return eng
 
 
-def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bn_parameters_run_fed_and_rounding_ambiguous_faults_rerun_baked(tmp_path: Path) -> None:
     """A BatchNormalization after a Conv is folded by ORT when its parameters are constants; with a BN
     parameter fed as an input the arithmetic differs by rounding, and an extreme value (bit 30) can
-    overflow in w * gamma / sigma only when folded. Where the baked cone cannot be split (here: the split
-    is switched off), the suffix path feeds the weight and re-runs, with the weight baked in, every
-    experiment whose outcome that could change: outcomes equal naive's."""
-    import onnxfi.engine as engine_mod
-
-    def no_head(*a: Any, **k: Any) -> Any:
-        raise engine_mod.CutError("off")
-
-    monkeypatch.setattr(engine_mod, "weight_head", no_head)
-    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path))
+    overflow in w * gamma / sigma only when folded. Where the baked cone is not split (here: switched
+    off), the suffix path feeds the weight and re-runs, with the weight baked in, every experiment whose
+    outcome that could change: outcomes equal naive's."""
+    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path), split=False)
     r = eng.runner("var", True, False)
     assert not r.split and not r.baked and r.verified >= 3  # at least the three bit-30 flips were re-run baked
 
@@ -267,7 +280,7 @@ def test_weights_run_split_head_and_rest_and_equal_naive(tmp_path: Path) -> None
     """The baked cone split after the weight's fused group (Conv + BatchNormalization + Relu): a small
     head session with the faulty weight baked in, the rest shared. No fed weight, nothing re-run, and
     faults that leave the head's output unchanged are masked without running the rest."""
-    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path))
+    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path), split=True)
     for site in ("var", "cw"):
         r = eng.runner(site, True, False)
         assert r.split and r.verified == 0 and r.session is None
@@ -276,6 +289,22 @@ def test_weights_run_split_head_and_rest_and_equal_naive(tmp_path: Path) -> None
         assert r.rest is None  # the Relu output is the model output: nothing after the head
     # bit 0 of a variance changes sigma by far less than the outputs' rounding: the head output stays equal
     assert eng.runner("var", True, False).shortcuts >= 1
+
+
+def test_split_by_default_only_for_big_cones(tmp_path: Path) -> None:
+    """split=None splits a weight's cone when one run of it is at least SPLIT_MIN_MACS multiply-adds
+    (deterministic, so every worker takes the same path): not on digits_cnn (0.6 M per image)."""
+    from onnxfi.engine import SPLIT_MIN_MACS, _split_pays
+    from onnxfi.suffix import cone_macs
+
+    m = onnx.load(str(ZOO / "digits_cnn.onnx"))
+    shapes = load_model(str(ZOO / "digits_cnn.onnx")).value_shapes
+    whole = cone_macs(m, range(len(m.graph.node)), shapes)
+    # conv 1->16 3x3, 16->32 3x3 at 8x8, 32->64 3x3 at 4x4, Gemm 64*2*2 -> 10 (numpy of the same formula)
+    assert whole == 64 * 16 * 9 + 64 * 32 * 16 * 9 + 16 * 64 * 32 * 9 + 10 * 256
+    assert not _split_pays(whole, 360) and _split_pays(whole, SPLIT_MIN_MACS // whole + 1)
+    eng = _equals_naive_on_conv_bn(*_conv_bn_relu(tmp_path), split=None)
+    assert not eng.runner("cw", True, False).split
 
 
 def test_weight_head_ends_after_the_fused_chain_and_refuses_shared_values() -> None:
