@@ -251,8 +251,8 @@ def cone_macs(
 
     def per_sample(name: str) -> list[int] | None:
         dims, batched = shapes.get(name, ((), False))
-        d = list(dims[1:] if batched else dims)
-        return [int(x) for x in d] if d and all(isinstance(x, int) and x > 0 for x in d) else None
+        d = [x for x in (dims[1:] if batched else dims) if isinstance(x, int) and x > 0]
+        return d if d and len(d) == len(dims) - int(batched) else None
 
     total = 0
     for i in nodes:
