@@ -99,10 +99,10 @@ def dtype_info_for_numpy(dtype: np.dtype) -> DTypeInfo:
 def to_bits(values: np.ndarray) -> np.ndarray:
     """A copy of ``values`` reinterpreted as unsigned words of the same width."""
     info = dtype_info_for_numpy(values.dtype)
-    return np.ascontiguousarray(values).view(info.word).copy()
+    return np.require(values, requirements="C").view(info.word).copy()  # keeps 0-d arrays 0-d
 
 
 def from_bits(words: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Unsigned words reinterpreted as ``dtype`` (a copy)."""
     info = dtype_info_for_numpy(dtype)
-    return np.ascontiguousarray(words, dtype=info.word).view(info.numpy).copy()
+    return np.require(words, dtype=info.word, requirements="C").view(info.numpy).copy()

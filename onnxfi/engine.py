@@ -374,10 +374,12 @@ def _split_pays(cone_macs_per_sample: int, samples: int) -> bool:
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise equality (NaN payloads and the sign of zero included)."""
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "OUS":
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(np.require(a, requirements="C").reshape(-1).view(np.uint8),
+                               np.require(b, requirements="C").reshape(-1).view(np.uint8)))
 
 
 def _extreme(value: np.ndarray) -> bool:

@@ -324,10 +324,10 @@ class SiteIndex:
             raise SiteError(f"replacement for {site.name} must keep dtype {old.dtype} and shape {old.shape}")
         if where == "initializer":
             value: ir.Value = obj
-            value.const_value = ir.Tensor(np.ascontiguousarray(array), dtype=site.dtype, name=value.name)
+            value.const_value = ir.Tensor(np.require(array, requirements="C"), dtype=site.dtype, name=value.name)
             return
         node = obj[0]
-        tensor = ir.Tensor(np.ascontiguousarray(array), dtype=site.dtype, name=site.tensor_name)
+        tensor = ir.Tensor(np.require(array, requirements="C"), dtype=site.dtype, name=site.tensor_name)
         for k in list(node.attributes):
             if k in _CONST_ATTRS:
                 del node.attributes[k]

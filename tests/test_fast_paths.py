@@ -415,3 +415,25 @@ def test_weight_and_bias_of_a_layer_share_one_prefix_run(tmp_path: Path) -> None
     x = np.load(d)["x"]
     np.testing.assert_allclose(rw.chunks[0]["r0"], np.maximum(0, np.einsum("oc,nchw->nohw", onh.to_array(inits[0])[:, :, 0, 0], x)), rtol=1e-5)
     assert rw.cut.inputs == ["r0", "w"] and rb.cut.inputs == ["r0", "b"]
+
+
+def test_a_scalar_weight_stays_a_scalar_in_the_naive_model() -> None:
+    """A QDQ scale is a 0-d tensor; rewritten as shape [1] it becomes a per-axis scale and ORT computes
+    the layer another way (naive once reported a bit-0 flip of this scale as tolerable while the model
+    with only that bit changed gives the golden outputs)."""
+    import onnx_ir as ir
+
+    path = str(ZOO / "fashion_cnn_int8_qdq.onnx")
+    loaded = load_model(path)
+    index = enumerate_sites(loaded.model, loaded.value_shapes)
+    site = index.get("classifier.2.weight_scale")
+    a = index.weight_array(site)
+    assert a.shape == ()
+    index.set_weight_array(site, a * np.float32(2))
+    t = next(t for t in ir.to_proto(loaded.model).graph.initializer if t.name == "classifier.2.weight_scale")
+    assert list(t.dims) == [] and onh.to_array(t) == a * 2
+    data = str(ZOO / "data" / "fashion_eval.npz")
+    e = Experiment(id=0, site=site.name, kind="weight", index=0, bit=0, fault=BitFlip((0,)).to_dict(), seed=1, round=0)
+    naive = Engine(EngineConfig(model_path=path, data_path=data, mode="naive")).run(e, True, False)
+    fast = Engine(EngineConfig(model_path=path, data_path=data, mode="suffix")).run(e, True, False)
+    assert naive["outcome"] == fast["outcome"] == "masked"

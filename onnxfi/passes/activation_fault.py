@@ -32,7 +32,7 @@ def required_opset(site: Site, fault: Fault) -> int:
 
 
 def _const(name: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
-    tensor = ir.Tensor(np.ascontiguousarray(array), dtype=dtype, name=name)
+    tensor = ir.Tensor(np.require(array, requirements="C"), dtype=dtype, name=name)
     return ir.val(name, tensor.dtype, tensor.shape, const_value=tensor)
 
 
