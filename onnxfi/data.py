@@ -29,11 +29,11 @@ class Dataset:
 
     @property
     def size(self) -> int:
-        first = next(iter(self.feeds.values()), None)
-        return 0 if first is None or first.ndim == 0 else int(first.shape[0])
+        first = next((v for v in self.feeds.values() if v.ndim), None)  # a 0-d input (a flag) has no samples
+        return 0 if first is None else int(first.shape[0])
 
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return {k: v[start:stop] for k, v in self.feeds.items()}
+        return {k: (v[start:stop] if v.ndim else v) for k, v in self.feeds.items()}
 
 
 def _numpy_dtype(dtype: ir.DataType) -> np.dtype:
@@ -90,6 +90,7 @@ def random_data(
             feeds[spec.name] = rng.random(shape) < 0.5
         else:
             raise OnnxfiError(f"cannot make random data for input {spec.name!r} of type {spec.dtype.name}")
+        feeds[spec.name] = np.asarray(feeds[spec.name])  # a 0-d input comes back from numpy as a scalar
     return Dataset(feeds, None, f"random (seed {seed})")
 
 
@@ -154,7 +155,7 @@ def load_data(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Datas
         raise DataError(f"{p.name}: arrays {extra} match no model input (inputs: {names})")
     for spec in specs:
         feeds[spec.name] = _check_compatible(spec, arrays[spec.name], p)
-    sizes = {k: (v.shape[0] if v.ndim else 0) for k, v in feeds.items()}
+    sizes = {k: v.shape[0] for k, v in feeds.items() if v.ndim}  # 0-d inputs go to every batch as they are
     if len(set(sizes.values())) > 1:
         raise DataError(f"{p.name}: inputs have different sample counts {sizes}")
     if labels is not None:

@@ -198,19 +198,21 @@ def classify(
 class _SiteRunner:
     """One site's session: feeds that inject a fault, and the golden outputs of the same session."""
 
-    def __init__(self, engine: Engine, site: Site, needs_bits: bool, needs_values: bool) -> None:
+    def __init__(
+        self, engine: Engine, site: Site, needs_bits: bool, needs_values: bool, rebuild: bool = False
+    ) -> None:
         self.engine, self.site = engine, site
         cfg = engine.cfg
         loaded = load_model(cfg.model_path, cfg.input_shapes, check=False)
         self.extra: dict[str, np.ndarray] = {}
         model: ir.Model = loaded.model
         if site.kind == "weight":
-            if site.graph:  # subgraph weights cannot be fed; rebuild per fault
+            if site.graph or rebuild:  # subgraph weights cannot be fed; rebuild per fault
                 self.mode = "rebuild"
                 self.loaded = loaded
                 self.index = enumerate_sites(loaded.model, loaded.value_shapes)
                 self.original = self.index.weight_array(self.index.get(site.name)).copy()
-                self.session = None
+                self.session = make_session(loaded.model, cfg.provider, threads=cfg.threads)  # the golden
             else:
                 self.mode = "weight"
                 self.original = engine.index.weight_array(site).copy()
@@ -363,6 +365,10 @@ def _noise_bounds(fed: dict[str, np.ndarray], baked: dict[str, np.ndarray]) -> d
 # more than a fed cone run plus its share of baked re-runs (digits_cnn: 0.2 GMAC per run, fed 562 vs
 # split 345 exp/s); on ResNet-18 (2.4-70 GMAC per run at batch 64) the split is 1.2x (1.4x steady) faster.
 SPLIT_MIN_MACS = 10**9
+
+
+class UnfaithfulCut(CutError):
+    """A cut model that does not reproduce the whole model's fault-free outputs bit for bit."""
 
 
 def _split_pays(cone_macs_per_sample: int, samples: int) -> bool:
@@ -531,6 +537,15 @@ class _SuffixRunner(_SiteRunner):
             if weight:
                 self._measure_rounding()
         self.golden_time = time.perf_counter() - t0
+        if weight and cfg.verify and not engine.same_as_model(self.baked_golden or self.golden):
+            # A weight's faults are exact only if this path's baked reference is the whole model's, bit for
+            # bit. It is not when ORT fuses across the cut, or computes a float16 chain in float32 inside
+            # the whole model while a cut rounds the cached boundary to float16. (--no-verify accepts
+            # rounding-level differences. An activation fault materializes the site's tensor on every
+            # path, the naive one included, so its cut is the reference there.)
+            raise UnfaithfulCut("the cut model's fault-free outputs differ from the whole model's (ORT fuses "
+                                "across the cut, or keeps float16 values in float32): one whole-model session "
+                                "per fault")
 
     def _try_split(
         self, proto: onnx.ModelProto, bake_start: list[str], head: tuple[list[int], list[str]],
@@ -755,6 +770,7 @@ class Engine:
         # were rounding-ambiguous, pooled over the sites this engine has run
         self.ambiguity: dict[float, list[int]] = {}
         self._prefixes: OrderedDict[tuple[str, ...], tuple[list[dict[str, np.ndarray]], int]] = OrderedDict()
+        self._model_outputs: list[dict[str, np.ndarray]] | None = None
         self.fallbacks: dict[str, str] = {}  # site -> why the suffix path was not used
         if cfg.mode not in MODES:
             raise OnnxfiError(f"unknown execution mode {cfg.mode!r} (use {', '.join(MODES)})")
@@ -821,6 +837,27 @@ class Engine:
             self._prefixes.popitem(last=False)
         return chunks, used
 
+    def model_outputs(self) -> list[dict[str, np.ndarray]]:
+        """The whole model's fault-free outputs per batch, as the naive path computes them (cached)."""
+        if self._model_outputs is None:
+            sess = make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads)
+            n = max(1, self.data.size)
+            self._model_outputs = [
+                dict(zip(self.output_names, (np.asarray(v) for v in sess.run(
+                    self.output_names, self.data.batch(lo, min(n, lo + self.cfg.batch))))))
+                for lo in range(0, n, self.cfg.batch)
+            ]
+        return self._model_outputs
+
+    def same_as_model(self, outputs: dict[str, np.ndarray]) -> bool:
+        """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs bit for bit."""
+        full = self.model_outputs()
+        for k in self.output_names:
+            want = np.concatenate([c[k] for c in full]) if len(full) > 1 else full[0][k]
+            if not _same_bits(np.asarray(outputs[k]), np.asarray(want)):
+                return False
+        return True
+
     def _values(self) -> dict[str, ir.Value]:
         if self._value_map is None:
             g = self.loaded.model.graph
@@ -837,6 +874,9 @@ class Engine:
         if self.cfg.mode == "suffix":
             try:
                 return _SuffixRunner(self, site)
+            except UnfaithfulCut as e:
+                self.fallbacks[site.name] = str(e)
+                return _SiteRunner(self, site, needs_bits, needs_values, rebuild=site.kind == "weight")
             except CutError as e:
                 self.fallbacks[site.name] = str(e)
         return _SiteRunner(self, site, needs_bits, needs_values)

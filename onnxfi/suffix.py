@@ -174,7 +174,8 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
             for y in _node_inputs(p):
                 if y not in start and y not in constants:  # a shared constant (a QDQ scale) would pull in its other users
                     start.append(y)
-                    back.append(y)
+                    if p.op_type not in _OPERAND_OPS:  # the pattern begins at the Conv/MatMul: stop there, or
+                        back.append(y)  # the cone would recompute an earlier BatchNormalization unfused
         data = back
     return start
 

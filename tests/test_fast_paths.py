@@ -437,3 +437,62 @@ def test_a_scalar_weight_stays_a_scalar_in_the_naive_model() -> None:
     naive = Engine(EngineConfig(model_path=path, data_path=data, mode="naive")).run(e, True, False)
     fast = Engine(EngineConfig(model_path=path, data_path=data, mode="suffix")).run(e, True, False)
     assert naive["outcome"] == fast["outcome"] == "masked"
+
+
+def test_subgraph_weights_and_a_scalar_input_run_in_every_mode(tmp_path: Path) -> None:
+    """Weights inside If branches are rebuilt per fault (they cannot be fed); a 0-d input (the If's
+    condition) goes to every batch whole, from random data and from an .npz. Every mode agrees."""
+    def branch(tag: str, value: float) -> onnx.GraphProto:
+        return oh.make_graph([oh.make_node("Add", ["x", "k"], [f"{tag}_out"])], tag, [],
+                             [oh.make_tensor_value_info(f"{tag}_out", TensorProto.FLOAT, ["N", 2])],
+                             initializer=[onh.from_array(np.full(2, value, np.float32), "k")])
+
+    g = oh.make_graph(
+        [oh.make_node("If", ["cond"], ["y"], then_branch=branch("then", 1.0), else_branch=branch("else", 2.0))],
+        "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2]),
+              oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "if.onnx")
+    np.savez(tmp_path / "d.npz", x=np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), cond=np.array(True))
+    results = {}
+    for data in (None, str(tmp_path / "d.npz")):
+        for mode in ("suffix", "port", "naive"):
+            eng = Engine(EngineConfig(model_path=str(tmp_path / "if.onnx"), data_path=data, mode=mode,
+                                      input_shapes={} if data else {"x": (4, 2)}))
+            rows = []
+            for site in sorted(s.name for s in eng.index.select("weights")):
+                for bit in (0, 30):
+                    e = Experiment(id=0, site=site, kind="weight", index=1, bit=bit,
+                                   fault=BitFlip((bit,)).to_dict(), seed=1, round=0)
+                    rows.append(eng.run(e, True, False)["outcome"])
+            results[(data, mode)] = rows
+        outs = {tuple(v) for (d, _), v in results.items() if d == data}
+        assert len(outs) == 1, results
+    # rows: then-branch k (bits 0, 30), else-branch k; random data has cond False, the .npz cond True:
+    # only the branch taken can change the output
+    rand, npz = results[(None, "naive")], results[(str(tmp_path / "d.npz"), "naive")]
+    assert rand[:2] == ["masked", "masked"] and "masked" not in rand[2:]
+    assert npz[2:] == ["masked", "masked"] and "masked" not in npz[:2]
+
+
+def test_float16_weight_cut_is_unfaithful_and_rebuilds_the_whole_model() -> None:
+    """ORT computes a float16 Conv/BatchNormalization chain in float32 inside the whole model, while a
+    cut rounds its cached boundary to float16: the cut's golden differs from the model's, so the site
+    rebuilds the whole model per fault, and rows equal naive's exactly (metrics too)."""
+    path = str(ZOO / "fashion_cnn_fp16.onnx")
+    data = str(ZOO / "data" / "fashion_eval.npz")
+    site = "features.0.weight"
+    fast = Engine(EngineConfig(model_path=path, data_path=data, mode="suffix"))
+    naive = Engine(EngineConfig(model_path=path, data_path=data, mode="naive"))
+    for idx, bit in ((109, 2), (8, 9), (126, 14), (17, 11)):
+        e = Experiment(id=0, site=site, kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(), seed=1, round=0)
+        assert fast.run(e, True, False) == naive.run(e, True, False), (idx, bit)
+    assert fast.runner(site, True, False).mode == "rebuild"
+    assert "differ from the whole model" in fast.fallbacks[site]
+
+
+def test_weight_start_of_a_batchnorm_stops_at_the_conv_input() -> None:
+    """A BatchNormalization weight's baked cone starts at its Conv's input (so the Conv+BN fusion is
+    whole in it) and no further: one more step back would recompute the previous block's BN unfused."""
+    m = onnx.load(str(ZOO / "digits_cnn.onnx"))
+    assert weight_start(m, "features.4.weight") == ["features.4.weight", "/features/features.2/Relu_output_0"]
