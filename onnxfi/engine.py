@@ -368,7 +368,7 @@ SPLIT_MIN_MACS = 10**9
 
 
 class UnfaithfulCut(CutError):
-    """A cut model that does not reproduce the whole model's fault-free outputs bit for bit."""
+    """A cut model whose fault-free outputs differ from the whole model's beyond rounding."""
 
 
 def _split_pays(cone_macs_per_sample: int, samples: int) -> bool:
@@ -537,14 +537,15 @@ class _SuffixRunner(_SiteRunner):
             if weight:
                 self._measure_rounding()
         self.golden_time = time.perf_counter() - t0
-        if weight and cfg.verify and not engine.same_as_model(self.baked_golden or self.golden):
-            # A weight's faults are exact only if this path's baked reference is the whole model's, bit for
-            # bit. It is not when ORT fuses across the cut, or computes a float16 chain in float32 inside
-            # the whole model while a cut rounds the cached boundary to float16. (--no-verify accepts
-            # rounding-level differences. An activation fault materializes the site's tensor on every
-            # path, the naive one included, so its cut is the reference there.)
-            raise UnfaithfulCut("the cut model's fault-free outputs differ from the whole model's (ORT fuses "
-                                "across the cut, or keeps float16 values in float32): one whole-model session "
+        if weight and cfg.verify and not engine.near_model(self.baked_golden or self.golden):
+            # A cut computes what the whole model computes, up to rounding where ORT fuses across the cut
+            # (a residual Add whose other input the cut reads from the cache: a few units in the last
+            # place). Beyond that -- ORT keeps a float16 chain in float32 inside the whole model while a
+            # cut rounds its cached boundary to float16 -- outcomes and metrics would drift from the
+            # whole model's: rebuild it per fault instead. (--no-verify accepts rounding differences; an
+            # activation fault materializes the site's tensor on every path, naive included.)
+            raise UnfaithfulCut("the cut model's fault-free outputs differ from the whole model's beyond "
+                                "rounding (e.g. float16 that ORT keeps in float32): one whole-model session "
                                 "per fault")
 
     def _try_split(
@@ -849,14 +850,14 @@ class Engine:
             ]
         return self._model_outputs
 
-    def same_as_model(self, outputs: dict[str, np.ndarray]) -> bool:
-        """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs bit for bit."""
+    def near_model(self, outputs: dict[str, np.ndarray]) -> bool:
+        """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs up to
+        rounding (``_noise_bounds``: the same decisions and non-finite values, within 64 units in the
+        last place)."""
         full = self.model_outputs()
-        for k in self.output_names:
-            want = np.concatenate([c[k] for c in full]) if len(full) > 1 else full[0][k]
-            if not _same_bits(np.asarray(outputs[k]), np.asarray(want)):
-                return False
-        return True
+        want = {k: (np.concatenate([c[k] for c in full]) if len(full) > 1 else full[0][k]) for k in self.output_names}
+        with np.errstate(invalid="ignore"):
+            return _noise_bounds({k: np.asarray(outputs[k]) for k in want}, want) is not None
 
     def _values(self) -> dict[str, ir.Value]:
         if self._value_map is None:
