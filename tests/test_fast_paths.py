@@ -496,3 +496,34 @@ def test_weight_start_of_a_batchnorm_stops_at_the_conv_input() -> None:
     whole in it) and no further: one more step back would recompute the previous block's BN unfused."""
     m = onnx.load(str(ZOO / "digits_cnn.onnx"))
     assert weight_start(m, "features.4.weight") == ["features.4.weight", "/features/features.2/Relu_output_0"]
+
+
+def test_split_with_the_head_ending_in_a_model_output_and_a_second_output(tmp_path: Path) -> None:
+    """Two outputs: the weight's head ends in the first (Conv -> Relu = y1), the rest computes the second
+    from it (Conv -> y2). The split path gives naive's rows for faults in both convs' weights."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c1"], ["y1"]),
+        oh.make_node("Conv", ["y1", "w2"], ["y2"]),
+    ]
+    inits = [onh.from_array(rng.normal(size=(3, 2, 3, 3)).astype(np.float32), "w1"),
+             onh.from_array(rng.normal(size=(2, 3, 1, 1)).astype(np.float32), "w2")]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+                      [oh.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 3, 5, 5]),
+                       oh.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 2, 5, 5])], initializer=inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(6, 2, 5, 5)).astype(np.float32))
+    cfg = {"model_path": str(tmp_path / "m.onnx"), "data_path": str(tmp_path / "d.npz")}
+    fast, naive = Engine(EngineConfig(mode="suffix", split=True, **cfg)), Engine(EngineConfig(mode="naive", **cfg))
+    for site in ("w1", "w2"):
+        for idx, bit in ((0, 0), (5, 20), (7, 30), (1, 31)):
+            e = Experiment(id=0, site=site, kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(),
+                           seed=1, round=0)
+            a, b = naive.run(e, True, False), fast.run(e, True, False)
+            assert a["outcome"] == b["outcome"], (site, idx, bit)
+            for k in a["metrics"]:
+                assert _close(k, a["metrics"][k], b["metrics"][k]), (site, idx, bit, k)
+    r1 = fast.runner("w1", True, False)
+    assert r1.split and r1.rest is not None and r1.head_cut.outputs == ["y1"]
+    assert fast.runner("w2", True, False).split
