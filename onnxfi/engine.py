@@ -92,8 +92,8 @@ class EngineConfig:
     # rounding difference between a fed and a baked weight could change (exact against naive)
     verify: bool = True
     # suffix mode, float weights: split the baked cone into a per-fault head session and a shared rest
-    # (exact, no re-runs) where that is exact and, with None, where it is estimated to be the faster way
-    # (large models; on small ones a session build costs more than the re-runs it saves)
+    # (exact, no re-runs) where that reproduces the baked cone; None: only where one cone run is at least
+    # SPLIT_MIN_MACS (on small models a session build per fault costs more than the re-runs it saves)
     split: bool | None = None
 
 
@@ -530,8 +530,7 @@ class _SuffixRunner(_SiteRunner):
             engine.fallbacks[site.name] = "quantized weight, computed in integer kernels: one cone session per fault"
         elif head is not None and self._try_split(proto, bake_start, head, values):
             self.golden = self.baked_golden
-        else:
-            # quantized weights never run fed: no fed session
+        else:  # the fed cone (activations, and weights that are not split); quantized weights never get here
             self.session = make_session(cut.model.SerializeToString(), cfg.provider, threads=cfg.threads)
             self.golden = self._suffix_run((lambda c: self.original) if weight else (lambda c: c[name]))
             if weight:
