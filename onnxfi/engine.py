@@ -474,7 +474,7 @@ class _SuffixRunner(_SiteRunner):
         self.mode = "suffix"
         self.shortcuts = 0
         self.verified = 0  # weight experiments run with the weight baked in although the site runs fed
-        self._bake_bytes: bytes | None = None
+        self._bake_bytes: dict[int, bytes] = {}  # id(cut) -> the cut serialized without the site input
         cfg = engine.cfg
         if site.graph:
             raise CutError("site is inside a subgraph")
@@ -523,7 +523,6 @@ class _SuffixRunner(_SiteRunner):
         self.baked_golden: dict[str, np.ndarray] = {}
         self.bounds: dict[str, float] = {}
         self.split = False  # weights: a baked head session per fault + one shared session for the rest
-        self._head_bytes: bytes | None = None
         t0 = time.perf_counter()
         if quantized:
             self.golden = self._baked_run(self.original)
@@ -578,16 +577,7 @@ class _SuffixRunner(_SiteRunner):
     def _head_run(self, weight: np.ndarray) -> list[dict[str, np.ndarray]]:
         """The head's outputs per chunk, with ``weight`` baked in (one small session per call)."""
         cut, name = self.head_cut, self.site.tensor_name
-        if self._head_bytes is None:
-            model = onnx.ModelProto()
-            model.CopyFrom(cut.model)
-            keep = [i for i in model.graph.input if i.name != name]
-            del model.graph.input[:]
-            model.graph.input.extend(keep)
-            self._head_bytes = model.SerializeToString()
-        extra = onnx.ModelProto(graph=onnx.GraphProto(initializer=[onnx.numpy_helper.from_array(weight, name)]))
-        sess = make_session(self._head_bytes + extra.SerializeToString(), self.engine.cfg.provider,
-                            threads=self.engine.cfg.threads)
+        sess = self._baked_session(weight, cut)
         out = []
         for chunk in self.chunks:
             feeds = {k: chunk[k] for k in cut.inputs if k != name}
@@ -633,22 +623,25 @@ class _SuffixRunner(_SiteRunner):
         assert self.checkpoint is not None
         return bytes(np.asarray(self.checkpoint.run(None, {self.site.tensor_name: x})[0]).tobytes())
 
-    def _baked_session(self, weight: np.ndarray) -> Any:
-        """A session of the baked cone with ``weight`` as an initializer instead of an input.
+    def _baked_session(self, weight: np.ndarray, cut: Cut | None = None) -> Any:
+        """A session of ``cut`` (default: the baked cone) with ``weight`` as an initializer instead of
+        an input.
 
-        The cone without the site input is serialized once; a serialized ModelProto holding only the
+        The cut without the site input is serialized once; a serialized ModelProto holding only the
         initializer is appended per fault (protobuf merges repeated fields of concatenated messages),
-        so a fault costs the weight's bytes, not a copy of the cone's."""
-        if self._bake_bytes is None:
+        so a fault costs the weight's bytes, not a copy of the cut's."""
+        cut = cut if cut is not None else self.bake_cut
+        head = self._bake_bytes.get(id(cut))
+        if head is None:
             model = onnx.ModelProto()
-            model.CopyFrom(self.bake_cut.model)
+            model.CopyFrom(cut.model)
             keep = [i for i in model.graph.input if i.name != self.site.tensor_name]
             del model.graph.input[:]
             model.graph.input.extend(keep)
-            self._bake_bytes = model.SerializeToString()
+            head = self._bake_bytes[id(cut)] = model.SerializeToString()
         extra = onnx.ModelProto(graph=onnx.GraphProto(
             initializer=[onnx.numpy_helper.from_array(weight, self.site.tensor_name)]))
-        return make_session(self._bake_bytes + extra.SerializeToString(), self.engine.cfg.provider,
+        return make_session(head + extra.SerializeToString(), self.engine.cfg.provider,
                             threads=self.engine.cfg.threads)
 
     def _suffix_run(
@@ -771,6 +764,7 @@ class Engine:
         self.ambiguity: dict[float, list[int]] = {}
         self._prefixes: OrderedDict[tuple[str, ...], tuple[list[dict[str, np.ndarray]], int]] = OrderedDict()
         self._model_outputs: list[dict[str, np.ndarray]] | None = None
+        self._model_time = 0.0
         self.fallbacks: dict[str, str] = {}  # site -> why the suffix path was not used
         if cfg.mode not in MODES:
             raise OnnxfiError(f"unknown execution mode {cfg.mode!r} (use {', '.join(MODES)})")
@@ -837,16 +831,19 @@ class Engine:
             self._prefixes.popitem(last=False)
         return chunks, used
 
-    def model_outputs(self) -> list[dict[str, np.ndarray]]:
-        """The whole model's fault-free outputs per batch, as the naive path computes them (cached)."""
-        if self._model_outputs is None:
+    def model_outputs(self, fresh: bool = False) -> list[dict[str, np.ndarray]]:
+        """The whole model's fault-free outputs per batch, as the naive path computes them (cached, or
+        from a new session with ``fresh``; ``_model_time`` is how long the run took, without the build)."""
+        if self._model_outputs is None or fresh:
             sess = make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads)
             n = max(1, self.data.size)
+            t0 = time.perf_counter()
             self._model_outputs = [
                 dict(zip(self.output_names, (np.asarray(v) for v in sess.run(
                     self.output_names, self.data.batch(lo, min(n, lo + self.cfg.batch))))))
                 for lo in range(0, n, self.cfg.batch)
             ]
+            self._model_time = time.perf_counter() - t0
         return self._model_outputs
 
     def near_model(self, outputs: dict[str, np.ndarray]) -> bool:
@@ -892,13 +889,9 @@ class Engine:
 
     def clean_summary(self) -> dict[str, Any]:
         """Metrics of the fault-free model on the campaign data (full session, no ports)."""
-        sess = make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads)
-        runner = _SiteRunner.__new__(_SiteRunner)
-        runner.engine, runner.session = self, sess
-        t0 = time.perf_counter()
-        outs = runner._run({})
-        elapsed = time.perf_counter() - t0
-        gold = outs[self.primary]
+        chunks = self.model_outputs(fresh=True)  # a cold run each call (timeouts, bench); kept for the cuts
+        elapsed = self._model_time
+        gold = np.concatenate([c[self.primary] for c in chunks]) if len(chunks) > 1 else chunks[0][self.primary]
         task = self.task or metrics.detect_task(gold.shape, gold.dtype)
         self.task = task
         name, value = task_metric(task, gold, gold, self.data.labels)

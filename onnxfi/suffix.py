@@ -91,15 +91,21 @@ _OPERAND_OPS = frozenset({
 })
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes reading it (subgraph reads included), in graph order."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for x in _node_inputs(node):
+            consumers.setdefault(x, []).append(node)
+    return consumers
+
+
 def _weight_users(
     graph: onnx.GraphProto, name: str, consts: set[str]
 ) -> tuple[set[str], list[onnx.NodeProto]]:
     """The weight's chain (the weight and what weight transforms of it with constant other inputs
     make of it) and every node that uses a value of the chain."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for x in _node_inputs(node):
-            consumers.setdefault(x, []).append(node)
+    consumers = _consumers(graph)
     chain = {name}
     users: list[onnx.NodeProto] = []
     frontier = [name]
@@ -205,10 +211,7 @@ def weight_head(model: onnx.ModelProto, name: str, start: Sequence[str], depth: 
     if len(compute) != 1:
         raise CutError("the weight is used by several nodes")
     node = next(iter(compute.values()))
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for x in _node_inputs(n):
-            consumers.setdefault(x, []).append(n)
+    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     outs = [o for o in node.output if o]
     if len(outs) != 1:
