@@ -11,7 +11,6 @@ counts every experiment that changed a decision, SDC-5 and critical ones include
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
 from onnxfi.faults import BitFault, BitFlip, Fault, RandomValue, SetValue, inject_element
 from onnxfi.model import LoadedModel, load_model
+from onnxfi.outcomes import OUTCOMES, classify, load_metric, task_metric
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
 from onnxfi.passes.fault_port import (
     PORT_AND,
@@ -61,7 +61,6 @@ __all__ = ["EngineConfig", "Engine", "classify", "OUTCOMES", "task_metric", "MOD
 
 MODES = ("suffix", "port", "naive")
 
-OUTCOMES = ("masked", "tolerable", "sdc1", "sdc5", "critical", "due", "crash")
 
 
 @dataclass
@@ -95,104 +94,6 @@ class EngineConfig:
     # (exact, no re-runs) where that reproduces the baked cone; None: only where one cone run is at least
     # SPLIT_MIN_MACS (on small models a session build per fault costs more than the re-runs it saves)
     split: bool | None = None
-
-
-def _load_metric(spec: str) -> Callable[..., Any]:
-    mod, _, fn = spec.partition(":")
-    if not mod or not fn:
-        raise OnnxfiError(f"bad --metric {spec!r}: use module:function")
-    try:
-        return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError) as e:
-        raise OnnxfiError(f"cannot load --metric {spec!r}: {e}") from None
-
-
-def task_metric(task: str, out: np.ndarray, golden: np.ndarray, labels: np.ndarray | None) -> tuple[str, float]:
-    """The metric that decides 'critical': accuracy / mIoU vs labels, else agreement with golden."""
-    if task == "classification":
-        if labels is not None:
-            return "accuracy", metrics.accuracy(out, labels)
-        return "golden_agreement", float(np.mean(metrics.top1(out) == metrics.top1(golden)))
-    if task == "segmentation":
-        ref = labels if labels is not None else golden
-        pred = out
-        k = out.shape[1] if out.ndim == 4 else None
-        return "miou", metrics.miou(pred, ref, k)
-    return "max_abs_error", metrics.error_stats(out, golden)["max_abs"]
-
-
-def classify(
-    golden: dict[str, np.ndarray],
-    faulty: dict[str, np.ndarray],
-    primary: str,
-    task: str,
-    labels: np.ndarray | None,
-    critical: float,
-    custom: Callable[..., Any] | None = None,
-) -> dict[str, Any]:
-    """Outcome flags and metrics of one experiment (see the module docstring)."""
-    masked = all(
-        faulty[k].shape == g.shape and faulty[k].tobytes() == g.tobytes() for k, g in golden.items()
-    )
-    out, gold = faulty[primary], golden[primary]
-    due = False
-    for k, g in golden.items():
-        f = faulty[k]
-        if f.dtype.kind == "f" and not np.all(np.isfinite(f)) and np.all(np.isfinite(g)):
-            due = True
-    m: dict[str, Any] = {}
-    sdc1 = sdc5 = False
-    changed_frac = 0.0
-    if masked:
-        pass
-    elif task == "classification":
-        m = metrics.classification_metrics(out, gold, labels)
-        s1 = metrics.sdc1_mask(out, gold)
-        sdc1 = bool(s1.any())
-        sdc5 = bool(metrics.sdc5_mask(out, gold).any())
-        changed_frac = float(s1.mean())
-    elif task == "segmentation":
-        m = metrics.segmentation_metrics(out, gold, labels)
-        sdc1 = m.get("pixel_change_frac", 0.0) > 0
-        pred = out.argmax(1) if out.ndim == 4 else out
-        gpred = gold.argmax(1) if gold.ndim == 4 else gold
-        changed_frac = float(np.mean(np.any((pred != gpred).reshape(len(pred), -1), axis=1)))
-    else:
-        m = {f"err_{k}": v for k, v in metrics.error_stats(out, gold).items()}
-        sdc1 = True
-        changed_frac = float(np.mean(np.any((out != gold).reshape(len(out), -1), axis=1))) if out.ndim else 1.0
-    name, clean = task_metric(task, gold, gold, labels)
-    value = clean if masked else task_metric(task, out, gold, labels)[1]
-    m["task_metric"] = name
-    m["task_value"] = float(value)
-    m["clean_value"] = float(clean)
-    drop = (value - clean) if name == "max_abs_error" else (clean - value)
-    is_critical = (not masked) and (not np.isfinite(value) or drop > critical) and name != "max_abs_error"
-    if custom is not None:
-        res = custom(faulty, golden, labels)
-        if isinstance(res, dict):
-            m.update({f"custom_{k}": float(v) for k, v in res.items()})
-        else:
-            m["custom"] = float(res)
-    if due:
-        outcome = "due"
-    elif is_critical:
-        outcome = "critical"
-    elif sdc5:
-        outcome = "sdc5"
-    elif sdc1:
-        outcome = "sdc1"
-    elif masked:
-        outcome = "masked"
-    else:
-        outcome = "tolerable"
-    clean_m = {k: (float(v) if isinstance(v, (int, float, np.floating)) and np.isfinite(v) else
-                   (None if isinstance(v, (int, float, np.floating)) else v)) for k, v in m.items()}
-    return {
-        "outcome": outcome, "masked": masked, "sdc1": sdc1 or sdc5, "sdc5": sdc5,
-        "critical": is_critical, "due": due, "crash": False, "images_changed": changed_frac,
-        "metrics": clean_m,
-    }
 
 
 class _SiteRunner:
@@ -753,7 +654,7 @@ class Engine:
         if primary not in outs:
             raise OnnxfiError(f"--output {primary!r} is not a model output ({', '.join(outs)})")
         self.primary = primary
-        self.custom = _load_metric(cfg.metric) if cfg.metric else None
+        self.custom = load_metric(cfg.metric) if cfg.metric else None
         self._runners: OrderedDict[tuple[str, bool, bool], _SiteRunner] = OrderedDict()
         self.task: str = cfg.task or ""
         self._proto: onnx.ModelProto | None = None

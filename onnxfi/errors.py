@@ -10,6 +10,7 @@ __all__ = [
     "DataError",
     "ProviderError",
     "SessionError",
+    "first_line",
 ]
 
 
@@ -41,3 +42,10 @@ class ProviderError(OnnxfiError):
 
 class SessionError(OnnxfiError):
     """ONNX Runtime cannot load or run the model (IR version, operator or type it does not support)."""
+
+
+def first_line(e: BaseException, limit: int | None = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when the message is empty),
+    cut to ``limit`` characters: how every error is shown in one line."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if limit is None else text[:limit]

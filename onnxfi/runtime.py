@@ -6,12 +6,13 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxfi.errors import ProviderError, SessionError
+from onnxfi.errors import ProviderError, SessionError, first_line
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -21,6 +22,8 @@ __all__ = [
     "RunResult",
     "run_session",
     "model_bytes",
+    "run_batches",
+    "concat_batches",
 ]
 
 PROVIDER_NAMES: dict[str, str] = {
@@ -94,7 +97,7 @@ def make_session(
 
 def _ort_message(e: BaseException) -> str:
     """ORT's message without its source-location prefix, first line only."""
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = first_line(e, limit=None)
     if ") " in text and "onnxruntime::" in text:  # "... model.cc:256 onnxruntime::Model::Model(...) Unsupported ..."
         text = text.rsplit(") ", 1)[1]
     return text[:300]
@@ -133,3 +136,38 @@ def run_session(
     except Exception as e:  # ORT raises its own exception types, each with a one-line message
         raise SessionError(f"onnxruntime cannot run the model: {_ort_message(e)}") from None
     return RunResult(dict(zip(names, (np.asarray(o) for o in outs))), times)
+
+
+class _Batched(Protocol):
+    size: int
+
+    def batch(self, start: int, stop: int) -> dict[str, np.ndarray]: ...
+
+
+def concat_batches(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-batch outputs joined along the sample axis; a 0-d output (no sample axis) is taken from the first."""
+    first = chunks[0]
+    return {k: (np.concatenate([np.asarray(c[k]) for c in chunks]) if len(chunks) > 1 and np.ndim(first[k])
+                else np.asarray(first[k])) for k in first}
+
+
+def run_batches(
+    session: Any,
+    data: _Batched,
+    output_names: Sequence[str] | None = None,
+    batch: int = 256,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every requested output of ``session`` on ``data`` (anything with ``size`` and ``batch(start, stop)``,
+    such as :class:`onnxfi.data.Dataset`), ``batch`` samples per run, joined along the sample axis.
+
+    ``extra`` feeds are added to every batch (fault ports, a fed weight). The one loop every caller uses."""
+    names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
+    n = max(1, data.size)
+    chunks = []
+    for start in range(0, n, max(1, batch)):
+        feeds = data.batch(start, min(n, start + batch))
+        if extra:
+            feeds.update(extra)
+        chunks.append(dict(zip(names, session.run(names, feeds))))
+    return concat_batches(chunks)

@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import FLAGS, ROW_FIELDS
 
 __all__ = ["Store", "ROW_FIELDS"]
 
-ROW_FIELDS = (
-    "id", "site", "kind", "idx", "bit", "fault", "outcome", "masked", "sdc1", "sdc5", "critical", "due",
-    "crash", "images_changed", "metrics", "time_s", "worker", "error",
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,7 +21,7 @@ CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, idx INTEGER NOT NULL, bit INTEGER,
     fault TEXT NOT NULL, outcome TEXT NOT NULL, masked INTEGER NOT NULL, sdc1 INTEGER NOT NULL,
     sdc5 INTEGER NOT NULL, critical INTEGER NOT NULL, due INTEGER NOT NULL, crash INTEGER NOT NULL,
-    images_changed REAL, metrics TEXT, time_s REAL, worker INTEGER, error TEXT
+    images_changed REAL, metrics TEXT, time_s REAL, worker INTEGER, error TEXT, path TEXT
 );
 """
 
@@ -39,6 +36,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+            if "path" not in cols:  # a database written before rows recorded their execution path
+                self.db.execute("ALTER TABLE results ADD COLUMN path TEXT")
         except sqlite3.DatabaseError as e:
             raise OnnxfiError(f"{self.path}: not an onnxfi results database ({e})") from None
 
@@ -86,6 +86,6 @@ class Store:
         for values in cur:
             row = dict(zip(ROW_FIELDS, values))
             row["metrics"] = json.loads(row["metrics"] or "{}")
-            for flag in ("masked", "sdc1", "sdc5", "critical", "due", "crash"):
+            for flag in FLAGS:
                 row[flag] = bool(row[flag])
             yield row

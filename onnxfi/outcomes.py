@@ -1,0 +1,174 @@
+"""The outcome vocabulary, defined once: outcome names and labels, the flags counted as rates, the
+classification of one experiment's outputs against golden, and the result row every executor stores.
+
+Outcomes (one per experiment, first match wins): ``crash`` (runtime error, dead worker, timeout),
+``due`` (NaN/Inf in an output the golden run had finite), ``critical`` (task metric drops by more than
+the threshold), ``sdc5`` (golden top-1 leaves the top-5 on some image), ``sdc1`` (top-1 changes on
+some image; for segmentation: some pixel's class), ``tolerable`` (outputs differ, no decision does),
+``masked`` (every output bitwise equal to golden). The flags are kept separately, so the SDC-1 rate
+counts every experiment that changed a decision, SDC-5 and critical ones included.
+
+This module imports only numpy and :mod:`onnxfi.metrics`: the store, the summary, the gate and the
+report use it without loading ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxfi import metrics
+from onnxfi.errors import OnnxfiError
+
+if TYPE_CHECKING:
+    from onnxfi.plan import Experiment
+
+__all__ = [
+    "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
+    "classify", "task_metric", "load_metric", "experiment_row", "crash_row",
+]
+
+# exclusive outcomes, least to most severe
+OUTCOMES = ("masked", "tolerable", "sdc1", "sdc5", "critical", "due", "crash")
+# per-experiment flags counted as rates (they overlap: a critical fault is also an SDC-1)
+FLAGS = ("sdc1", "sdc5", "critical", "due", "crash", "masked")
+# the flags a gate limits and the population-weighted estimate covers
+FAILURE_FLAGS = ("sdc1", "sdc5", "critical", "due", "crash")
+OUTCOME_LABELS: Mapping[str, str] = {
+    "masked": "masked", "tolerable": "tolerable", "sdc1": "SDC-1", "sdc5": "SDC-5", "critical": "critical",
+    "due": "DUE", "crash": "crash",
+}
+FLAG_LABELS: Mapping[str, str] = {k: OUTCOME_LABELS[k] for k in FLAGS}
+FLAG_DESCRIPTIONS: Mapping[str, str] = {
+    "sdc1": "SDC-1 (top-1 changed on some input)",
+    "sdc5": "SDC-5 (golden top-1 left the top-5)",
+    "critical": "critical (task metric drop > {critical})",
+    "due": "DUE (NaN/Inf in outputs)",
+    "crash": "crash / timeout",
+    "masked": "masked (outputs bitwise equal)",
+}
+# one stored row per experiment; ``path`` is how the engine executed it (see onnxfi.engine.paths)
+ROW_FIELDS = (
+    "id", "site", "kind", "idx", "bit", "fault", "outcome", "masked", "sdc1", "sdc5", "critical", "due",
+    "crash", "images_changed", "metrics", "time_s", "worker", "error", "path",
+)
+
+
+def experiment_row(
+    exp: Experiment, result: Mapping[str, Any], *, time_s: float | None, worker: int | None,
+    error: str | None = None, path: str | None = None,
+) -> dict[str, Any]:
+    """The stored row of one experiment: its address, ``result`` (from :func:`classify`) and bookkeeping."""
+    row = dict(result)
+    row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
+                "fault": exp.fault_obj().spec(), "time_s": time_s, "worker": worker, "error": error,
+                "path": path if path is not None else row.get("path")})
+    return row
+
+
+def crash_row(exp: Experiment, reason: str, worker: int | None, path: str | None = None) -> dict[str, Any]:
+    """The row of an experiment that crashed, hung or killed its worker (``reason`` says which)."""
+    result = {"outcome": "crash", "masked": False, "sdc1": False, "sdc5": False, "critical": False,
+              "due": False, "crash": True, "images_changed": None, "metrics": {}}
+    return experiment_row(exp, result, time_s=None, worker=worker, error=reason[:500], path=path)
+
+
+def load_metric(spec: str) -> Callable[..., Any]:
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn:
+        raise OnnxfiError(f"bad --metric {spec!r}: use module:function")
+    try:
+        return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as e:
+        raise OnnxfiError(f"cannot load --metric {spec!r}: {e}") from None
+
+
+def task_metric(task: str, out: np.ndarray, golden: np.ndarray, labels: np.ndarray | None) -> tuple[str, float]:
+    """The metric that decides 'critical': accuracy / mIoU vs labels, else agreement with golden."""
+    if task == "classification":
+        if labels is not None:
+            return "accuracy", metrics.accuracy(out, labels)
+        return "golden_agreement", float(np.mean(metrics.top1(out) == metrics.top1(golden)))
+    if task == "segmentation":
+        ref = labels if labels is not None else golden
+        pred = out
+        k = out.shape[1] if out.ndim == 4 else None
+        return "miou", metrics.miou(pred, ref, k)
+    return "max_abs_error", metrics.error_stats(out, golden)["max_abs"]
+
+
+def classify(
+    golden: dict[str, np.ndarray],
+    faulty: dict[str, np.ndarray],
+    primary: str,
+    task: str,
+    labels: np.ndarray | None,
+    critical: float,
+    custom: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Outcome flags and metrics of one experiment (see the module docstring)."""
+    masked = all(
+        faulty[k].shape == g.shape and faulty[k].tobytes() == g.tobytes() for k, g in golden.items()
+    )
+    out, gold = faulty[primary], golden[primary]
+    due = False
+    for k, g in golden.items():
+        f = faulty[k]
+        if f.dtype.kind == "f" and not np.all(np.isfinite(f)) and np.all(np.isfinite(g)):
+            due = True
+    m: dict[str, Any] = {}
+    sdc1 = sdc5 = False
+    changed_frac = 0.0
+    if masked:
+        pass
+    elif task == "classification":
+        m = metrics.classification_metrics(out, gold, labels)
+        s1 = metrics.sdc1_mask(out, gold)
+        sdc1 = bool(s1.any())
+        sdc5 = bool(metrics.sdc5_mask(out, gold).any())
+        changed_frac = float(s1.mean())
+    elif task == "segmentation":
+        m = metrics.segmentation_metrics(out, gold, labels)
+        sdc1 = m.get("pixel_change_frac", 0.0) > 0
+        pred = out.argmax(1) if out.ndim == 4 else out
+        gpred = gold.argmax(1) if gold.ndim == 4 else gold
+        changed_frac = float(np.mean(np.any((pred != gpred).reshape(len(pred), -1), axis=1)))
+    else:
+        m = {f"err_{k}": v for k, v in metrics.error_stats(out, gold).items()}
+        sdc1 = True
+        changed_frac = float(np.mean(np.any((out != gold).reshape(len(out), -1), axis=1))) if out.ndim else 1.0
+    name, clean = task_metric(task, gold, gold, labels)
+    value = clean if masked else task_metric(task, out, gold, labels)[1]
+    m["task_metric"] = name
+    m["task_value"] = float(value)
+    m["clean_value"] = float(clean)
+    drop = (value - clean) if name == "max_abs_error" else (clean - value)
+    is_critical = (not masked) and (not np.isfinite(value) or drop > critical) and name != "max_abs_error"
+    if custom is not None:
+        res = custom(faulty, golden, labels)
+        if isinstance(res, dict):
+            m.update({f"custom_{k}": float(v) for k, v in res.items()})
+        else:
+            m["custom"] = float(res)
+    if due:
+        outcome = "due"
+    elif is_critical:
+        outcome = "critical"
+    elif sdc5:
+        outcome = "sdc5"
+    elif sdc1:
+        outcome = "sdc1"
+    elif masked:
+        outcome = "masked"
+    else:
+        outcome = "tolerable"
+    clean_m = {k: (float(v) if isinstance(v, (int, float, np.floating)) and np.isfinite(v) else
+                   (None if isinstance(v, (int, float, np.floating)) else v)) for k, v in m.items()}
+    return {
+        "outcome": outcome, "masked": masked, "sdc1": sdc1 or sdc5, "sdc5": sdc5,
+        "critical": is_critical, "due": due, "crash": False, "images_changed": changed_frac,
+        "metrics": clean_m,
+    }
