@@ -38,9 +38,10 @@ import numpy as np
 
 import onnxfi
 import onnxfi.engine as fi_engine
-from onnxfi.engine import Engine, EngineConfig, classify
+from onnxfi.engine import Engine, EngineConfig
 from onnxfi.metrics import detect_task
 from onnxfi.model import load_model
+from onnxfi.outcomes import classify
 from onnxfi.plan import Experiment, Plan, make_plan
 from onnxfi.runtime import make_session
 from onnxfi.sites import Site, enumerate_sites
@@ -163,6 +164,7 @@ def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> Mode
     per_site: dict[str, SiteTiming] = {}
     outcomes: dict[str, str] = {}
     sdc1: dict[str, bool] = {}
+    reasons: dict[str, str] = {}
     for exp in exps:
         st = per_site.get(exp.site)
         if st is None:
@@ -170,23 +172,25 @@ def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> Mode
             ts = time.perf_counter()
             runner = engine.runner(exp.site, True, False)
             st.setup_s = time.perf_counter() - ts
-            st.golden_s = getattr(runner, "golden_time", None)
-            st.path = str(getattr(runner, "mode", mode)) + ("/split" if getattr(runner, "split", False) else "")
+            st.golden_s = runner.golden_time
+            info = runner.describe()
+            st.path = info["path"]
+            if info["reason"]:
+                reasons[exp.site] = info["reason"]
         ts = time.perf_counter()
         row = engine.run(exp, needs_bits=True, needs_values=False)
         st.run_s += time.perf_counter() - ts
         st.n += 1
-        runner = engine.runner(exp.site, True, False)  # counts before the runner may be evicted
-        st.shortcuts = int(getattr(runner, "shortcuts", 0))
-        st.verified = int(getattr(runner, "verified", 0))
+        st.shortcuts += row["path"].endswith("+shortcut")
+        st.verified += row["path"].endswith("+baked")
         outcomes[str(exp.id)] = row["outcome"]
         sdc1[str(exp.id)] = bool(row["sdc1"])
     total = time.perf_counter() - t0
-    notes = [f"{s}: {why}" for s, why in getattr(engine, "fallbacks", {}).items()]
+    notes = [f"{s}: {why}" for s, why in reasons.items()]
     verified = sum(st.verified for st in per_site.values())
     if verified:
         notes.insert(0, f"{verified}/{len(exps)} experiments re-run with the weight baked in (rounding-ambiguous)")
-    split = [st for st in per_site.values() if st.path.endswith("/split")]
+    split = [st for st in per_site.values() if st.path == "cone-split"]
     if split:
         notes.insert(0, f"{len(split)}/{len(per_site)} sites split (baked head per fault + shared rest), "
                         f"{sum(st.shortcuts for st in split)} experiments masked at the head's output")

@@ -139,7 +139,8 @@ def run_session(
 
 
 class _Batched(Protocol):
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]: ...
 

@@ -29,8 +29,9 @@ from campaign_helpers import (
 )
 
 from onnxfi.campaign import run_campaign
-from onnxfi.engine import OUTCOMES, Engine, EngineConfig, classify
+from onnxfi.engine import Engine, EngineConfig
 from onnxfi.model import load_model
+from onnxfi.outcomes import OUTCOMES, classify
 from onnxfi.plan import Experiment, Plan, make_plan
 from onnxfi.sites import enumerate_sites
 from onnxfi.store import Store
@@ -206,6 +207,7 @@ def test_naive_mode_gives_the_same_rows_as_port_mode(
         got = row_key(r)
         want.pop("id")
         got.pop("id")
+        assert got.pop("path") == "naive" and want.pop("path") != "naive"
         assert got == want
     assert {r["outcome"] for r in rows} >= {"masked", "tolerable", "sdc1", "sdc5", "critical", "due"}
 

@@ -3,7 +3,10 @@
 A fault in a tensor can only change what is computed from it. The *forward cone* of a set of values is
 every main-graph node that consumes one of them, directly or through other cone nodes. Running only the
 cone, with every tensor it reads from outside the cone fed from a cached fault-free run (the *prefix*),
-gives exactly the outputs of the whole faulty model, at the cost of the downstream part only.
+gives the outputs of the whole faulty model at the cost of the downstream part only: the same
+computation, equal up to rounding where ONNX Runtime fuses nodes across the cut (the engine checks each
+cut against the whole model and falls back where they differ beyond rounding, see
+:mod:`onnxfi.engine.rounding`).
 
 Everything here works on ``onnx.ModelProto`` (node order, names and initializers are kept as they are),
 so the suffix session sees the same nodes, weights and attributes as the full model and ONNX Runtime

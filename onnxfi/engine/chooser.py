@@ -1,0 +1,95 @@
+"""The one place that chooses how a site's experiments run: ``choose`` returns the runner, its path and
+the reason the faster paths were not taken, so every row can say how it was computed.
+
+Paths, fastest first: ``cone`` (prefix cache + forward-cone session; weights: fed, with rounding-ambiguous
+experiments re-run baked), ``cone-split`` (weights: a small baked head per fault + a shared rest),
+``cone-baked`` (weights: a baked cone session per fault), ``port`` (one whole-model session per site with
+the site opened to faults), ``rebuild`` (weights: a whole-model session per fault), ``naive`` (the
+reference: the model reloaded and rewritten per fault)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxfi.cut import CutError, cone_macs, forward_cone
+from onnxfi.engine.base import Runner
+from onnxfi.engine.cone import (
+    ActivationConeRunner,
+    BakedWeightRunner,
+    FedWeightRunner,
+    FoldedWeight,
+    SplitWeightRunner,
+    UnfaithfulCut,
+    WeightCone,
+)
+from onnxfi.engine.context import Context
+from onnxfi.engine.naive import NaiveRunner, RebuildRunner
+from onnxfi.engine.port import PortRunner
+from onnxfi.engine.rounding import split_pays
+from onnxfi.sites import Site
+
+__all__ = ["Choice", "choose"]
+
+
+@dataclass
+class Choice:
+    runner: Runner
+    path: str
+    reason: str  # why a faster path was not taken ("" when none was skipped)
+
+
+def choose(ctx: Context, site: Site, needs_bits: bool, needs_values: bool) -> Choice:
+    """Build the runner for ``site`` on the fastest path that computes what the naive path computes."""
+    mode = ctx.cfg.mode
+    runner: Runner
+    if mode == "naive":
+        runner = NaiveRunner(ctx, site)
+    elif mode == "suffix":
+        try:
+            runner = _cone(ctx, site)
+        except UnfaithfulCut as e:
+            runner = (RebuildRunner(ctx, site, str(e)) if site.kind == "weight"
+                      else PortRunner(ctx, site, needs_bits, needs_values, str(e)))
+        except CutError as e:
+            runner = _whole(ctx, site, needs_bits, needs_values, str(e))
+    else:
+        runner = _whole(ctx, site, needs_bits, needs_values, "")
+    return Choice(runner, runner.path, runner.reason)
+
+
+def _whole(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason: str) -> Runner:
+    if site.kind == "weight" and site.graph:  # subgraph weights cannot be fed: rebuild per fault
+        return RebuildRunner(ctx, site, "; ".join(r for r in (reason, "weight inside a subgraph") if r))
+    return PortRunner(ctx, site, needs_bits, needs_values, reason)
+
+
+def _cone(ctx: Context, site: Site) -> Runner:
+    if site.kind != "weight":
+        return ActivationConeRunner(ctx, site)
+    cfg = ctx.cfg
+    if site.graph:
+        raise CutError("site is inside a subgraph")
+    proto = ctx.model_proto()
+    want_head = cfg.verify and (cfg.split or (cfg.split is None and split_pays(
+        cone_macs(proto, forward_cone(proto.graph, [site.tensor_name]), ctx.loaded.value_shapes), ctx.data.size)))
+    cone = WeightCone(ctx, site, bool(want_head))
+    runner: BakedWeightRunner | SplitWeightRunner | FedWeightRunner
+    if cone.quantized:
+        runner = BakedWeightRunner(cone, "quantized weight, computed in integer kernels: one cone session per fault")
+    else:
+        split: SplitWeightRunner | None = None
+        if cone.head is not None:
+            try:
+                split = SplitWeightRunner(cone)
+            except CutError:
+                split = None
+        if split is not None:
+            runner = split
+        else:
+            try:
+                runner = FedWeightRunner(cone)
+            except FoldedWeight as e:
+                runner = BakedWeightRunner(cone, str(e), golden=e.reference)
+    if cfg.verify:
+        runner.check_faithful()
+    return runner

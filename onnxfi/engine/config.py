@@ -1,0 +1,42 @@
+"""Engine configuration: everything a worker needs to rebuild the same sessions and data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EngineConfig", "MODES"]
+
+# "suffix": per site, a cached fault-free prefix and a session of the site's forward cone only (falls
+# back to "port" where a model cannot be cut); "port": one whole-model session per site with the site
+# opened to faults; "naive": a rebuilt model and a new session per fault.
+MODES = ("suffix", "port", "naive")
+
+
+@dataclass
+class EngineConfig:
+    """Everything a worker needs to rebuild the same sessions and data (plain, picklable values)."""
+
+    model_path: str
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    check: bool = True
+    data_path: str | None = None
+    samples: int = 16
+    data_seed: int = 0
+    provider: str = "cpu"
+    threads: int | None = None
+    batch: int = 256
+    output: str | None = None
+    task: str | None = None
+    critical: float = 0.01
+    metric: str | None = None
+    mode: str = "suffix"  # one of MODES
+    max_sessions: int = 8
+    cache_mb: float = 1024.0
+    shortcuts: bool = True
+    # suffix mode, weights: re-run with the weight baked in every experiment whose outcome the
+    # rounding difference between a fed and a baked weight could change (exact against naive)
+    verify: bool = True
+    # suffix mode, float weights: split the baked cone into a per-fault head session and a shared rest
+    # (exact, no re-runs) where that reproduces the baked cone; None: only where one cone run is at least
+    # rounding.SPLIT_MIN_MACS (on small models a session build per fault costs more than the re-runs it saves)
+    split: bool | None = None

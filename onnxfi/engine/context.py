@@ -1,0 +1,139 @@
+"""What every runner works from: the model and its sites, the data, and the fault-free runs shared
+between sites (the prefix cache and the whole model's outputs). Runners receive a Context; they never
+import the engine, and report their path through their own attributes, never into the context."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxfi.cut import CutError
+from onnxfi.data import Dataset, load_data, random_data
+from onnxfi.engine.config import EngineConfig
+from onnxfi.engine.rounding import AmbiguityPool, noise_bounds
+from onnxfi.errors import OnnxfiError
+from onnxfi.model import LoadedModel, load_model
+from onnxfi.runtime import concat_batches, make_session, run_batches
+from onnxfi.sites import SiteIndex, enumerate_sites
+
+__all__ = ["Context"]
+
+Chunks = list[dict[str, np.ndarray]]
+
+
+class Context:
+    """The model, its site index and the campaign data, loaded once per worker, and the fault-free runs
+    that several sites share."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.loaded: LoadedModel = load_model(cfg.model_path, cfg.input_shapes, check=cfg.check)
+        self.index: SiteIndex = enumerate_sites(self.loaded.model, self.loaded.value_shapes)
+        specs = self.loaded.inputs()
+        self.data: Dataset = (
+            load_data(cfg.data_path, specs) if cfg.data_path
+            else random_data(specs, seed=cfg.data_seed, batch=cfg.samples, overrides=cfg.input_shapes)
+        )
+        self.output_names: list[str] = [o.name for o in self.loaded.outputs()]
+        primary = cfg.output or self.output_names[0]
+        if primary not in self.output_names:
+            raise OnnxfiError(f"--output {primary!r} is not a model output ({', '.join(self.output_names)})")
+        self.primary = primary
+        self.ambiguity = AmbiguityPool()
+        self.prefix_runs = 0  # fault-free prefix runs made (sites that expose the same values share one)
+        self._proto: onnx.ModelProto | None = None
+        self._model_bytes: bytes | None = None
+        self._value_map: dict[str, ir.Value] | None = None
+        self._prefixes: OrderedDict[tuple[str, ...], tuple[Chunks, int]] = OrderedDict()
+        self._model_outputs: Chunks | None = None
+        self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
+
+    def session(self, model: ir.Model | bytes, threads: int | None = None) -> Any:
+        """A session on the configured provider (``threads`` overrides the configured thread count)."""
+        return make_session(model, self.cfg.provider, threads=threads if threads is not None else self.cfg.threads)
+
+    def run_all(self, session: Any, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every model output of ``session`` over all the data (``extra`` feeds added to each batch)."""
+        return run_batches(session, self.data, self.output_names, self.cfg.batch, extra)
+
+    def model_proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            self._proto = ir.to_proto(self.loaded.model)
+        return self._proto
+
+    def prefix(self, expose: list[str]) -> tuple[Chunks, int]:
+        """The fault-free model run once over the data with ``expose`` added to its outputs: per batch,
+        every output, every exposed value and the feeds; and the bytes the exposed values take.
+
+        Sites that need the same values (a layer's weight and bias) share one run. The exposed model is
+        the serialized model with a ModelProto holding only the extra graph outputs appended (protobuf
+        merges the repeated field), so no copy of the model is made."""
+        key = tuple(sorted(expose))
+        hit = self._prefixes.get(key)
+        if hit is not None:
+            self._prefixes.move_to_end(key)
+            return hit
+        cfg = self.cfg
+        if self._model_bytes is None:
+            self._model_bytes = self.model_proto().SerializeToString()
+        present = {o.name for o in self.model_proto().graph.output}
+        extra = [ir.serde.serialize_value(self._values()[n]) for n in expose if n not in present]
+        source = self._model_bytes + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
+        prefix = make_session(source, cfg.provider, threads=cfg.threads)
+        out_names = [o.name for o in prefix.get_outputs()]
+        chunks: Chunks = []
+        budget = cfg.cache_mb * 2**20
+        used = 0
+        n = max(1, self.data.size)
+        for lo in range(0, n, cfg.batch):
+            feeds = self.data.batch(lo, min(n, lo + cfg.batch))
+            outs = dict(zip(out_names, prefix.run(out_names, feeds)))
+            chunk = {k: np.asarray(v) for k, v in outs.items()}
+            chunk.update(feeds)
+            used += sum(v.nbytes for k, v in outs.items() if k in expose)
+            if used > budget:
+                raise CutError(f"prefix cache needs more than --cache-mb {cfg.cache_mb:g}")
+            chunks.append(chunk)
+        self.prefix_runs += 1
+        self._prefixes[key] = (chunks, used)
+        while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
+            self._prefixes.popitem(last=False)
+        return chunks, used
+
+    def model_outputs(self, fresh: bool = False) -> Chunks:
+        """The whole model's fault-free outputs per batch, as the naive path computes them (cached, or
+        from a new session with ``fresh``; ``model_time`` is how long the run took, without the build)."""
+        if self._model_outputs is None or fresh:
+            sess = make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads)
+            n = max(1, self.data.size)
+            t0 = time.perf_counter()
+            self._model_outputs = [
+                dict(zip(self.output_names, (np.asarray(v) for v in sess.run(
+                    self.output_names, self.data.batch(lo, min(n, lo + self.cfg.batch))))))
+                for lo in range(0, n, self.cfg.batch)
+            ]
+            self.model_time = time.perf_counter() - t0
+        return self._model_outputs
+
+    def near_model(self, outputs: dict[str, np.ndarray]) -> bool:
+        """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs up to
+        rounding (``rounding.noise_bounds``: the same decisions and non-finite values, within 64 units
+        in the last place)."""
+        want = concat_batches(self.model_outputs())
+        with np.errstate(invalid="ignore"):
+            return noise_bounds({k: np.asarray(outputs[k]) for k in want}, want) is not None
+
+    def _values(self) -> dict[str, ir.Value]:
+        if self._value_map is None:
+            g = self.loaded.model.graph
+            vals: dict[str, ir.Value] = {v.name: v for v in g.inputs if v.name}
+            vals.update({k: v for k, v in g.initializers.items() if k})
+            for node in g:
+                vals.update({o.name: o for o in node.outputs if o is not None and o.name})
+            self._value_map = vals
+        return self._value_map

@@ -1,0 +1,85 @@
+"""The engine: per worker, the model and data loaded once (a Context), a bounded cache of site runners
+chosen by :func:`onnxfi.engine.chooser.choose`, and each experiment's outputs classified into a row."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from onnxfi import metrics
+from onnxfi.engine.base import Runner
+from onnxfi.engine.chooser import choose
+from onnxfi.engine.config import MODES, EngineConfig
+from onnxfi.engine.context import Context
+from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import classify, load_metric, task_metric
+from onnxfi.plan import Experiment
+from onnxfi.runtime import concat_batches
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Loads the model and data once, keeps recent site runners, runs and classifies experiments."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        if cfg.mode not in MODES:
+            raise OnnxfiError(f"unknown execution mode {cfg.mode!r} (use {', '.join(MODES)})")
+        self.cfg = cfg
+        self.ctx = Context(cfg)
+        self.custom = load_metric(cfg.metric) if cfg.metric else None
+        self.task: str = cfg.task or ""
+        self._runners: OrderedDict[tuple[str, bool, bool], Runner] = OrderedDict()
+
+    @property
+    def primary(self) -> str:
+        """The output that decisions (top-1, pixel classes, the task metric) are taken from."""
+        return self.ctx.primary
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.ctx.output_names
+
+    def runner(self, site_name: str, needs_bits: bool, needs_values: bool) -> Runner:
+        """The runner of a site (built on first use, kept while the session and cache budgets allow)."""
+        key = (site_name, needs_bits, needs_values)
+        r = self._runners.get(key)
+        if r is not None:
+            self._runners.move_to_end(key)
+            return r
+        r = choose(self.ctx, self.ctx.index.get(site_name), needs_bits, needs_values).runner
+        self._runners[key] = r
+        while len(self._runners) > 1 and (
+            len(self._runners) > self.cfg.max_sessions
+            or sum(x.cache_bytes for x in self._runners.values()) > self.cfg.cache_mb * 2**20
+        ):
+            self._runners.popitem(last=False)
+        if not self.task:
+            gold = r.golden[self.primary]
+            self.task = metrics.detect_task(gold.shape, gold.dtype)
+        return r
+
+    def golden(self, site_name: str) -> dict[str, np.ndarray]:
+        return self.runner(site_name, False, False).golden
+
+    def run(self, exp: Experiment, needs_bits: bool, needs_values: bool) -> dict[str, Any]:
+        """Run one experiment: its outcome flags and metrics (see :func:`onnxfi.outcomes.classify`) and
+        ``path``, how it was executed (see :mod:`onnxfi.engine.chooser`)."""
+        res = self.runner(exp.site, needs_bits, needs_values).result(exp)
+        row = classify(res.golden, res.outputs, self.primary, self.task, self.ctx.data.labels, self.cfg.critical,
+                       self.custom)
+        row["path"] = res.path
+        return row
+
+    def clean_summary(self) -> dict[str, Any]:
+        """Metrics of the fault-free model on the campaign data (full session, no ports)."""
+        chunks = self.ctx.model_outputs(fresh=True)  # a cold run each call (timeouts, bench); kept for the cuts
+        gold = concat_batches(chunks)[self.primary]
+        task = self.task or metrics.detect_task(gold.shape, gold.dtype)
+        self.task = task
+        data = self.ctx.data
+        name, value = task_metric(task, gold, gold, data.labels)
+        return {"task": task, "metric": name, "value": value, "golden_time_s": self.ctx.model_time,
+                "samples": data.size, "data": data.source, "primary_output": self.primary}
