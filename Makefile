@@ -6,7 +6,7 @@ OUT ?= out
 DEMO_MODEL ?= digits_cnn
 DEMO_DATA ?= model_zoo/data/digits_eval.npz
 
-.PHONY: install demo test lint typecheck clean bench
+.PHONY: install demo test lint typecheck clean bench sysdeps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy onnxfi
 
-test: install lint typecheck
+# System packages the tests need: headless Chromium for the HTML report test. Installed from Debian's
+# packages when running as root (as CI does); otherwise the README names it and the report test says so.
+sysdeps:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (Debian package) for the HTML report test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "note: tests/test_report.py needs Chromium (Debian: sudo apt-get install chromium)"; fi
+
+test: install sysdeps lint typecheck
 	$(VENV)/bin/pytest
 
 clean:

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnxfi.bits import DTypeInfo, dtype_info
 from onnxfi.errors import SiteError
 from onnxfi.faults import BitFault, BitMasks, Fault, RandomValue, SetValue
+from onnxfi.passes._intercept import intercept
 from onnxfi.passes.opset import model_opset
 from onnxfi.sites import Site
 
@@ -88,15 +89,8 @@ class InsertActivationFault(ir.passes.InPlacePass):
         if model_opset(model) < need:
             raise SiteError(f"this fault needs opset {need}; upgrade the model first (upgrade_opset)")
         graph = model.graph
-        x = next(
-            (o for n in graph for o in n.outputs if o is not None and o.name == self.site.tensor_name), None
-        )
-        if x is None:
-            raise SiteError(f"no activation named {self.site.tensor_name!r} in the main graph")
-        name = x.name or ""
-        x.name = f"{name}__{_PREFIX}_clean"
-        faulty = ir.Value(name=name, shape=x.shape, type=x.type)
-        x.replace_all_uses_with(faulty, replace_graph_outputs=True)
+        x, faulty = intercept(graph, self.site.tensor_name, _PREFIX)
+        name = faulty.name or ""
 
         nodes: list[ir.Node] = []
         per_image = self.site.batched and self.image is None

@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from onnxfi.bits import dtype_info
 from onnxfi.errors import SiteError
+from onnxfi.passes._intercept import intercept
 from onnxfi.sites import Site
 
 __all__ = ["AddActivationPort", "WeightToInput", "identity_ports", "PORT_AND", "PORT_OR", "PORT_XOR", "PORT_SEL", "PORT_VAL"]
@@ -67,13 +68,7 @@ class AddActivationPort(ir.passes.InPlacePass):
         graph = model.graph
         site = self.site
         info = dtype_info(site.dtype)
-        x = next((o for n in graph for o in n.outputs if o is not None and o.name == site.tensor_name), None)
-        if x is None:
-            raise SiteError(f"no activation named {site.tensor_name!r} in the main graph")
-        name = x.name or ""
-        x.name = f"{name}__onnxfi_clean"
-        y = ir.Value(name=name, shape=x.shape, type=x.type)
-        x.replace_all_uses_with(y, replace_graph_outputs=True)
+        x, y = intercept(graph, site.tensor_name, "onnxfi")
         shape = ir.Shape(list(self.port_shape()))
         word_t = ir.DataType.from_numpy(info.word) if info.is_float else site.dtype
         nodes: list[ir.Node] = []
