@@ -53,7 +53,7 @@ import onnxruntime
 
 import onnxfi
 from onnxfi import metrics, zoo
-from onnxfi.campaign import aggregate, run_campaign
+from onnxfi.campaign import run_campaign
 from onnxfi.data import Dataset, load_data
 from onnxfi.engine import EngineConfig
 from onnxfi.harden import HardenOptions, harden, run_outputs
@@ -64,6 +64,7 @@ from onnxfi.runtime import make_session
 from onnxfi.sites import Site, SiteIndex, enumerate_sites
 from onnxfi.stats import rate_with_ci
 from onnxfi.store import Store
+from onnxfi.summary import aggregate
 
 CONFIDENCE = 0.99
 RATES = ("sdc1", "due", "critical")

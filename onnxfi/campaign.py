@@ -1,10 +1,10 @@
-"""Campaigns: plan -> store -> executor -> rows -> rates with confidence intervals (overall, per layer, per bit)."""
+"""Campaigns: plan -> executor -> store -> summary; every finished experiment is stored as soon as it is known."""
 
 from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,17 +13,16 @@ import onnx
 import onnxruntime
 
 from onnxfi import __version__
-from onnxfi.engine import OUTCOMES, EngineConfig
+from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.executors import make_executor
 from onnxfi.faults import BitFault
 from onnxfi.plan import Plan
-from onnxfi.stats import Rate, margin_reached, normal_quantile, rate_with_ci
+from onnxfi.stats import margin_reached
 from onnxfi.store import Store
+from onnxfi.summary import aggregate
 
-__all__ = ["CampaignResult", "run_campaign", "compare_plan", "aggregate", "RATE_KEYS", "versions"]
-
-RATE_KEYS = ("sdc1", "sdc5", "critical", "due", "crash", "masked")
+__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -55,98 +54,7 @@ def _site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
     return lambda site: (flags[site][0], flags[site][1])
 
 
-def _rate(k: int, n: int, confidence: float) -> dict[str, Any]:
-    r: Rate = rate_with_ci(k, n, confidence)
-    return {"k": k, "n": n, "rate": r.rate, "lo": r.lo, "hi": r.hi}
-
-
-def _weighted_rate(strata: list[tuple[int, int, int]], confidence: float) -> dict[str, float]:
-    """Population-weighted rate over sampled strata (k, n, N), normal interval.
-
-    The variance uses p~ = (k + 0.5) / (n + 1) per stratum so that strata with few samples and
-    a 0 or 1 observed rate still contribute uncertainty (the plain estimator would give a zero-width
-    interval). Unsampled strata are not represented: see ``strata_sampled`` / ``strata_total``.
-    """
-    z = normal_quantile(0.5 + confidence / 2)
-    total = sum(pop for _, _, pop in strata) or 1
-    rate = var = 0.0
-    for k, n, pop in strata:
-        w = pop / total
-        rate += w * k / n
-        pt = (k + 0.5) / (n + 1)
-        fpc = (pop - n) / (pop - 1) if pop > 1 else 0.0
-        var += w * w * pt * (1 - pt) / n * fpc
-    half = z * var ** 0.5
-    return {"rate": rate, "lo": max(0.0, rate - half), "hi": min(1.0, rate + half)}
-
-
-def aggregate(plan: Plan, rows: Iterable[dict[str, Any]], confidence: float | None = None) -> dict[str, Any]:
-    """Rates with Wilson intervals: overall (raw and population-weighted), per layer, per bit, layer x bit."""
-    conf = confidence or plan.confidence
-    rows = list(rows)
-    n = len(rows)
-    counts = {k: sum(1 for r in rows if r[k]) for k in RATE_KEYS}
-    outcome_counts = {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES}
-    pop = {(s.site, s.bit, s.fault): s.population for s in plan.strata}
-    by_stratum: dict[tuple[str, int | None], list[dict[str, Any]]] = defaultdict(list)
-    by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_bit: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_stratum[(r["site"], r["bit"])].append(r)
-        by_site[r["site"]].append(r)
-        if r["bit"] is not None:
-            by_bit[int(r["bit"])].append(r)
-    strata_pop: dict[tuple[str, int | None], int] = defaultdict(int)
-    for (site, bit, _), p in pop.items():
-        strata_pop[(site, bit)] += p
-    weighted: dict[str, Any] = {}
-    for key in ("sdc1", "sdc5", "critical", "due", "crash"):
-        strata = [(sum(1 for r in rs if r[key]), len(rs), strata_pop.get(k, len(rs))) for k, rs in by_stratum.items()]
-        if strata:
-            weighted[key] = _weighted_rate(strata, conf)
-    weighted["strata_sampled"] = len(by_stratum)
-    weighted["strata_total"] = len(strata_pop)
-    def table(groups: dict[Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        out = []
-        for key, rs in groups.items():
-            entry: dict[str, Any] = {"key": key, "n": len(rs)}
-            for k in RATE_KEYS:
-                entry[k] = _rate(sum(1 for r in rs if r[k]), len(rs), conf)
-            changed = [r["images_changed"] for r in rs if r["images_changed"] is not None]
-            entry["images_changed_mean"] = float(np.mean(changed)) if changed else 0.0
-            out.append(entry)
-        return out
-    layers = table(by_site)
-    layers.sort(key=lambda e: (-e["sdc1"]["rate"], -e["due"]["rate"], str(e["key"])))
-    bits = table(by_bit)
-    bits.sort(key=lambda e: -int(e["key"]))
-    layer_bit = [
-        {"site": site, "bit": bit, **_rate(sum(1 for r in rs if r["sdc1"] or r["due"]), len(rs), conf)}
-        for (site, bit), rs in by_stratum.items() if bit is not None
-    ]
-    changed_all = [r["images_changed"] for r in rows if r["images_changed"] is not None]
-    metric_vals: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        for k, v in (r.get("metrics") or {}).items():
-            if isinstance(v, (int, float)) and k in ("task_value", "accuracy", "miou", "mean_entropy",
-                                                     "mean_msp", "ece", "pixel_accuracy"):
-                metric_vals[k].append(float(v))
-    return {
-        "experiments": n,
-        "planned": len(plan.experiments),
-        "confidence": conf,
-        "outcomes": outcome_counts,
-        "rates": {k: _rate(counts[k], n, conf) for k in RATE_KEYS},
-        "rates_weighted": weighted,
-        "images_changed_mean": float(np.mean(changed_all)) if changed_all else 0.0,
-        "layers": layers,
-        "bits": bits,
-        "layer_bit": layer_bit,
-        "metrics_mean": {k: float(np.mean(v)) for k, v in metric_vals.items()},
-    }
-
-
-def compare_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+def matched_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
     """``plan`` for another model (e.g. a hardened copy): the same experiments, matched by site name.
 
     Every site of the plan must exist in the other model with the same kind, element type and number of

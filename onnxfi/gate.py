@@ -1,5 +1,8 @@
 """CI gate: a gate config (TOML) + a campaign summary -> checks (measured, upper bound, limit) -> pass/fail, JUnit.
 
+This module only reads configs and evaluates summaries (no engine, no ONNX Runtime); running the
+configured campaign is :func:`onnxfi.gate_campaign.run_gate`.
+
 A config is the ``[gate]`` table of an ``onnxfi.toml`` or the ``[tool.onnxfi.gate]`` table of a
 ``pyproject.toml``. Paths in it are relative to the file that holds it. Rate checks use the *upper*
 end of a one-sided Wilson bound at ``thresholds.confidence`` (default 0.95): a rate passes only when the
@@ -23,12 +26,13 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import FAILURE_FLAGS, FLAG_LABELS
 from onnxfi.stats import wilson_interval
 
 if sys.version_info >= (3, 11):
@@ -38,7 +42,6 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "GATE_SCHEMA",
-    "GATE_RATES",
     "PlanSpec",
     "LayerRule",
     "BaselineSpec",
@@ -51,21 +54,18 @@ __all__ = [
     "upper_bound",
     "load_baseline",
     "evaluate",
-    "run_gate",
     "junit_xml",
     "write_junit",
 ]
 
 GATE_SCHEMA = "onnxfi.gate/1"
-GATE_RATES = ("sdc1", "sdc5", "critical", "due", "crash")
-_RATE_LABELS = {"sdc1": "SDC-1", "sdc5": "SDC-5", "critical": "critical", "due": "DUE", "crash": "crash"}
 _BASELINE_SCHEMAS = ("onnxfi.gate/1", "onnxfi.analyze/1", "onnxfi.results/1")
 
 _GATE_KEYS = {"model", "data", "samples", "provider", "threads", "workers", "db", "plan", "thresholds",
               "layers", "baseline", "clean_reference", "input_shapes", "output", "task", "batch", "mode"}
 _PLAN_KEYS = {"target", "bits", "faults", "margin", "confidence", "p", "seed", "sites", "ops", "fault", "critical"}
-_THRESHOLD_KEYS = set(GATE_RATES) | {"clean_min", "clean_drop", "confidence"}
-_BASELINE_KEYS = set(GATE_RATES) | {"file", "clean_drop"}
+_THRESHOLD_KEYS = set(FAILURE_FLAGS) | {"clean_min", "clean_drop", "confidence"}
+_BASELINE_KEYS = set(FAILURE_FLAGS) | {"file", "clean_drop"}
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def _str_list(v: Any, where: str) -> tuple[str, ...]:
 
 
 def _rate_limits(table: Mapping[str, Any], where: str) -> dict[str, float]:
-    return {k: _float(table[k], f"{where}.{k}", 0.0, 1.0) for k in GATE_RATES if k in table}
+    return {k: _float(table[k], f"{where}.{k}", 0.0, 1.0) for k in FAILURE_FLAGS if k in table}
 
 
 def _path(v: Any, where: str, base: Path) -> str:
@@ -348,7 +348,7 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
         where = f"[gate.layers] {pattern!r}"
         if not isinstance(rule, dict):
             raise OnnxfiError(f"{where} must be a table like {{ sdc1 = 0.5 }}")
-        _unknown(rule, set(GATE_RATES), where)
+        _unknown(rule, set(FAILURE_FLAGS), where)
         try:
             re.compile(pattern)
         except re.error as e:
@@ -452,19 +452,19 @@ def evaluate(
     conf = cfg.confidence
     checks: list[Check] = []
     rates = summary["rates"]
-    for key in GATE_RATES:
+    for key in FAILURE_FLAGS:
         if key in cfg.limits:
-            checks.append(_rate_check(f"rate.{key}", "rate", f"{_RATE_LABELS[key]} rate", rates[key],
+            checks.append(_rate_check(f"rate.{key}", "rate", f"{FLAG_LABELS[key]} rate", rates[key],
                                       cfg.limits[key], conf))
     for rule in cfg.layers:
         matched = [e for e in summary.get("layers", []) if re.fullmatch(rule.pattern, str(e["key"]))]
         if not matched:
             warn.append(f"layer rule {rule.pattern!r} matched no sampled layer")
         for e in sorted(matched, key=lambda e: str(e["key"])):
-            for key in GATE_RATES:
+            for key in FAILURE_FLAGS:
                 if key in rule.limits:
                     checks.append(_rate_check(f"layer.{e['key']}.{key}", "layer",
-                                              f"{e['key']} {_RATE_LABELS[key]} rate", e[key], rule.limits[key], conf))
+                                              f"{e['key']} {FLAG_LABELS[key]} rate", e[key], rule.limits[key], conf))
     metric = str(clean.get("metric") or "metric")
     value = clean.get("value")
     have_clean = isinstance(value, (int, float)) and math.isfinite(float(value))
@@ -509,113 +509,17 @@ def evaluate(
         bplan = baseline.get("plan") or {}
         if plan is not None and bplan and _plan_digest(bplan) != _plan_digest(plan):
             warn.append(f"baseline plan differs: {_plan_digest(bplan)} vs this run's {_plan_digest(plan)}")
-        for key in GATE_RATES:
+        for key in FAILURE_FLAGS:
             if key not in cfg.baseline.deltas:
                 continue
             if key not in brates:
                 raise OnnxfiError(f"baseline {cfg.baseline.file} has no {key} rate")
             base_rate = float(brates[key]["rate"])
             delta = cfg.baseline.deltas[key]
-            c = _rate_check(f"baseline.{key}", "baseline", f"{_RATE_LABELS[key]} rate", rates[key],
+            c = _rate_check(f"baseline.{key}", "baseline", f"{FLAG_LABELS[key]} rate", rates[key],
                             base_rate + delta, conf, what=f"baseline {_pct(base_rate)} + {_pct(delta)} =")
             checks.append(c)
     return checks
-
-
-# ---------------------------------------------------------------------------------------------- run
-
-
-def _json_roundtrip(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def run_gate(
-    model_path: str,
-    cfg: GateConfig,
-    db_path: str | os.PathLike[str],
-    fresh: bool = False,
-    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-    data_path: str | None = None,
-) -> GateResult:
-    """Plan the configured campaign, run what the store does not already hold, and evaluate the checks.
-
-    The store at ``db_path`` is reused when it holds the same plan (same model hash, seed, sites, bits)
-    and settings; otherwise it is replaced. ``data_path`` is the eval data (None: seeded random inputs).
-    """
-    import time
-
-    from onnxfi.campaign import run_campaign
-    from onnxfi.engine import EngineConfig
-    from onnxfi.model import load_model
-    from onnxfi.plan import left_out_note, make_plan, parse_bits
-    from onnxfi.sites import enumerate_sites
-    from onnxfi.store import Store
-
-    t0 = time.perf_counter()
-    if not cfg.has_checks():
-        raise OnnxfiError(f"{cfg.source}: no checks configured: add [gate.thresholds], [gate.layers] or [gate.baseline]")
-    baseline = load_baseline(cfg.baseline.file) if cfg.baseline is not None else None
-    wants_drop = cfg.clean_drop is not None or (cfg.baseline is not None and cfg.baseline.clean_drop is not None)
-    if wants_drop and baseline is None and cfg.clean_reference is None:
-        raise OnnxfiError(f"{cfg.source}: clean_drop needs a reference value: set clean_reference or [gate.baseline]")
-    spec = cfg.plan
-    loaded = load_model(model_path, dict(cfg.input_shapes))
-    sites = enumerate_sites(loaded.model, loaded.value_shapes)
-    chosen = sites.select(spec.target, spec.sites, list(spec.ops) or None)
-    margin = spec.margin if spec.faults is None else None
-    if spec.faults is None and margin is None:
-        margin = 0.05
-    plan = make_plan(
-        model_path, chosen, list(spec.fault), parse_bits(spec.bits), spec.faults, margin, spec.confidence,
-        spec.p, spec.seed, spec.target,
-        options={"critical": spec.critical, "data": data_path, "sites_regex": spec.sites,
-                 "ops": ",".join(spec.ops) or None},
-    )
-    ecfg = EngineConfig(
-        model_path=model_path, input_shapes=dict(cfg.input_shapes), data_path=data_path, samples=cfg.samples,
-        data_seed=spec.seed, provider=cfg.provider, threads=cfg.threads, batch=cfg.batch, output=cfg.output,
-        task=cfg.task, critical=spec.critical,
-    )
-    if cfg.mode is not None:
-        ecfg.mode = cfg.mode
-    db = Path(db_path)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    resume = False
-    existed = db.exists()
-    if existed and not fresh:
-        try:
-            with Store(db) as old:
-                same = (old.meta("plan") == _json_roundtrip(plan.to_dict())
-                        and old.meta("config") == _json_roundtrip(ecfg.__dict__))
-                resume = same and old.count() > 0
-        except OnnxfiError:
-            resume = False
-    if not resume:
-        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            p.unlink(missing_ok=True)
-    warnings: list[str] = []
-    if plan.options.get("left_out_unknown_shape"):
-        warnings.append(left_out_note(plan.options["left_out_unknown_shape"]))
-    if existed and not resume and not fresh:
-        warnings.append(f"{db} held another campaign (model, plan, data or settings changed): replaced")
-    store = Store(db)
-    try:
-        reused = store.count() if resume else 0
-        result = run_campaign(plan, ecfg, store, workers=cfg.workers, resume=resume, progress=progress)
-        crashes = [r for r in store.rows() if r["crash"]]
-        if crashes:
-            warnings.append(f"{len(crashes)} experiment(s) crashed, e.g. #{crashes[0]['id']}: {crashes[0]['error']}")
-    finally:
-        store.close()
-    plan_doc = {k: v for k, v in plan.to_dict().items() if k != "experiments"}
-    checks = evaluate(result.summary, result.clean, cfg, baseline, plan_doc, warnings)
-    if result.interrupted:
-        warnings.append(f"interrupted: {result.summary['experiments']} of {len(plan.experiments)} experiments")
-    return GateResult(
-        model=model_path, config=cfg, checks=checks, summary=result.summary, clean=result.clean, plan=plan_doc,
-        db=str(db), reused=reused, executed=result.executed, warnings=warnings,
-        elapsed_s=time.perf_counter() - t0, interrupted=result.interrupted,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- JUnit

@@ -1,8 +1,8 @@
 """Campaign statistics: turn fault counts into sample sizes, rates and confidence intervals.
 
 Pure Python (``math`` and ``statistics`` only). Intervals are two-sided at the given ``confidence``
-(e.g. 0.95). The exact Clopper-Pearson interval inverts a regularized incomplete beta function
-implemented here (continued fraction, as in Numerical Recipes), so no SciPy is needed.
+(e.g. 0.95): the Wilson score interval for one rate, and a normal interval for a population-weighted
+rate over strata (:func:`stratified_rate`). :mod:`onnxfi.summary` turns campaign rows into these.
 """
 
 from __future__ import annotations
@@ -13,27 +13,19 @@ import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Literal, SupportsIndex
+from typing import SupportsIndex
 
 from onnxfi.errors import OnnxfiError
 
 __all__ = [
-    "Method",
     "Rate",
     "normal_quantile",
     "leveugle_sample_size",
-    "regularized_incomplete_beta",
-    "beta_quantile",
     "wilson_interval",
-    "clopper_pearson_interval",
-    "interval",
     "margin_reached",
     "rate_with_ci",
     "stratified_rate",
 ]
-
-Method = Literal["wilson", "clopper-pearson"]
-_METHODS: tuple[str, ...] = ("wilson", "clopper-pearson")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,14 +67,6 @@ def _open_unit(value: float, name: str) -> float:
     return out
 
 
-def _method(method: str) -> Method:
-    if method == "wilson":
-        return "wilson"
-    if method == "clopper-pearson":
-        return "clopper-pearson"
-    raise OnnxfiError(f"unknown interval method {method!r}; choose one of {', '.join(_METHODS)}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Normal quantile and sample size
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +80,7 @@ def normal_quantile(p: float) -> float:
 def _two_sided_z(confidence: float) -> float:
     """z such that P(|Z| <= z) = confidence (e.g. 1.959964 for 0.95, 2.575829 for 0.99)."""
     c = _open_unit(confidence, "confidence")
-    return NormalDist().inv_cdf(1.0 - (1.0 - c) / 2.0)
+    return normal_quantile(1.0 - (1.0 - c) / 2.0)
 
 
 def leveugle_sample_size(population: SupportsIndex, margin: float, confidence: float, p: float = 0.5) -> int:
@@ -123,119 +107,6 @@ def leveugle_sample_size(population: SupportsIndex, margin: float, confidence: f
 
 
 # --------------------------------------------------------------------------------------------------
-# Beta distribution
-# --------------------------------------------------------------------------------------------------
-
-_TINY = 1e-300
-_CF_EPS = 1e-15
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction for I_x(a, b) (modified Lentz; Numerical Recipes ``betacf``)."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < _TINY:
-        d = _TINY
-    d = 1.0 / d
-    h = d
-    # Converges in O(sqrt(max(a, b))) steps when x is below the mean, as the caller guarantees.
-    max_iter = 1000 + 20 * int(math.sqrt(max(a, b)))
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        if abs(d) < _TINY:
-            d = _TINY
-        c = 1.0 + aa / c
-        if abs(c) < _TINY:
-            c = _TINY
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        if abs(d) < _TINY:
-            d = _TINY
-        c = 1.0 + aa / c
-        if abs(c) < _TINY:
-            c = _TINY
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _CF_EPS:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
-
-
-def _log_beta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-
-
-def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), the CDF of the Beta(a, b) distribution at x (a, b > 0); 0 below 0 and 1 above 1."""
-    if not (a > 0.0 and b > 0.0):
-        raise OnnxfiError(f"beta parameters must be > 0, got a={a}, b={b}")
-    if math.isnan(x):
-        raise OnnxfiError("x must not be NaN")
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def beta_quantile(q: float, a: float, b: float) -> float:
-    """Inverse of :func:`regularized_incomplete_beta` in x: the q-quantile of Beta(a, b).
-
-    Newton's method safeguarded by bisection on a bracket that always holds the root, run until the
-    step or the bracket is below ~1e-15 relative (far tighter than the 1e-10 campaigns need). A root
-    above 1/2 is found as 1 - (the (1 - q)-quantile of Beta(b, a)), so its distance from 1 keeps full
-    relative precision.
-    """
-    if not (a > 0.0 and b > 0.0):
-        raise OnnxfiError(f"beta parameters must be > 0, got a={a}, b={b}")
-    if math.isnan(q) or q < 0.0 or q > 1.0:
-        raise OnnxfiError(f"q must be in [0, 1], got {q}")
-    if q == 0.0:
-        return 0.0
-    if q == 1.0:
-        return 1.0
-    if q > regularized_incomplete_beta(0.5, a, b):
-        return 1.0 - _lower_quantile(1.0 - q, b, a)
-    return _lower_quantile(q, a, b)
-
-
-def _lower_quantile(q: float, a: float, b: float) -> float:
-    """The q-quantile of Beta(a, b) for a root known to lie in (0, 1/2]."""
-    log_b = _log_beta(a, b)
-    lo, hi = 0.0, 0.5
-    x = min(0.25, a / (a + b))
-    for _ in range(400):
-        f = regularized_incomplete_beta(x, a, b) - q
-        if f == 0.0:
-            return x
-        if f < 0.0:
-            lo = x
-        else:
-            hi = x
-        x_new = 0.5 * (lo + hi)
-        log_pdf = (a - 1.0) * math.log(x) + (b - 1.0) * math.log1p(-x) - log_b
-        if log_pdf < 700.0:
-            pdf = math.exp(log_pdf)
-            if pdf > 0.0:
-                step = x - f / pdf
-                if lo < step < hi:
-                    x_new = step
-        if abs(x_new - x) <= 1e-15 * x or hi - lo <= 1e-15 * hi:
-            return x_new
-        x = x_new
-    return x
-
-
-# --------------------------------------------------------------------------------------------------
 # Intervals
 # --------------------------------------------------------------------------------------------------
 
@@ -259,38 +130,11 @@ def wilson_interval(k: SupportsIndex, n: SupportsIndex, confidence: float) -> tu
     return lo, hi
 
 
-def clopper_pearson_interval(k: SupportsIndex, n: SupportsIndex, confidence: float) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval from Beta quantiles; ``(0.0, 1.0)`` when n = 0.
-
-    lo = B^-1(alpha/2; k, n - k + 1) (0 when k = 0), hi = B^-1(1 - alpha/2; k + 1, n - k) (1 when k = n),
-    alpha = 1 - confidence. hi is computed as 1 - B^-1(alpha/2; n - k, k + 1), the same number, to keep
-    its distance from 1 accurate.
-    """
-    k, n = _k_n(k, n)
-    alpha = 1.0 - _open_unit(confidence, "confidence")
-    if n == 0:
-        return 0.0, 1.0
-    lo = 0.0 if k == 0 else beta_quantile(alpha / 2.0, k, n - k + 1)
-    hi = 1.0 if k == n else 1.0 - beta_quantile(alpha / 2.0, n - k, k + 1)
-    return lo, hi
-
-
-def interval(
-    k: SupportsIndex, n: SupportsIndex, confidence: float, method: str = "wilson"
-) -> tuple[float, float]:
-    """The interval of the named method: ``"wilson"`` or ``"clopper-pearson"``."""
-    if _method(method) == "wilson":
-        return wilson_interval(k, n, confidence)
-    return clopper_pearson_interval(k, n, confidence)
-
-
-def margin_reached(
-    k: SupportsIndex, n: SupportsIndex, margin: float, confidence: float, method: str = "wilson"
-) -> bool:
-    """Whether the interval's half-width ``(hi - lo) / 2`` is at most ``margin`` (for early stopping)."""
+def margin_reached(k: SupportsIndex, n: SupportsIndex, margin: float, confidence: float) -> bool:
+    """Whether the Wilson interval's half-width ``(hi - lo) / 2`` is at most ``margin`` (for early stopping)."""
     if not _real(margin, "margin") > 0.0:
         raise OnnxfiError(f"margin must be > 0, got {margin!r}")
-    lo, hi = interval(k, n, confidence, method)
+    lo, hi = wilson_interval(k, n, confidence)
     return (hi - lo) / 2.0 <= margin
 
 
@@ -320,13 +164,12 @@ class Rate:
         return asdict(self)
 
 
-def rate_with_ci(k: SupportsIndex, n: SupportsIndex, confidence: float, method: str = "wilson") -> Rate:
-    """k/n with a ``"wilson"`` or ``"clopper-pearson"`` interval; the rate is NaN when n = 0."""
-    m = _method(method)
-    lo, hi = interval(k, n, confidence, m)
+def rate_with_ci(k: SupportsIndex, n: SupportsIndex, confidence: float) -> Rate:
+    """k/n with its Wilson interval; the rate is NaN when n = 0."""
+    lo, hi = wilson_interval(k, n, confidence)
     k, n = _k_n(k, n)
     rate = k / n if n else float("nan")
-    return Rate(k=k, n=n, rate=rate, lo=lo, hi=hi, method=m, confidence=float(confidence))
+    return Rate(k=k, n=n, rate=rate, lo=lo, hi=hi, method="wilson", confidence=float(confidence))
 
 
 def stratified_rate(
@@ -336,14 +179,17 @@ def stratified_rate(
 
     rate = sum_h W_h p_h with W_h = N_h / sum N and p_h = k_h / n_h. The interval is the normal
     approximation rate +- z * sqrt(V), clipped to [0, 1], with
-    V = sum_h W_h^2 p_h (1 - p_h) / n_h * (N_h - n_h) / (N_h - 1), the variance of stratified sampling
+    V = sum_h W_h^2 q_h (1 - q_h) / n_h * (N_h - n_h) / (N_h - 1), the variance of stratified sampling
     without replacement (the finite-population factor is dropped when ``finite_population`` is False,
-    i.e. for sampling with replacement, and is 0 for a fully enumerated stratum).
+    i.e. for sampling with replacement, and is 0 for a fully enumerated stratum or N_h = 1).
 
-    Caveat of the normal approximation: when every p_h is 0 or 1 the interval has zero width. For small
-    counts prefer :func:`rate_with_ci` on the pooled counts. Strata with N_h = 0 are skipped (they need
-    n_h = 0); a stratum with N_h > 0 and no samples is an error. The returned ``Rate`` carries the pooled
-    k and n and ``method="stratified-normal"``.
+    q_h = (k_h + 0.5) / (n_h + 1) rather than p_h: a campaign spreads its faults over many (site, bit)
+    strata, so most hold a handful of samples with an observed rate of 0 or 1, and the plain estimator
+    would call those strata certain and the interval would shrink to nothing. The smoothed q_h keeps
+    their uncertainty; the point estimate still uses p_h.
+
+    Strata with N_h = 0 are skipped (they need n_h = 0); a stratum with N_h > 0 and no samples is an
+    error. The returned ``Rate`` carries the pooled k and n and ``method="stratified-normal"``.
     """
     z = _two_sided_z(confidence)
     if len(strata) == 0:
@@ -370,12 +216,12 @@ def stratified_rate(
     var = 0.0
     for k, n, pop in rows:
         w = pop / total
-        p = k / n
+        rate += w * k / n
+        q = (k + 0.5) / (n + 1)
         fpc = 1.0
         if finite_population:
             fpc = (pop - n) / (pop - 1) if pop > 1 else 0.0
-        rate += w * p
-        var += w * w * p * (1.0 - p) / n * fpc
+        var += w * w * q * (1.0 - q) / n * fpc
     rate = min(1.0, max(0.0, rate))
     half = z * math.sqrt(var)
     return Rate(

@@ -6,24 +6,29 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import FLAGS, ROW_FIELDS
+from onnxfi.plan import Plan
 
-__all__ = ["Store", "ROW_FIELDS"]
+__all__ = ["Store", "StoredCampaign", "load_campaign"]
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, idx INTEGER NOT NULL, bit INTEGER,
-    fault TEXT NOT NULL, outcome TEXT NOT NULL, masked INTEGER NOT NULL, sdc1 INTEGER NOT NULL,
-    sdc5 INTEGER NOT NULL, critical INTEGER NOT NULL, due INTEGER NOT NULL, crash INTEGER NOT NULL,
-    images_changed REAL, metrics TEXT, time_s REAL, worker INTEGER, error TEXT, path TEXT
-);
-"""
+# SQLite column of each ROW_FIELDS entry (the flags are stored as 0/1)
+_COLUMNS = {
+    "id": "INTEGER PRIMARY KEY", "site": "TEXT NOT NULL", "kind": "TEXT NOT NULL", "idx": "INTEGER NOT NULL",
+    "bit": "INTEGER", "fault": "TEXT NOT NULL", "outcome": "TEXT NOT NULL",
+    **{flag: "INTEGER NOT NULL" for flag in FLAGS},
+    "images_changed": "REAL", "metrics": "TEXT", "time_s": "REAL", "worker": "INTEGER", "error": "TEXT",
+    "path": "TEXT",
+}
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    f"CREATE TABLE IF NOT EXISTS results ({', '.join(f'{k} {_COLUMNS[k]}' for k in ROW_FIELDS)});\n"
+)
 
 
 class Store:
@@ -89,3 +94,31 @@ class Store:
             for flag in FLAGS:
                 row[flag] = bool(row[flag])
             yield row
+
+
+@dataclass
+class StoredCampaign:
+    """What a campaign database holds: the plan, every stored row, and the metadata written with them."""
+
+    path: Path
+    plan: Plan
+    rows: list[dict[str, Any]]
+    clean: dict[str, Any]
+    config: dict[str, Any]
+    versions: dict[str, Any]
+    compare: Any  # {"db", "model"} of the hardened twin's campaign (``analyze --compare``), else None
+
+
+def load_campaign(db_path: str | os.PathLike[str]) -> StoredCampaign:
+    """Read a whole campaign database; a missing file or one without a campaign is a user error."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise OnnxfiError(f"results database not found: {path}")
+    with Store(path) as store:
+        plan_d = store.meta("plan")
+        if plan_d is None:
+            raise OnnxfiError(f"{path}: no campaign in it")
+        return StoredCampaign(
+            path=path, plan=Plan.from_dict(plan_d), rows=list(store.rows()), clean=store.meta("clean") or {},
+            config=store.meta("config") or {}, versions=store.meta("versions") or {}, compare=store.meta("compare"),
+        )

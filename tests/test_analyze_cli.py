@@ -18,12 +18,12 @@ import pytest
 from campaign_helpers import IR_VERSION, OPSET, kat_expected, save_kat
 from onnx import TensorProto
 
-from onnxfi.campaign import RATE_KEYS, aggregate
 from onnxfi.cli import main
-from onnxfi.engine import OUTCOMES
+from onnxfi.outcomes import FLAGS, OUTCOMES, ROW_FIELDS
 from onnxfi.plan import Plan
 from onnxfi.stats import leveugle_sample_size
-from onnxfi.store import ROW_FIELDS, Store
+from onnxfi.store import Store
+from onnxfi.summary import aggregate
 
 RATE_FIELDS = {"k", "n", "rate", "lo", "hi"}
 
@@ -70,15 +70,15 @@ def test_analyze_writes_the_documented_json(campaign: dict[str, Any]) -> None:
     assert clean["value"] == 0.5 and clean["samples"] == 2 and clean["primary_output"] == "y"
     s = doc["summary"]
     assert s["experiments"] == s["planned"] == 60
-    assert set(s["rates"]) == set(RATE_KEYS)
-    for key in RATE_KEYS:
+    assert set(s["rates"]) == set(FLAGS)
+    for key in FLAGS:
         assert set(s["rates"][key]) == RATE_FIELDS
         assert 0.0 <= s["rates"][key]["lo"] <= s["rates"][key]["rate"] <= s["rates"][key]["hi"] <= 1.0
     assert set(s["outcomes"]) == set(OUTCOMES) and sum(s["outcomes"].values()) == 60
     assert {e["key"] for e in s["layers"]} == {"W", "b", "h", "y"}
     assert sum(e["n"] for e in s["layers"]) == 60
     for e in s["layers"] + s["bits"]:
-        assert {"key", "n", "images_changed_mean", *RATE_KEYS} <= set(e)
+        assert {"key", "n", "images_changed_mean", *FLAGS} <= set(e)
     assert sum(e["n"] for e in s["bits"]) == 60
     assert [e["key"] for e in s["bits"]] == sorted((e["key"] for e in s["bits"]), reverse=True)
     for e in s["layer_bit"]:
@@ -141,6 +141,7 @@ def test_results_csv_exports_every_row(campaign: dict[str, Any], capsys: pytest.
         assert got["site"] == want["site"] and got["outcome"] == want["outcome"]
         assert got["fault"] == want["fault"] and int(got["bit"]) == want["bit"]
         assert json.loads(got["metrics"]) == want["metrics"]
+        assert got["path"] == (want["path"] or "")  # how the engine ran it; empty when not recorded
 
 
 def test_results_json_exports_rows_and_summary(campaign: dict[str, Any],
@@ -152,7 +153,8 @@ def test_results_json_exports_rows_and_summary(campaign: dict[str, Any],
     with Store(campaign["db"]) as store:
         rows = list(store.rows())
     assert doc["rows"] == json.loads(json.dumps(rows))
-    assert doc["summary"]["experiments"] == 60
+    assert all(set(r) == set(ROW_FIELDS) for r in doc["rows"])  # the execution path included
+    assert doc["summary"]["experiments"] == 60 == sum(doc["summary"]["paths"].values())
     assert doc["clean"]["metric"] == "accuracy"
     assert "experiments" not in doc["plan"]
     # and the plain summary prints

@@ -21,14 +21,16 @@ import onnx_ir as ir
 import pytest
 from campaign_helpers import kat_expected, mul_model, row_key, save_kat
 
-from onnxfi.campaign import RATE_KEYS, aggregate, run_campaign
+from onnxfi.campaign import run_campaign
 from onnxfi.cli import main
-from onnxfi.engine import OUTCOMES, EngineConfig
+from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import load_model
+from onnxfi.outcomes import FLAGS, OUTCOMES
 from onnxfi.plan import Plan, make_plan
 from onnxfi.sites import Site, enumerate_sites
 from onnxfi.store import Store
+from onnxfi.summary import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "model_zoo" / "digits_cnn.onnx"
@@ -236,7 +238,7 @@ def test_store_round_trips_rows(tmp_path: Path) -> None:
          "outcome": OUTCOMES[i], "masked": i == 0, "sdc1": i in (2, 3, 4), "sdc5": i == 3, "critical": i == 4,
          "due": i == 5, "crash": i == 6, "images_changed": None if i == 6 else i / 10,
          "metrics": {} if i == 6 else {"task_value": 0.5, "custom": None}, "time_s": 0.25, "worker": 1,
-         "error": "boom" if i == 6 else None}
+         "error": "boom" if i == 6 else None, "path": None if i == 6 else "suffix"}
         for i in range(7)
     ]
     with Store(tmp_path / "s.db") as store:
@@ -270,7 +272,7 @@ def test_aggregate_counts_rates_layers_and_bits(tmp_path: Path) -> None:
     s = aggregate(plan, rows)
     assert s["experiments"] == s["planned"] == 40
     assert s["outcomes"] == {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
-    for k in RATE_KEYS:
+    for k in FLAGS:
         want = sum(bool(r[k]) for r in rows)
         assert s["rates"][k]["k"] == want and s["rates"][k]["n"] == 40
         assert s["rates"][k]["rate"] == pytest.approx(want / 40)
@@ -293,3 +295,31 @@ def test_aggregate_counts_rates_layers_and_bits(tmp_path: Path) -> None:
     assert s["rates_weighted"]["strata_sampled"] == s["rates_weighted"]["strata_total"] == 4
     changed = [r["images_changed"] for r in rows if r["images_changed"] is not None]
     assert s["images_changed_mean"] == pytest.approx(float(np.mean(changed)))
+    assert s["paths"] == {"unrecorded": 40}
+
+
+def test_weighted_rate_known_value(tmp_path: Path) -> None:
+    """Four (site, bit) strata of 100 faults, 10 sampled each; only (a, 31) fails, every time.
+
+    rate = 1/4. Variance with q = (k + 0.5) / (n + 1) (1/22 or 21/22, so q (1 - q) = 21/484 in every
+    stratum) and the finite-population factor 90/99: V = 4 * 1/16 * 21/484 / 10 * 90/99 = 0.000986100676,
+    so the 95% interval is 0.25 -+ 1.959964 * 0.0314022 = [0.1884527406, 0.3115472594].
+    """
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"m")
+    sites = [Site(n, "weight", ir.DataType.FLOAT, (100,), "initializer", (), ()) for n in "ab"]
+    plan = make_plan(model, sites, bits=[0, 31], n_faults=40, seed=0)
+    rows = []
+    for e in plan.experiments:
+        bad = e.site == "a" and e.bit == 31
+        rows.append({"id": e.id, "site": e.site, "kind": e.kind, "idx": e.index, "bit": e.bit, "fault": "flip",
+                     "outcome": "sdc1" if bad else "masked", "masked": not bad, "sdc1": bad, "sdc5": False,
+                     "critical": False, "due": False, "crash": False, "images_changed": 1.0 if bad else 0.0,
+                     "metrics": {}, "path": "suffix"})
+    w = aggregate(plan, rows, 0.95)["rates_weighted"]
+    assert w["sdc1"]["rate"] == 0.25
+    assert (w["sdc1"]["lo"], w["sdc1"]["hi"]) == pytest.approx((0.1884527406, 0.3115472594), abs=1e-10)
+    # no DUE anywhere: still an interval, from the smoothed q = 1/22 per stratum
+    assert w["due"]["rate"] == 0.0 and w["due"]["hi"] == pytest.approx(1.959963984540054 * (
+        4 / 16 * (1 / 22) * (21 / 22) / 10 * 90 / 99) ** 0.5, rel=1e-12)
+    assert aggregate(plan, rows)["paths"] == {"suffix": 40}

@@ -4,7 +4,6 @@ CLI on the zoo CNN (pass, fail as thresholds move, a damaged weight fails, a rer
 from __future__ import annotations
 
 import json
-import math
 import re
 import subprocess
 import sys
@@ -60,15 +59,17 @@ def _write(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------------------------------------- bounds
 
 
-def test_upper_bound_is_the_one_sided_wilson_bound() -> None:
-    z = 1.6448536269514722  # one-sided 95%
-    for k, n in ((0, 300), (15, 300), (169, 300), (300, 300)):
-        p = k / n
-        center = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        expected = 1.0 if k == n else center + half
-        assert upper_bound(k, n, 0.95) == pytest.approx(expected, rel=1e-9)
-    assert upper_bound(0, 300, 0.95) == pytest.approx(0.00894, abs=1e-4)
+def test_upper_bound_known_values() -> None:
+    # A one-sided bound at confidence c is the upper end of the two-sided Wilson interval at 2c - 1, so at
+    # c = 0.975 it is the upper end of the published two-sided 95% score intervals: Newcombe (1998),
+    # Statistics in Medicine 17:857-872, Table I, method 3: 81/263 -> 0.3662, 15/148 -> 0.1605,
+    # 0/20 -> 0.1611, 1/29 -> 0.1718; and 5/10 -> [0.2366, 0.7634], 0/10 -> 0.2775 (= z^2 / (n + z^2)).
+    for k, n, hi in ((81, 263, 0.3662), (15, 148, 0.1605), (0, 20, 0.1611), (1, 29, 0.1718), (5, 10, 0.7634),
+                     (0, 10, 0.2775)):
+        assert round(upper_bound(k, n, 0.975), 4) == hi, (k, n)
+    # one-sided 95% (z = 1.644854): 0/300 -> z^2 / (300 + z^2) = 2.705543 / 302.705543 = 0.008938
+    assert round(upper_bound(0, 300, 0.95), 6) == 0.008938
+    assert upper_bound(300, 300, 0.95) == 1.0
     assert upper_bound(0, 0, 0.95) == 1.0
     assert upper_bound(10, 100, 0.99) > upper_bound(10, 100, 0.95) > 0.10
 
@@ -352,3 +353,23 @@ def test_rates_in_json_are_plain_numbers(passing: dict[str, Any]) -> None:
     for c in passing["doc"]["checks"]:
         assert isinstance(c["measured"], float) and np.isfinite(c["measured"])
         assert c["bound"] is None or 0.0 <= c["bound"] <= 1.0
+
+
+def test_evaluating_a_summary_loads_neither_the_engine_nor_onnxruntime(tmp_path: Path) -> None:
+    """Reading a config and checking a summary is pure: CI can gate on a stored summary without ONNX Runtime."""
+    script = """
+import json, sys
+from onnxfi.gate import config_from_dict, evaluate
+cfg = config_from_dict({"thresholds": {"sdc1": 0.5, "due": 0.2}})
+summary = {"rates": {"sdc1": {"k": 5, "n": 10}, "due": {"k": 0, "n": 10}}, "layers": []}
+checks = evaluate(summary, {"metric": "accuracy", "value": 0.9}, cfg)
+print(json.dumps([[c.name, c.passed, round(c.bound, 4)] for c in checks]))
+print(json.dumps(sorted(m for m in ("onnxruntime", "onnxfi.engine", "onnxfi.campaign") if m in sys.modules)))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    checks, loaded = (json.loads(line) for line in proc.stdout.splitlines())
+    # one-sided 95% Wilson upper bounds (z = 1.644854): 5/10 -> 0.5 + z sqrt(0.025 + z^2/400) / (1 + z^2/10)
+    # = 0.7307 (> 0.5: fails); 0/10 -> z^2 / (10 + z^2) = 0.2129 (> 0.2: fails)
+    assert checks == [["rate.sdc1", False, 0.7307], ["rate.due", False, 0.2129]]
+    assert loaded == []

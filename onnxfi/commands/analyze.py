@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from onnxfi.campaign import CampaignResult, run_campaign
+from onnxfi.campaign import CampaignResult, matched_plan, run_campaign
 from onnxfi.commands._common import (
     add_model_args,
     input_shapes_from_args,
@@ -28,7 +28,8 @@ from onnxfi.commands._common import (
 )
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.plan import left_out_note, make_plan, parse_bits
+from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS
+from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
 from onnxfi.store import Store
 
 __all__ = ["register", "run", "print_summary"]
@@ -109,33 +110,27 @@ def register(sub: Any) -> None:
 
 
 def _default_data(model_arg: str) -> str | None:
-    try:
-        from onnxfi import zoo  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    try:
-        return str(zoo.eval_data_path(model_arg))
-    except Exception:
-        return None
+    from onnxfi.zoo import default_data
+
+    return default_data(model_arg)
 
 
 def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:.2f}% [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]"
 
 
-def print_summary(result: CampaignResult, top: int = 15) -> None:
-    s, plan, clean = result.summary, result.plan, result.clean
+def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int = 15) -> None:
+    """The campaign summary ``s`` (:func:`onnxfi.summary.aggregate`'s) as terminal tables."""
     conf = int(round(100 * s["confidence"]))
     t = Table(title=f"Outcomes ({s['experiments']} experiments, {conf}% Wilson intervals)", title_justify="left",
               show_edge=False, header_style="bold")
     for col in ("outcome", "count", "rate [CI]", "population-weighted [CI]"):
         t.add_column(col)
-    for key, label in (("sdc1", "SDC-1 (top-1 changed)"), ("sdc5", "SDC-5 (left top-5)"),
-                       ("critical", f"critical (metric drop > {result.plan.options.get('critical', 0.01)})"),
-                       ("due", "DUE (NaN/Inf)"), ("crash", "crash/timeout"), ("masked", "masked")):
+    critical = plan.options.get("critical", 0.01)
+    for key in FLAGS:
         r = s["rates"][key]
         w = s["rates_weighted"].get(key)
-        t.add_row(label, str(r["k"]), _pct(r), _pct(w) if w else "-")
+        t.add_row(escape(FLAG_DESCRIPTIONS[key].format(critical=critical)), str(r["k"]), _pct(r), _pct(w) if w else "-")
     stdout.print(t)
     stdout.print("outcome counts: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
                  + f"; images whose decision changed, mean per experiment: {100 * s['images_changed_mean']:.2f}%")
@@ -221,12 +216,11 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
               title_justify="left", show_edge=False, header_style="bold")
     for col in ("rate", Path(cfg.model_path).name, Path(other_path).name, "ratio", "intervals"):
         t.add_column(col)
-    for key, label in (("sdc1", "SDC-1"), ("sdc5", "SDC-5"), ("critical", "critical"), ("due", "DUE"),
-                       ("crash", "crash"), ("masked", "masked")):
+    for key in FLAGS:
         ra, rb = a["rates"][key], b["rates"][key]
         ratio = f"{ra['rate'] / rb['rate']:.1f}x" if rb["rate"] > 0 else ("-" if ra["rate"] == 0 else "inf")
         apart = ra["hi"] < rb["lo"] or rb["hi"] < ra["lo"]
-        t.add_row(label, _pct(ra), _pct(rb), ratio, "[green]apart[/green]" if apart else "overlap")
+        t.add_row(FLAG_LABELS[key], _pct(ra), _pct(rb), ratio, "[green]apart[/green]" if apart else "overlap")
     stdout.print(t)
     ca, cb = result.clean, other.clean
     if ca and cb:
@@ -260,8 +254,6 @@ def run(args: argparse.Namespace) -> int:
     keep = True
     try:
         if args.resume:
-            from onnxfi.plan import Plan
-
             stored_plan = store.meta("plan")
             if stored_plan is None:
                 raise OnnxfiError(f"{db_path}: nothing to resume (no campaign in it)")
@@ -271,8 +263,6 @@ def run(args: argparse.Namespace) -> int:
                 cfg = EngineConfig(**{k: v for k, v in stored_cfg.items() if k in known})
                 cfg.input_shapes = {k: tuple(v) for k, v in cfg.input_shapes.items()}
             plan = Plan.from_dict(stored_plan)
-            from onnxfi.plan import file_sha256
-
             if file_sha256(cfg.model_path) != plan.model_sha256:
                 raise OnnxfiError(f"{cfg.model_path} changed since the campaign started (hash differs); refusing to resume")
         else:
@@ -294,9 +284,7 @@ def run(args: argparse.Namespace) -> int:
             stdout.print(escape(left_out_note(left_out)), style="yellow")
         other_plan = None
         if args.compare:  # checked before the first campaign runs
-            from onnxfi.campaign import compare_plan
-
-            other_plan = compare_plan(plan, resolve_model_arg(args.compare), cfg.input_shapes)
+            other_plan = matched_plan(plan, resolve_model_arg(args.compare), cfg.input_shapes)
         plan.save(str(db_path) + ".plan.json")
         stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments "
                      f"({plan.mode}; fault space {plan.population:,}; {len(plan.strata)} strata over "
@@ -312,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             result = run_campaign(plan, cfg, store, workers=args.workers, resume=args.resume,
                                   early_stop=args.early_stop, progress=progress, min_timeout_s=args.timeout_min,
                                   executor=args.executor, address=args.address)
-        print_summary(result, args.top)
+        print_summary(plan, result.clean, result.summary, args.top)
         doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
                "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}

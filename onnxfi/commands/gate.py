@@ -16,7 +16,8 @@ from rich.table import Table
 
 from onnxfi.commands._common import resolve_model_arg, stderr, stdout
 from onnxfi.errors import OnnxfiError
-from onnxfi.gate import GateResult, find_config, load_config, run_gate, write_junit
+from onnxfi.gate import GateResult, find_config, load_config, write_junit
+from onnxfi.gate_campaign import run_gate
 
 __all__ = ["register", "run"]
 

@@ -6,14 +6,12 @@ import argparse
 import csv
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from onnxfi.campaign import CampaignResult, aggregate
 from onnxfi.commands._common import stdout
-from onnxfi.errors import OnnxfiError
-from onnxfi.plan import Plan
-from onnxfi.store import ROW_FIELDS, Store
+from onnxfi.outcomes import ROW_FIELDS
+from onnxfi.store import load_campaign
+from onnxfi.summary import aggregate
 
 __all__ = ["register", "run"]
 
@@ -34,29 +32,22 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.db)
-    if not path.is_file():
-        raise OnnxfiError(f"results database not found: {path}")
-    with Store(path) as store:
-        plan_d = store.meta("plan")
-        if plan_d is None:
-            raise OnnxfiError(f"{path}: no campaign in it")
-        plan = Plan.from_dict(plan_d)
-        rows = list(store.rows())
-        if args.csv:
-            w = csv.writer(sys.stdout)
-            w.writerow(ROW_FIELDS)
-            for r in rows:
-                w.writerow([json.dumps(r[k]) if k == "metrics" else r[k] for k in ROW_FIELDS])
-            return 0
-        summary = aggregate(plan, rows)
-        if args.json:
-            doc = {"schema": "onnxfi.results/1", "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"},
-                   "versions": store.meta("versions"), "clean": store.meta("clean"), "summary": summary, "rows": rows}
-            sys.stdout.write(json.dumps(doc, default=str) + "\n")
-            return 0
-        from onnxfi.commands.analyze import print_summary
+    camp = load_campaign(args.db)
+    plan, rows = camp.plan, camp.rows
+    if args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(ROW_FIELDS)
+        for r in rows:
+            w.writerow([json.dumps(r[k]) if k == "metrics" else r[k] for k in ROW_FIELDS])
+        return 0
+    summary = aggregate(plan, rows)
+    if args.json:
+        doc = {"schema": "onnxfi.results/1", "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"},
+               "versions": camp.versions or None, "clean": camp.clean or None, "summary": summary, "rows": rows}
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        return 0
+    from onnxfi.commands.analyze import print_summary
 
-        stdout.print(f"{path}: {len(rows)} of {len(plan.experiments)} experiments of {plan.model}")
-        print_summary(CampaignResult(plan, store.meta("clean") or {}, summary))
+    stdout.print(f"{camp.path}: {len(rows)} of {len(plan.experiments)} experiments of {plan.model}")
+    print_summary(plan, camp.clean, summary)
     return 0

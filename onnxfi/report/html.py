@@ -19,17 +19,18 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from onnxfi import __version__
-from onnxfi.campaign import aggregate
 from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS, OUTCOME_LABELS
 from onnxfi.plan import Plan, file_sha256
-from onnxfi.store import Store
+from onnxfi.store import StoredCampaign, load_campaign
+from onnxfi.summary import aggregate, layer_bit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,6 +45,7 @@ _HEAT_LAYERS = 40  # rows of the layer x bit heatmap
 _TABLE_ROWS = 500  # rows of the per-layer table
 _EXAMPLES = 15  # rows of the example-experiments table
 
+# presentation only: keyed by the names of onnxfi.outcomes.OUTCOMES
 _OUTCOME_COLORS = {
     "masked": "#b8c2cc", "tolerable": "#7fb3d5", "sdc1": "#f0a04b", "sdc5": "#d35400",
     "critical": "#c0392b", "due": "#8e44ad", "crash": "#2c3e50",
@@ -71,34 +73,15 @@ _RC: dict[Any, Any] = {
 
 
 @dataclass
-class _Campaign:
-    """One campaign database, read into memory."""
+class _Campaign(StoredCampaign):
+    """One campaign database, read into memory, with its summary."""
 
-    path: Path
-    plan: Plan
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    clean: dict[str, Any]
-    config: dict[str, Any]
-    versions: dict[str, Any]
-    compare: Any
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def _load(db_path: str | os.PathLike[str]) -> _Campaign:
-    path = Path(db_path)
-    if not path.is_file():
-        raise OnnxfiError(f"results database not found: {path}")
-    with Store(path) as store:
-        plan_d = store.meta("plan")
-        if plan_d is None:
-            raise OnnxfiError(f"{path}: no campaign in it")
-        plan = Plan.from_dict(plan_d)
-        rows = list(store.rows())
-        return _Campaign(
-            path=path, plan=plan, rows=rows, summary=aggregate(plan, rows),
-            clean=store.meta("clean") or {}, config=store.meta("config") or {},
-            versions=store.meta("versions") or {}, compare=store.meta("compare"),
-        )
+    stored = load_campaign(db_path)
+    return _Campaign(**vars(stored), summary=aggregate(stored.plan, stored.rows))
 
 
 def _model_path(camp: _Campaign) -> str:
@@ -280,7 +263,7 @@ def _plot_outcomes(figs: _Figures, outcomes: dict[str, int]) -> str:
         if not count:
             continue
         ax.barh(0, count / total, left=left, color=_OUTCOME_COLORS.get(name, "#999999"),
-                label=f"{name} {count} ({100 * count / total:.1f}%)")
+                label=f"{OUTCOME_LABELS.get(name, name)} {count} ({100 * count / total:.1f}%)")
         left += count / total
     ax.set_xlim(0, 1)
     ax.set_yticks([])
@@ -295,10 +278,10 @@ def _plot_layers(figs: _Figures, layers: Sequence[dict[str, Any]], conf_pct: int
     y = np.arange(len(top))[::-1].astype(float)
     fig = figs.new(10, 0.3 * len(top) + 1.3)
     ax = fig.subplots()
-    for off, key, name in ((0.2, "sdc1", "SDC-1"), (-0.2, "due", "DUE")):
+    for off, key in ((0.2, "sdc1"), (-0.2, "due")):
         entries = [e[key] for e in top]
         ax.barh(y + off, [e["rate"] for e in entries], height=0.38, xerr=_err(entries), capsize=2,
-                color=_RATE_COLORS[key], ecolor="#333333", error_kw={"elinewidth": 0.8}, label=name)
+                color=_RATE_COLORS[key], ecolor="#333333", error_kw={"elinewidth": 0.8}, label=FLAG_LABELS[key])
     ax.set_yticks(y, [_label(e["key"]) for e in top])
     ax.set_ylim(-0.7, len(top) - 0.3)
     hi = max([e["sdc1"]["hi"] for e in top] + [e["due"]["hi"] for e in top] + [0.05])
@@ -312,19 +295,14 @@ def _plot_layers(figs: _Figures, layers: Sequence[dict[str, Any]], conf_pct: int
 
 
 def _layer_bit_matrix(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-    k: dict[tuple[str, int], int] = defaultdict(int)
-    n: dict[tuple[str, int], int] = defaultdict(int)
-    for r in rows:
-        if r["bit"] is not None:
-            key = (r["site"], int(r["bit"]))
-            n[key] += 1
-            k[key] += bool(r["sdc1"])
-    bits = sorted({b for _, b in n}, reverse=True)
+    """SDC-1 rate per (layer, bit), layers as rows, bits (most significant first) as columns; NaN: not sampled."""
+    cells = {(e["site"], int(e["bit"])): e["rate"] for e in layer_bit(rows, 0.95, ("sdc1",))}  # rates only
+    bits = sorted({b for _, b in cells}, reverse=True)
     mat = np.full((len(layers), len(bits)), np.nan)
     for i, site in enumerate(layers):
         for j, b in enumerate(bits):
-            if n.get((site, b)):
-                mat[i, j] = k[(site, b)] / n[(site, b)]
+            if (site, b) in cells:
+                mat[i, j] = cells[(site, b)]
     return mat, bits
 
 
@@ -371,8 +349,8 @@ def _bit_axes(ax: Axes, series: Sequence[tuple[str, Sequence[dict[str, Any]], st
 def _plot_bits(figs: _Figures, bits: Sequence[dict[str, Any]], conf_pct: int) -> str:
     fig = figs.new(10, 3.6)
     ax = fig.subplots()
-    _bit_axes(ax, [(name, [{"key": e["key"], **e[key]} for e in bits], _RATE_COLORS[key], "-")
-                   for key, name in (("sdc1", "SDC-1"), ("critical", "critical"), ("due", "DUE"))], conf_pct)
+    _bit_axes(ax, [(FLAG_LABELS[key], [{"key": e["key"], **e[key]} for e in bits], _RATE_COLORS[key], "-")
+                   for key in ("sdc1", "critical", "due")], conf_pct)
     return figs.svg(fig, "per-bit vulnerability", "Outcome rate per flipped bit, over all layers.")
 
 
@@ -448,8 +426,8 @@ def _plot_compare_bits(figs: _Figures, before: _Campaign, after: _Campaign, conf
     ax = fig.subplots()
     series = []
     for camp, tag, style in ((before, "before", "-"), (after, "after", "--")):
-        for key, name in (("sdc1", "SDC-1"), ("due", "DUE")):
-            series.append((f"{name} {tag}", [{"key": e["key"], **e[key]} for e in camp.summary["bits"]],
+        for key in ("sdc1", "due"):
+            series.append((f"{FLAG_LABELS[key]} {tag}", [{"key": e["key"], **e[key]} for e in camp.summary["bits"]],
                            _RATE_COLORS[key], style))
     _bit_axes(ax, series, conf_pct)
     return figs.svg(fig, "per-bit before and after hardening",
@@ -547,6 +525,7 @@ def _repro_section(camp: _Campaign) -> _Section:
         ("sampling", f"{plan.mode}: {plan.requested:,} requested, {len(plan.experiments):,} planned "
                      f"(margin {_fmt(plan.margin)}, confidence {plan.confidence:g}, p {plan.p:g})"),
         ("strata sampled", f"{w.get('strata_sampled', 0):,} of {w.get('strata_total', 0):,}"),
+        ("execution paths", ", ".join(f"{p} {n:,}" for p, n in (camp.summary.get("paths") or {}).items()) or "–"),
         ("target", plan.target),
         ("fault models", ", ".join(plan.faults)),
         ("bits", "all bits of each dtype" if plan.bits is None else ", ".join(map(str, plan.bits))),
@@ -570,10 +549,8 @@ def _repro_section(camp: _Campaign) -> _Section:
 def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
     s = camp.summary
     critical = camp.plan.options.get("critical", camp.config.get("critical", 0.01))
-    labels = (("sdc1", "SDC-1 (top-1 changed on some input)"), ("sdc5", "SDC-5 (golden top-1 left the top-5)"),
-              ("critical", f"critical (task metric drop > {critical})"), ("due", "DUE (NaN/Inf in outputs)"),
-              ("crash", "crash / timeout"), ("masked", "masked (outputs bitwise equal)"))
-    rows = [(label, s["rates"][k]["k"], _pct(s["rates"][k]), _pct(s["rates_weighted"].get(k))) for k, label in labels]
+    rows = [(FLAG_DESCRIPTIONS[k].format(critical=critical), s["rates"][k]["k"], _pct(s["rates"][k]),
+             _pct(s["rates_weighted"].get(k))) for k in FLAGS]
     table = _table(["outcome", "count", f"rate [{_conf_pct(camp)}% CI]", "population-weighted [CI]"], rows)
     chart = _plot_outcomes(figs, s["outcomes"]) if s["experiments"] else "<p>No experiment stored yet.</p>"
     counts = ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
@@ -683,9 +660,8 @@ def _compare_section(camp: _Campaign, other: _Campaign | None, note: str | None,
     if _finite(tb) and _finite(ta):
         rows.append(("clean run time", f"{1000 * tb:.2f} ms", f"{1000 * ta:.2f} ms",
                      f"×{ta / tb:.2f}" if tb else "–"))
-    for key, label in (("sdc1", "SDC-1"), ("sdc5", "SDC-5"), ("critical", "critical"), ("due", "DUE"),
-                       ("crash", "crash"), ("masked", "masked")):
-        rows.append((label, _pct(b["rates"][key]), _pct(a["rates"][key]), delta(key)))
+    for key in FLAGS:
+        rows.append((FLAG_LABELS[key], _pct(b["rates"][key]), _pct(a["rates"][key]), delta(key)))
     table = _table(["", "before", "after (hardened)", "change"], rows)
     plan_note = ""
     if len(camp.plan.experiments) != len(other.plan.experiments):
