@@ -1,15 +1,15 @@
-"""Harden a model without retraining: compose the hardening passes, profile what they need, compare the result.
+"""Harden a model without retraining: compose the hardening passes, calibrate them, measure what hardening costs.
 
-``harden(model, ["relumax", "protect"], data)`` runs the passes in the given order on a copy of the model,
-profiling activation ranges on ``data`` for each pass that needs them (on the model as the previous passes
-left it). ``compare_models`` measures the clean-metric change and the latency overhead under ONNX Runtime.
+``harden(model, ["relumax", "protect"], data)`` runs the methods of the registry
+(:data:`onnxfi.passes.HARDENING_METHODS`) in the given order on a copy of the model, profiling activation
+ranges on ``data`` for each method that needs them (on the model as the previous passes left it).
+``measure_hardening`` measures the clean-metric change and the latency overhead under ONNX Runtime.
 The FT-ClipAct threshold search lives here too: it needs data, faults and sessions, which passes never touch.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,22 +17,21 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfi import metrics
 from onnxfi.data import Dataset
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import OnnxfiError, SessionError, first_line
 from onnxfi.faults import BitFlip
-from onnxfi.passes._hardening import Change, HardeningPass, Skip, graph_opset, hardening_method
-from onnxfi.passes.clipact import ClipAct, threshold_array
-from onnxfi.passes.nan_guard import NanGuard
-from onnxfi.passes.protect import Protect, max_relative_change
-from onnxfi.passes.ranger import Ranger
-from onnxfi.passes.relumax import ReluMax
-from onnxfi.profile import Profile, batch_size_for, batches, copy_model, profile_values
-from onnxfi.runtime import make_session, run_session
+from onnxfi.passes import HARDENING_METHODS, Calibration, ClipAct
+from onnxfi.passes._hardening import Change, Skip, graph_opset, hardening_method
+from onnxfi.passes.clipact import threshold_array
+from onnxfi.profile import Profile, batch_size_for, copy_model, profile_values
+from onnxfi.runtime import make_session, run_batches, run_session
 from onnxfi.sites import enumerate_sites
 
 __all__ = [
     "METHODS",
     "DATA_METHODS",
+    "METHOD_OPTIONS",
     "parse_methods",
     "SearchConfig",
     "HardenOptions",
@@ -41,20 +40,16 @@ __all__ = [
     "harden",
     "ClipActSearch",
     "search_clipact_thresholds",
-    "Comparison",
-    "compare_models",
+    "HardeningEffect",
+    "measure_hardening",
     "run_outputs",
     "score_outputs",
 ]
 
-METHODS: dict[str, str] = {
-    "ranger": "Ranger: Clip(x, lo, hi) after each activation (chain) with profiled bounds",
-    "clipact": "FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (T: profiled max, or --search)",
-    "relumax": "ReLUMax: ReLU -> 0 where the pre-activation exceeds its profiled max",
-    "protect": "zero-cost protection: nudge fp32 weights out of exponent classes where one flip blows up",
-    "nan-guard": "NaN -> 0, +-Inf -> +-max at outputs, residual Adds and the classifier input",
-}
-DATA_METHODS = ("ranger", "clipact", "relumax")  # the methods that profile activations
+# Method name -> one line about it; the methods that need calibration data; option -> the method it applies to.
+METHODS: dict[str, str] = {name: cls.summary for name, cls in HARDENING_METHODS.items()}
+DATA_METHODS = tuple(name for name, cls in HARDENING_METHODS.items() if cls.calibration is Calibration.RANGES)
+METHOD_OPTIONS: dict[str, str] = {opt: name for name, cls in HARDENING_METHODS.items() for opt in cls.options}
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -155,24 +150,34 @@ def run_outputs(
     threads: int | None = None,
     feeds_extra: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every output of ``model`` (an ir.Model or a session) on ``data``, batch by batch, concatenated."""
+    """Every output of ``model`` (an ir.Model or a session) on the first ``limit`` samples of ``data``."""
     session = make_session(model, provider=provider, threads=threads) if isinstance(model, ir.Model) else model
-    names = [i.name for i in session.get_inputs()]
     bsize = batch_size_for(model, batch_size) if isinstance(model, ir.Model) else batch_size
-    chunks: list[dict[str, np.ndarray]] = []
-    for feeds in batches(data, bsize, limit):
-        feeds = {k: v for k, v in feeds.items() if k in names}
-        if feeds_extra:
-            feeds.update(feeds_extra)
-        chunks.append(run_session(session, feeds).outputs)
-    first = chunks[0]
-    return {k: (np.concatenate([c[k] for c in chunks]) if first[k].ndim else first[k]) for k in first}
+    try:
+        return run_batches(session, _session_inputs(session, data, limit), batch=bsize, extra=feeds_extra)
+    except Exception as e:  # ORT raises its own exception types, each with a one-line message
+        raise SessionError(f"onnxruntime cannot run the model: {first_line(e)}") from None
+
+
+def _session_inputs(session: Any, data: Dataset, limit: int | None = None) -> Dataset:
+    """``data`` restricted to the inputs ``session`` takes and to its first ``limit`` samples (no copies)."""
+    names = {i.name for i in session.get_inputs()}
+    n = data.size if limit is None else min(data.size, limit)
+    feeds = {k: (v[:n] if v.ndim else v) for k, v in data.feeds.items() if k in names}
+    return Dataset(feeds, data.labels, data.source)
+
+
+def _top1(scores: np.ndarray) -> np.ndarray:
+    """The class (axis 1) with the largest score: per sample of ``[N, C]``, per position of ``[N, C, ...]``."""
+    return metrics.top1(scores) if scores.ndim == 2 else np.argmax(scores, axis=1)
 
 
 def _label_accuracy(output: np.ndarray, labels: np.ndarray) -> float | None:
     """Top-1 accuracy of ``[N, C, ...]`` scores (or of integer predictions) against labels; None if unfit."""
     if output.ndim >= 2 and output.dtype.kind == "f" and labels.shape == (output.shape[0], *output.shape[2:]):
-        return float(np.mean(np.argmax(output, axis=1) == labels))
+        if output.ndim == 2:
+            return metrics.accuracy(output, labels)
+        return float(np.mean(_top1(output) == labels))
     if output.shape == labels.shape and output.dtype.kind in "iu":
         return float(np.mean(output == labels))
     return None
@@ -189,8 +194,7 @@ def score_outputs(
                 return name, "accuracy", before, _label_accuracy(outputs[name], labels)
     for name, ref in reference.items():
         if ref.ndim >= 2 and ref.dtype.kind == "f" and ref.shape[1] > 1:
-            agree = float(np.mean(np.argmax(ref, axis=1) == np.argmax(outputs[name], axis=1)))
-            return name, "top1_agreement", 1.0, agree
+            return name, "top1_agreement", 1.0, float(np.mean(_top1(ref) == _top1(outputs[name])))
     name = next(iter(reference))
     return name, "none", None, None
 
@@ -387,68 +391,31 @@ def _reference_labels(
     if metric == "accuracy" and data.labels is not None:
         return data.labels, name
     if metric == "top1_agreement":
-        return np.argmax(outs[name], axis=1), name
+        return _top1(outs[name]), name
     raise OnnxfiError("the clipact search needs a classifier output ([N, C] scores) to score")
 
 
 def _run_method(
     model: ir.Model, original: ir.Model, method: str, data: Dataset | None, options: HardenOptions
 ) -> PassReport:
-    details: dict[str, Any] = {}
-    pass_: HardeningPass
-    if method == "ranger":
-        ranger = Ranger({}, options.percentile)
-        names = ranger.profile_points(model)
-        prof = _profile(model, data, names, options, method, [options.percentile] if options.percentile else [])
-        ranger.ranges = prof.ranges
-        details = {"percentile": options.percentile, "samples": prof.samples, "data": prof.source}
-        pass_ = ranger
-    elif method == "relumax":
-        relumax = ReluMax({})
-        prof = _profile(model, data, relumax.profile_points(model), options, method)
-        relumax.ranges = prof.ranges
-        details = {"samples": prof.samples, "data": prof.source}
-        pass_ = relumax
-    elif method == "clipact":
-        clipact = ClipAct({})
-        prof = _profile(model, data, clipact.profile_points(model), options, method)
-        clipact.ranges = prof.ranges
-        details = {"samples": prof.samples, "data": prof.source}
-        pass_ = clipact
-    elif method == "protect":
-        pass_ = Protect(options.level)
-        details = {"level": options.level, "bound": max_relative_change(options.level)}
-    elif method == "nan-guard":
-        pass_ = NanGuard(options.guard_points)
-        details = {"points": options.guard_points or "default"}
-    else:  # parse_methods keeps this unreachable for CLI input
-        raise OnnxfiError(f"unknown hardening method {method!r}")
+    pass_ = HARDENING_METHODS[method].from_settings(options)
+    details = pass_.report_settings()
+    if pass_.calibration is Calibration.RANGES:
+        prof = _profile(model, data, pass_.profile_points(model), options, method, pass_.profile_percentiles())
+        pass_.calibrate(prof.ranges)
+        details.update(samples=prof.samples, data=prof.source)
     pass_(model)
-    if isinstance(pass_, Protect):
-        details["worst_relative_change"] = pass_.worst_relative_change
-        details["rewritten"] = int(sum(r.indices.size for r in pass_.rewrites.values()))
-    if isinstance(pass_, ClipAct):
-        initial = dict(pass_.applied)
-        details["thresholds"] = dict(initial)
-        if options.search and pass_.threshold_values:
-            assert data is not None
-            labels, output = _reference_labels(original, data, options)
-            result = search_clipact_thresholds(
-                model, pass_.threshold_values, initial, data, labels, output, options.search_config,
-                options.batch_size, options.provider, options.threads,
-            )
-            opset = graph_opset(model.graph)
-            for layer, t in result.thresholds.items():
-                value = model.graph.initializers[pass_.threshold_values[layer]]
-                dtype = value.dtype or ir.DataType.FLOAT
-                value.const_value = ir.Tensor(threshold_array(t, dtype, opset), dtype=dtype, name=value.name)
-            pass_.changes = [
-                Change(c.node, c.value, re.sub(r"T = \S+$", f"T = {result.thresholds[c.value]:.6g} (searched)",
-                                               c.detail)) if c.value in result.thresholds else c
-                for c in pass_.changes
-            ]
-            details["thresholds"] = result.thresholds
-            details["search"] = result.to_dict()
+    details.update(pass_.report_results())
+    if isinstance(pass_, ClipAct) and options.search and pass_.threshold_values:
+        assert data is not None  # clipact needs calibration data
+        labels, output = _reference_labels(original, data, options)
+        result = search_clipact_thresholds(
+            model, pass_.threshold_values, dict(pass_.applied), data, labels, output, options.search_config,
+            options.batch_size, options.provider, options.threads,
+        )
+        pass_.set_thresholds(model, result.thresholds)
+        details["thresholds"] = result.thresholds
+        details["search"] = result.to_dict()
     return PassReport(method, list(pass_.changes), list(pass_.skips), details)
 
 
@@ -472,11 +439,11 @@ def harden(
 
 
 # --------------------------------------------------------------------------------------------------
-# comparison
+# what hardening costs
 
 
 @dataclass
-class Comparison:
+class HardeningEffect:
     """Clean metric and latency of the original and hardened models on the same data and session options."""
 
     output: str
@@ -538,7 +505,7 @@ def _max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> f
     return worst
 
 
-def compare_models(
+def measure_hardening(
     original: ir.Model,
     hardened: ir.Model,
     data: Dataset,
@@ -547,7 +514,7 @@ def compare_models(
     batch_size: int = 64,
     provider: str = "cpu",
     threads: int | None = None,
-) -> Comparison:
+) -> HardeningEffect:
     """Score both models on ``data`` and time them (median of ``repeat`` runs of the first batch each).
 
     Both sessions use the same provider, optimization level (all) and threads; timed runs alternate
@@ -561,8 +528,7 @@ def compare_models(
     ref = run_outputs(s0, data, bsize)
     out = run_outputs(s1, data, bsize)
     output, metric, before, after = score_outputs(ref, out, data.labels)
-    names = [i.name for i in s0.get_inputs()]
-    feeds = {k: v for k, v in next(batches(data, bsize)).items() if k in names}
+    feeds = _session_inputs(s0, data).batch(0, bsize)
     rounds = min(repeat, 5)
     t0: list[float] = []
     t1: list[float] = []
@@ -572,7 +538,7 @@ def compare_models(
         t1 += run_session(s1, feeds, repeat=k, warmup=1).times
     first = next(iter(feeds.values()), None)
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
-    return Comparison(
+    return HardeningEffect(
         output, metric, before, after, max(1, data.size), _max_abs_diff(ref, out),
         float(np.median(t0)) * 1e3, float(np.median(t1)) * 1e3, batch, repeat, data.source,
     )

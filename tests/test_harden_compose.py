@@ -1,4 +1,4 @@
-"""Composition of hardening methods, their reports, and the clean-metric / latency comparison."""
+"""Composition of hardening methods, their reports, and what hardening costs (clean metric, latency)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from harden_helpers import DIGITS, DIGITS_DATA, fill, ops, parse, run
 
 from onnxfi.data import Dataset, load_data
 from onnxfi.errors import OnnxfiError
-from onnxfi.harden import HardenOptions, compare_models, harden, parse_methods
+from onnxfi.harden import HardenOptions, harden, measure_hardening, parse_methods
 from onnxfi.model import load_model
 
 MLP = fill("""
@@ -75,16 +75,16 @@ def test_data_driven_methods_need_data() -> None:
         HardenOptions(percentile=0)
 
 
-def test_compare_with_labels_and_without() -> None:
+def test_measure_with_labels_and_without() -> None:
     model = parse(MLP)
     result = harden(model, ["clipact"], _data(), HardenOptions())
-    c = compare_models(model, result.model, _data(labels=True), repeat=4, batch_size=16)
+    c = measure_hardening(model, result.model, _data(labels=True), repeat=4, batch_size=16)
     assert (c.metric, c.output, c.samples) == ("accuracy", "y", 40)
     assert c.before == pytest.approx(0.9)
     assert c.after == c.before and c.metric_change == 0.0
     assert c.latency_before_ms > 0 and c.latency_after_ms > 0 and math.isfinite(c.overhead)
     assert c.batch == 16 and c.repeat == 4
-    d = compare_models(model, result.model, _data(), repeat=2).to_dict()
+    d = measure_hardening(model, result.model, _data(), repeat=2).to_dict()
     assert (d["metric"], d["before"], d["after"]) == ("top1_agreement", 1.0, 1.0)
     assert d["latency_ms"]["statistic"] == "median"
 
@@ -93,7 +93,7 @@ def test_digits_cnn_hardened_keeps_its_accuracy() -> None:
     loaded = load_model(DIGITS)
     data = load_data(DIGITS_DATA, loaded.inputs())
     result = harden(loaded.model, ["ranger", "protect", "nan-guard"], data)
-    c = compare_models(loaded.model, result.model, data, repeat=3)
+    c = measure_hardening(loaded.model, result.model, data, repeat=3)
     assert c.metric == "accuracy" and c.samples == 360
     assert c.before == pytest.approx(0.997222, abs=1e-6)
     assert c.after is not None and abs(c.after - c.before) <= 1 / 360

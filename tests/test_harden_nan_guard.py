@@ -9,7 +9,7 @@ from harden_helpers import fill, node_by_output, ops, parse, run
 from onnxfi.errors import OnnxfiError
 from onnxfi.faults import SetValue
 from onnxfi.passes import InsertActivationFault
-from onnxfi.passes.nan_guard import NanGuard, default_points
+from onnxfi.passes.nan_guard import GuardPoint, NanGuard, default_points
 from onnxfi.sites import enumerate_sites
 
 F32_MAX = np.finfo(np.float32).max
@@ -97,7 +97,7 @@ def test_reasons() -> None:
       x2 = Identity(x)
     }""")
     p = NanGuard(pattern=".")
-    by_name = {pt.value.name: pt.value for pt in p.points(model)}
+    by_name = {pt.value.name: pt for pt in p.points(model)}
     assert p.check(by_name["y"]) is None
     assert p.check(by_name["j"]) == "'j' is INT64: only float values can hold NaN or Inf"
     p(model)
@@ -106,6 +106,9 @@ def test_reasons() -> None:
     again(model)
     assert again.skips[0].reason == "'y' is already the output of a NaN guard"
     old = parse("g (float[4] x) => (float[4] y) { y = Neg(x) }", opset=8)
-    assert NanGuard().check(node_by_output(old, "y").outputs[0]) == "Where needs opset 9; the model has opset 8"
+    old_y = GuardPoint(node_by_output(old, "y").outputs[0], "test")
+    assert NanGuard().check(old_y) == "Where needs opset 9; the model has opset 8"
     graph_input = parse("g (float[4] x) => (float[4] y) { y = Neg(x) }").graph.inputs[0]
-    assert NanGuard().check(graph_input) == "'x' is a graph input or initializer, not computed by the model"
+    assert NanGuard().check(GuardPoint(graph_input, "test")) == (
+        "'x' is a graph input or initializer, not computed by the model"
+    )

@@ -22,13 +22,14 @@ from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
 from onnxfi.harden import (
     DATA_METHODS,
+    METHOD_OPTIONS,
     METHODS,
-    Comparison,
+    HardeningEffect,
     HardenOptions,
     HardenResult,
     PassReport,
-    compare_models,
     harden,
+    measure_hardening,
     parse_methods,
 )
 from onnxfi.model import LoadedModel, load_model, save_model
@@ -130,14 +131,10 @@ def _calibration(
 def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
     if args.batch < 1 or args.repeat < 1 or args.samples < 1:
         raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
-    for flag, value, method in (
-        ("--search", args.search, "clipact"),
-        ("--percentile", args.percentile is not None, "ranger"),
-        ("--level", args.level is not None, "protect"),
-        ("--guard-points", args.guard_points is not None, "nan-guard"),
-    ):
-        if value and method not in methods:
-            raise OnnxfiError(f"{flag} applies to {method}; add it to --method")
+    for option, method in METHOD_OPTIONS.items():  # each method's options, from the registry
+        value = getattr(args, option)
+        if value is not None and value is not False and method not in methods:  # --level 0 is given
+            raise OnnxfiError(f"--{option.replace('_', '-')} applies to {method}; add it to --method")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     result = harden(loaded.model, methods, calib, options)
     written = save_model(result.model, out, external_data=args.external_data or loaded.has_external_data)
     load_model(out)  # the written file must pass the checker and load again
-    comparison = compare_models(
+    effect = measure_hardening(
         loaded.model, result.model, evaluation, repeat=args.repeat, batch_size=args.batch,
         provider=args.provider, threads=args.threads,
     )
@@ -170,27 +167,27 @@ def run(args: argparse.Namespace) -> int:
         "calibration": {"data": calib.source, "samples": calib.size},
         "warnings": warnings,
         **result.to_dict(),
-        "comparison": comparison.to_dict(),
+        "comparison": effect.to_dict(),
     }
     if args.json:
         print_json(report)
         return 0
     for w in warnings:
         stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
-    _print(loaded, out, methods, calib, result, comparison, args.provider)
+    _print(loaded, out, methods, calib, result, effect, args.provider)
     return 0
 
 
 def _print(
     loaded: LoadedModel, out: Path, methods: list[str], calib: Dataset, result: HardenResult,
-    comparison: Comparison, provider: str,
+    effect: HardeningEffect, provider: str,
 ) -> None:
     role = "calibration" if any(m in DATA_METHODS for m in methods) else "data"
     stdout.print(f"[bold]{escape(str(loaded.path))}[/bold] -> [bold]{escape(str(out))}[/bold]: "
                  f"{', '.join(methods)} ({role}: {calib.size} samples from {escape(calib.source)})")
     for report in result.reports:
         _print_pass(report)
-    c = comparison
+    c = effect
     if c.before is not None and c.after is not None:
         label = "accuracy" if c.metric == "accuracy" else "top-1 agreement with the original"
         stdout.print(escape(f"{label}: {c.before:.4f} -> {c.after:.4f} ({c.after - c.before:+.4f}) "

@@ -20,27 +20,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxfi.passes._hardening import (
-    ACTIVATION_OPS,
-    HARDENING_KEY,
+    Activation,
+    ActivationPass,
     Change,
-    HardeningPass,
     NodeBuilder,
-    Skip,
     const_scalar,
     graph_opset,
-    hardening_method,
-    insert_nodes_after,
     node_label,
-    numpy_dtype,
-    take_place_of,
+    where_opset_reason,
 )
-from onnxfi.passes.relumax import where_opset_reason
-from onnxfi.profile import ValueRange
+
+if TYPE_CHECKING:
+    from onnxfi.profile import ValueRange
 
 __all__ = ["ClipAct", "threshold_array"]
 
@@ -73,51 +70,42 @@ def _const_input(node: ir.Node, slot: int, attr: str) -> float | None | str:
     return float(np.asarray(tensor.numpy()).reshape(-1)[0])
 
 
+def _detail(op: str, threshold: float, searched: bool = False) -> str:
+    return f"{op} -> x if 0 <= x <= T else 0, T = {threshold:.6g}" + (" (searched)" if searched else "")
+
+
 @dataclass(frozen=True)
 class _Plan:
-    node: ir.Node
-    x: ir.Value
-    out: ir.Value
+    relu: Activation
     threshold: float
 
 
-class ClipAct(HardeningPass):
+class ClipAct(ActivationPass[_Plan]):
     """Replace each ReLU (``Relu``, ``Clip`` with min 0) by the zeroing clip ``x if 0 <= x <= T else 0`` (NaN -> 0).
 
     ``thresholds`` (activation output name -> T) overrides the profiled maximum from ``ranges``. After
     ``call``, ``threshold_values`` maps each rewritten activation's output name to its ``T`` initializer
-    and ``applied`` to the ``T`` it used.
+    and ``applied`` to the ``T`` it used; :meth:`set_thresholds` changes them in the rewritten model.
     """
 
     method = "clipact"
+    summary = "FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (T: profiled max, or --search)"
+    options = ("search",)  # done by onnxfi.harden: it needs data, faults and sessions
 
     def __init__(self, ranges: Mapping[str, ValueRange], thresholds: Mapping[str, float] | None = None) -> None:
-        super().__init__()
-        self.ranges = ranges
+        super().__init__(ranges)
         self.thresholds = dict(thresholds or {})
         self.threshold_values: dict[str, str] = {}
         self.applied: dict[str, float] = {}
+        self._ops: dict[str, str] = {}  # rewritten activation output -> its original op, for the details
 
-    @staticmethod
-    def candidates(model: ir.Model) -> list[ir.Node]:
-        return [n for n in model.graph if n.op_type in ACTIVATION_OPS and n.domain in ("", "ai.onnx")]
+    def reset(self) -> None:
+        super().reset()
+        self.threshold_values = {}
+        self.applied = {}
+        self._ops = {}
 
-    def profile_points(self, model: ir.Model) -> list[str]:
-        """The output of every ReLU it could rewrite."""
-        out = []
-        for node in self.candidates(model):
-            located = self._locate(node)
-            if not isinstance(located, str) and located[1].name:
-                out.append(located[1].name)
-        return out
-
-    def _locate(self, node: ir.Node) -> tuple[ir.Value, ir.Value, float] | str:
-        """(input, output, upper limit of T) of a ReLU, or why ``node`` is not one clipact can rewrite."""
-        if node.op_type not in ACTIVATION_OPS or node.domain not in ("", "ai.onnx"):
-            return f"{node.op_type} is not an activation"
-        method = hardening_method(node)
-        if method:
-            return f"part of the {method} hardening"
+    def match(self, node: ir.Node, x: ir.Value, out: ir.Value) -> Activation | str:
         cap = float("inf")
         if node.op_type == "Clip":
             lo = _const_input(node, 1, "min")
@@ -132,80 +120,65 @@ class ClipAct(HardeningPass):
             cap = float("inf") if hi is None else hi
         elif node.op_type != "Relu":
             return f"clipact replaces ReLU activations (Relu, Clip with min 0); this is {node.op_type}"
-        x, out = node.inputs[0], node.outputs[0]
-        if x is None or out is None or node.graph is None:
-            return f"{node.op_type} without input or output"
+        assert node.graph is not None  # locate() passes graph nodes only
         reason = where_opset_reason(x.dtype or ir.DataType.UNDEFINED, graph_opset(node.graph))
         if reason:
             return reason
-        for consumer, _ in out.uses():
-            method = hardening_method(consumer)
-            if method:
-                return f"output {out.name!r} already feeds the {method} hardening"
-        return x, out, cap
+        return Activation(node, x, out, cap=cap)
 
-    def _plan(self, node: ir.Node) -> _Plan | str:
-        located = self._locate(node)
-        if isinstance(located, str):
-            return located
-        x, out, cap = located
-        name = out.name or ""
+    def bounds(self, activation: Activation) -> _Plan | str:
+        name = activation.output.name or ""
         if name in self.thresholds:
             t = float(self.thresholds[name])
         else:
-            rng = self.ranges.get(name)
-            if rng is None:
-                return f"no profiled range for {name!r}"
-            if not rng.finite:
-                return f"{name!r} held no finite value on the calibration data"
+            rng = self.profiled_range(activation.output)
+            if isinstance(rng, str):
+                return rng
             t = rng.max
-        t = min(t, cap)
+        t = min(t, activation.cap)
         if not t > 0:
             return f"dead ReLU: threshold T = {t:g} (the output max on the calibration data is not positive)"
-        return _Plan(node, x, out, t)
+        return _Plan(activation, t)
 
-    def check(self, node: ir.Node) -> str | None:
-        """Why ClipAct leaves ``node`` alone, or None when it would rewrite it."""
-        plan = self._plan(node)
-        return plan if isinstance(plan, str) else None
+    def rewrite(self, builder: NodeBuilder, plan: _Plan) -> Change:
+        opset = builder.opset
+        node, x, out = plan.relu.node, plan.relu.input, plan.relu.output
+        label = node_label(node)  # before the rewrite renames its output
+        dtype = x.dtype or ir.DataType.FLOAT
+        y = builder.take_place_of(out)
+        t = builder.const("T", threshold_array(plan.threshold, dtype, opset), dtype)
+        zero = builder.zero(dtype)
+        nodes: list[ir.Node] = []
+        if node.op_type == "Relu":  # stays, marked, so that it still fuses into its producer
+            r = out
+            builder.mark(node)
+        else:  # Clip(x, 0, c) with T <= c: a Relu selects the same values
+            relu, r = builder.node("Relu", [x], dtype, out.shape)
+            nodes.append(relu)
+        compare = "LessOrEqual" if opset >= _INCLUSIVE_OPSET else "Less"
+        cmp, inside = builder.node(compare, [r, t], ir.DataType.BOOL, x.shape)
+        where, _ = builder.node("Where", [inside, r, zero], dtype, out.shape, out=y)
+        builder.insert_after(node, [*nodes, cmp, where])
+        if node.op_type != "Relu":
+            builder.graph.remove(node, safe=True)
+        self.threshold_values[y.name or ""] = t.name or ""
+        self.applied[y.name or ""] = plan.threshold
+        self._ops[y.name or ""] = node.op_type
+        return Change(label, y.name or "", _detail(node.op_type, plan.threshold))
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._reset()
-        self.threshold_values = {}
-        self.applied = {}
-        graph = model.graph
-        opset = graph_opset(graph)
-        plans = []
-        for node in self.candidates(model):
-            plan = self._plan(node)
-            if isinstance(plan, str):
-                self.skips.append(Skip(node_label(node), plan))
-            else:
-                plans.append(plan)
-        builder = NodeBuilder(graph, self.method)
-        for plan in plans:
-            label = node_label(plan.node)  # before the rewrite renames its output
-            dtype = plan.x.dtype or ir.DataType.FLOAT
-            shape = plan.x.shape
-            y = take_place_of(plan.out, builder)
-            t = builder.const("T", threshold_array(plan.threshold, dtype, opset), dtype)
-            zero = builder.const("zero", np.zeros((), dtype=numpy_dtype(dtype)), dtype)
-            nodes: list[ir.Node] = []
-            if plan.node.op_type == "Relu":  # stays, marked, so that it still fuses into its producer
-                r = plan.out
-                plan.node.metadata_props[HARDENING_KEY] = self.method
-            else:  # Clip(x, 0, c) with T <= c: a Relu selects the same values
-                relu, r = builder.node("Relu", [plan.x], dtype, plan.out.shape)
-                nodes.append(relu)
-            compare = "LessOrEqual" if opset >= _INCLUSIVE_OPSET else "Less"
-            cmp, inside = builder.node(compare, [r, t], ir.DataType.BOOL, shape)
-            where, _ = builder.node("Where", [inside, r, zero], dtype, plan.out.shape, out=y)
-            insert_nodes_after(graph, plan.node, [*nodes, cmp, where])
-            if plan.node.op_type != "Relu":
-                graph.remove(plan.node, safe=True)
-            self.threshold_values[y.name or ""] = t.name or ""
-            self.applied[y.name or ""] = plan.threshold
-            self.changes.append(Change(
-                label, y.name or "", f"{plan.node.op_type} -> x if 0 <= x <= T else 0, T = {plan.threshold:.6g}"
-            ))
-        return ir.passes.PassResult(model, bool(plans))
+    def report_results(self) -> dict[str, Any]:
+        return {"thresholds": dict(self.applied)}
+
+    def set_thresholds(self, model: ir.Model, thresholds: Mapping[str, float], searched: bool = True) -> None:
+        """Give the activations rewritten by the last ``call`` new ``T`` values (activation output -> T)."""
+        opset = graph_opset(model.graph)
+        for layer, t in thresholds.items():
+            value = model.graph.initializers[self.threshold_values[layer]]
+            dtype = value.dtype or ir.DataType.FLOAT
+            value.const_value = ir.Tensor(threshold_array(t, dtype, opset), dtype=dtype, name=value.name)
+            self.applied[layer] = float(t)
+        self.changes = [
+            Change(c.node, c.value, _detail(self._ops[c.value], thresholds[c.value], searched))
+            if c.value in thresholds else c
+            for c in self.changes
+        ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxfi.errors import OnnxfiError
@@ -21,18 +21,14 @@ from onnxfi.passes._hardening import (
     Change,
     HardeningPass,
     NodeBuilder,
-    Skip,
-    clip_nodes,
+    Settings,
     clip_opset_reason,
     float_max,
     graph_opset,
     hardening_method,
-    insert_nodes_after,
     node_label,
-    numpy_dtype,
-    take_place_of,
+    where_opset_reason,
 )
-from onnxfi.passes.relumax import where_opset_reason
 
 __all__ = ["NanGuard", "GuardPoint", "default_points"]
 
@@ -96,20 +92,35 @@ def _points_matching(model: ir.Model, pattern: str) -> list[GuardPoint]:
     return list(found.values())
 
 
-class NanGuard(HardeningPass):
+class NanGuard(HardeningPass[GuardPoint, GuardPoint]):
     """Guard the default points (or the values whose names match ``pattern``) against NaN and Inf."""
 
     method = "nan-guard"
+    summary = "NaN -> 0, +-Inf -> +-max at outputs, residual Adds and the classifier input"
+    options = ("guard_points",)
 
     def __init__(self, pattern: str | None = None) -> None:
         super().__init__()
         self.pattern = pattern
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NanGuard:
+        return cls(settings.guard_points)
+
+    def report_settings(self) -> dict[str, Any]:
+        return {"points": self.pattern or "default"}
+
     def points(self, model: ir.Model) -> list[GuardPoint]:
         return _points_matching(model, self.pattern) if self.pattern else default_points(model)
 
-    def check(self, value: ir.Value) -> str | None:
-        """Why the guard cannot go on ``value``, or None when it can."""
+    def candidates(self, model: ir.Model) -> list[GuardPoint]:
+        return self.points(model)
+
+    def label(self, candidate: GuardPoint) -> str:
+        return candidate.value.name or "?"
+
+    def plan(self, candidate: GuardPoint) -> GuardPoint | str:
+        value = candidate.value
         dtype = value.dtype or ir.DataType.UNDEFINED
         if dtype not in FLOAT_TYPES:
             return f"{value.name!r} is {dtype.name}: only float values can hold NaN or Inf"
@@ -123,34 +134,19 @@ class NanGuard(HardeningPass):
                 return f"{value.name!r} already feeds a NaN guard"
         graph = producer.graph
         opset = graph_opset(graph) if graph is not None else 0
-        return where_opset_reason(dtype, opset) or clip_opset_reason(dtype, opset)
+        return where_opset_reason(dtype, opset) or clip_opset_reason(dtype, opset) or candidate
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._reset()
-        graph = model.graph
-        todo = []
-        for point in self.points(model):
-            reason = self.check(point.value)
-            if reason:
-                self.skips.append(Skip(point.value.name or "?", reason))
-            else:
-                todo.append(point)
-        builder = NodeBuilder(graph, self.method)
-        for point in todo:
-            x = point.value
-            dtype = x.dtype or ir.DataType.FLOAT
-            top = float_max(dtype)
-            producer = x.producer()
-            assert producer is not None  # check() refused values without one
-            label = node_label(producer)  # before the rewrite renames its output
-            y = take_place_of(x, builder)
-            zero = builder.const("zero", np.zeros((), dtype=numpy_dtype(dtype)), dtype)
-            isnan, nan_mask = builder.node("IsNaN", [x], ir.DataType.BOOL, x.shape)
-            clips, clipped = clip_nodes(builder, x, -top, top)
-            where, _ = builder.node("Where", [nan_mask, zero, clipped], dtype, x.shape, out=y)
-            insert_nodes_after(graph, producer, [isnan, *clips, where])
-            self.changes.append(Change(
-                label, y.name or "",
-                f"NaN -> 0, +-Inf -> +-{top:.6g} ({point.why})",
-            ))
-        return ir.passes.PassResult(model, bool(todo))
+    def rewrite(self, builder: NodeBuilder, plan: GuardPoint) -> Change:
+        x = plan.value
+        dtype = x.dtype or ir.DataType.FLOAT
+        top = float_max(dtype)
+        producer = x.producer()
+        assert producer is not None  # plan() refused values without one
+        label = node_label(producer)  # before the rewrite renames its output
+        y = builder.take_place_of(x)
+        zero = builder.zero(dtype)
+        isnan, nan_mask = builder.node("IsNaN", [x], ir.DataType.BOOL, x.shape)
+        clip, clipped = builder.clip(x, -top, top)
+        where, _ = builder.node("Where", [nan_mask, zero, clipped], dtype, x.shape, out=y)
+        builder.insert_after(producer, [isnan, clip, where])
+        return Change(label, y.name or "", f"NaN -> 0, +-Inf -> +-{top:.6g} ({plan.why})")

@@ -23,16 +23,18 @@ zero, subnormal and non-finite values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxfi.errors import OnnxfiError
-from onnxfi.passes._hardening import Change, HardeningPass, Skip, hardening_method
-from onnxfi.sites import Site, enumerate_sites
+from onnxfi.passes._hardening import Change, HardeningPass, NodeBuilder, Settings, hardening_method
+from onnxfi.sites import Site, SiteIndex, enumerate_sites
 
 __all__ = [
     "Protect",
+    "Weight",
     "LEVELS",
     "DOWN_EXPONENTS",
     "UP_EXPONENTS",
@@ -113,13 +115,25 @@ class Rewrite:
         return float(relative_change(self.old, self.new).max()) if self.indices.size else 0.0
 
 
-class Protect(HardeningPass):
+@dataclass(frozen=True)
+class Weight:
+    """A weight ``Protect`` looks at: its site, the index that reads and writes it, and the hardening methods
+    that own it (set when only hardening nodes use it)."""
+
+    site: Site
+    index: SiteIndex
+    hardening: str | None = None
+
+
+class Protect(HardeningPass[Weight, Weight]):
     """Rewrite the fragile float32 weights of every graph (initializers and Constant nodes) at ``level``.
 
     After ``call``: ``rewrites`` (site name -> :class:`Rewrite`) and ``worst_relative_change``.
     """
 
     method = "protect"
+    summary = "zero-cost protection: nudge fp32 weights out of exponent classes where one flip blows up"
+    options = ("level",)
 
     def __init__(self, level: int = 1) -> None:
         super().__init__()
@@ -128,51 +142,71 @@ class Protect(HardeningPass):
         self.rewrites: dict[str, Rewrite] = {}
         self.worst_relative_change = 0.0
 
-    def check(self, site: Site, values: np.ndarray) -> str | None:
-        """Why ``site`` (holding ``values``) is left alone, or None when some element will be rewritten."""
-        if site.kind != "weight":
-            return "not a weight"
-        if site.dtype != ir.DataType.FLOAT:
-            return f"{site.dtype_name} weight: protect rewrites float32 only"
-        if site.structural:
-            return "structural tensor (feeds shapes, axes or indices), not a weight value"
-        _, mask = protect_array(np.asarray(values, dtype=np.float32), self.level)
-        if not mask.any():
-            return (f"no element to rewrite at level {self.level} (no fragile exponent with significand "
-                    f"<= {self.lower}, or >= {self.upper} for exponents 123..63)")
-        return None
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Protect:
+        return cls(settings.level)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._reset()
+    def report_settings(self) -> dict[str, Any]:
+        return {"level": self.level, "bound": max_relative_change(self.level)}
+
+    def report_results(self) -> dict[str, Any]:
+        return {
+            "worst_relative_change": self.worst_relative_change,
+            "rewritten": int(sum(r.indices.size for r in self.rewrites.values())),
+        }
+
+    def reset(self) -> None:
+        super().reset()
         self.rewrites = {}
         self.worst_relative_change = 0.0
+
+    def candidates(self, model: ir.Model) -> list[Weight]:
+        """Every weight of every graph, structural tensors included (``plan`` says why they stay)."""
         index = enumerate_sites(model)
         hardening_nodes: dict[str, str] = {}
         for node in model.graph.all_nodes():
             method = hardening_method(node)
             if method and node.name:
                 hardening_nodes[node.name] = method
+        out = []
         for site in index.select("weights", include_structure=True):
             owners = {hardening_nodes.get(n) for n in site.nodes}
-            if site.nodes and None not in owners:
-                self.skips.append(Skip(site.name, f"constant of the {', '.join(sorted(map(str, owners)))} hardening"))
-                continue
-            values = index.weight_array(site)
-            reason = self.check(site, values)
-            if reason:
-                self.skips.append(Skip(site.name, reason))
-                continue
-            new, mask = protect_array(values, self.level)
-            flat = np.flatnonzero(mask.reshape(-1))
-            rw = Rewrite(flat, values.reshape(-1)[flat].copy(), new.reshape(-1)[flat].copy())
-            index.set_weight_array(site, new)
-            self.rewrites[site.name] = rw
-            worst = rw.worst_relative_change
-            self.worst_relative_change = max(self.worst_relative_change, worst)
-            at127, others = _fragile_left(new, mask)
-            self.changes.append(Change(
-                site.name, site.tensor_name or site.name,
-                f"{flat.size} of {values.size} elements rewritten, worst relative change {worst:.3g}; "
-                f"fragile left: {at127} at exponent 127, {others} at exponents one flip below 127",
-            ))
-        return ir.passes.PassResult(model, bool(self.rewrites))
+            hardening = ", ".join(sorted(map(str, owners))) if site.nodes and None not in owners else None
+            out.append(Weight(site, index, hardening))
+        return out
+
+    def label(self, candidate: Weight) -> str:
+        return candidate.site.name
+
+    def plan(self, candidate: Weight) -> Weight | str:
+        site = candidate.site
+        if candidate.hardening:
+            return f"constant of the {candidate.hardening} hardening"
+        if site.kind != "weight":
+            return "not a weight"
+        if site.dtype != ir.DataType.FLOAT:
+            return f"{site.dtype_name} weight: protect rewrites float32 only"
+        if site.structural:
+            return "structural tensor (feeds shapes, axes or indices), not a weight value"
+        _, mask = protect_array(np.asarray(candidate.index.weight_array(site), dtype=np.float32), self.level)
+        if not mask.any():
+            return (f"no element to rewrite at level {self.level} (no fragile exponent with significand "
+                    f"<= {self.lower}, or >= {self.upper} for exponents 123..63)")
+        return candidate
+
+    def rewrite(self, builder: NodeBuilder, plan: Weight) -> Change:
+        site, index = plan.site, plan.index
+        values = index.weight_array(site)
+        new, mask = protect_array(values, self.level)
+        flat = np.flatnonzero(mask.reshape(-1))
+        rw = Rewrite(flat, values.reshape(-1)[flat].copy(), new.reshape(-1)[flat].copy())
+        index.set_weight_array(site, new)
+        self.rewrites[site.name] = rw
+        worst = rw.worst_relative_change
+        self.worst_relative_change = max(self.worst_relative_change, worst)
+        at127, others = _fragile_left(new, mask)
+        return Change(
+            site.name, site.tensor_name or site.name,
+            f"{flat.size} of {values.size} elements rewritten, worst relative change {worst:.3g}; "
+            f"fragile left: {at127} at exponent 127, {others} at exponents one flip below 127",
+        )

@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
 from onnxfi.passes._hardening import (
-    ACTIVATION_OPS,
+    Activation,
+    ActivationPass,
     Change,
-    HardeningPass,
     NodeBuilder,
-    Skip,
-    clip_nodes,
+    Settings,
     clip_opset_reason,
     graph_opset,
     hardening_method,
-    insert_nodes_after,
     node_label,
-    take_place_of,
 )
-from onnxfi.profile import ValueRange
+
+if TYPE_CHECKING:
+    from onnxfi.profile import ValueRange
 
 __all__ = ["Ranger", "CHAIN_OPS"]
 
@@ -38,53 +38,36 @@ CHAIN_OPS = frozenset({
 
 
 @dataclass(frozen=True)
-class _Target:
-    node: ir.Node
-    end: ir.Value
-    chain: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class _Plan:
-    target: _Target
+    chain: Activation
     lo: float
     hi: float
 
 
-class Ranger(HardeningPass):
+class Ranger(ActivationPass[_Plan]):
     """Insert ``Clip(x, lo, hi)`` after every activation chain with a profiled range in ``ranges``."""
 
     method = "ranger"
+    summary = "Ranger: Clip(x, lo, hi) after each activation (chain) with profiled bounds"
+    options = ("percentile",)
 
     def __init__(self, ranges: Mapping[str, ValueRange], percentile: float | None = None) -> None:
-        super().__init__()
-        self.ranges = ranges
+        super().__init__(ranges)
         self.percentile = percentile
 
-    @staticmethod
-    def candidates(model: ir.Model) -> list[ir.Node]:
-        return [n for n in model.graph if n.op_type in ACTIVATION_OPS and n.domain in ("", "ai.onnx")]
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ranger:
+        return cls({}, settings.percentile)
 
-    def profile_points(self, model: ir.Model) -> list[str]:
-        """The values whose ranges the pass needs: the end of each candidate's chain."""
-        out = []
-        for node in self.candidates(model):
-            target = self._locate(node)
-            if isinstance(target, _Target) and target.end.name:
-                out.append(target.end.name)
-        return out
+    def report_settings(self) -> dict[str, Any]:
+        return {"percentile": self.percentile}
 
-    def _locate(self, node: ir.Node) -> _Target | str:
-        if node.op_type not in ACTIVATION_OPS or node.domain not in ("", "ai.onnx"):
-            return f"{node.op_type} is not an activation"
-        method = hardening_method(node)
-        if method:
-            return f"part of the {method} hardening"
-        out = node.outputs[0]
-        graph = node.graph
-        if out is None or graph is None:
-            return "node is not in a graph"
-        reason = clip_opset_reason(out.dtype or ir.DataType.UNDEFINED, graph_opset(graph))
+    def profile_percentiles(self) -> tuple[float, ...]:
+        return (self.percentile,) if self.percentile else ()
+
+    def match(self, node: ir.Node, x: ir.Value, out: ir.Value) -> Activation | str:
+        assert node.graph is not None  # locate() passes graph nodes only
+        reason = clip_opset_reason(out.dtype or ir.DataType.UNDEFINED, graph_opset(node.graph))
         if reason:
             return reason
         end, chain = out, [node.op_type]
@@ -97,52 +80,24 @@ class Ranger(HardeningPass):
                 break
             end = nxt.outputs[0]
             chain.append(nxt.op_type)
-        for consumer, _ in end.uses():
-            method = hardening_method(consumer)
-            if method:
-                return f"output {end.name!r} already feeds the {method} hardening"
-        return _Target(node, end, tuple(chain))
+        return Activation(node, x, end, tuple(chain))
 
-    def _plan(self, node: ir.Node) -> _Plan | str:
-        target = self._locate(node)
-        if isinstance(target, str):
-            return target
-        name = target.end.name or ""
-        rng = self.ranges.get(name)
-        if rng is None:
-            return f"no profiled range for {name!r}"
-        if not rng.finite:
-            return f"{name!r} held no finite value on the calibration data"
-        lo = 0.0 if node.op_type == "Relu" else rng.min
+    def bounds(self, activation: Activation) -> _Plan | str:
+        rng = self.profiled_range(activation.output)
+        if isinstance(rng, str):
+            return rng
+        lo = 0.0 if activation.node.op_type == "Relu" else rng.min
         hi = rng.upper(self.percentile)
         if not hi > lo:
+            name = activation.output.name or ""
             return f"{name!r} is constant on the calibration data ([{lo:g}, {hi:g}]); a clip would freeze it"
-        return _Plan(target, lo, hi)
+        return _Plan(activation, lo, hi)
 
-    def check(self, node: ir.Node) -> str | None:
-        """Why Ranger leaves ``node`` alone, or None when it would clip after it."""
-        plan = self._plan(node)
-        return plan if isinstance(plan, str) else None
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._reset()
-        graph = model.graph
-        plans = []
-        for node in self.candidates(model):
-            plan = self._plan(node)
-            if isinstance(plan, str):
-                self.skips.append(Skip(node_label(node), plan))
-            else:
-                plans.append(plan)
-        builder = NodeBuilder(graph, self.method)
-        for plan in plans:
-            label = node_label(plan.target.node)  # before the rewrite renames its output
-            end = plan.target.end
-            y = take_place_of(end, builder)
-            nodes, _ = clip_nodes(builder, end, plan.lo, plan.hi, out=y)
-            insert_nodes_after(graph, end.producer(), nodes)
-            what = " -> ".join(plan.target.chain)
-            self.changes.append(Change(
-                label, y.name or "", f"Clip [{plan.lo:.6g}, {plan.hi:.6g}] after {what}"
-            ))
-        return ir.passes.PassResult(model, bool(plans))
+    def rewrite(self, builder: NodeBuilder, plan: _Plan) -> Change:
+        label = node_label(plan.chain.node)  # before the rewrite renames its output
+        end = plan.chain.output
+        y = builder.take_place_of(end)
+        clip, _ = builder.clip(end, plan.lo, plan.hi, out=y)
+        builder.insert_after(end.producer(), [clip])
+        what = " -> ".join(plan.chain.chain)
+        return Change(label, y.name or "", f"Clip [{plan.lo:.6g}, {plan.hi:.6g}] after {what}")

@@ -22,53 +22,32 @@ for ``M < 0`` the Where form would give 0 everywhere except NaN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxfi.passes._hardening import (
-    ACTIVATION_OPS,
     FLOAT_TYPES,
-    HARDENING_KEY,
+    Activation,
+    ActivationPass,
     Change,
-    HardeningPass,
     NodeBuilder,
-    Skip,
-    clip_nodes,
     const_scalar,
     float_max,
     graph_opset,
-    hardening_method,
-    insert_nodes_after,
     node_label,
-    numpy_dtype,
-    take_place_of,
+    where_opset_reason,
 )
-from onnxfi.profile import ValueRange
 
-__all__ = ["ReluMax", "mask_coefficients", "where_opset_reason"]
+__all__ = ["ReluMax", "mask_coefficients"]
 
 
 @dataclass(frozen=True)
 class _Plan:
-    node: ir.Node
-    x: ir.Value
-    out: ir.Value
+    relu: Activation
     threshold: float
     mask: tuple[float, float] | None  # (A, A*M+) for the mask form, None for the Where form
-
-
-def where_opset_reason(dtype: ir.DataType, opset: int) -> str | None:
-    """Why ``Where``/comparisons cannot take ``dtype`` at ``opset``, or None."""
-    if dtype not in FLOAT_TYPES:
-        return f"value is {dtype.name}, not a float type"
-    if opset < 9:
-        return f"Where needs opset 9; the model has opset {opset}"
-    if dtype == ir.DataType.BFLOAT16 and opset < 16:
-        return f"Where takes bfloat16 from opset 16; the model has opset {opset}"
-    return None
 
 
 def mask_coefficients(threshold: float) -> tuple[float, float] | None:
@@ -89,117 +68,68 @@ def mask_coefficients(threshold: float) -> tuple[float, float] | None:
     return a, beta
 
 
-class ReluMax(HardeningPass):
+class ReluMax(ActivationPass[_Plan]):
     """Make each ``Relu`` whose input has a profiled max ``M`` output 0 above ``M`` (see the module docstring)."""
 
     method = "relumax"
+    summary = "ReLUMax: ReLU -> 0 where the pre-activation exceeds its profiled max"
+    profiles = "input"  # M is the max of the pre-activation
 
-    def __init__(self, ranges: Mapping[str, ValueRange]) -> None:
-        super().__init__()
-        self.ranges = ranges
-
-    @staticmethod
-    def candidates(model: ir.Model) -> list[ir.Node]:
-        return [n for n in model.graph if n.op_type in ACTIVATION_OPS and n.domain in ("", "ai.onnx")]
-
-    def profile_points(self, model: ir.Model) -> list[str]:
-        """The pre-activation of every Relu it could rewrite."""
-        out = []
-        for node in self.candidates(model):
-            plan = self._locate(node)
-            if not isinstance(plan, str) and plan[0].name:
-                out.append(plan[0].name)
-        return out
-
-    def _locate(self, node: ir.Node) -> tuple[ir.Value, ir.Value] | str:
-        if node.op_type not in ACTIVATION_OPS or node.domain not in ("", "ai.onnx"):
-            return f"{node.op_type} is not an activation"
-        method = hardening_method(node)
-        if method:
-            return f"part of the {method} hardening"
+    def match(self, node: ir.Node, x: ir.Value, out: ir.Value) -> Activation | str:
         if node.op_type != "Relu":
             return f"relumax replaces Relu only; this is {node.op_type}"
-        x, out = node.inputs[0], node.outputs[0]
-        if x is None or out is None or node.graph is None:
-            return "Relu without input or output"
         dtype = x.dtype or ir.DataType.UNDEFINED
         if dtype not in FLOAT_TYPES:
             return f"value is {dtype.name}, not a float type"
-        for consumer, _ in out.uses():
-            method = hardening_method(consumer)
-            if method:
-                return f"output {out.name!r} already feeds the {method} hardening"
-        return x, out
+        return Activation(node, x, out)
 
-    def _plan(self, node: ir.Node) -> _Plan | str:
-        located = self._locate(node)
-        if isinstance(located, str):
-            return located
-        x, out = located
-        rng = self.ranges.get(x.name or "")
-        if rng is None:
-            return f"no profiled range for the pre-activation {x.name!r}"
-        if not rng.finite:
-            return f"pre-activation {x.name!r} held no finite value on the calibration data"
+    def bounds(self, activation: Activation) -> _Plan | str:
+        x = activation.input
+        rng = self.profiled_range(x, "pre-activation")
+        if isinstance(rng, str):
+            return rng
         if rng.max <= 0:
             return f"dead ReLU: the pre-activation max is {rng.max:g} <= 0 on the calibration data"
         mask = mask_coefficients(rng.max) if x.dtype == ir.DataType.FLOAT else None
         if mask is None:
-            assert node.graph is not None
-            reason = where_opset_reason(x.dtype or ir.DataType.UNDEFINED, graph_opset(node.graph))
+            assert activation.node.graph is not None
+            reason = where_opset_reason(x.dtype or ir.DataType.UNDEFINED, graph_opset(activation.node.graph))
             if reason:
                 return reason
-        return _Plan(node, x, out, rng.max, mask)
+        return _Plan(activation, rng.max, mask)
 
-    def check(self, node: ir.Node) -> str | None:
-        """Why ReLUMax leaves ``node`` alone, or None when it would rewrite it."""
-        plan = self._plan(node)
-        return plan if isinstance(plan, str) else None
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._reset()
-        graph = model.graph
-        plans = []
-        for node in self.candidates(model):
-            plan = self._plan(node)
-            if isinstance(plan, str):
-                self.skips.append(Skip(node_label(node), plan))
-            else:
-                plans.append(plan)
-        builder = NodeBuilder(graph, self.method)
-        for plan in plans:
-            label = node_label(plan.node)  # before the rewrite renames its output
-            y = take_place_of(plan.out, builder)
-            if plan.mask is not None:
-                self._mask_form(builder, plan, y)
-            else:
-                self._where_form(builder, plan, y)
-            self.changes.append(Change(
-                label, y.name or "", f"0 where pre-activation > M = {plan.threshold:.6g}"
-            ))
-        return ir.passes.PassResult(model, bool(plans))
+    def rewrite(self, builder: NodeBuilder, plan: _Plan) -> Change:
+        label = node_label(plan.relu.node)  # before the rewrite renames its output
+        y = builder.take_place_of(plan.relu.output)
+        if plan.mask is not None:
+            self._mask_form(builder, plan, y)
+        else:
+            self._where_form(builder, plan, y)
+        return Change(label, y.name or "", f"0 where pre-activation > M = {plan.threshold:.6g}")
 
     @staticmethod
     def _mask_form(builder: NodeBuilder, plan: _Plan, y: ir.Value) -> None:
         """``y = s * HardSigmoid(s, -A, A*M+)``, ``s = Clip(x, 0, FLT_MAX)`` in place of the Relu."""
         assert plan.mask is not None
-        graph = builder.graph
+        relu = plan.relu
         dtype = ir.DataType.FLOAT
         a, beta = plan.mask
-        clip, s = clip_nodes(builder, plan.x, 0.0, float_max(dtype))
-        hsig, m = builder.node("HardSigmoid", [s], dtype, plan.out.shape,
+        clip, s = builder.clip(relu.input, 0.0, float_max(dtype))
+        hsig, m = builder.node("HardSigmoid", [s], dtype, relu.output.shape,
                                attributes={"alpha": -a, "beta": beta})
-        mul, _ = builder.node("Mul", [s, m], dtype, plan.out.shape, out=y)
-        insert_nodes_after(graph, plan.node, [*clip, hsig, mul])
-        graph.remove(plan.node, safe=True)
+        mul, _ = builder.node("Mul", [s, m], dtype, relu.output.shape, out=y)
+        builder.insert_after(relu.node, [clip, hsig, mul])
+        builder.graph.remove(relu.node, safe=True)
 
     @staticmethod
     def _where_form(builder: NodeBuilder, plan: _Plan, y: ir.Value) -> None:
         """``y = Where(Greater(r, M), 0, r)`` with ``r`` the output of the original Relu (kept, marked)."""
-        dtype = plan.x.dtype or ir.DataType.FLOAT
+        relu = plan.relu
+        r = relu.output
+        dtype = relu.input.dtype or ir.DataType.FLOAT
         m = builder.const("max", const_scalar(plan.threshold, dtype, +1), dtype)
-        zero = builder.const("zero", np.zeros((), dtype=numpy_dtype(dtype)), dtype)
-        greater, above = builder.node("Greater", [plan.out, m], ir.DataType.BOOL, plan.out.shape)
-        where, _ = builder.node("Where", [above, zero, plan.out], dtype, plan.out.shape, out=y)
-        insert_nodes_after(builder.graph, plan.node, [greater, where])
-        plan.node.metadata_props[HARDENING_KEY] = builder.method
+        zero = builder.zero(dtype)
+        greater, above = builder.node("Greater", [r, m], ir.DataType.BOOL, r.shape)
+        where, _ = builder.node("Where", [above, zero, r], dtype, r.shape, out=y)
+        builder.insert_after(relu.node, [greater, where])
+        builder.mark(relu.node)
