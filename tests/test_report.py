@@ -9,15 +9,19 @@ than scraped log lines. A missing Chromium fails the test: CI installs it (``.ci
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
+import re
 import select
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +37,13 @@ from onnxfi.cli import main
 from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import load_model
+from onnxfi.outcomes import FLAGS
 from onnxfi.plan import Plan, make_plan
-from onnxfi.report.html import CSP, _clean_svg, _load, _load_compare, render_report
+from onnxfi.report.html import CSP, inline_svg, render_report
 from onnxfi.sites import enumerate_sites
-from onnxfi.store import Store
+from onnxfi.stats import wilson_interval
+from onnxfi.store import Store, load_campaign
+from onnxfi.summary import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,8 +298,8 @@ def test_hostile_names_are_text(hostile_db: Path, tmp_path: Path, browser: Chrom
 
 def test_svg_with_active_content_is_refused() -> None:
     with pytest.raises(RuntimeError, match="active content"):
-        _clean_svg('<?xml?><svg width="1"><script>alert(1)</script></svg>', "f1-", "x")
-    svg = _clean_svg('<?xml version="1.0"?>\n<svg x="1"><!-- a --><metadata>m</metadata>'
+        inline_svg('<?xml?><svg width="1"><script>alert(1)</script></svg>', "f1-", "x")
+    svg = inline_svg('<?xml version="1.0"?>\n<svg x="1"><!-- a --><metadata>m</metadata>'
                      '<path id="p1"/><use xlink:href="#p1"/><g clip-path="url(#p1)"/></svg>', "f7-", "alt")
     assert svg == ('<svg role="img" aria-label="alt" x="1"><path id="f7-p1"/><use xlink:href="#f7-p1"/>'
                    '<g clip-path="url(#f7-p1)"/></svg>')
@@ -317,7 +324,8 @@ def test_hardening_before_after(hostile_db: Path, tmp_path: Path) -> None:
     assert render_report(before) == page  # and the same database gives the same page (no timestamp)
     with Store(before) as store:
         store.set_meta("compare", {"db": str(tmp_path / "gone.db"), "model": "x"})
-    assert _load_compare(_load(before)) == (None, f"comparison database not found: {tmp_path / 'gone.db'}")
+    gone = render_report(before)
+    assert f"<p class='warn'>comparison database not found: {html.escape(str(tmp_path / 'gone.db'))}</p>" in gone
 
 
 def test_runtime_comparison_table(hostile_db: Path, tmp_path: Path) -> None:
@@ -348,10 +356,10 @@ def test_runtime_comparison_table(hostile_db: Path, tmp_path: Path) -> None:
         assert cell in page, cell
     assert "1 faults whose outcome differs" in page
     assert "<script" not in page.lower() and "<img" not in page.lower()
-    from onnxfi.report.html import _runtime_section
-
-    generic = _runtime_section({"note": "x", "rows": [{"provider": "cuda", "ms": 0.5}]}, "other.json").body
-    assert "<td>cuda</td><td>0.5</td>" in generic
+    other_json = tmp_path / "other.json"
+    other_json.write_text(json.dumps({"note": "x", "rows": [{"provider": "cuda", "ms": 0.5}]}))
+    generic = render_report(hostile_db, other_json)
+    assert "<th>provider</th><th>ms</th>" in generic and "<td>cuda</td><td>0.5</td>" in generic
 
 
 def test_user_errors(hostile_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -384,3 +392,136 @@ def test_report_subprocess(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"onnxfi: error: results database not found: {tmp_path / 'none.db'}"
+
+
+# ------------------------------------------------------------------------------- numbers in tables
+
+
+class _Tables(HTMLParser):
+    """The text of every table cell, per section: {section id: [[header cells], [row cells], ...] per table}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, list[list[list[str]]]] = {}
+        self._section = ""
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "section":
+            self._section = dict(attrs).get("id") or ""
+        elif tag == "table":
+            self.sections.setdefault(self._section, []).append([])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.sections[self._section][-1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _tables(page: str) -> dict[str, list[list[list[str]]]]:
+    parser = _Tables()
+    parser.feed(page)
+    return parser.sections
+
+
+def _shown(cell: str) -> tuple[float, float, float]:
+    """'12.50% [3.00, 40.10]' -> (12.5, 3.0, 40.1)"""
+    m = re.fullmatch(r"(\d+\.\d\d)% \[(\d+\.\d\d), (\d+\.\d\d)\]", cell)
+    assert m, cell
+    return float(m[1]), float(m[2]), float(m[3])
+
+
+def _check_rate(cell: str, k: int, n: int, confidence: float) -> None:
+    """The cell shows k/n and its Wilson interval, in percent to two decimals."""
+    lo, hi = wilson_interval(k, n, confidence)
+    assert _shown(cell) == pytest.approx((100 * k / n, 100 * lo, 100 * hi), abs=0.0051), (cell, k, n)
+
+
+def test_tables_show_the_counts_and_rates_of_the_database(zoo_db: Path, zoo_report: Path) -> None:
+    """Every count and rate in the outcome, per-layer and per-bit tables, against SQL counts of the stored rows."""
+    tables = _tables(zoo_report.read_text(encoding="utf-8"))
+    camp = load_campaign(zoo_db)
+    summary = aggregate(camp.plan, camp.rows)
+    conf = summary["confidence"]
+    db = sqlite3.connect(zoo_db)
+    flags = ", ".join(f"SUM({f})" for f in FLAGS)
+    n, *totals = db.execute(f"SELECT COUNT(*), {flags} FROM results").fetchone()
+    assert n == 96
+    (outcomes,) = tables["outcomes"][:1]
+    assert outcomes[0][:2] == ["outcome", "count"]
+    assert len(outcomes) == 1 + len(FLAGS)
+    for row, flag, k in zip(outcomes[1:], FLAGS, totals):
+        assert int(row[1]) == k, flag
+        _check_rate(row[2], k, n, conf)
+        weighted = summary["rates_weighted"].get(flag)
+        if weighted is None:
+            assert row[3] == "–"
+        else:
+            assert _shown(row[3]) == pytest.approx(
+                (100 * weighted["rate"], 100 * weighted["lo"], 100 * weighted["hi"]), abs=0.0051)
+    by_site = {site: (count, rest) for site, count, *rest in
+               db.execute(f"SELECT site, COUNT(*), {flags} FROM results GROUP BY site")}
+    (layers,) = tables["layers"]
+    assert layers[0][:4] == ["#", "site", "kind", "n"]
+    assert sorted(r[1] for r in layers[1:]) == sorted(by_site)
+    for row in layers[1:]:
+        count, k = by_site[row[1]]
+        k_of = dict(zip(FLAGS, k))
+        assert int(row[3]) == count
+        for cell, flag in zip(row[4:8], ("sdc1", "sdc5", "critical", "due")):
+            _check_rate(cell, k_of[flag], count, conf)
+        assert int(row[8]) == k_of["crash"]
+    shown_sdc1 = [_shown(r[4])[0] for r in layers[1:]]
+    assert shown_sdc1 == sorted(shown_sdc1, reverse=True)  # most vulnerable first
+    by_bit = {bit: (count, rest) for bit, count, *rest in
+              db.execute(f"SELECT bit, COUNT(*), {flags} FROM results WHERE bit IS NOT NULL GROUP BY bit")}
+    (bits,) = tables["bits"]
+    assert [int(r[0]) for r in bits[1:]] == sorted(by_bit, reverse=True)
+    for row in bits[1:]:
+        count, k = by_bit[int(row[0])]
+        k_of = dict(zip(FLAGS, k))
+        assert int(row[1]) == count
+        for cell, flag in zip(row[2:5], ("sdc1", "critical", "due")):
+            _check_rate(cell, k_of[flag], count, conf)
+        assert int(row[5]) == k_of["crash"]
+    repro = {r[0]: r[1] for r in tables["repro"][0]}
+    paths = db.execute("SELECT COALESCE(path, 'unrecorded'), COUNT(*) FROM results GROUP BY 1 ORDER BY 2 DESC")
+    assert repro["execution paths"] == ", ".join(f"{p} {c:,}" for p, c in paths)
+    db.close()
+
+
+def test_table_check_can_fail(zoo_db: Path, zoo_report: Path) -> None:
+    """The parser reads what the page shows: a page with one changed count no longer matches."""
+    page = zoo_report.read_text(encoding="utf-8")
+    (outcomes,) = _tables(page)["outcomes"][:1]
+    label, count = outcomes[1][0], outcomes[1][1]
+    tampered = page.replace(f"<td>{label}</td><td>{count}</td>", f"<td>{label}</td><td>{int(count) + 1}</td>", 1)
+    assert tampered != page
+    assert int(_tables(tampered)["outcomes"][0][1][1]) == int(count) + 1
+    with pytest.raises(AssertionError):
+        _check_rate("12.50% [3.00, 40.10]", 1, 4, 0.99)
+
+
+def test_report_from_a_database_loads_neither_the_engine_nor_onnxruntime(zoo_db: Path, tmp_path: Path) -> None:
+    script = f"""
+import json, sys
+from onnxfi.report.html import write_report
+write_report({str(zoo_db)!r}, {str(tmp_path / 'r.html')!r})
+print(json.dumps(sorted(m for m in ("onnxruntime", "onnxfi.engine", "onnxfi.campaign") if m in sys.modules)))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").count("<svg ") == 5

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["render_report", "write_report", "CSP"]
+__all__ = ["render_report", "write_report", "inline_svg", "CSP"]
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -188,7 +188,7 @@ def _label(name: Any, width: int = 44) -> str:
 # --------------------------------------------------------------------------------------- figures
 
 
-def _clean_svg(svg: str, prefix: str, alt: str) -> str:
+def inline_svg(svg: str, prefix: str, alt: str) -> str:
     """matplotlib's SVG made fit to inline: no XML header, comments or metadata; ids unique in the page."""
     start = svg.find("<svg")
     if start < 0:
@@ -226,7 +226,7 @@ class _Figures:
         self.count += 1
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
-        svg = _clean_svg(buf.getvalue(), f"f{self.count}-", alt)
+        svg = inline_svg(buf.getvalue(), f"f{self.count}-", alt)
         cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
         return f"<figure>{svg}{cap}</figure>"
 
