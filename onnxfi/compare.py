@@ -12,7 +12,7 @@ when *both* its absolute error exceeds ``atol`` and its relative error (to the r
 
 The fault campaign is the same seeded plan of weight faults on every runtime: each fault is baked into a
 copy of the model, which every runtime loads and runs (so each applies its own fusion and precision), and
-the outputs are classified (:func:`onnxfi.engine.classify`) against that runtime's own fault-free outputs.
+the outputs are classified (:func:`onnxfi.outcomes.classify`) against that runtime's own fault-free outputs.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import onnxruntime as ort
 
 from onnxfi import metrics
 from onnxfi.data import Dataset
-from onnxfi.engine import OUTCOMES, classify
-from onnxfi.errors import OnnxfiError, ProviderError
+from onnxfi.errors import OnnxfiError, ProviderError, first_line
 from onnxfi.faults import inject_element
 from onnxfi.model import LoadedModel
+from onnxfi.outcomes import FLAGS, OUTCOMES, classify, crash_row, experiment_row
 from onnxfi.plan import Plan, make_plan
-from onnxfi.runtime import PROVIDER_NAMES
+from onnxfi.runtime import PROVIDER_NAMES, run_batches
 from onnxfi.sites import enumerate_sites
 from onnxfi.stats import rate_with_ci
 
@@ -465,19 +465,24 @@ class CompareResult:
         }
 
 
-def _run_batched(session: Session, data: Dataset, stop: int, batch: int) -> dict[str, np.ndarray]:
-    chunks: list[dict[str, np.ndarray]] = []
-    n = max(1, stop)
-    for start in range(0, n, batch):
-        chunks.append(session.run(data.batch(start, min(n, start + batch))))
-    if len(chunks) == 1:
-        return chunks[0]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+class _ByName:
+    """A :class:`Session` as :func:`onnxfi.runtime.run_batches` calls an ORT session: ``run(names, feeds)``."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.session.run(feeds)
+        return [out[n] for n in names]
 
 
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return f"{type(e).__name__}: {text}"[:300]
+def _run_batched(session: Session, data: Dataset, names: Sequence[str], batch: int) -> dict[str, np.ndarray]:
+    """Every output of ``session`` on every sample of ``data``, ``batch`` samples per run."""
+    return run_batches(_ByName(session), data, names, batch)
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def run_compare(
@@ -527,7 +532,7 @@ def run_compare(
         except RuntimeUnavailable as e:
             rep.available, rep.reason = False, e.reason
         except Exception as e:  # a runtime that cannot load this model: report it, compare the rest
-            rep.error = f"cannot load the model: {_first_line(e)}"
+            rep.error = f"cannot load the model: {_error_text(e)}"
         else:
             live.append((rep, b, sess))
         rep.load_s = time.perf_counter() - t0
@@ -553,10 +558,10 @@ def run_compare(
         if progress:
             progress(f"{rep.name}: outputs", i, len(usable))
         try:
-            goldens[rep.name] = _run_batched(sess, data, n, bs)
+            goldens[rep.name] = _run_batched(sess, data, out_names, bs)
             rep.latency = measure_latency(sess, data.batch(0, max(1, min(latency_batch, n))), repeat, warmup)
         except Exception as e:  # a runtime that fails on this model is a finding, not an error of the tool
-            rep.error = f"run failed: {_first_line(e)}"
+            rep.error = f"run failed: {_error_text(e)}"
     if reference not in goldens:
         raise OnnxfiError(f"reference runtime {reference!r}: {ref_entry[0].error}")
     ref_out = goldens[reference]
@@ -568,7 +573,7 @@ def run_compare(
     if n_faults > 0:
         runners = [(rep, b) for rep, b, _ in usable if rep.name in goldens]
         _fault_campaign(result, loaded, model_path, runners, data, n_faults, bits, sites, seed, fault_samples,
-                        critical, primary, task, bs, progress)
+                        critical, out_names, primary, task, bs, progress)
     return result
 
 
@@ -584,6 +589,7 @@ def _fault_campaign(
     seed: int,
     fault_samples: int | None,
     critical: float,
+    out_names: Sequence[str],
     primary: str,
     task: str,
     batch: int,
@@ -600,12 +606,12 @@ def _fault_campaign(
     for rep, b in runners:
         try:
             proto = ir.to_proto(loaded.model)
-            golden[rep.name] = _run_batched(b.load(proto, proto.SerializeToString()), sub, m, batch)
+            golden[rep.name] = _run_batched(b.load(proto, proto.SerializeToString()), sub, out_names, batch)
         except Exception as e:
-            rep.error = rep.error or f"fault campaign: {_first_line(e)}"
+            rep.error = rep.error or f"fault campaign: {_error_text(e)}"
     active = [(rep, b) for rep, b in runners if rep.name in golden]
     counts = {rep.name: {o: 0 for o in OUTCOMES} for rep, _ in active}
-    flags = {rep.name: {k: 0 for k in ("sdc1", "sdc5", "critical", "due", "crash", "masked")} for rep, _ in active}
+    flags = {rep.name: {k: 0 for k in FLAGS} for rep, _ in active}
     for i, exp in enumerate(plan.experiments):
         if progress:
             progress("faults", i, len(plan.experiments))
@@ -620,11 +626,11 @@ def _fault_campaign(
         outcomes: dict[str, str] = {}
         for rep, b in active:
             try:
-                faulty = _run_batched(b.load(proto, serialized), sub, m, batch)
-                row = classify(golden[rep.name], faulty, primary, task, sub.labels, critical)
-            except Exception:  # the runtime rejected or crashed on the faulty model
-                row = {"outcome": "crash", "crash": True, "sdc1": False, "sdc5": False, "critical": False,
-                       "due": False, "masked": False}
+                faulty = _run_batched(b.load(proto, serialized), sub, out_names, batch)
+                row = experiment_row(exp, classify(golden[rep.name], faulty, primary, task, sub.labels, critical),
+                                     time_s=None, worker=None)
+            except Exception as e:  # the runtime rejected or crashed on the faulty model
+                row = crash_row(exp, _error_text(e), None)
             outcomes[rep.name] = row["outcome"]
             counts[rep.name][row["outcome"]] += 1
             for k in flags[rep.name]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import google.protobuf.message
+import numpy as np
 import onnx
 import onnx.external_data_helper
 import onnx_ir as ir
@@ -42,6 +43,14 @@ class InputSpec:
     name: str
     dtype: ir.DataType
     shape: tuple[int | str | None, ...] | None
+
+    @property
+    def dtype_name(self) -> str:
+        """The numpy name of the element type (``float32``), as data files and the zoo registry spell it."""
+        try:
+            return str(np.dtype(self.dtype.numpy()).name)
+        except TypeError:  # a type numpy cannot hold (UNDEFINED): its ONNX name
+            return self.dtype.name.lower()
 
     @property
     def is_static(self) -> bool:

@@ -4,9 +4,9 @@ The zoo lives in the repository's ``model_zoo/`` folder (or the folder named by 
 ``ONNXFI_ZOO`` environment variable). ``model_zoo/registry.json`` maps each model name to
 its ``.onnx`` file, task, input spec, eval subset (a pickle-free ``.npz`` with one array
 per model input plus ``labels``), metric and the metric value recorded by running the
-exported model with onnxruntime on that subset.
+exported model with onnxruntime on that subset. Metrics come from :mod:`onnxfi.metrics`.
 
-This module needs only numpy and onnxruntime; it never prints.
+This module never prints.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
+from onnxfi import metrics as _metrics
 from onnxfi.errors import DataError, ModelLoadError, OnnxfiError, ProviderError
+from onnxfi.model import InputSpec
 
 __all__ = [
     "ZOO_ENV_VAR",
-    "InputSpec",
     "ZooEntry",
     "compute_metrics",
+    "default_data",
     "entries",
     "eval_data_path",
     "evaluate",
@@ -43,15 +46,6 @@ ZOO_ENV_VAR = "ONNXFI_ZOO"
 """Environment variable that overrides the zoo folder."""
 
 TASKS = ("classification", "segmentation")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: its name, shape (symbolic dims as strings) and numpy dtype name."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,8 @@ _KNOWN_KEYS = {
 def _entry_from_json(name: str, raw: Mapping[str, Any], root: Path) -> ZooEntry:
     try:
         inputs = tuple(
-            InputSpec(name=str(i["name"]), shape=tuple(i["shape"]), dtype=str(i["dtype"]))
+            InputSpec(name=str(i["name"]), dtype=ir.DataType.from_numpy(np.dtype(str(i["dtype"]))),
+                      shape=tuple(i["shape"]))
             for i in raw["inputs"]
         )
         outputs = tuple(str(o) for o in raw.get("outputs", ()))
@@ -176,17 +171,36 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     comes back unchanged as a path, so that the model loader reports it as not found.
     """
     path = Path(spec)
-    if path.is_file():
+    name = _zoo_name(spec)
+    if name is None:
         return path
+    try:
+        registry = _load_registry()
+    except OnnxfiError:
+        return path
+    return registry[name].file if name in registry else path
+
+
+def _zoo_name(spec: str | os.PathLike[str]) -> str | None:
+    """``spec`` when it can name a zoo model: not an existing file, no folder, no ``.onnx`` suffix."""
     text = os.fspath(spec)
-    if text and os.sep not in text and not text.endswith(".onnx"):
-        try:
-            registry = _load_registry()
-        except OnnxfiError:
-            return path
-        if text in registry:
-            return registry[text].file
-    return path
+    if not text or Path(text).is_file() or os.sep in text or text.endswith(".onnx"):
+        return None
+    return text
+
+
+def default_data(model_arg: str | os.PathLike[str]) -> str | None:
+    """The eval subset of the zoo model ``model_arg`` names (the default ``--data`` of a command), else None.
+
+    None for a model file, for a name the registry does not list, and when there is no registry (no zoo
+    installed). A registry that exists but cannot be read raises its one-line :class:`OnnxfiError`; a
+    listed subset that is missing is returned all the same, so that loading it says so.
+    """
+    name = _zoo_name(model_arg)
+    if name is None or not registry_path().is_file():
+        return None
+    entry = _load_registry().get(name)
+    return None if entry is None else str(entry.eval_data)
 
 
 def eval_data_path(name: str) -> Path:
@@ -216,26 +230,22 @@ def load_eval_data(name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
 def compute_metrics(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Metrics of a model output against labels.
 
-    classification: ``accuracy`` = mean(argmax(output, axis=1) == labels).
-    segmentation (output [N,C,H,W], labels [N,H,W]): ``miou`` = mean IoU over the classes present
-    in the labels or the prediction, and ``pixel_accuracy``.
+    classification: ``accuracy`` (:func:`onnxfi.metrics.accuracy`: argmax over axis 1 equals the label).
+    segmentation (output [N,C,H,W], labels [N,H,W]): ``miou`` (:func:`onnxfi.metrics.miou`: mean IoU over
+    the classes present in the labels or the prediction) and ``pixel_accuracy``; label ids outside
+    ``[0, C)`` (255 "ignore" ids) are left out of both.
     """
     scores = np.asarray(output)
     if scores.ndim < 2:
         raise OnnxfiError(f"expected an output with a class axis, got shape {scores.shape}")
-    pred = scores.argmax(axis=1)
+    pred_shape = scores.shape[:1] + scores.shape[2:]
     labels = np.asarray(labels)
-    if pred.shape != labels.shape:
-        raise OnnxfiError(f"prediction shape {pred.shape} does not match labels shape {labels.shape}")
+    if pred_shape != labels.shape:
+        raise OnnxfiError(f"prediction shape {pred_shape} does not match labels shape {labels.shape}")
     if task == "classification":
-        return {"accuracy": float(np.mean(pred == labels))}
+        return {"accuracy": _metrics.accuracy(scores, labels)}
     if task == "segmentation":
-        ious = []
-        for cls in np.union1d(np.unique(labels), np.unique(pred)):
-            inter = np.count_nonzero((pred == cls) & (labels == cls))
-            union = np.count_nonzero((pred == cls) | (labels == cls))
-            ious.append(inter / union)
-        return {"miou": float(np.mean(ious)), "pixel_accuracy": float(np.mean(pred == labels))}
+        return {"miou": _metrics.miou(scores, labels), "pixel_accuracy": _metrics.pixel_accuracy(scores, labels)}
     raise OnnxfiError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
 
 

@@ -60,7 +60,7 @@ def test_entry_files_and_eval_subset(name: str) -> None:
     assert labels.dtype == np.int64
     for spec in entry.inputs:
         arr = feeds[spec.name]
-        assert str(arr.dtype) == spec.dtype
+        assert str(arr.dtype) == spec.dtype_name
         assert arr.shape[0] == labels.shape[0]
         assert all(isinstance(d, str) or d == n for d, n in zip(spec.shape, arr.shape, strict=True))
     assert entry.file.stat().st_size < 5 * 2**20
@@ -140,6 +140,39 @@ def test_unknown_name_lists_available() -> None:
         zoo.get("no_such_model")
     with pytest.raises(OnnxfiError):
         zoo.evaluate("no_such_model")
+
+
+def test_segmentation_score_ignores_out_of_range_label_ids() -> None:
+    """A 255 ("ignore") label id takes no part in mIoU or pixel accuracy (it used to count as a class)."""
+    labels = np.array([[[0, 1], [1, 255]]])  # [N=1, H=2, W=2]
+    scores = np.zeros((1, 2, 2, 2), np.float32)
+    scores[0, 1, 1, :] = 1.0  # predicted: [[0, 0], [1, 1]]
+    got = zoo.compute_metrics("segmentation", scores, labels)
+    # class 0: TP 1, FP 1 (the labelled 1 at [0, 1]) -> 1/2; class 1: TP 1, FN 1 -> 1/2; the 255 pixel adds nothing
+    assert got == {"miou": 0.5, "pixel_accuracy": 2 / 3}
+    assert zoo.compute_metrics("segmentation", scores, np.array([[[0, 1], [1, 1]]]))["miou"] != 0.5
+
+
+def test_classification_score() -> None:
+    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
+    assert zoo.compute_metrics("classification", scores, np.array([1, 1, 1])) == {"accuracy": pytest.approx(2 / 3)}
+    with pytest.raises(OnnxfiError, match="does not match labels shape"):
+        zoo.compute_metrics("classification", scores, np.array([1, 1]))
+
+
+def test_default_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert zoo.default_data("digits_cnn") == str(zoo.get("digits_cnn").eval_data)
+    model = tmp_path / "digits_cnn"
+    model.write_bytes(b"x")
+    assert zoo.default_data(str(model)) is None  # an existing file wins over a name, as in resolve_model
+    assert zoo.default_data("model.onnx") is None
+    assert zoo.default_data("not_a_zoo_name") is None
+    monkeypatch.setenv(zoo.ZOO_ENV_VAR, str(tmp_path / "nowhere"))
+    assert zoo.default_data("digits_cnn") is None  # no zoo installed: no default data
+    monkeypatch.setenv(zoo.ZOO_ENV_VAR, str(tmp_path))
+    (tmp_path / "registry.json").write_text("{not json")
+    with pytest.raises(OnnxfiError, match="cannot read model zoo registry"):
+        zoo.default_data("digits_cnn")  # a broken registry is said, not taken for "no data"
 
 
 def test_zoo_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

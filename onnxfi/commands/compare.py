@@ -29,7 +29,9 @@ from onnxfi.compare import (
 )
 from onnxfi.data import load_data, random_data
 from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
 from onnxfi.plan import parse_bits
+from onnxfi.zoo import default_data
 
 __all__ = ["register", "run", "print_result"]
 
@@ -86,15 +88,6 @@ def register(sub: Any) -> None:
                    help="name an unavailable runtime but do not make it an error")
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     p.set_defaults(func=run)
-
-
-def _default_data(model_arg: str) -> str | None:
-    try:
-        from onnxfi import zoo
-
-        return str(zoo.eval_data_path(model_arg))
-    except Exception:
-        return None
 
 
 def _backends(spec: str, threads: int | None) -> list[Backend | RuntimeUnavailable]:
@@ -168,9 +161,10 @@ def print_result(res: CompareResult) -> None:
         ft.add_column("outcome")
         for r in ran:
             ft.add_column(r.name)
-        for key in ("masked", "tolerable", "sdc1", "sdc5", "critical", "due", "crash"):
+        for key in OUTCOMES:
             ft.add_row(key, *[str(r.outcomes.get(key, 0)) for r in ran])
-        for key, label in (("sdc1", "SDC-1 rate"), ("critical", "critical rate"), ("due", "DUE rate")):
+        for key in ("sdc1", "critical", "due"):
+            label = f"{OUTCOME_LABELS[key]} rate"
             cells = []
             for r in ran:
                 x = r.rates[key]
@@ -204,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = str(resolve_model_arg(args.model))
     loaded, _ = load_from_args(args)
     specs = loaded.inputs()
-    data_path = args.data or _default_data(args.model)
+    data_path = args.data or default_data(args.model)
     data = (load_data(data_path, specs) if data_path
             else random_data(specs, seed=args.seed, batch=args.samples, overrides=input_shapes_from_args(args)))
     batch = args.batch

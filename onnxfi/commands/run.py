@@ -11,7 +11,7 @@ from rich.table import Table
 from onnxfi.commands._common import add_model_args, input_shapes_from_args, load_from_args, print_json, stdout
 from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
-from onnxfi.runtime import make_session, run_session
+from onnxfi.runtime import concat_batches, make_session, run_session
 
 __all__ = ["register", "run", "label_accuracy"]
 
@@ -76,12 +76,11 @@ def run(args: argparse.Namespace) -> int:
     )
     session = make_session(loaded.model, provider=args.provider, threads=args.threads)
     n = max(1, data.size)
+    # the first batch is the timed one; the rest run once, each through run_session for its one-line errors
     first = run_session(session, data.batch(0, min(n, args.batch)), repeat=args.repeat, warmup=1)
-    chunks = [first.outputs]
-    for start in range(args.batch, n, args.batch):
-        chunks.append(run_session(session, data.batch(start, min(n, start + args.batch))).outputs)
-    outputs = {k: np.concatenate([c[k] for c in chunks]) if chunks[0][k].ndim else chunks[0][k]
-               for k in first.outputs}
+    rest = [run_session(session, data.batch(start, min(n, start + args.batch))).outputs
+            for start in range(args.batch, n, args.batch)]
+    outputs = concat_batches([first.outputs, *rest])
     result: dict[str, Any] = {
         "model": str(loaded.path),
         "provider": args.provider,

@@ -50,7 +50,7 @@ def _entry_json(entry: zoo.ZooEntry) -> dict[str, Any]:
         "name": entry.name,
         "file": str(entry.file),
         "task": entry.task,
-        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in entry.inputs],
+        "inputs": [{"name": i.name, "shape": list(i.shape or ()), "dtype": i.dtype_name} for i in entry.inputs],
         "outputs": list(entry.outputs),
         "eval_data": str(entry.eval_data),
         "eval_samples": entry.eval_samples,
@@ -79,8 +79,8 @@ def _list(args: argparse.Namespace, console: Console) -> int:
     for e in items:
         if e.inputs:
             first = e.inputs[0]
-            shape = "x".join(str(d) for d in first.shape)
-            spec = shape if first.dtype == "float32" else f"{shape} {first.dtype}"
+            shape = "x".join(str(d) for d in first.shape or ())
+            spec = shape if first.dtype_name == "float32" else f"{shape} {first.dtype_name}"
         else:
             spec = "?"
         size = f"{e.file.stat().st_size / 1024:.0f} KiB" if e.file.is_file() else "missing"

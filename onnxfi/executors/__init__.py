@@ -17,7 +17,13 @@ EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
-    """Runs experiments somewhere; every executor yields the same rows for the same plan."""
+    """Runs experiments somewhere and yields one stored row per experiment.
+
+    Every executor applies the same chunking, time limit and retry rule (:mod:`onnxfi.executors._common`),
+    so an experiment's outcome does not depend on where it ran; what may differ between executors and
+    runs is ``time_s``, ``worker``, the order of the rows, and which experiments crash when a timeout or a
+    worker death is not the experiment's own doing (a loaded machine, a lost node).
+    """
 
     def start(self) -> dict[str, Any]:
         """Start the workers; returns the clean (fault-free) summary."""

@@ -1,8 +1,10 @@
 """Run experiments in worker processes: a fault that crashes or hangs ONNX Runtime kills only its worker.
 
 Each worker builds an :class:`onnxfi.engine.Engine` once and keeps its site sessions warm; it takes
-experiments grouped by site. A worker that dies or overruns its time budget is replaced, and the
-experiment it was running is recorded as ``crash`` with the reason.
+experiments grouped by site. A worker that dies or overruns its time budget is replaced. The experiment
+it was on is retried or recorded as ``crash`` by the rule every executor shares
+(:mod:`onnxfi.executors._common`): a death is retried on a fresh worker, a second death or a timeout is
+a ``crash`` row with the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,22 +19,20 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from onnxfi.engine import Engine, EngineConfig
+from onnxfi.errors import OnnxfiError
+from onnxfi.executors._common import (
+    MAX_ATTEMPTS,
+    Attempts,
+    chunk_by_site,
+    error_text,
+    run_one,
+    time_limit,
+    timeout_reason,
+)
+from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
 
-__all__ = ["LocalExecutor", "crash_row"]
-
-
-def crash_row(exp: Experiment, reason: str, worker: int) -> dict[str, Any]:
-    return {
-        "id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
-        "fault": _fault_spec(exp), "outcome": "crash", "masked": False, "sdc1": False, "sdc5": False,
-        "critical": False, "due": False, "crash": True, "images_changed": None, "metrics": {},
-        "time_s": None, "worker": worker, "error": reason[:500],
-    }
-
-
-def _fault_spec(exp: Experiment) -> str:
-    return exp.fault_obj().spec()
+__all__ = ["LocalExecutor", "default_workers"]
 
 
 def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
@@ -52,19 +51,14 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
             return
         _, exp_dict, needs_bits, needs_values = msg
         exp = Experiment(**exp_dict)
-        conn.send(("got", exp.id))  # from here on a death or a hang is this experiment's (or its site's)
+        conn.send(("got", exp.id))  # from here on a hang is this experiment's (or its site's)
         try:
             engine.runner(exp.site, needs_bits, needs_values)
-            conn.send(("begin", exp.id))
-            t0 = time.perf_counter()
-            row = engine.run(exp, needs_bits, needs_values)
-            elapsed = time.perf_counter() - t0
-            row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
-                        "fault": _fault_spec(exp), "time_s": elapsed, "worker": worker_id, "error": None})
-            conn.send(("result", row))
-        except Exception as e:  # an ORT error for this fault: a crash outcome, the worker goes on
-            conn.send(("result", crash_row(exp, f"{type(e).__name__}: {str(e).strip()[:300]}", worker_id)
-                       | {"trace": traceback.format_exc(limit=2)}))
+        except Exception as e:  # the site's sessions cannot be built: this experiment's crash
+            conn.send(("result", crash_row(exp, error_text(e), worker_id)))
+            continue
+        conn.send(("begin", exp.id))
+        conn.send(("result", run_one(engine, exp, needs_bits, needs_values, worker_id)))
 
 
 @dataclass
@@ -90,10 +84,11 @@ class LocalExecutor:
         timeout_factor: float = 10.0,
         min_timeout_s: float = 30.0,
         build_timeout_s: float = 600.0,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.cfg = cfg
         self.build_timeout_s = build_timeout_s  # building one site's sessions (prefix, cone, shortcut)
-        self._retried: set[int] = set()
+        self.max_attempts = max_attempts
         self.n_workers = max(1, workers)
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
@@ -112,8 +107,6 @@ class LocalExecutor:
         msg: Any = parent.recv() if parent.poll(600) else ("fatal", "worker did not start in 600 s")
         if msg[0] == "fatal":
             proc.kill()
-            from onnxfi.errors import OnnxfiError
-
             raise OnnxfiError(f"worker failed to start: {msg[1]}")
         self.clean = msg[1]
         w = _Worker(wid, proc, parent)
@@ -166,12 +159,8 @@ class LocalExecutor:
     ) -> Iterator[dict[str, Any]]:
         """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
         self.start()
-        chunks: deque[deque[Experiment]] = deque()
-        for e in experiments:
-            if chunks and chunks[-1][0].site == e.site and chunks[-1][0].round == e.round:
-                chunks[-1].append(e)
-            else:
-                chunks.append(deque([e]))
+        chunks = chunk_by_site(experiments)
+        attempts = Attempts(self.max_attempts)
         for w in self._workers:
             if chunks:
                 w.queue = chunks.popleft()
@@ -197,9 +186,7 @@ class LocalExecutor:
                     elif msg[0] == "begin":
                         w.running, w.started = True, time.monotonic()
                     elif msg[0] == "result":
-                        row = msg[1]
-                        row.pop("trace", None)
-                        yield row
+                        yield msg[1]
                         if not w.queue and chunks:
                             w.queue = chunks.popleft()
                         self._send_next(w, flags)
@@ -208,22 +195,22 @@ class LocalExecutor:
                 dead = broken or w.proc.sentinel in ready or not w.proc.is_alive()
                 if dead:
                     w.proc.join(timeout=5)
-                limit = max(self.min_timeout_s, self.timeout_factor * w.golden_time)
+                limit = time_limit(w.golden_time, self.timeout_factor, self.min_timeout_s)
                 timed_out = not dead and w.running and now - w.started > limit
                 build_hang = not dead and w.received and not w.running and now - w.started > self.build_timeout_s
                 if dead or timed_out or build_hang:
                     exp = w.current
                     assert exp is not None
-                    code = w.proc.exitcode
-                    if dead and not w.received and exp.id not in self._retried:
-                        # died before it read this experiment (e.g. right after sending a result):
-                        # not this experiment's doing; run it again once on the replacement worker
-                        self._retried.add(exp.id)
-                        w.queue.appendleft(exp)
+                    if dead:
+                        # the experiment it was on pays, read or not (it may have died just after a result)
+                        n = attempts.charge(exp)
+                        if attempts.retry(n):
+                            w.queue.appendleft(exp)
+                        else:
+                            yield crash_row(exp, attempts.reason(n, f"exit code {w.proc.exitcode}"), w.wid)
                     else:
-                        reason = (f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)" if timed_out
-                                  else f"timeout: building the site's sessions took over {self.build_timeout_s:g} s"
-                                  if build_hang else f"worker died (exit code {code})")
+                        reason = (timeout_reason(limit, self.timeout_factor) if timed_out
+                                  else f"timeout: building the site's sessions took over {self.build_timeout_s:g} s")
                         yield crash_row(exp, reason, w.wid)
                     self._workers[i] = w = self._replace(w)
                     if not w.queue and chunks:

@@ -7,10 +7,11 @@ time to the driver, which stores them.
 
 Failures: an actor that dies (a fault that kills ONNX Runtime, a lost node, ``ray.kill``) is
 replaced, and the experiments it held go back to the queue. Actor calls run in submission order,
-so only the oldest unfinished experiment of a dead actor can have killed it: that one is charged an
-attempt, and after ``max_retries`` retries it is stored as ``crash``; the others are retried free.
-An experiment that overruns its time budget is a ``crash`` at once (a hang repeats), as locally.
-Every experiment is yielded exactly once.
+so only the oldest unfinished experiment of a dead actor can have killed it: that one is charged the
+death, the others go back free. The retry rule and the time limit are the local executor's
+(:mod:`onnxfi.executors._common`): a charged experiment runs again on a fresh actor, and is stored as
+``crash`` when it has killed ``max_attempts`` of them; an experiment that overruns its time budget is a
+``crash`` at once (a hang repeats). Every experiment is yielded exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import socket
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -33,11 +33,20 @@ from typing import Any
 import ray
 
 from onnxfi.engine import Engine, EngineConfig
-from onnxfi.errors import OnnxfiError
-from onnxfi.executors.local import crash_row
+from onnxfi.errors import OnnxfiError, first_line
+from onnxfi.executors._common import (
+    MAX_ATTEMPTS,
+    Attempts,
+    chunk_by_site,
+    error_text,
+    run_one,
+    time_limit,
+    timeout_reason,
+)
+from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment, file_sha256
 
-__all__ = ["RayExecutor"]
+__all__ = ["RayExecutor", "check_reachable"]
 
 # Experiment calls queued on one actor beyond the one it runs: hides the driver round trip.
 WINDOW = 3
@@ -149,18 +158,7 @@ class _EngineActor:
 
     def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         assert self.engine is not None
-        exp = Experiment(**exp_dict)
-        try:
-            t0 = time.perf_counter()
-            row = self.engine.run(exp, needs_bits, needs_values)
-            elapsed = time.perf_counter() - t0
-            row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
-                        "fault": exp.fault_obj().spec(), "time_s": elapsed, "worker": self.wid,
-                        "error": None})
-            return row
-        except Exception as e:  # an ORT error for this fault: a crash outcome, the actor goes on
-            return crash_row(exp, f"{type(e).__name__}: {str(e).strip()[:300]}", self.wid) | {
-                "trace": traceback.format_exc(limit=2)}
+        return run_one(self.engine, Experiment(**exp_dict), needs_bits, needs_values, self.wid)
 
     def pid(self) -> int:
         return os.getpid()
@@ -198,7 +196,7 @@ class RayExecutor:
         address: str | None = None,
         timeout_factor: float = 10.0,
         min_timeout_s: float = 30.0,
-        max_retries: int = 2,
+        max_attempts: int = MAX_ATTEMPTS,
         start_timeout_s: float = 600.0,
     ) -> None:
         # Actors do not share the driver's working directory: give them absolute paths.
@@ -208,7 +206,7 @@ class RayExecutor:
         self.address = address
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
-        self.max_retries = max_retries
+        self.max_attempts = max_attempts
         self.start_timeout_s = start_timeout_s
         self.clean: dict[str, Any] | None = None
         self.cpus_per_worker = max(1, cfg.threads or 1)
@@ -227,7 +225,7 @@ class RayExecutor:
         if ray.is_initialized():
             return
         addr = self.address or os.environ.get("RAY_ADDRESS") or "local"
-        _check_reachable(addr)
+        check_reachable(addr)
         kwargs: dict[str, Any] = {}
         if addr == "local":
             kwargs["num_cpus"] = max(os.cpu_count() or 1, self.n_workers * self.cpus_per_worker)
@@ -235,7 +233,7 @@ class RayExecutor:
             ray.init(address=addr, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, limit=None)
             hint = "" if addr == "local" else (
                 "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here")
             raise OnnxfiError(f"cannot start or reach Ray at {addr!r}: {first}{hint}") from None
@@ -268,7 +266,7 @@ class RayExecutor:
         except ray.exceptions.RayError as e:
             self._failed_starts += 1
             if self._failed_starts > 3 * self.n_workers and not any(s.ready for s in self._slots):
-                raise OnnxfiError(f"Ray workers keep dying at start-up: {_short(e)}") from None
+                raise OnnxfiError(f"Ray workers keep dying at start-up: {error_text(e)}") from None
             self._replace(slot)
             return
         if msg[0] == "missing":
@@ -334,14 +332,9 @@ class RayExecutor:
     ) -> Iterator[dict[str, Any]]:
         """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
         self.start()
-        chunks: deque[deque[Experiment]] = deque()
-        for e in experiments:
-            if chunks and chunks[-1][0].site == e.site and chunks[-1][0].round == e.round:
-                chunks[-1].append(e)
-            else:
-                chunks.append(deque([e]))
+        chunks = chunk_by_site(experiments)
         remaining = {e.id for e in experiments}
-        attempts: dict[int, int] = {}
+        attempts = Attempts(self.max_attempts)
         last_progress = time.monotonic()
         while remaining:
             for slot in list(self._slots):
@@ -374,12 +367,11 @@ class RayExecutor:
             now = time.monotonic()
             for slot in list(self._slots):
                 head = slot.inflight[0][1] if slot.inflight else None
-                limit = max(self.min_timeout_s, self.timeout_factor * slot.golden_time)
+                limit = time_limit(slot.golden_time, self.timeout_factor, self.min_timeout_s)
                 if head is not None and now - slot.head_since > limit:
                     slot.inflight.popleft()
                     remaining.discard(head.id)
-                    yield crash_row(head, f"timeout: over {limit:.1f} s ({self.timeout_factor:g}x golden)",
-                                    slot.wid)
+                    yield crash_row(head, timeout_reason(limit, self.timeout_factor), slot.wid)
                     self._requeue(slot, chunks)
                     self._replace(slot)
 
@@ -405,7 +397,7 @@ class RayExecutor:
                 slot.inflight.append((slot.actor.prepare.remote(exp.site, bits, values), None))
             slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values), exp))
 
-    def _collect(self, slot: _Slot, remaining: set[int], attempts: dict[int, int],
+    def _collect(self, slot: _Slot, remaining: set[int], attempts: Attempts,
                  chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
         """Take the finished results at the front of ``slot``; on a dead actor, requeue and replace."""
         while slot.inflight:
@@ -422,20 +414,19 @@ class RayExecutor:
             slot.head_since = time.monotonic()
             if exp is None:
                 continue
-            row.pop("trace", None)
             if exp.id in remaining:  # never twice
                 remaining.discard(exp.id)
                 yield row
 
-    def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: dict[int, int],
+    def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: Attempts,
               chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
         culprit = next((e for _, e in slot.inflight if e is not None), None)
         if culprit is not None:
-            n = attempts[culprit.id] = attempts.get(culprit.id, 0) + 1
-            if n > self.max_retries:
+            n = attempts.charge(culprit)
+            if not attempts.retry(n):
                 slot.inflight = deque(x for x in slot.inflight if x[1] is not culprit)
                 remaining.discard(culprit.id)
-                yield crash_row(culprit, f"worker died (on {n} attempts; {_short(err)})", slot.wid)
+                yield crash_row(culprit, attempts.reason(n, error_text(err)), slot.wid)
         self._requeue(slot, chunks)
         self._replace(slot)
 
@@ -449,7 +440,7 @@ class RayExecutor:
             chunks.appendleft(back)
 
 
-def _check_reachable(addr: str, timeout_s: float = 10.0) -> None:
+def check_reachable(addr: str, timeout_s: float = 10.0) -> None:
     """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
     hostport = addr.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
@@ -460,8 +451,3 @@ def _check_reachable(addr: str, timeout_s: float = 10.0) -> None:
     except OSError as e:
         raise OnnxfiError(f"cannot reach a Ray cluster at {addr} ({e.strerror or e}); start one with "
                           f"`ray start --head` or check --address") from None
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__

@@ -7,7 +7,7 @@ import onnx.helper
 import onnx.version_converter
 import onnx_ir as ir
 
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import OnnxfiError, first_line
 
 __all__ = ["upgrade_opset", "model_opset"]
 
@@ -25,10 +25,9 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     try:
         converted = onnx.version_converter.convert_version(proto, target)
     except Exception as e:  # the converter raises bare RuntimeErrors with long texts
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise OnnxfiError(
             f"cannot convert the model from opset {current} to {target} "
-            f"(needed for in-graph bit faults): {first}"
+            f"(needed for in-graph bit faults): {first_line(e, limit=200)}"
         ) from None
     opsets = [onnx.helper.make_opsetid(o.domain, o.version) for o in converted.opset_import]
     converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(opsets, True))
