@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
+from executor_helpers import planted  # the planted experiment: only y[0, 0] negated
 from onnx import TensorProto
 
 OPSET = 17
@@ -191,16 +192,10 @@ def kat_expected(site: str, index: int, fault: Mapping[str, Any], x: np.ndarray 
 # --------------------------------------------------------------------- custom metrics (in workers)
 
 
-def _is_target(faulty: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray]) -> bool:
-    """The one planted experiment: output y[0, 0] has exactly the opposite sign of golden."""
-    f, g = faulty["y"], golden["y"]
-    return bool(f[0, 0] == -g[0, 0] and g[0, 0] != 0 and np.array_equal(f[:, 1:], g[:, 1:]))
-
-
 def crash_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
                            labels: np.ndarray | None) -> float:
     """Kill the worker (SIGKILL, as a runtime crash would) on the planted experiment; else 0."""
-    if _is_target(faulty, golden):
+    if planted(faulty, golden):
         os.kill(os.getpid(), signal.SIGKILL)
     return 0.0
 
@@ -208,7 +203,7 @@ def crash_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str
 def abort_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
                            labels: np.ndarray | None) -> float:
     """``os.abort()`` (SIGABRT) on the planted experiment; else 0."""
-    if _is_target(faulty, golden):
+    if planted(faulty, golden):
         os.abort()
     return 0.0
 
@@ -216,7 +211,7 @@ def abort_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str
 def raise_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
                            labels: np.ndarray | None) -> float:
     """An ordinary Python error on the planted experiment (the worker survives it); else 0."""
-    if _is_target(faulty, golden):
+    if planted(faulty, golden):
         raise RuntimeError("planted failure")
     return 0.0
 
@@ -224,7 +219,7 @@ def raise_on_negated_first(faulty: Mapping[str, np.ndarray], golden: Mapping[str
 def kill_or_hang(faulty: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
                  labels: np.ndarray | None) -> float:
     """SIGKILL on the planted experiment (y[0, 0] negated), hang when only y[1, 1] is negated; else 0."""
-    if _is_target(faulty, golden):
+    if planted(faulty, golden):
         os.kill(os.getpid(), signal.SIGKILL)
     f, g = faulty["y"], golden["y"]
     other = np.ones(g.shape, bool)

@@ -18,6 +18,7 @@ from onnxfi.commands._common import resolve_model_arg, stderr, stdout
 from onnxfi.errors import OnnxfiError
 from onnxfi.gate import GateResult, find_config, load_config, write_junit
 from onnxfi.gate_campaign import run_gate
+from onnxfi.zoo import default_data
 
 __all__ = ["register", "run"]
 
@@ -62,15 +63,6 @@ def register(sub: Any) -> None:
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per check")
     p.add_argument("--workers", type=int, help="worker processes (default: the config's, else 1)")
     p.set_defaults(func=run)
-
-
-def _zoo_data(model_arg: str) -> str | None:
-    try:
-        from onnxfi import zoo
-
-        return str(zoo.eval_data_path(model_arg))
-    except Exception:
-        return None
 
 
 def _fmt(x: float | None, pct: bool) -> str:
@@ -137,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     model_path = resolve_model_arg(model_arg)
     if not Path(model_path).is_file():
         raise OnnxfiError(f"model not found: {model_arg}")
-    data = args.data or cfg.data or _zoo_data(model_arg)
+    data = args.data or cfg.data or default_data(model_arg)
     db = (args.db or cfg.db or str(Path(".onnxfi") / "gate-{model}.db")).replace("{model}", Path(model_path).stem)
     spec = cfg.plan
     size = f"{spec.faults} faults" if spec.faults else f"margin {spec.margin or 0.05} at {spec.confidence}"
