@@ -447,7 +447,7 @@ def evaluate(
     plan: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
 ) -> list[Check]:
-    """The checks of ``cfg`` on a campaign summary (``aggregate()``'s) and clean metric; pure."""
+    """The checks of ``cfg`` on a campaign summary (:func:`onnxfi.summary.aggregate`'s) and clean metric; pure."""
     warn = warnings if warnings is not None else []
     conf = cfg.confidence
     checks: list[Check] = []
