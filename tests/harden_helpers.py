@@ -51,6 +51,25 @@ def session(model: ir.Model, level: str = "all", optimized: Path | None = None) 
     return ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def fused_nodes(model: ir.Model, tmp_path: Path, nchwc: bool = True) -> list[tuple[str, str]]:
+    """(op, fused activation) of each node ORT keeps at ORT_ENABLE_ALL; ``nchwc.`` marks the blocked-layout ops.
+
+    ``nchwc=False`` turns off only ORT's NCHWc transformer, so that Conv + activation shows as ``FusedConv``.
+    """
+    path = tmp_path / "optimized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(path)
+    so.log_severity_level = 3
+    ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
+    out = []
+    for n in onnx.load(str(path)).graph.node:
+        act = next((a.s.decode() for a in n.attribute if a.name == "activation"), "")
+        out.append((("nchwc." if n.domain == "com.microsoft.nchwc" else "") + n.op_type, act))
+    return out
+
+
 def run(model: ir.Model, feeds: Mapping[str, np.ndarray], level: str = "all") -> list[np.ndarray]:
     return [np.asarray(o) for o in session(model, level).run(None, dict(feeds))]
 
@@ -59,13 +78,9 @@ def ops(model: ir.Model) -> list[str]:
     return [n.op_type for n in model.graph]
 
 
-def vr(name: str, lo: float, hi: float, percentiles: Mapping[float, float] | None = None) -> ValueRange:
-    """A profiled range given by hand."""
-    return ValueRange(name, lo, hi, 100, 0, dict(percentiles or {}), 100)
-
-
-def ranges(*items: ValueRange) -> dict[str, ValueRange]:
-    return {r.name: r for r in items}
+def ranges(**bounds: tuple[float, float]) -> dict[str, ValueRange]:
+    """Profiled ranges given by hand: ``ranges(x=(lo, hi))``."""
+    return {name: ValueRange(name, lo, hi, 100, 0, {}, 100) for name, (lo, hi) in bounds.items()}
 
 
 def node_by_output(model: ir.Model, name: str) -> ir.Node:
@@ -85,6 +100,21 @@ def fill(text: str, **arrays: object) -> str:
         text = text.replace(f"@{name}", ", ".join(f"{float(v):.4f}" for v in np.asarray(values).reshape(-1)))
     return text
 
+
+# An activation of each kind the activation passes tell apart, for the tests of their reasons.
+MIXED = """
+g (float[4] x, float[4] d, int32[4] k) => (float[4] a, float[4] b, float[4] c, int32[4] i, float[4] s, float[4] e,
+                                           float[4] t) {
+  a = Relu(x)
+  b = LeakyRelu(x)
+  c = Relu(d)
+  i = Relu(k)
+  s = Sigmoid(x)
+  n = Neg(x)
+  e = Relu(n)
+  t = Tanh(n)
+}
+"""
 
 CONV_RELU = fill("""
 conv_relu (float[N,1,4,4] x) => (float[N,2,4,4] y) <float[2,1,3,3] w = {@W}, float[2] b = {0.1, -0.2}> {

@@ -101,6 +101,9 @@ def test_protect_needs_no_calibration(tmp_path: Path, capsys: pytest.CaptureFixt
                           "protect, nan-guard"),
     (["--method", "ranger", "--search"], "onnxfi: error: --search applies to clipact; add it to --method"),
     (["--method", "protect", "--percentile", "99"], "onnxfi: error: --percentile applies to ranger; add it to --method"),
+    (["--method", "ranger", "--level", "0"], "onnxfi: error: --level applies to protect; add it to --method"),
+    (["--method", "ranger", "--guard-points", "y"],
+     "onnxfi: error: --guard-points applies to nan-guard; add it to --method"),
     (["--method", "ranger", "--percentile", "0"], "onnxfi: error: --percentile must be in (0, 100], got 0.0"),
     (["--method", "protect", "--calib", "missing.npz"], "onnxfi: error: data file not found: missing.npz"),
 ])

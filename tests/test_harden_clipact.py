@@ -5,21 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from harden_helpers import (
     CONV_RELU,
     fill,
+    fused_nodes,
     initializer_values,
     node_by_output,
     ops,
     parse,
     ranges,
     run,
-    to_proto,
-    vr,
 )
 
 from onnxfi.data import Dataset
@@ -32,25 +28,6 @@ SPECIALS = np.array([-1.0, -0.0, 0.0, 1.0, 2.0, 2.5, np.nan, np.inf, -np.inf], d
 EXPECTED = np.array([0, 0, 0, 1, 2, 0, 0, 0, 0], dtype=np.float32)  # T = 2: out of [0, T] and NaN -> 0
 
 
-def _optimized_nodes(model: ir.Model, tmp_path: Path, nchwc: bool = True) -> list[tuple[str, str]]:
-    """(op, fused activation) of each node ORT keeps at ORT_ENABLE_ALL; ``nchwc.`` marks the blocked-layout ops.
-
-    ``nchwc=False`` turns off only ORT's NCHWc transformer, so that Conv + activation shows as ``FusedConv``.
-    """
-    path = tmp_path / "optimized.onnx"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(path)
-    so.log_severity_level = 3
-    ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
-    out = []
-    for n in onnx.load(str(path)).graph.node:
-        act = next((a.s.decode() for a in n.attribute if a.name == "activation"), "")
-        out.append((("nchwc." if n.domain == "com.microsoft.nchwc" else "") + n.op_type, act))
-    return out
-
-
 def _reference(x: np.ndarray, t: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.where((x >= 0) & (x <= t), x, 0).astype(x.dtype)
@@ -58,7 +35,7 @@ def _reference(x: np.ndarray, t: float) -> np.ndarray:
 
 def test_relu_stays_and_the_zeroing_follows_it() -> None:
     model = parse(RELU)
-    p = ClipAct(ranges(vr("y", 0.0, 2.0)))
+    p = ClipAct(ranges(y=(0.0, 2.0)))
     assert p.profile_points(model) == ["y"]
     assert p(model).modified
     assert ops(model) == ["Relu", "LessOrEqual", "Where"]
@@ -75,7 +52,7 @@ def test_relu_stays_and_the_zeroing_follows_it() -> None:
 
 def test_exact_against_numpy_on_random_bit_patterns() -> None:
     model = parse(RELU.replace("float[9]", "float[N]"))
-    ClipAct(ranges(vr("y", 0.0, 2.5)))(model)
+    ClipAct(ranges(y=(0.0, 2.5)))(model)
     rng = np.random.default_rng(11)
     x = rng.integers(0, 2**32, size=20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
     t = np.float32(2.5)
@@ -89,7 +66,7 @@ def test_exact_against_numpy_on_random_bit_patterns() -> None:
 
 def test_before_opset_12_strict_comparison_selects_the_same_values() -> None:
     model = parse(RELU, opset=11)
-    ClipAct(ranges(vr("y", 0.0, 2.0)))(model)
+    ClipAct(ranges(y=(0.0, 2.0)))(model)
     assert ops(model) == ["Relu", "Less", "Where"]
     edge = np.array([np.nextafter(np.float32(2), np.float32(3)), 2.0, 1e-45, -1e-45, 0.0, np.nan, 7.0, -3.0, 1.5],
                     dtype=np.float32)
@@ -103,7 +80,7 @@ def test_before_opset_12_strict_comparison_selects_the_same_values() -> None:
 def test_relu6_becomes_relu_and_the_threshold_is_capped_by_the_clip_max() -> None:
     model = parse("""
     g (float[9] x) => (float[9] y) <float lo = {0.0}, float hi = {6.0}> { y = Clip(x, lo, hi) }""")
-    p = ClipAct(ranges(vr("y", 0.0, 8.0)))
+    p = ClipAct(ranges(y=(0.0, 8.0)))
     p(model)
     assert ops(model) == ["Relu", "LessOrEqual", "Where"]  # T <= 6: values above T go to 0, so no Clip is needed
     assert p.changes[0].detail == "Clip -> x if 0 <= x <= T else 0, T = 6"
@@ -114,19 +91,19 @@ def test_relu6_becomes_relu_and_the_threshold_is_capped_by_the_clip_max() -> Non
 
 def test_threshold_override() -> None:
     model = parse(RELU)
-    p = ClipAct(ranges(vr("y", 0.0, 5.0)), thresholds={"y": 2.0})
+    p = ClipAct(ranges(y=(0.0, 5.0)), thresholds={"y": 2.0})
     p(model)
     np.testing.assert_array_equal(run(model, {"x": SPECIALS})[0], EXPECTED)
 
 
 def test_ort_keeps_the_conv_fusion_and_the_zeroing(tmp_path: Path) -> None:
     hardened = parse(CONV_RELU)
-    ClipAct(ranges(vr("y", 0.0, 1.0)))(hardened)
+    ClipAct(ranges(y=(0.0, 1.0)))(hardened)
     assert ops(hardened) == ["Conv", "Relu", "LessOrEqual", "Where"]
-    assert _optimized_nodes(hardened, tmp_path, nchwc=False) == [
+    assert fused_nodes(hardened, tmp_path, nchwc=False) == [
         ("FusedConv", "Relu"), ("LessOrEqual", ""), ("Where", "")
     ]
-    blocked = _optimized_nodes(hardened, tmp_path)  # NCHWc: a reorder before the comparison, fusion kept
+    blocked = fused_nodes(hardened, tmp_path)  # NCHWc: a reorder before the comparison, fusion kept
     assert blocked[0] in (("FusedConv", "Relu"), ("nchwc.Conv", "Relu"))
     assert [op for op, _ in blocked if not op.startswith("nchwc.")] == ["LessOrEqual", "Where"]
     x = np.random.default_rng(3).normal(size=(3, 1, 4, 4)).astype(np.float32)
@@ -152,7 +129,7 @@ def test_reasons() -> None:
       n = Neg(x)
       e = Relu(n)
     }""")
-    p = ClipAct(ranges(vr("a", 0.0, 1.0), vr("e", 0.0, 0.0)))
+    p = ClipAct(ranges(a=(0.0, 1.0), e=(0.0, 0.0)))
     assert p.check(node_by_output(model, "a")) is None
     assert p.check(node_by_output(model, "b")) == (
         "clipact replaces ReLU activations (Relu, Clip with min 0); this is LeakyRelu"
@@ -185,7 +162,7 @@ def _mlp_data() -> Dataset:
 def test_search_never_lowers_the_auc_and_is_replayable() -> None:
     model = parse(MLP)
     data = _mlp_data()
-    p = ClipAct(ranges(vr("r", 0.0, 2.0)))
+    p = ClipAct(ranges(r=(0.0, 2.0)))
     p(model)
     labels = np.argmax(run(parse(MLP), {"x": data.feeds["x"]})[0], axis=1)
     cfg = SearchConfig(rates=(1e-3, 1e-2), trials=2, rounds=2, candidates=4, seed=7)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from harden_helpers import CONV_RELU, fill, node_by_output, ops, parse, ranges, run, session, vr
+from harden_helpers import CONV_RELU, MIXED, fill, node_by_output, ops, parse, ranges, run, session
 
 from onnxfi.data import Dataset
 from onnxfi.passes.ranger import Ranger
@@ -35,7 +35,7 @@ act (float[5] x) => (float[5] y, float[5] s, float[5] t) {
 
 def test_clip_goes_after_the_last_node_of_the_relu_chain() -> None:
     model = parse(CHAIN)
-    p = Ranger(ranges(vr("f", 0.3, 1.25)))  # profiled min 0.3, but a ReLU chain clips at 0
+    p = Ranger(ranges(f=(0.3, 1.25)))  # profiled min 0.3, but a ReLU chain clips at 0
     assert p.profile_points(model) == ["f"]
     assert p(model).modified
     assert ops(model) == ["Conv", "Relu", "MaxPool", "Flatten", "Clip", "Gemm"]
@@ -50,7 +50,7 @@ def test_clip_goes_after_the_last_node_of_the_relu_chain() -> None:
 
 def test_numbers_match_numpy_clip_per_activation() -> None:
     model = parse(ELEMENTWISE)
-    p = Ranger(ranges(vr("y", -3.0, 2.0), vr("s", 0.2, 0.7), vr("t", -0.15, 1.5)))
+    p = Ranger(ranges(y=(-3.0, 2.0), s=(0.2, 0.7), t=(-0.15, 1.5)))
     p(model)
     x = np.array([-4.0, -1.0, 0.5, 1.8, 50.0], dtype=np.float32)
     for level in ("none", "all"):
@@ -79,7 +79,7 @@ def test_percentile_bound_comes_from_the_profile() -> None:
 
 def test_ort_fusion_keeps_the_clip(tmp_path: Path) -> None:
     model = parse(CONV_RELU)
-    Ranger(ranges(vr("y", 0.0, 1.5)))(model)
+    Ranger(ranges(y=(0.0, 1.5)))(model)
     optimized = tmp_path / "opt.onnx"
     session(model, "all", optimized)
     fused = [n.op_type for n in onnx.load(str(optimized)).graph.node]
@@ -97,7 +97,7 @@ def test_ort_fusion_keeps_the_clip(tmp_path: Path) -> None:
 
 def test_opset_10_uses_clip_attributes() -> None:
     model = parse(ELEMENTWISE.replace("LeakyRelu <alpha = 0.1> (x)", "Tanh(x)"), opset=10)
-    Ranger(ranges(vr("y", 0.0, 2.0), vr("t", -0.5, 0.5)))(model)
+    Ranger(ranges(y=(0.0, 2.0), t=(-0.5, 0.5)))(model)
     clip = node_by_output(model, "t")
     assert clip.op_type == "Clip" and len(clip.inputs) == 1
     assert clip.attributes["min"].value == pytest.approx(-0.5)
@@ -107,29 +107,27 @@ def test_opset_10_uses_clip_attributes() -> None:
 
 
 def test_reasons_for_skipped_activations() -> None:
-    model = parse("""
-    g (float[4] x, int32[4] k) => (float[4] a, int32[4] b, float[4] c, float[4] d) {
-      a = Relu(x)
-      b = Relu(k)
-      c = Sigmoid(x)
-      e = Neg(x)
-      d = Tanh(e)
-    }""", opset=17)
-    p = Ranger(ranges(vr("a", 0.0, 1.0), vr("c", 0.5, 0.5)))
-    by_out = {o: node_by_output(model, o) for o in "abcd"}
-    assert p.check(by_out["a"]) is None
-    assert p.check(by_out["b"]) == "value is INT32, not a float type"
-    assert p.check(by_out["c"]) == "'c' is constant on the calibration data ([0.5, 0.5]); a clip would freeze it"
-    assert p.check(by_out["d"]) == "no profiled range for 'd'"
-    assert p.check(node_by_output(model, "e")) == "Neg is not an activation"
+    model = parse(MIXED)
+    p = Ranger(ranges(a=(0.0, 1.0), s=(0.5, 0.5)))
+    assert p.check(node_by_output(model, "a")) is None
+    assert p.check(node_by_output(model, "i")) == "value is INT32, not a float type"
+    assert p.check(node_by_output(model, "s")) == (
+        "'s' is constant on the calibration data ([0.5, 0.5]); a clip would freeze it"
+    )
+    assert p.check(node_by_output(model, "t")) == "no profiled range for 't'"
+    assert p.check(node_by_output(model, "n")) == "Neg is not an activation"
     p(model)
+    assert [c.node for c in p.changes] == ["Relu(a)"]
     assert [(s.node, s.reason) for s in p.skips] == [
-        ("Relu(b)", "value is INT32, not a float type"),
-        ("Sigmoid(c)", "'c' is constant on the calibration data ([0.5, 0.5]); a clip would freeze it"),
-        ("Tanh(d)", "no profiled range for 'd'"),
+        ("LeakyRelu(b)", "no profiled range for 'b'"),
+        ("Relu(c)", "no profiled range for 'c'"),
+        ("Relu(i)", "value is INT32, not a float type"),
+        ("Sigmoid(s)", "'s' is constant on the calibration data ([0.5, 0.5]); a clip would freeze it"),
+        ("Relu(e)", "no profiled range for 'e'"),
+        ("Tanh(t)", "no profiled range for 't'"),
     ]
     # a second run finds the clip already there
-    again = Ranger(ranges(vr("a", 0.0, 1.0)))
+    again = Ranger(ranges(a=(0.0, 1.0)))
     again(model)
     assert ("Relu(a__pre_onnxfi_ranger)", "output 'a__pre_onnxfi_ranger' already feeds the ranger hardening") in [
         (s.node, s.reason) for s in again.skips
@@ -139,7 +137,7 @@ def test_reasons_for_skipped_activations() -> None:
 
 def test_relu_rewritten_by_relumax_is_left_to_it() -> None:
     model = parse(ELEMENTWISE)
-    ReluMax(ranges(vr("x", -1.0, 2.0)))(model)
-    p = Ranger(ranges(vr("s", 0.0, 1.0)))
+    ReluMax(ranges(x=(-1.0, 2.0)))(model)
+    p = Ranger(ranges(s=(0.0, 1.0)))
     clip = next(n for n in model.graph if n.op_type == "Clip")  # relumax's Clip(x, 0, FLT_MAX) replaced the Relu
     assert p.check(clip) == "part of the relumax hardening"

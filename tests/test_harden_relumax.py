@@ -5,21 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from harden_helpers import (
     CONV_RELU,
     DIGITS,
     DIGITS_DATA,
+    MIXED,
+    fused_nodes,
     node_by_output,
     ops,
     parse,
     ranges,
     run,
-    to_proto,
-    vr,
 )
 
 from onnxfi.data import Dataset, load_data
@@ -62,28 +59,9 @@ def _probe(m: float, dtype: type = F32) -> np.ndarray:
     return np.concatenate([np.array(around, dtype=dtype), np.array(specials, dtype=dtype), bits])
 
 
-def _optimized_nodes(model: ir.Model, tmp_path: Path, nchwc: bool = True) -> list[tuple[str, str]]:
-    """(op, fused activation) of each node ORT keeps at ORT_ENABLE_ALL; ``nchwc.`` marks the blocked-layout ops.
-
-    ``nchwc=False`` turns off only ORT's NCHWc transformer, so that Conv + activation shows as ``FusedConv``.
-    """
-    path = tmp_path / "optimized.onnx"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(path)
-    so.log_severity_level = 3
-    ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
-    out = []
-    for n in onnx.load(str(path)).graph.node:
-        act = next((a.s.decode() for a in n.attribute if a.name == "activation"), "")
-        out.append((("nchwc." if n.domain == "com.microsoft.nchwc" else "") + n.op_type, act))
-    return out
-
-
 def test_mask_form_op_sequence_and_names() -> None:
     model = parse(ACTS)
-    p = ReluMax(ranges(vr("x", -5.0, 2.0)))
+    p = ReluMax(ranges(x=(-5.0, 2.0)))
     assert p.profile_points(model) == ["x"]
     assert p(model).modified
     assert ops(model) == ["Clip", "HardSigmoid", "Mul", "LeakyRelu"]
@@ -104,7 +82,7 @@ def test_mask_form_op_sequence_and_names() -> None:
 @pytest.mark.parametrize("m", [2.0, 3.7, 4.56, 1e-3, 1e-20, 123456.7, 2.0**24, 3e30])
 def test_mask_form_is_exact_under_ort(m: float) -> None:
     model = parse(ACTS)
-    ReluMax(ranges(vr("x", -1.0, m)))(model)
+    ReluMax(ranges(x=(-1.0, m)))(model)
     assert ops(model)[:3] == ["Clip", "HardSigmoid", "Mul"]
     mm = float(F32(m)) if float(F32(m)) >= m else float(np.nextafter(F32(m), F32(np.inf)))  # M rounded up
     x = _probe(mm)
@@ -131,7 +109,7 @@ def test_mask_coefficients() -> None:
 
 def test_where_form_for_other_float_types_and_extreme_m() -> None:
     half = parse(ACTS.replace("float[N]", "float16[N]"))
-    ReluMax(ranges(vr("x", -5.0, 2.0)))(half)
+    ReluMax(ranges(x=(-5.0, 2.0)))(half)
     assert ops(half) == ["Relu", "Greater", "Where", "LeakyRelu"]
     where = node_by_output(half, "y")
     greater = where.inputs[0].producer()
@@ -140,13 +118,13 @@ def test_where_form_for_other_float_types_and_extreme_m() -> None:
     assert relu.metadata_props["onnxfi.hardening"] == "relumax"
     for dtype, model in ((np.float16, half), (np.float64, parse(ACTS.replace("float[N]", "double[N]")))):
         if dtype == np.float64:
-            ReluMax(ranges(vr("x", -5.0, 2.0)))(model)
+            ReluMax(ranges(x=(-5.0, 2.0)))(model)
             assert ops(model) == ["Relu", "Greater", "Where", "LeakyRelu"]
         x = _probe(2.0, dtype)
         for level in ("none", "all"):
             np.testing.assert_array_equal(run(model, {"x": x}, level)[0], _reference(x, 2.0))
     tiny = parse(ACTS)
-    ReluMax(ranges(vr("x", -1.0, 1e-38)))(tiny)  # no exact float32 mask for this M
+    ReluMax(ranges(x=(-1.0, 1e-38)))(tiny)  # no exact float32 mask for this M
     assert ops(tiny) == ["Relu", "Greater", "Where", "LeakyRelu"]
     greater = node_by_output(tiny, "y").inputs[0].producer()
     assert greater is not None
@@ -181,13 +159,13 @@ def test_ort_keeps_the_conv_fusion_and_the_zeroing(
     m: float, form: list[str], activation: str, tmp_path: Path
 ) -> None:
     hardened = parse(CONV_RELU)
-    ReluMax(ranges(vr("c", -2.0, m)))(hardened)  # M = FLT_MAX: no float32 mask, the Where form
+    ReluMax(ranges(c=(-2.0, m)))(hardened)  # M = FLT_MAX: no float32 mask, the Where form
     assert ops(hardened) == ["Conv", *form]
     # the activation fuses into the Conv, the hardening after it stays
-    assert _optimized_nodes(hardened, tmp_path, nchwc=False) == [("FusedConv", activation)] + [
+    assert fused_nodes(hardened, tmp_path, nchwc=False) == [("FusedConv", activation)] + [
         (op, "") for op in form[1:]
     ]
-    blocked = _optimized_nodes(hardened, tmp_path)
+    blocked = fused_nodes(hardened, tmp_path)
     assert blocked[0] in (("FusedConv", activation), ("nchwc.Conv", activation))
     assert [op for op, _ in blocked if not op.startswith("nchwc.")][-2:] == form[1:]
     x = _conv_input()
@@ -205,7 +183,7 @@ def test_digits_cnn_keeps_the_fusions_and_the_blocked_layout(tmp_path: Path) -> 
     hardened = harden(loaded.model, ["relumax"], data).model
     assert ops(hardened).count("HardSigmoid") == 3
     for nchwc in (False, True):
-        nodes = _optimized_nodes(hardened, tmp_path, nchwc)
+        nodes = fused_nodes(hardened, tmp_path, nchwc)
         kinds = [op for op, _ in nodes]
         assert [act for op, act in nodes if op in ("FusedConv", "nchwc.Conv")] == ["Clip"] * 3
         assert "nchwc.ReorderInput" not in kinds  # the blocked layout runs through HardSigmoid and Mul
@@ -215,33 +193,26 @@ def test_digits_cnn_keeps_the_fusions_and_the_blocked_layout(tmp_path: Path) -> 
 
 
 def test_reasons() -> None:
-    model = parse("""
-    g (float[4] x, float[4] d) => (float[4] a, float[4] b, float[4] c, float[4] e) {
-      a = Relu(x)
-      b = LeakyRelu(x)
-      c = Relu(d)
-      n = Neg(x)
-      e = Relu(n)
-    }""")
-    p = ReluMax(ranges(vr("x", -1.0, 2.0), vr("d", -3.0, -0.5)))
-    assert p.check(node_by_output(model, "a")) is None
-    assert p.check(node_by_output(model, "b")) == "relumax replaces Relu only; this is LeakyRelu"
-    assert p.check(node_by_output(model, "c")) == (
-        "dead ReLU: the pre-activation max is -0.5 <= 0 on the calibration data"
-    )
-    assert p.check(node_by_output(model, "e")) == "no profiled range for the pre-activation 'n'"
+    model = parse(MIXED)
+    p = ReluMax(ranges(x=(-1.0, 2.0), d=(-3.0, -0.5)))
+    assert {out: p.check(node_by_output(model, out)) for out in "abceit"} == {
+        "a": None,
+        "b": "relumax replaces Relu only; this is LeakyRelu",
+        "c": "dead ReLU: the pre-activation max is -0.5 <= 0 on the calibration data",
+        "e": "no profiled range for the pre-activation 'n'",
+        "i": "value is INT32, not a float type",
+        "t": "relumax replaces Relu only; this is Tanh",
+    }
     p(model)
     assert [c.node for c in p.changes] == ["Relu(a)"]
     assert {s.node: s.reason for s in p.skips}["Relu(c)"].startswith("dead ReLU")
     old = parse("g (float[4] x) => (float[4] a) { a = Relu(x) }", opset=8)
-    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(old, "a")) is None  # the mask form needs no Where
+    assert ReluMax(ranges(x=(0.0, 1.0))).check(node_by_output(old, "a")) is None  # the mask form needs no Where
     old_half = parse("g (float16[4] x) => (float16[4] a) { a = Relu(x) }", opset=8)
-    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(old_half, "a")) == (
+    assert ReluMax(ranges(x=(0.0, 1.0))).check(node_by_output(old_half, "a")) == (
         "Where needs opset 9; the model has opset 8"
     )
-    ints = parse("g (int32[4] x) => (int32[4] a) { a = Relu(x) }", opset=17)
-    assert ReluMax(ranges(vr("x", 0.0, 1.0))).check(node_by_output(ints, "a")) == "value is INT32, not a float type"
-    again = ReluMax(ranges(vr("x", -1.0, 2.0)))
+    again = ReluMax(ranges(x=(-1.0, 2.0)))
     again(model)
     assert not again.changes
     clip = next(n for n in model.graph if n.op_type == "Clip")
