@@ -30,7 +30,7 @@ from onnxfi.faults import BitFault
 from onnxfi.model import load_model
 from onnxfi.plan import Plan, make_plan
 from onnxfi.sites import enumerate_sites
-from onnxfi.zoo import eval_data_path, resolve_model
+from onnxfi.zoo import default_data, resolve_model
 
 
 def site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     model = str(resolve_model(args.model))
-    data = args.data
-    if data is None and not args.model.endswith(".onnx"):
-        data = str(eval_data_path(args.model))
+    data = args.data or default_data(args.model)
     loaded = load_model(model)
     sites = enumerate_sites(loaded.model, loaded.value_shapes).select("weights")
     plan = make_plan(model, sites, n_faults=args.faults, seed=args.seed)

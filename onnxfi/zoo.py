@@ -53,13 +53,15 @@ class ZooEntry:
     """One registry entry. Paths are absolute (resolved against the zoo folder)."""
 
     name: str
-    file: Path
-    task: str
+    file: Path  # the .onnx model
+    task: str  # one of TASKS
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
+    # the output the metric is computed on (default: the first)
     metric_output: str
-    eval_data: Path
+    eval_data: Path  # the .npz eval subset: one array per input, and labels
     eval_samples: int
+    # the recorded clean metric: its name and value on the eval subset
     metric: str
     value: float
     metrics: Mapping[str, float]

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -189,23 +190,31 @@ def test_executor_names_are_checked(tmp_path: Path) -> None:
 
 def test_a_node_without_the_model_gets_it_shipped(cluster: Any, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A node whose copy differs (here: every node, as the recorded hash is wrong) gets the model and data
-    through the object store and runs on its own copy."""
-    import onnxfi.executors.ray as ray_executor
+    """A node whose copy differs gets the model and data through the object store and runs on its own copy
+    under ``$TMPDIR/onnxfi-ray-files/``. Here every node's copy differs: the driver records wrong hashes
+    (its ``file_sha256`` is replaced; the actors, other processes, hash the files truly)."""
+    import onnxfi.plan
+    from onnxfi.executors.ray import COPIES_DIR
 
     model, data = save_kat(tmp_path)
-    real = ray_executor._describe
-    monkeypatch.setattr(ray_executor, "_describe",
-                        lambda p: ray_executor._File(real(p).path, real(p).size, "0" * 64))
     plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
-    cfg = EngineConfig(str(model), data_path=str(data))
-    copies = ray_executor._copy_paths(cfg, [ray_executor._describe(str(p)) for p in (model, data)])
+    root = Path(tempfile.gettempdir()) / COPIES_DIR
+    before = set(root.glob("*"))
+    monkeypatch.setattr(onnxfi.plan, "file_sha256", lambda path: "0" * 64)
+    ex = make_executor("ray", EngineConfig(str(model), data_path=str(data)), workers=1)
     try:
-        rows, result, seen = _run(plan, tmp_path / "ray.db", cfg, workers=1)
-        assert all(p.is_file() for p in copies.values())  # the actor ran on shipped copies
+        rows = list(ex.run(plan.experiments, lambda site: (True, False)))
     finally:
-        shutil.rmtree(next(iter(copies.values())).parents[1], ignore_errors=True)
-    _check_complete(plan, rows, result, seen)
+        ex.close()
+    new = set(root.glob("*")) - before
+    try:
+        assert len(new) == 1  # the actor wrote its copies
+        copied = {p.name: p.read_bytes() for p in next(iter(new)).rglob("*") if p.is_file()}
+        assert copied == {model.name: model.read_bytes(), data.name: data.read_bytes()}
+    finally:
+        for d in new:
+            shutil.rmtree(d, ignore_errors=True)
+    assert sorted(r["id"] for r in rows) == list(range(len(plan.experiments)))
     for r in rows:
         assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})
 

@@ -20,15 +20,7 @@ from typing import Any
 
 from onnxfi.engine import Engine, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.executors._common import (
-    MAX_ATTEMPTS,
-    Attempts,
-    chunk_by_site,
-    error_text,
-    run_one,
-    time_limit,
-    timeout_reason,
-)
+from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
 
@@ -55,10 +47,10 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
         try:
             engine.runner(exp.site, needs_bits, needs_values)
         except Exception as e:  # the site's sessions cannot be built: this experiment's crash
-            conn.send(("result", crash_row(exp, error_text(e), worker_id)))
+            conn.send(("result", crash_row(exp, common.error_text(e), worker_id)))
             continue
         conn.send(("begin", exp.id))
-        conn.send(("result", run_one(engine, exp, needs_bits, needs_values, worker_id)))
+        conn.send(("result", common.run_one(engine, exp, needs_bits, needs_values, worker_id)))
 
 
 @dataclass
@@ -84,7 +76,7 @@ class LocalExecutor:
         timeout_factor: float = 10.0,
         min_timeout_s: float = 30.0,
         build_timeout_s: float = 600.0,
-        max_attempts: int = MAX_ATTEMPTS,
+        max_attempts: int = common.MAX_ATTEMPTS,
     ) -> None:
         self.cfg = cfg
         self.build_timeout_s = build_timeout_s  # building one site's sessions (prefix, cone, shortcut)
@@ -159,8 +151,8 @@ class LocalExecutor:
     ) -> Iterator[dict[str, Any]]:
         """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
         self.start()
-        chunks = chunk_by_site(experiments)
-        attempts = Attempts(self.max_attempts)
+        chunks = common.chunk_by_site(experiments)
+        attempts = common.Attempts(self.max_attempts)
         for w in self._workers:
             if chunks:
                 w.queue = chunks.popleft()
@@ -195,7 +187,7 @@ class LocalExecutor:
                 dead = broken or w.proc.sentinel in ready or not w.proc.is_alive()
                 if dead:
                     w.proc.join(timeout=5)
-                limit = time_limit(w.golden_time, self.timeout_factor, self.min_timeout_s)
+                limit = common.time_limit(w.golden_time, self.timeout_factor, self.min_timeout_s)
                 timed_out = not dead and w.running and now - w.started > limit
                 build_hang = not dead and w.received and not w.running and now - w.started > self.build_timeout_s
                 if dead or timed_out or build_hang:
@@ -209,7 +201,7 @@ class LocalExecutor:
                         else:
                             yield crash_row(exp, attempts.reason(n, f"exit code {w.proc.exitcode}"), w.wid)
                     else:
-                        reason = (timeout_reason(limit, self.timeout_factor) if timed_out
+                        reason = (common.timeout_reason(limit, self.timeout_factor) if timed_out
                                   else f"timeout: building the site's sessions took over {self.build_timeout_s:g} s")
                         yield crash_row(exp, reason, w.wid)
                     self._workers[i] = w = self._replace(w)

@@ -32,21 +32,14 @@ from typing import Any
 
 import ray
 
+from onnxfi import plan
 from onnxfi.engine import Engine, EngineConfig
 from onnxfi.errors import OnnxfiError, first_line
-from onnxfi.executors._common import (
-    MAX_ATTEMPTS,
-    Attempts,
-    chunk_by_site,
-    error_text,
-    run_one,
-    time_limit,
-    timeout_reason,
-)
+from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
-from onnxfi.plan import Experiment, file_sha256
+from onnxfi.plan import Experiment
 
-__all__ = ["RayExecutor", "check_reachable"]
+__all__ = ["RayExecutor", "check_reachable", "COPIES_DIR"]
 
 # Experiment calls queued on one actor beyond the one it runs: hides the driver round trip.
 WINDOW = 3
@@ -56,6 +49,9 @@ STEAL_MIN = 4
 HASH_LIMIT = 256 << 20
 # Refuse to ship more than this through the object store: put the files on shared storage instead.
 SHIP_LIMIT = 2 << 30
+# A node whose files differ from the driver's (by size, or by SHA-256 up to HASH_LIMIT) keeps shipped
+# copies under $TMPDIR/COPIES_DIR/<key of the files' descriptions>/ and runs on them.
+COPIES_DIR = "onnxfi-ray-files"
 
 
 @dataclass(frozen=True)
@@ -68,14 +64,14 @@ class _File:
 def _describe(path: str) -> _File:
     p = Path(path).resolve()
     size = p.stat().st_size
-    return _File(str(p), size, file_sha256(p) if size <= HASH_LIMIT else None)
+    return _File(str(p), size, plan.file_sha256(p) if size <= HASH_LIMIT else None)
 
 
 def _same(f: _File) -> bool:
     p = Path(f.path)
     if not p.is_file() or p.stat().st_size != f.size:
         return False
-    return f.sha256 is None or file_sha256(p) == f.sha256
+    return f.sha256 is None or plan.file_sha256(p) == f.sha256
 
 
 def _external_files(model_path: str) -> list[str]:
@@ -99,10 +95,10 @@ def _external_files(model_path: str) -> list[str]:
 
 
 def _copy_paths(cfg: EngineConfig, files: list[_File]) -> dict[str, Path]:
-    """Where a node keeps its copies of the campaign files: ``$TMPDIR/onnxfi-ray-files/<key>/``, the
-    model's folder layout kept (external data), the data file beside it."""
+    """Where a node keeps its copies of the campaign files: ``$TMPDIR/onnxfi-ray-files/<key>/`` (see
+    :data:`COPIES_DIR`), the model's folder layout kept (external data), the data file beside it."""
     key = hashlib.sha256(repr(files).encode()).hexdigest()[:16]
-    root = Path(tempfile.gettempdir()) / "onnxfi-ray-files" / key
+    root = Path(tempfile.gettempdir()) / COPIES_DIR / key
     base = Path(cfg.model_path).resolve().parent
     out: dict[str, Path] = {}
     for f in files:
@@ -158,7 +154,7 @@ class _EngineActor:
 
     def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         assert self.engine is not None
-        return run_one(self.engine, Experiment(**exp_dict), needs_bits, needs_values, self.wid)
+        return common.run_one(self.engine, Experiment(**exp_dict), needs_bits, needs_values, self.wid)
 
     def pid(self) -> int:
         return os.getpid()
@@ -196,7 +192,7 @@ class RayExecutor:
         address: str | None = None,
         timeout_factor: float = 10.0,
         min_timeout_s: float = 30.0,
-        max_attempts: int = MAX_ATTEMPTS,
+        max_attempts: int = common.MAX_ATTEMPTS,
         start_timeout_s: float = 600.0,
     ) -> None:
         # Actors do not share the driver's working directory: give them absolute paths.
@@ -266,7 +262,7 @@ class RayExecutor:
         except ray.exceptions.RayError as e:
             self._failed_starts += 1
             if self._failed_starts > 3 * self.n_workers and not any(s.ready for s in self._slots):
-                raise OnnxfiError(f"Ray workers keep dying at start-up: {error_text(e)}") from None
+                raise OnnxfiError(f"Ray workers keep dying at start-up: {common.error_text(e)}") from None
             self._replace(slot)
             return
         if msg[0] == "missing":
@@ -332,9 +328,9 @@ class RayExecutor:
     ) -> Iterator[dict[str, Any]]:
         """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
         self.start()
-        chunks = chunk_by_site(experiments)
+        chunks = common.chunk_by_site(experiments)
         remaining = {e.id for e in experiments}
-        attempts = Attempts(self.max_attempts)
+        attempts = common.Attempts(self.max_attempts)
         last_progress = time.monotonic()
         while remaining:
             for slot in list(self._slots):
@@ -367,11 +363,11 @@ class RayExecutor:
             now = time.monotonic()
             for slot in list(self._slots):
                 head = slot.inflight[0][1] if slot.inflight else None
-                limit = time_limit(slot.golden_time, self.timeout_factor, self.min_timeout_s)
+                limit = common.time_limit(slot.golden_time, self.timeout_factor, self.min_timeout_s)
                 if head is not None and now - slot.head_since > limit:
                     slot.inflight.popleft()
                     remaining.discard(head.id)
-                    yield crash_row(head, timeout_reason(limit, self.timeout_factor), slot.wid)
+                    yield crash_row(head, common.timeout_reason(limit, self.timeout_factor), slot.wid)
                     self._requeue(slot, chunks)
                     self._replace(slot)
 
@@ -397,7 +393,7 @@ class RayExecutor:
                 slot.inflight.append((slot.actor.prepare.remote(exp.site, bits, values), None))
             slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values), exp))
 
-    def _collect(self, slot: _Slot, remaining: set[int], attempts: Attempts,
+    def _collect(self, slot: _Slot, remaining: set[int], attempts: common.Attempts,
                  chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
         """Take the finished results at the front of ``slot``; on a dead actor, requeue and replace."""
         while slot.inflight:
@@ -418,7 +414,7 @@ class RayExecutor:
                 remaining.discard(exp.id)
                 yield row
 
-    def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: Attempts,
+    def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: common.Attempts,
               chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
         culprit = next((e for _, e in slot.inflight if e is not None), None)
         if culprit is not None:
@@ -426,7 +422,7 @@ class RayExecutor:
             if not attempts.retry(n):
                 slot.inflight = deque(x for x in slot.inflight if x[1] is not culprit)
                 remaining.discard(culprit.id)
-                yield crash_row(culprit, attempts.reason(n, error_text(err)), slot.wid)
+                yield crash_row(culprit, attempts.reason(n, common.error_text(err)), slot.wid)
         self._requeue(slot, chunks)
         self._replace(slot)
 
