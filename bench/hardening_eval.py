@@ -58,7 +58,7 @@ from onnxfi.data import Dataset, load_data
 from onnxfi.engine import EngineConfig
 from onnxfi.harden import HardenOptions, harden, run_outputs
 from onnxfi.model import LoadedModel, load_model, save_model
-from onnxfi.passes._hardening import hardening_method
+from onnxfi.passes import hardening_method
 from onnxfi.plan import Plan, file_sha256, make_plan, parse_bits
 from onnxfi.runtime import make_session
 from onnxfi.sites import Site, SiteIndex, enumerate_sites

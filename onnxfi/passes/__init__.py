@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxfi.passes._hardening import Calibration, HardeningPass
+from onnxfi.passes._hardening import Calibration, HardeningPass, hardening_method
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
 from onnxfi.passes.clipact import ClipAct
 from onnxfi.passes.expose import ExposeValues
@@ -16,7 +16,8 @@ from onnxfi.passes.relumax import ReluMax
 from onnxfi.passes.weight_fault import InjectWeightFault
 
 __all__ = [
-    "HARDENING_METHODS", "Calibration", "HardeningPass", "Ranger", "ClipAct", "ReluMax", "Protect", "NanGuard",
+    "HARDENING_METHODS", "Calibration", "HardeningPass", "hardening_method",
+    "Ranger", "ClipAct", "ReluMax", "Protect", "NanGuard",
     "ExposeValues", "InjectWeightFault", "InsertActivationFault", "required_opset", "upgrade_opset",
 ]
 
