@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ __all__ = [
     "run_session",
     "model_bytes",
     "run_batches",
+    "run_chunks",
     "concat_batches",
 ]
 
@@ -152,17 +153,21 @@ def concat_batches(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.n
                 else np.asarray(first[k])) for k in first}
 
 
-def run_batches(
+def run_chunks(
     session: Any,
     data: _Batched,
     output_names: Sequence[str] | None = None,
     batch: int = 256,
     extra: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Every requested output of ``session`` on ``data`` (anything with ``size`` and ``batch(start, stop)``,
-    such as :class:`onnxfi.data.Dataset`), ``batch`` samples per run, joined along the sample axis.
+    keep_feeds: bool = False,
+    each: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """The requested outputs of ``session`` per batch of ``data`` (anything with ``size`` and
+    ``batch(start, stop)``, such as :class:`onnxfi.data.Dataset`), ``batch`` samples per run.
 
-    ``extra`` feeds are added to every batch (fault ports, a fed weight). The one loop every caller uses."""
+    ``extra`` feeds are added to every batch (fault ports, a fed weight); with ``keep_feeds`` each
+    chunk also holds the batch's feeds; ``each`` sees every chunk as it is made (and may raise to stop, e.g.
+    over a memory budget). The one loop every caller uses."""
     names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
     n = max(1, data.size)
     chunks = []
@@ -170,5 +175,21 @@ def run_batches(
         feeds = data.batch(start, min(n, start + batch))
         if extra:
             feeds.update(extra)
-        chunks.append(dict(zip(names, session.run(names, feeds))))
-    return concat_batches(chunks)
+        chunk = {k: np.asarray(v) for k, v in zip(names, session.run(names, feeds))}
+        if each is not None:
+            each(chunk)
+        if keep_feeds:
+            chunk.update(feeds)
+        chunks.append(chunk)
+    return chunks
+
+
+def run_batches(
+    session: Any,
+    data: _Batched,
+    output_names: Sequence[str] | None = None,
+    batch: int = 256,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`run_chunks` joined along the sample axis."""
+    return concat_batches(run_chunks(session, data, output_names, batch, extra))

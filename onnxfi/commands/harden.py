@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from onnxfi.harden import (
     parse_methods,
 )
 from onnxfi.model import LoadedModel, load_model, save_model
+from onnxfi.zoo import default_data
 
 __all__ = ["register", "run"]
 
@@ -89,31 +89,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _zoo_eval_data(spec: str) -> Path | None:
-    """The eval-data file of zoo model ``spec`` (when ``spec`` names one and the zoo module exists)."""
-    if Path(spec).is_file():
-        return None
-    try:
-        zoo = importlib.import_module("onnxfi.zoo")
-    except ImportError:
-        return None
-    find = getattr(zoo, "eval_data_path", None)
-    if find is None:
-        return None
-    try:
-        path = Path(find(spec))
-    except OnnxfiError:
-        return None
-    return path if path.is_file() else None
-
-
 def _calibration(
     args: argparse.Namespace, loaded: LoadedModel, methods: list[str], warnings: list[str]
 ) -> Dataset:
     specs = loaded.inputs()
     if args.calib:
         return load_data(args.calib, specs)
-    zoo_data = _zoo_eval_data(args.model)
+    zoo_data = default_data(args.model)
     if zoo_data is not None:
         return load_data(zoo_data, specs)
     if args.eval and not any(m in DATA_METHODS for m in methods):

@@ -18,7 +18,7 @@ from onnxfi.engine.config import EngineConfig
 from onnxfi.engine.rounding import AmbiguityPool, noise_bounds
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import LoadedModel, load_model
-from onnxfi.runtime import concat_batches, make_session, run_batches
+from onnxfi.runtime import concat_batches, make_session, run_batches, run_chunks
 from onnxfi.sites import SiteIndex, enumerate_sites
 
 __all__ = ["Context"]
@@ -84,39 +84,28 @@ class Context:
         present = {o.name for o in self.model_proto().graph.output}
         extra = [ir.serde.serialize_value(self._values()[n]) for n in expose if n not in present]
         source = self._model_bytes + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
-        prefix = make_session(source, cfg.provider, threads=cfg.threads)
-        out_names = [o.name for o in prefix.get_outputs()]
-        chunks: Chunks = []
-        budget = cfg.cache_mb * 2**20
-        used = 0
-        n = max(1, self.data.size)
-        for lo in range(0, n, cfg.batch):
-            feeds = self.data.batch(lo, min(n, lo + cfg.batch))
-            outs = dict(zip(out_names, prefix.run(out_names, feeds)))
-            chunk = {k: np.asarray(v) for k, v in outs.items()}
-            chunk.update(feeds)
-            used += sum(v.nbytes for k, v in outs.items() if k in expose)
-            if used > budget:
+        exposed, used = set(expose), [0]
+
+        def budget(chunk: dict[str, np.ndarray]) -> None:  # stop as soon as the cache would be over budget
+            used[0] += sum(v.nbytes for k, v in chunk.items() if k in exposed)
+            if used[0] > cfg.cache_mb * 2**20:
                 raise CutError(f"prefix cache needs more than --cache-mb {cfg.cache_mb:g}")
-            chunks.append(chunk)
+
+        chunks = run_chunks(make_session(source, cfg.provider, threads=cfg.threads), self.data, batch=cfg.batch,
+                            keep_feeds=True, each=budget)
         self.prefix_runs += 1
-        self._prefixes[key] = (chunks, used)
+        self._prefixes[key] = (chunks, used[0])
         while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
             self._prefixes.popitem(last=False)
-        return chunks, used
+        return chunks, used[0]
 
     def model_outputs(self, fresh: bool = False) -> Chunks:
         """The whole model's fault-free outputs per batch, as the naive path computes them (cached, or
         from a new session with ``fresh``; ``model_time`` is how long the run took, without the build)."""
         if self._model_outputs is None or fresh:
             sess = make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads)
-            n = max(1, self.data.size)
             t0 = time.perf_counter()
-            self._model_outputs = [
-                dict(zip(self.output_names, (np.asarray(v) for v in sess.run(
-                    self.output_names, self.data.batch(lo, min(n, lo + self.cfg.batch))))))
-                for lo in range(0, n, self.cfg.batch)
-            ]
+            self._model_outputs = run_chunks(sess, self.data, self.output_names, self.cfg.batch)
             self.model_time = time.perf_counter() - t0
         return self._model_outputs
 
