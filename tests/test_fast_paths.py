@@ -391,25 +391,23 @@ def test_quantized_weight_site_runs_baked_and_equals_naive(tmp_path: Path) -> No
 
 
 def test_noise_bounds_and_ambiguity() -> None:
-    from onnxfi.engine.rounding import ambiguous as _ambiguous
-    from onnxfi.engine.rounding import extreme as _extreme
-    from onnxfi.engine.rounding import noise_bounds as _noise_bounds
+    from onnxfi.engine.rounding import ambiguous, extreme, noise_bounds
 
     g = {"y": np.array([[1.0, 3.0, 2.0]], dtype=np.float32)}
     ulp = float(np.spacing(np.float32(3.0)))
     nudged = {"y": g["y"] + np.float32(ulp) * np.array([[0, 1, 0]], dtype=np.float32)}
-    bounds = _noise_bounds(nudged, g)
+    bounds = noise_bounds(nudged, g)
     assert bounds == {"y": max(4 * ulp, 8 * ulp)}
-    assert _noise_bounds({"y": g["y"] + np.float32(0.5)}, g) is None  # beyond rounding
-    assert _noise_bounds({"y": g["y"][:, ::-1].copy()}, g) is None  # other decisions / values
-    assert _noise_bounds({"y": g["y"].astype(np.float64)}, g) is None  # other dtype
+    assert noise_bounds({"y": g["y"] + np.float32(0.5)}, g) is None  # beyond rounding
+    assert noise_bounds({"y": g["y"][:, ::-1].copy()}, g) is None  # other decisions / values
+    assert noise_bounds({"y": g["y"].astype(np.float64)}, g) is None  # other dtype
     b = {"y": 8 * ulp}
-    assert _ambiguous(g, g, b)  # equal to golden: masked or not is decided by rounding
-    assert not _ambiguous({"y": np.array([[1.0, 5.0, 2.0]], np.float32)}, g, b)  # clear change, clear top-1
-    assert _ambiguous({"y": np.array([[1.0, 3.0, 3.0]], np.float32)}, g, b)  # a tie decides the top-1
-    assert _ambiguous({"y": np.array([[np.nan, 3.0, 2.0]], np.float32)}, g, b)
-    assert _extreme(np.float32(1e30)) and _extreme(np.float32(np.inf)) and not _extreme(np.float32(1e10))
-    assert _extreme(np.float16(300.0)) and not _extreme(np.float16(100.0)) and not _extreme(np.int8(127))
+    assert ambiguous(g, g, b)  # equal to golden: masked or not is decided by rounding
+    assert not ambiguous({"y": np.array([[1.0, 5.0, 2.0]], np.float32)}, g, b)  # clear change, clear top-1
+    assert ambiguous({"y": np.array([[1.0, 3.0, 3.0]], np.float32)}, g, b)  # a tie decides the top-1
+    assert ambiguous({"y": np.array([[np.nan, 3.0, 2.0]], np.float32)}, g, b)
+    assert extreme(np.float32(1e30)) and extreme(np.float32(np.inf)) and not extreme(np.float32(1e10))
+    assert extreme(np.float16(300.0)) and not extreme(np.float16(100.0)) and not extreme(np.int8(127))
 
 
 def test_weight_and_bias_of_a_layer_share_one_prefix_run(tmp_path: Path) -> None:
@@ -543,3 +541,23 @@ def test_split_with_the_head_ending_in_a_model_output_and_a_second_output(tmp_pa
     r1 = fast.runner("w1", True, False).describe()
     assert r1["path"] == "cone-split" and r1["rest"] and r1["head_outputs"] == ["y1"]
     assert fast.runner("w2", True, False).describe()["path"] == "cone-split"
+
+
+def test_chooser_names_the_path_and_why(tmp_path: Path) -> None:
+    """choose() returns the runner with its path and the reason faster paths were skipped; the engine's
+    rows carry that path. Here: an activation under a ReLU takes the cone; a cache budget too small for
+    the prefix falls back to the port path and says so; naive mode is naive with no reason."""
+    from onnxfi.engine.chooser import choose
+    from onnxfi.engine.context import Context
+
+    model = _relu_site_model(tmp_path)
+    base = {"model_path": model, "data_path": str(tmp_path / "d.npz")}
+    ctx = Context(EngineConfig(mode="suffix", **base))
+    c = choose(ctx, ctx.index.get("h"), True, False)
+    assert (c.path, c.reason) == ("cone", "") and c.runner.path == "cone"
+    small = Context(EngineConfig(mode="suffix", cache_mb=1e-9, **base))
+    c = choose(small, small.index.get("h"), True, False)
+    assert c.path == "port" and "--cache-mb" in c.reason
+    naive = Context(EngineConfig(mode="naive", **base))
+    c = choose(naive, naive.index.get("h"), True, False)
+    assert (c.path, c.reason) == ("naive", "")
