@@ -121,13 +121,13 @@ def _dim(d: object) -> int | str | None:
     return None if value is None else str(value)
 
 
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\d+(?:[x,]\d+)*)$")
+_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<open>\[?)(?P<dims>\d+(?:[x,]\d+)*)(?P<close>\]?)$")
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``)."""
+    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``, or Polygraphy's ``NAME:[1,3,224,224]``)."""
     m = _SHAPE_RE.match(text.strip())
-    if not m:
+    if not m or bool(m.group("open")) != bool(m.group("close")):
         raise OnnxfiError(f"bad --input-shape {text!r}: use NAME:1x3x224x224")
     dims = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
     return m.group("name"), dims
@@ -235,6 +235,19 @@ def _first_line(e: BaseException) -> str:
         if line and not line.startswith("==>"):
             return line[:300]
     return type(e).__name__
+
+
+def _dynamic_placeholders(proto: onnx.ModelProto) -> None:
+    """Input and output dims written as -1 or 0 (PaddlePaddle and some TensorFlow exports) mean "any
+    size": make them symbolic (``NAME_dI``) so shape overrides, batch detection and data see them as the
+    dynamic dims they are."""
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.ClearField("dim_value")
+                d.dim_param = f"{vi.name}_d{i}"
 
 
 def _apply_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -365,6 +378,7 @@ def load_model(
             onnx.external_data_helper.load_external_data_for_model(proto, str(p.parent))
         except Exception as e:  # the onnx helper raises several types for bad files
             raise ModelLoadError(f"{p}: cannot load external data ({_first_line(e)})") from None
+    _dynamic_placeholders(proto)
     if input_shapes:
         _apply_input_shapes(proto, input_shapes)
     warnings: list[str] = []

@@ -263,3 +263,34 @@ def test_errors_do_not_chain_tracebacks(tmp_path: Path) -> None:
         load_model(p)
     assert ei.value.__cause__ is None and ei.value.__suppress_context__
 
+
+
+def test_minus_one_and_zero_dims_are_dynamic(tmp_path: Path) -> None:
+    """Exports that write a dynamic dim as -1 or 0 (PaddlePaddle): the dims count as dynamic, so an
+    --input-shape can fix them, and the model runs on data of any batch."""
+    from onnxfi.data import random_data
+    from onnxfi.runtime import make_session, run_batches
+
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3, 0])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [-1, 3, 0])
+    g = oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx", {"x": (2, 3, 5)})
+    assert loaded.inputs()[0].shape == (2, 3, 5)
+    free = load_model(tmp_path / "m.onnx")
+    spec = free.inputs()[0]
+    assert spec.shape is not None and spec.shape[1] == 3 and not isinstance(spec.shape[0], int)
+    data = random_data([spec], seed=0, batch=4, overrides={"x": (4, 3, 6)})
+    out = run_batches(make_session(free.model), data)["y"]
+    np.testing.assert_array_equal(out, np.maximum(data.feeds["x"], 0))
+    with pytest.raises(OnnxfiError, match="fixed to 3"):
+        load_model(tmp_path / "m.onnx", {"x": (2, 4, 5)})
+
+
+def test_input_shape_accepts_polygraphy_brackets() -> None:
+    from onnxfi.model import parse_input_shape
+
+    assert parse_input_shape("x:[1,3,48,192]") == parse_input_shape("x:1x3x48x192") == ("x", (1, 3, 48, 192))
+    for bad in ("x:[1,3", "x:1,3]", "x:", "x:1xy"):
+        with pytest.raises(OnnxfiError, match="bad --input-shape"):
+            parse_input_shape(bad)
