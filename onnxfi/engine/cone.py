@@ -44,6 +44,7 @@ from onnxfi.engine.context import Chunks, Context
 from onnxfi.engine.rounding import ambiguous, change_class, extreme, noise_bounds, same_bits
 from onnxfi.faults import RandomValue, SetValue, inject_element
 from onnxfi.plan import Experiment
+from onnxfi.runtime import concat_batches
 from onnxfi.sites import Site
 
 __all__ = [
@@ -70,22 +71,17 @@ def _run_cut(
 ) -> Outputs:
     """The model outputs over every cached chunk: the cut's outputs from ``session``, the site itself
     where it is a model output, every other output from the cache (the fault cannot reach it)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ctx.output_names}
+    per_chunk = []
     for chunk in chunks:
         feeds = {k: chunk[k] for k in cut.inputs if k != site_name}
         value = site_value(chunk)
         if feed_site:
             feeds[site_name] = value
-        outs = session.run(cut.outputs, feeds) if cut.outputs else []
-        got = dict(zip(cut.outputs, outs))
-        for k in ctx.output_names:
-            if k in got:
-                parts[k].append(np.asarray(got[k]))
-            elif k == site_name:  # the site itself is a model output
-                parts[k].append(value)
-            else:
-                parts[k].append(chunk[k])
-    return {k: (np.concatenate(v) if len(v) > 1 else v[0]) for k, v in parts.items()}
+        got = {k: np.asarray(v) for k, v in zip(cut.outputs, session.run(cut.outputs, feeds) if cut.outputs else [])}
+        if site_name in ctx.output_names:  # the site itself is a model output
+            got.setdefault(site_name, value)
+        per_chunk.append({k: got[k] if k in got else chunk[k] for k in ctx.output_names})
+    return concat_batches(per_chunk)
 
 
 class ActivationConeRunner(Runner):
@@ -301,15 +297,14 @@ class SplitWeightRunner(_WeightRunner):
         return out
 
     def _rest_run(self, heads: list[dict[str, np.ndarray]]) -> Outputs:
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.ctx.output_names}
+        per_chunk = []
         for chunk, h in zip(self.cone.chunks, heads):
             got = dict(h)
             if self.rest is not None and self.rest_cut is not None:
                 feeds = {k: (h[k] if k in h else chunk[k]) for k in self.rest_cut.inputs}
                 got.update(zip(self.rest_cut.outputs, self.rest.run(self.rest_cut.outputs, feeds)))
-            for k in self.ctx.output_names:
-                parts[k].append(np.asarray(got[k]) if k in got else chunk[k])
-        return {k: (np.concatenate(v) if len(v) > 1 else v[0]) for k, v in parts.items()}
+            per_chunk.append({k: np.asarray(got[k]) if k in got else chunk[k] for k in self.ctx.output_names})
+        return concat_batches(per_chunk)
 
     def result(self, exp: Experiment) -> Result:
         heads = self._head_run(self.cone.faulty(exp))

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-
 from onnxfi import metrics
 from onnxfi.engine.base import Runner
 from onnxfi.engine.chooser import choose
@@ -38,10 +36,6 @@ class Engine:
         """The output that decisions (top-1, pixel classes, the task metric) are taken from."""
         return self.ctx.primary
 
-    @property
-    def output_names(self) -> list[str]:
-        return self.ctx.output_names
-
     def runner(self, site_name: str, needs_bits: bool, needs_values: bool) -> Runner:
         """The runner of a site (built on first use, kept while the session and cache budgets allow)."""
         key = (site_name, needs_bits, needs_values)
@@ -60,9 +54,6 @@ class Engine:
             gold = r.golden[self.primary]
             self.task = metrics.detect_task(gold.shape, gold.dtype)
         return r
-
-    def golden(self, site_name: str) -> dict[str, np.ndarray]:
-        return self.runner(site_name, False, False).golden
 
     def run(self, exp: Experiment, needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         """Run one experiment: its outcome flags and metrics (see :func:`onnxfi.outcomes.classify`) and
