@@ -22,6 +22,7 @@ __all__ = [
     "dtype_info",
     "dtype_info_for_numpy",
     "is_fault_dtype",
+    "is_float_dtype",
     "to_bits",
     "from_bits",
     "FAULT_DTYPES",
@@ -76,6 +77,19 @@ FAULT_DTYPES: dict[ir.DataType, DTypeInfo] = {
     )
 }
 _BY_NUMPY = {d.numpy: d for d in FAULT_DTYPES.values()}
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """Whether a numpy dtype (or an array's) holds floating-point values: numpy's floats and ml_dtypes'
+    bfloat16 and float8 types (whose ``kind`` is ``"V"``, so ``kind == "f"`` misses them)."""
+    dt = dtype.dtype if isinstance(dtype, np.ndarray) else np.dtype(dtype)
+    if dt.kind == "f":
+        return True
+    try:
+        ml_dtypes.finfo(dt)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def is_fault_dtype(dtype: ir.DataType | None) -> bool:
