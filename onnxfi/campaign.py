@@ -17,10 +17,9 @@ from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.executors import make_executor
 from onnxfi.faults import BitFault
-from onnxfi.plan import Plan
-from onnxfi.stats import margin_reached
+from onnxfi.plan import Plan, extend_plan
 from onnxfi.store import Store
-from onnxfi.summary import aggregate
+from onnxfi.summary import aggregate, headline
 
 __all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions"]
 
@@ -84,6 +83,11 @@ def matched_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int,
     return Plan.from_dict(d)
 
 
+def _half_width(r: dict[str, Any]) -> float:
+    lo, hi = float(r["lo"]), float(r["hi"])
+    return (hi - lo) / 2.0
+
+
 def run_campaign(
     plan: Plan,
     cfg: EngineConfig,
@@ -97,7 +101,17 @@ def run_campaign(
     executor: str = "local",
     address: str | None = None,
 ) -> CampaignResult:
-    """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known."""
+    """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known.
+
+    Experiments run round by round (each round a sample of the whole fault space in the design's
+    proportions), so whatever stops the campaign, the complete rounds are a sample of the model.
+    With ``early_stop`` the campaign stops after the first round at whose end the headline SDC-1
+    interval is within the plan's margin. An ``adaptive`` plan grows a round at a time
+    (:func:`onnxfi.plan.extend_plan`) until its margin is reached; the grown plan is stored as it grows.
+
+    ``progress(done, planned, live)`` gets ``live["sdc1"]``, the raw SDC-1 count so far, and
+    ``live["headline"]``, the headline SDC-1 estimate as of the last complete round (None before one).
+    """
     runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
                            min_timeout_s=min_timeout_s)
     if resume:
@@ -111,44 +125,66 @@ def run_campaign(
         store.set_meta("plan", plan.to_dict())
         store.set_meta("config", {k: v for k, v in cfg.__dict__.items()})
         store.set_meta("versions", versions())
-    done = store.done_ids()
-    todo = [e for e in plan.experiments if e.id not in done]
     result = CampaignResult(plan, {}, {})
-    sdc = sum(1 for r in store.rows() if r["sdc1"]) if done else 0
-    finished = len(done)
     buffer: list[dict[str, Any]] = []
-    rounds_done: dict[int, int] = defaultdict(int)
-    per_round: dict[int, int] = defaultdict(int)
-    for e in plan.experiments:
-        per_round[e.round] += 1
-    for e in plan.experiments:
-        if e.id in done:
-            rounds_done[e.round] += 1
+    live: dict[str, Any] = {"sdc1": 0, "headline": None}
+
+    def flush() -> None:
+        if buffer:
+            store.add(buffer)
+            buffer.clear()
+
+    def margin_met() -> bool:
+        """At a round's end: the headline SDC-1 estimate (complete rounds only) and whether it is within margin."""
+        flush()
+        h = headline(plan, store.rows())
+        live["headline"] = h
+        return plan.margin is not None and h["n"] > 0 and _half_width(h) <= plan.margin
+
     try:
         clean = runner.start()
         result.clean = clean
         store.set_meta("clean", clean)
-        for row in runner.run(todo, _site_flags(plan)):
-            buffer.append(row)
-            finished += 1
-            result.executed += 1
-            sdc += bool(row["sdc1"])
-            if len(buffer) >= 16:
-                store.add(buffer)
-                buffer.clear()
-            if progress:
-                progress(finished, len(plan.experiments), {"sdc1": sdc})
-            exp_round = plan.experiments[row["id"]].round if row["id"] < len(plan.experiments) else 0
-            rounds_done[exp_round] += 1
-            if (early_stop and plan.margin and rounds_done[exp_round] == per_round[exp_round]
-                    and margin_reached(sdc, finished, plan.margin, plan.confidence)):
-                result.early_stopped = True
+        while True:
+            done = store.done_ids()
+            todo = [e for e in plan.experiments if e.id not in done]
+            live["sdc1"] = sum(1 for r in store.rows() if r["sdc1"]) if done else 0
+            finished = len(done)
+            per_round: dict[int, int] = defaultdict(int)
+            rounds_done: dict[int, int] = defaultdict(int)
+            round_of = {e.id: e.round for e in plan.experiments}
+            for e in plan.experiments:
+                per_round[e.round] += 1
+                if e.id in done:
+                    rounds_done[e.round] += 1
+            for row in runner.run(todo, _site_flags(plan)):
+                buffer.append(row)
+                finished += 1
+                result.executed += 1
+                live["sdc1"] += bool(row["sdc1"])
+                if len(buffer) >= 16:
+                    flush()
+                r = round_of.get(row["id"], 0)
+                rounds_done[r] += 1
+                if rounds_done[r] == per_round[r]:  # a round just completed
+                    if margin_met() and early_stop:
+                        result.early_stopped = True
+                if progress:
+                    progress(finished, len(plan.experiments), live)
+                if result.early_stopped:
+                    break
+            flush()
+            if result.early_stopped or plan.design != "adaptive":
                 break
+            grown = extend_plan(plan, store.rows())
+            if grown is None:
+                break
+            plan = result.plan = grown
+            store.set_meta("plan", plan.to_dict())
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        if buffer:
-            store.add(buffer)
+        flush()
         runner.close()
     if not result.clean:
         result.clean = store.meta("clean", {})

@@ -6,10 +6,11 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from onnxfi import __version__
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import InternalError, OnnxfiError
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except OnnxfiError as e:
+    except OnnxfiError as e:  # the user's input: one line, no traceback
         print(f"onnxfi: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -61,3 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug in onnxfi (InternalError, or any other exception): the whole traceback
+        traceback.print_exc()
+        print(f"onnxfi: internal error ({type(e).__name__}): this is a bug in onnxfi, not a fault outcome; "
+              "please report it with the traceback above (a campaign's stored rows are kept: --resume "
+              "continues it)", file=sys.stderr)
+        return InternalError.exit_code

@@ -33,9 +33,10 @@ from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, ProviderError, first_line
 from onnxfi.faults import inject_element
 from onnxfi.model import LoadedModel
-from onnxfi.outcomes import FLAGS, OUTCOMES, classify, crash_row, experiment_row
+from onnxfi.outcomes import FLAGS, OUTCOMES, classify, crash_row, experiment_row, task_metric
 from onnxfi.plan import Plan, make_plan
 from onnxfi.runtime import PROVIDER_NAMES, run_batches
+from onnxfi.scoring import choose_output, describe_shapes, plausibility
 from onnxfi.sites import enumerate_sites
 from onnxfi.stats import rate_with_ci
 
@@ -447,6 +448,9 @@ class CompareResult:
     fault_samples: int = 0
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     task: str = ""
+    output_choice: dict[str, Any] = field(default_factory=dict)  # OutputChoice.to_dict() of the scored output
+    clean: dict[str, Any] = field(default_factory=dict)  # {"metric", "value"}: the reference's clean task metric
+    warning: str | None = None  # onnxfi.scoring.plausibility of the clean metric
 
     @property
     def passed(self) -> bool:
@@ -460,7 +464,9 @@ class CompareResult:
         return {
             "schema": COMPARE_SCHEMA, "model": self.model, "reference": self.reference, "passed": self.passed,
             "data": self.data, "samples": self.samples, "atol": str(self.atol), "rtol": str(self.rtol),
-            "task": self.task, "runtimes": [r.to_dict() for r in self.runtimes],
+            "task": self.task, "output_choice": self.output_choice,
+            "clean": {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in self.clean.items()},
+            "warning": self.warning, "runtimes": [r.to_dict() for r in self.runtimes],
             "faults": {"plan": self.plan, "samples": self.fault_samples, "disagreements": self.disagreements},
         }
 
@@ -505,20 +511,23 @@ def run_compare(
     critical: float = 0.01,
     output: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    task: str | None = None,
 ) -> CompareResult:
     """Compare ``backends`` (an unavailable one is reported with its reason) on ``data``.
 
     ``reference`` names the backend the others are compared with (default: the first available).
     ``n_faults`` weight bit flips (0: no campaign) run on the first ``fault_samples`` samples.
+    The faults are scored on the output :func:`onnxfi.scoring.choose_output` picks from the reference
+    runtime's clean outputs (``output`` / ``task`` override, as ``--output`` / ``--task``).
     """
     atol = atol or Tolerance(1e-4)
     rtol = rtol or Tolerance(1e-4)
     proto = ir.to_proto(loaded.model)
     serialized = proto.SerializeToString()
     out_names = [o.name for o in proto.graph.output]
-    primary = output or out_names[0]
-    if primary not in out_names:
-        raise OnnxfiError(f"--output {primary!r} is not a model output ({', '.join(out_names)})")
+    if output is not None and output not in out_names:  # before loading any runtime
+        shapes = describe_shapes((o.name, o.shape) for o in loaded.outputs())
+        raise OnnxfiError(f"--output {output!r} is not a model output; outputs: {shapes}")
     reports: list[RuntimeReport] = []
     live: list[tuple[RuntimeReport, Backend, Session]] = []
     for b in backends:
@@ -565,15 +574,19 @@ def run_compare(
     if reference not in goldens:
         raise OnnxfiError(f"reference runtime {reference!r}: {ref_entry[0].error}")
     ref_out = goldens[reference]
-    task = metrics.detect_task(ref_out[primary].shape, ref_out[primary].dtype)
+    choice = choose_output(ref_out, data.labels, output, task)
+    primary = choice.name
     for rep, _, _ in usable:
         if rep.name in goldens and rep.name != reference:
             rep.outputs = compare_outputs(ref_out, goldens[rep.name], atol, rtol)
-    result = CompareResult(model_path, reference, reports, n, data.source, atol, rtol, task=task)
+    clean = task_metric(choice.task, ref_out[primary], ref_out[primary], data.labels, choice.layout)
+    result = CompareResult(model_path, reference, reports, n, data.source, atol, rtol, task=choice.task,
+                           output_choice=choice.to_dict(), clean={"metric": clean[0], "value": clean[1]},
+                           warning=plausibility(choice, clean[1]) if clean[0] in ("accuracy", "miou") else None)
     if n_faults > 0:
         runners = [(rep, b) for rep, b, _ in usable if rep.name in goldens]
         _fault_campaign(result, loaded, model_path, runners, data, n_faults, bits, sites, seed, fault_samples,
-                        critical, out_names, primary, task, bs, progress)
+                        critical, out_names, primary, choice.layout, bs, progress)
     return result
 
 
@@ -591,7 +604,7 @@ def _fault_campaign(
     critical: float,
     out_names: Sequence[str],
     primary: str,
-    task: str,
+    layout: str,
     batch: int,
     progress: Callable[[str, int, int], None] | None,
 ) -> None:
@@ -627,8 +640,9 @@ def _fault_campaign(
         for rep, b in active:
             try:
                 faulty = _run_batched(b.load(proto, serialized), sub, out_names, batch)
-                row = experiment_row(exp, classify(golden[rep.name], faulty, primary, task, sub.labels, critical),
-                                     time_s=None, worker=None)
+                result_ = classify(golden[rep.name], faulty, primary, metrics.layout_task(layout), sub.labels,
+                                   critical, layout=layout)
+                row = experiment_row(exp, result_, time_s=None, worker=None)
             except Exception as e:  # the runtime rejected or crashed on the faulty model
                 row = crash_row(exp, _error_text(e), None)
             outcomes[rep.name] = row["outcome"]

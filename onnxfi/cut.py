@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxfi.bits import is_float_dtype
+
 __all__ = [
     "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "weight_head", "is_quantized_weight", "CutError",
     "SHORTCUT_OPS", "cone_macs",
@@ -138,7 +140,7 @@ def is_quantized_weight(model: onnx.ModelProto, name: str, dtype: np.dtype[Any])
     """Whether a weight takes part in quantized arithmetic, which ORT computes in integer kernels once
     the weight is a constant: an integer tensor, or a tensor used (directly or through weight transforms)
     by a (De)QuantizeLinear or QLinear*/integer op, e.g. a scale or zero point."""
-    if not np.issubdtype(dtype, np.floating):
+    if not is_float_dtype(dtype):
         return True
     graph = model.graph
     consts = set(_constant_values(graph, [name])) | {i.name for i in graph.input}

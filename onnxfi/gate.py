@@ -5,17 +5,26 @@ configured campaign is :func:`onnxfi.gate_campaign.run_gate`.
 
 A config is the ``[gate]`` table of an ``onnxfi.toml`` or the ``[tool.onnxfi.gate]`` table of a
 ``pyproject.toml``. Paths in it are relative to the file that holds it. Rate checks use the *upper*
-end of a one-sided Wilson bound at ``thresholds.confidence`` (default 0.95): a rate passes only when the
-campaign shows, at that confidence, that it is no higher than the limit. So a gate needs enough faults
-for its limits: the report gives every bound, so a limit can be set from a measured run.
+end of a one-sided bound at ``thresholds.confidence`` (default 0.95) on the campaign's headline estimate
+(:func:`onnxfi.summary.aggregate`'s ``rates``: the estimator that matches the plan's design, over the
+complete rounds): a rate passes only when the campaign shows, at that confidence, that it is no higher
+than the limit. The summary a gate evaluates is computed at two-sided confidence ``2 c - 1``, whose upper
+end is the one-sided bound at ``c``. So a gate needs enough faults for its limits: the report gives every
+bound, so a limit can be set from a measured run.
 
 Checks, each with a name, the measured value, its bound, the limit and a one-line message:
 
-- ``rate.<r>``: overall rate ``r`` (sdc1, sdc5, critical, due, crash) vs ``[gate.thresholds] r``;
+- ``rate.<r>``: overall per-fault rate ``r`` (sdc1, sdc5, critical, due, crash) vs ``[gate.thresholds] r``;
+- ``rate.sdc1_per_inference``: the fraction of eval inferences whose top-1 decision a fault changes
+  (population mean over faults) vs ``[gate.thresholds] sdc1_per_inference``;
 - ``layer.<site>.<r>``: the same per layer, for the layers matched by a ``[gate.layers]`` regex;
 - ``clean.min`` / ``clean.drop``: the fault-free metric vs a floor, or its drop from a reference value
-  (the baseline's clean value, else ``clean_reference``);
+  (the baseline's clean value, else ``clean_reference``). Both need labelled eval data: without labels the
+  clean run is scored against itself (always 1.0), a check that cannot fail, so the config is refused;
 - ``baseline.<r>``: the rate's bound vs the baseline's rate plus the allowed delta.
+
+``[gate] output`` names the model output that carries the decision (as ``analyze --output``); without it
+the output is chosen from the evidence (labels, shapes) and the choice is reported in ``clean``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ from typing import Any
 
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import FAILURE_FLAGS, FLAG_LABELS
-from onnxfi.stats import wilson_interval
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +59,10 @@ __all__ = [
     "find_config",
     "load_config",
     "config_from_dict",
-    "upper_bound",
+    "summary_confidence",
+    "needs_labels",
+    "unlabelled_error",
+    "PER_INFERENCE",
     "load_baseline",
     "evaluate",
     "junit_xml",
@@ -63,9 +74,14 @@ _BASELINE_SCHEMAS = ("onnxfi.gate/1", "onnxfi.analyze/1", "onnxfi.results/1")
 
 _GATE_KEYS = {"model", "data", "samples", "provider", "threads", "workers", "db", "plan", "thresholds",
               "layers", "baseline", "clean_reference", "input_shapes", "output", "task", "batch", "mode"}
-_PLAN_KEYS = {"target", "bits", "faults", "margin", "confidence", "p", "seed", "sites", "ops", "fault", "critical"}
-_THRESHOLD_KEYS = set(FAILURE_FLAGS) | {"clean_min", "clean_drop", "confidence"}
-_BASELINE_KEYS = set(FAILURE_FLAGS) | {"file", "clean_drop"}
+_PLAN_KEYS = {"target", "bits", "faults", "margin", "confidence", "p", "seed", "sites", "ops", "fault", "critical",
+              "design", "per_stratum"}
+# the per-inference rate: the mean fraction of eval inferences whose decision one fault changes
+PER_INFERENCE = "sdc1_per_inference"
+_RATE_KEYS = (*FAILURE_FLAGS, PER_INFERENCE)
+_THRESHOLD_KEYS = set(_RATE_KEYS) | {"clean_min", "clean_drop", "confidence"}
+_BASELINE_KEYS = set(_RATE_KEYS) | {"file", "clean_drop"}
+_DESIGNS = ("proportional", "per-stratum", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,8 @@ class PlanSpec:
     ops: tuple[str, ...] = ()
     fault: tuple[str, ...] = ("flip",)
     critical: float = 0.01
+    design: str = "proportional"
+    per_stratum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -277,8 +295,8 @@ def _str_list(v: Any, where: str) -> tuple[str, ...]:
     raise OnnxfiError(f"{where} must be a string or a list of strings, got {v!r}")
 
 
-def _rate_limits(table: Mapping[str, Any], where: str) -> dict[str, float]:
-    return {k: _float(table[k], f"{where}.{k}", 0.0, 1.0) for k in FAILURE_FLAGS if k in table}
+def _rate_limits(table: Mapping[str, Any], where: str, keys: Sequence[str] = _RATE_KEYS) -> dict[str, float]:
+    return {k: _float(table[k], f"{where}.{k}", 0.0, 1.0) for k in keys if k in table}
 
 
 def _path(v: Any, where: str, base: Path) -> str:
@@ -307,6 +325,16 @@ def _plan_spec(table: Any, where: str) -> PlanSpec:
     target = table.get("target", "weights")
     if target not in ("weights", "activations", "all"):
         raise OnnxfiError(f"{where}.target must be weights, activations or all, got {target!r}")
+    per_stratum = _int(table["per_stratum"], f"{where}.per_stratum", 1) if "per_stratum" in table else None
+    design = table.get("design", "per-stratum" if per_stratum is not None else "proportional")
+    if design not in _DESIGNS:
+        raise OnnxfiError(f"{where}.design must be one of {', '.join(_DESIGNS)}, got {design!r}")
+    if per_stratum is not None and design != "per-stratum":
+        raise OnnxfiError(f"{where}: per_stratum is the per-stratum design's size; design is {design!r}")
+    if design == "adaptive" and faults is not None:
+        raise OnnxfiError(f"{where}: the adaptive design is sized by margin, not faults")
+    if per_stratum is not None and (faults is not None or margin is not None):
+        raise OnnxfiError(f"{where}: give per_stratum, faults or margin, not several")
     return PlanSpec(
         target=target, bits=bits, faults=faults, margin=margin if faults is None else None,
         confidence=_float(table.get("confidence", 0.99), f"{where}.confidence", 0.0, 1.0),
@@ -316,6 +344,7 @@ def _plan_spec(table: Any, where: str) -> PlanSpec:
         ops=_str_list(table["ops"], f"{where}.ops") if "ops" in table else (),
         fault=_str_list(table.get("fault", ["flip"]), f"{where}.fault") or ("flip",),
         critical=_float(table.get("critical", 0.01), f"{where}.critical", 0.0),
+        design=design, per_stratum=per_stratum,
     )
 
 
@@ -353,7 +382,7 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
             re.compile(pattern)
         except re.error as e:
             raise OnnxfiError(f"{where}: bad regex ({e})") from None
-        layers.append(LayerRule(pattern, _rate_limits(rule, where)))
+        layers.append(LayerRule(pattern, _rate_limits(rule, where, FAILURE_FLAGS)))
     baseline = None
     if "baseline" in table:
         bt = table["baseline"]
@@ -396,13 +425,6 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def upper_bound(k: int, n: int, confidence: float) -> float:
-    """One-sided upper Wilson bound: the rate is below it with probability ``confidence``."""
-    if n == 0:
-        return 1.0
-    return wilson_interval(k, n, 2.0 * confidence - 1.0)[1]
-
-
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A baseline report: ``gate --json``, ``analyze --json`` or ``results --json`` output."""
     p = Path(path)
@@ -424,14 +446,66 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def summary_confidence(gate_confidence: float) -> float:
+    """The two-sided confidence whose interval's upper end is the gate's one-sided bound."""
+    return 2.0 * gate_confidence - 1.0
+
+
+def _label(key: str) -> str:
+    return "SDC-1 per inference" if key == PER_INFERENCE else FLAG_LABELS[key]
+
+
+def _estimate(summary: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    if key == PER_INFERENCE:
+        per = summary.get("per_inference") or {}
+        if "sdc1" not in per:
+            raise OnnxfiError(f"the summary has no per-inference rate for {PER_INFERENCE}")
+        return per["sdc1"]
+    return summary["rates"][key]
+
+
 def _rate_check(name: str, kind: str, label: str, r: Mapping[str, Any], limit: float, conf: float,
                 what: str = "limit") -> Check:
-    k, n = int(r["k"]), int(r["n"])
-    ub = upper_bound(k, n, conf)
+    """``r`` is one estimate of a summary computed at two-sided ``summary_confidence(conf)``: its ``hi`` is
+    the one-sided upper bound at ``conf``. An estimate with no rows (``rate`` NaN) cannot pass."""
+    rate, ub = float(r["rate"]), float(r["hi"])
+    k = int(r["k"]) if r.get("k") is not None else None
+    n = int(r["n"]) if r.get("n") is not None else None
+    if not math.isfinite(rate):
+        return Check(name, kind, rate, 1.0, limit, False,
+                     f"{label}: no estimate (no complete round of the plan is stored)", k, n)
     ok = ub <= limit
-    msg = (f"{label} {_pct(k / n if n else 0.0)} ({k}/{n}), {int(round(100 * conf))}% upper bound {_pct(ub)} "
+    sample = f" ({k}/{n} sampled)" if k is not None and n is not None else ""
+    msg = (f"{label} {_pct(rate)}{sample}, {int(round(100 * conf))}% upper bound {_pct(ub)} "
            f"{'<=' if ok else '>'} {what} {_pct(limit)}")
-    return Check(name, kind, k / n if n else 0.0, ub, limit, ok, msg, k, n)
+    return Check(name, kind, rate, ub, limit, ok, msg, k, n)
+
+
+def _check_confidence(summary: Mapping[str, Any], conf: float) -> None:
+    want = summary_confidence(conf)
+    have = summary.get("confidence")
+    if not isinstance(have, (int, float)) or abs(float(have) - want) > 1e-9:
+        raise OnnxfiError(f"the summary's intervals are at confidence {have!r}; a gate at one-sided {conf:g} "
+                          f"needs them at two-sided {want:g} (onnxfi.summary.aggregate(plan, rows, {want:g}))")
+
+
+def needs_labels(cfg: GateConfig) -> list[str]:
+    """The configured checks that compare the clean metric with a floor or a reference: they need labels."""
+    names = []
+    if cfg.clean_min is not None:
+        names.append("clean_min")
+    if cfg.clean_drop is not None:
+        names.append("clean_drop")
+    if cfg.baseline is not None and cfg.baseline.clean_drop is not None:
+        names.append("[gate.baseline].clean_drop")
+    return names
+
+
+def unlabelled_error(cfg: GateConfig, data: str | None) -> OnnxfiError:
+    where = f"{data} has no labels" if data else "the eval data is seeded random inputs (no labels)"
+    return OnnxfiError(f"{cfg.source}: {', '.join(needs_labels(cfg))} need labelled eval data, but {where}: "
+                       "without labels the clean run is scored against itself (always 1.0) and the check "
+                       "cannot fail; give data with labels or remove the check")
 
 
 def _plan_digest(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -451,10 +525,13 @@ def evaluate(
     warn = warnings if warnings is not None else []
     conf = cfg.confidence
     checks: list[Check] = []
-    rates = summary["rates"]
-    for key in FAILURE_FLAGS:
+    if cfg.limits or cfg.layers or cfg.baseline is not None:
+        _check_confidence(summary, conf)
+    if needs_labels(cfg) and (clean.get("labelled") is False or clean.get("metric") == "golden_agreement"):
+        raise unlabelled_error(cfg, clean.get("data"))
+    for key in _RATE_KEYS:
         if key in cfg.limits:
-            checks.append(_rate_check(f"rate.{key}", "rate", f"{FLAG_LABELS[key]} rate", rates[key],
+            checks.append(_rate_check(f"rate.{key}", "rate", f"{_label(key)} rate", _estimate(summary, key),
                                       cfg.limits[key], conf))
     for rule in cfg.layers:
         matched = [e for e in summary.get("layers", []) if re.fullmatch(rule.pattern, str(e["key"]))]
@@ -505,18 +582,18 @@ def evaluate(
                             f"clean {metric} {float(value):.4f} vs {ref_from} {ref_value:.4f}: drop {drop:+.4f} "  # type: ignore[arg-type]
                             f"{'<=' if ok else '>'} allowed {allowed:.4f}"))
     if cfg.baseline is not None and baseline is not None:
-        brates = baseline["summary"]["rates"]
         bplan = baseline.get("plan") or {}
         if plan is not None and bplan and _plan_digest(bplan) != _plan_digest(plan):
             warn.append(f"baseline plan differs: {_plan_digest(bplan)} vs this run's {_plan_digest(plan)}")
-        for key in FAILURE_FLAGS:
+        for key in _RATE_KEYS:
             if key not in cfg.baseline.deltas:
                 continue
-            if key not in brates:
-                raise OnnxfiError(f"baseline {cfg.baseline.file} has no {key} rate")
-            base_rate = float(brates[key]["rate"])
+            try:
+                base_rate = float(_estimate(baseline["summary"], key)["rate"])
+            except (KeyError, OnnxfiError):
+                raise OnnxfiError(f"baseline {cfg.baseline.file} has no {key} rate") from None
             delta = cfg.baseline.deltas[key]
-            c = _rate_check(f"baseline.{key}", "baseline", f"{FLAG_LABELS[key]} rate", rates[key],
+            c = _rate_check(f"baseline.{key}", "baseline", f"{_label(key)} rate", _estimate(summary, key),
                             base_rate + delta, conf, what=f"baseline {_pct(base_rate)} + {_pct(delta)} =")
             checks.append(c)
     return checks

@@ -14,13 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from onnxfi.campaign import run_campaign
+from onnxfi.data import load_data
 from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.gate import GateConfig, GateResult, evaluate, load_baseline
+from onnxfi.gate import (
+    GateConfig,
+    GateResult,
+    evaluate,
+    load_baseline,
+    needs_labels,
+    summary_confidence,
+    unlabelled_error,
+)
 from onnxfi.model import load_model
 from onnxfi.plan import left_out_note, make_plan, parse_bits
 from onnxfi.sites import enumerate_sites
 from onnxfi.store import Store
+from onnxfi.summary import aggregate
 
 __all__ = ["run_gate"]
 
@@ -51,14 +61,16 @@ def run_gate(
         raise OnnxfiError(f"{cfg.source}: clean_drop needs a reference value: set clean_reference or [gate.baseline]")
     spec = cfg.plan
     loaded = load_model(model_path, dict(cfg.input_shapes))
+    if needs_labels(cfg) and (data_path is None or load_data(data_path, loaded.inputs()).labels is None):
+        raise unlabelled_error(cfg, data_path)
     sites = enumerate_sites(loaded.model, loaded.value_shapes)
     chosen = sites.select(spec.target, spec.sites, list(spec.ops) or None)
-    margin = spec.margin if spec.faults is None else None
-    if spec.faults is None and margin is None:
+    margin = spec.margin if spec.faults is None and spec.per_stratum is None else None
+    if spec.faults is None and spec.per_stratum is None and margin is None:
         margin = 0.05
     plan = make_plan(
         model_path, chosen, list(spec.fault), parse_bits(spec.bits), spec.faults, margin, spec.confidence,
-        spec.p, spec.seed, spec.target,
+        spec.p, spec.seed, spec.target, design=spec.design, per_stratum=spec.per_stratum,
         options={"critical": spec.critical, "data": data_path, "sites_regex": spec.sites,
                  "ops": ",".join(spec.ops) or None},
     )
@@ -93,17 +105,20 @@ def run_gate(
     try:
         reused = store.count() if resume else 0
         result = run_campaign(plan, ecfg, store, workers=cfg.workers, resume=resume, progress=progress)
-        crashes = [r for r in store.rows() if r["crash"]]
+        rows = list(store.rows())
+        # the checks read one-sided bounds at cfg.confidence: the summary's two-sided intervals at 2c - 1
+        summary = aggregate(result.plan, rows, summary_confidence(cfg.confidence))
+        crashes = [r for r in rows if r["crash"]]
         if crashes:
             warnings.append(f"{len(crashes)} experiment(s) crashed, e.g. #{crashes[0]['id']}: {crashes[0]['error']}")
     finally:
         store.close()
-    plan_doc = {k: v for k, v in plan.to_dict().items() if k != "experiments"}
-    checks = evaluate(result.summary, result.clean, cfg, baseline, plan_doc, warnings)
+    plan_doc = {k: v for k, v in result.plan.to_dict().items() if k != "experiments"}
+    checks = evaluate(summary, result.clean, cfg, baseline, plan_doc, warnings)
     if result.interrupted:
-        warnings.append(f"interrupted: {result.summary['experiments']} of {len(plan.experiments)} experiments")
+        warnings.append(f"interrupted: {summary['experiments']} of {len(result.plan.experiments)} experiments")
     return GateResult(
-        model=model_path, config=cfg, checks=checks, summary=result.summary, clean=result.clean, plan=plan_doc,
+        model=model_path, config=cfg, checks=checks, summary=summary, clean=result.clean, plan=plan_doc,
         db=str(db), reused=reused, executed=result.executed, warnings=warnings,
         elapsed_s=time.perf_counter() - t0, interrupted=result.interrupted,
     )

@@ -18,14 +18,17 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfi import metrics
+from onnxfi.bits import is_float_dtype
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, SessionError, first_line
 from onnxfi.faults import BitFlip
+from onnxfi.outcomes import task_metric
 from onnxfi.passes import HARDENING_METHODS, Calibration, ClipAct
 from onnxfi.passes._hardening import Change, Skip, graph_opset, hardening_method
 from onnxfi.passes.clipact import threshold_array
 from onnxfi.profile import Profile, batch_size_for, copy_model, profile_values
 from onnxfi.runtime import make_session, run_batches, run_session
+from onnxfi.scoring import OutputChoice, choose_output, plausibility
 from onnxfi.sites import enumerate_sites
 
 __all__ = [
@@ -98,6 +101,8 @@ class HardenOptions:
     provider: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    output: str | None = None  # the scored output (the clipact search); None: onnxfi.scoring chooses
+    task: str | None = None  # read the scored output as this task; None: from the labels / shape
 
     def __post_init__(self) -> None:
         if self.percentile is not None and not 0 < self.percentile <= 100:
@@ -167,36 +172,36 @@ def _session_inputs(session: Any, data: Dataset, limit: int | None = None) -> Da
     return Dataset(feeds, data.labels, data.source)
 
 
-def _top1(scores: np.ndarray) -> np.ndarray:
-    """The class (axis 1) with the largest score: per sample of ``[N, C]``, per position of ``[N, C, ...]``."""
-    return metrics.top1(scores) if scores.ndim == 2 else np.argmax(scores, axis=1)
-
-
-def _label_accuracy(output: np.ndarray, labels: np.ndarray) -> float | None:
-    """Top-1 accuracy of ``[N, C, ...]`` scores (or of integer predictions) against labels; None if unfit."""
-    if output.ndim >= 2 and output.dtype.kind == "f" and labels.shape == (output.shape[0], *output.shape[2:]):
-        if output.ndim == 2:
-            return metrics.accuracy(output, labels)
-        return float(np.mean(_top1(output) == labels))
-    if output.shape == labels.shape and output.dtype.kind in "iu":
-        return float(np.mean(output == labels))
-    return None
+def _decisions(output: np.ndarray, choice: OutputChoice, reference: np.ndarray) -> np.ndarray:
+    """The decisions of ``output`` read as the scored output (a mask with the threshold of ``reference``)."""
+    threshold = metrics.mask_threshold(reference) if choice.layout in metrics.MASK_LAYOUTS else None
+    with np.errstate(invalid="ignore"):
+        return metrics.decisions(output, choice.layout, threshold)
 
 
 def score_outputs(
-    reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], labels: np.ndarray | None
-) -> tuple[str, str, float | None, float | None]:
-    """(output name, metric, reference score, score): accuracy with labels, else top-1 agreement with ``reference``."""
-    if labels is not None:
-        for name, ref in reference.items():
-            before = _label_accuracy(ref, labels)
-            if before is not None:
-                return name, "accuracy", before, _label_accuracy(outputs[name], labels)
-    for name, ref in reference.items():
-        if ref.ndim >= 2 and ref.dtype.kind == "f" and ref.shape[1] > 1:
-            return name, "top1_agreement", 1.0, float(np.mean(_top1(ref) == _top1(outputs[name])))
-    name = next(iter(reference))
-    return name, "none", None, None
+    reference: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    choice: OutputChoice | None = None,
+) -> tuple[OutputChoice, str, float | None, float | None]:
+    """(the scored output, metric, reference score, score) of ``outputs`` against ``reference``'s run.
+
+    The scored output is ``choice``, else :func:`onnxfi.scoring.choose_output` on ``reference`` and
+    ``labels``. With labels that fit it: the task metric (``accuracy`` of class ids, ``miou`` of label
+    maps) of both runs; else ``top1_agreement``, the fraction of decisions (samples, or pixels) equal
+    to the reference's; a raw output (no decisions) scores ``none``.
+    """
+    choice = choice or choose_output(reference, labels)
+    if choice.layout == "raw":
+        return choice, "none", None, None
+    ref, out = reference[choice.name], outputs[choice.name]
+    if labels is not None and choice.metric is not None:
+        with np.errstate(invalid="ignore"):
+            metric, before = task_metric(choice.task, ref, ref, labels, choice.layout)
+            after = task_metric(choice.task, out, ref, labels, choice.layout)[1]
+        return choice, metric, before, after
+    return choice, "top1_agreement", 1.0, float(np.mean(_decisions(out, choice, ref) == _decisions(ref, choice, ref)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +283,7 @@ def search_clipact_thresholds(
     batch_size: int = 64,
     provider: str = "cpu",
     threads: int | None = None,
+    choice: OutputChoice | None = None,
 ) -> ClipActSearch:
     """Search T per clipact layer (``threshold_values``: activation -> T initializer) as FT-ClipAct does.
 
@@ -288,7 +294,9 @@ def search_clipact_thresholds(
     (rate per stored bit) over the float32 weights of every graph (initializers and Constant nodes,
     hardening constants excluded), the same draws for every candidate. Each draw is baked into its own
     session (so ORT still folds and prepacks weights); the T values are fed as overridable
-    initializers. ``model`` is not modified.
+    initializers. ``model`` is not modified. Accuracy is the fraction of the decisions of ``output``
+    (read as ``choice`` says; default: :func:`onnxfi.scoring.choose_output` with ``output`` requested)
+    equal to ``labels``: class ids per sample, or per pixel.
     """
     cfg = config or SearchConfig()
     evaluation = copy_model(model)
@@ -325,6 +333,10 @@ def search_clipact_thresholds(
     n = min(data.size, cfg.max_samples) if data.size else None
     bsize = batch_size_for(model, max(batch_size, cfg.max_samples))
     ref = labels[:n] if n is not None else labels
+    clean_all = run_outputs(clean, data, bsize, n)
+    clean_out = clean_all[output]
+    if choice is None:
+        choice = choose_output(clean_all, None, output)
     cache: dict[tuple[tuple[float, ...], int, int], float] = {}
     layers = list(threshold_values)
 
@@ -334,9 +346,8 @@ def search_clipact_thresholds(
         if key not in cache:
             extra = {t_inits[layer].name or "": threshold_array(ts[layer], dtypes[layer], opset) for layer in layers}
             out = run_outputs(sessions[ri][t], data, bsize, n, feeds_extra=extra)[output]
-            with np.errstate(invalid="ignore"):
-                score = _label_accuracy(out, ref)
-            cache[key] = 0.0 if score is None else score
+            pred = _decisions(out, choice, clean_out) if choice is not None else None
+            cache[key] = float(np.mean(pred == ref)) if pred is not None and pred.shape == ref.shape else 0.0
         return cache[key]
 
     def auc(ts: Mapping[str, float]) -> float:
@@ -384,15 +395,21 @@ def _profile(
 
 def _reference_labels(
     original: ir.Model, data: Dataset, options: HardenOptions
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, OutputChoice]:
+    """What the clipact search scores against: the labels when they fit the scored output, else the
+    original model's decisions; and the scored output."""
     outs = run_outputs(original, data, options.batch_size, options.search_config.max_samples,
                        options.provider, options.threads)
-    name, metric, _, _ = score_outputs(outs, outs, data.labels)
-    if metric == "accuracy" and data.labels is not None:
-        return data.labels, name
-    if metric == "top1_agreement":
-        return _top1(outs[name]), name
-    raise OnnxfiError("the clipact search needs a classifier output ([N, C] scores) to score")
+    n = next(iter(outs.values())).shape[0] if outs else 0
+    labels = data.labels[:n] if data.labels is not None else None
+    choice = choose_output(outs, labels, options.output, options.task)
+    if choice.layout == "raw":
+        raise OnnxfiError(f"the clipact search needs an output that makes decisions (class scores, a mask); "
+                          f"{choice.name!r} makes none")
+    if labels is not None and choice.metric is not None:
+        ids = labels.reshape(-1) if choice.task == "classification" else labels
+        return ids.astype(np.int64), choice
+    return _decisions(outs[choice.name], choice, outs[choice.name]), choice
 
 
 def _run_method(
@@ -408,10 +425,10 @@ def _run_method(
     details.update(pass_.report_results())
     if isinstance(pass_, ClipAct) and options.search and pass_.threshold_values:
         assert data is not None  # clipact needs calibration data
-        labels, output = _reference_labels(original, data, options)
+        labels, choice = _reference_labels(original, data, options)
         result = search_clipact_thresholds(
-            model, pass_.threshold_values, dict(pass_.applied), data, labels, output, options.search_config,
-            options.batch_size, options.provider, options.threads,
+            model, pass_.threshold_values, dict(pass_.applied), data, labels, choice.name, options.search_config,
+            options.batch_size, options.provider, options.threads, choice,
         )
         pass_.set_thresholds(model, result.thresholds)
         details["thresholds"] = result.thresholds
@@ -457,6 +474,8 @@ class HardeningEffect:
     batch: int
     repeat: int
     data: str
+    choice: OutputChoice | None = None  # the scored output and why (onnxfi.scoring)
+    warning: str | None = None  # onnxfi.scoring.plausibility of the original's clean metric
 
     @property
     def metric_change(self) -> float | None:
@@ -473,6 +492,8 @@ class HardeningEffect:
 
         return {
             "output": self.output,
+            "output_choice": self.choice.to_dict() if self.choice else None,
+            "warning": self.warning,
             "metric": self.metric,
             "before": num(self.before),
             "after": num(self.after),
@@ -495,7 +516,7 @@ def _max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> f
     worst = 0.0
     for name, x in a.items():
         y = b[name]
-        if x.dtype.kind != "f" or x.shape != y.shape or x.size == 0:
+        if not is_float_dtype(x.dtype) or x.shape != y.shape or x.size == 0:
             continue
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(x.astype(np.float64) - y.astype(np.float64))
@@ -514,9 +535,14 @@ def measure_hardening(
     batch_size: int = 64,
     provider: str = "cpu",
     threads: int | None = None,
+    choice: OutputChoice | None = None,
+    output: str | None = None,
+    task: str | None = None,
 ) -> HardeningEffect:
     """Score both models on ``data`` and time them (median of ``repeat`` runs of the first batch each).
 
+    The scored output is ``choice``, else :func:`onnxfi.scoring.choose_output` on the original's outputs
+    (``output`` / ``task`` as ``--output`` / ``--task``); see :func:`score_outputs`.
     Both sessions use the same provider, optimization level (all) and threads; timed runs alternate
     between the two models in rounds so that drift (turbo, other load) hits both alike.
     """
@@ -527,7 +553,10 @@ def measure_hardening(
     bsize = batch_size_for(original, batch_size)
     ref = run_outputs(s0, data, bsize)
     out = run_outputs(s1, data, bsize)
-    output, metric, before, after = score_outputs(ref, out, data.labels)
+    if choice is None:
+        choice = choose_output(ref, data.labels, output, task)
+    choice, metric, before, after = score_outputs(ref, out, data.labels, choice)
+    warning = plausibility(choice, before) if before is not None and metric in ("accuracy", "miou") else None
     feeds = _session_inputs(s0, data).batch(0, bsize)
     rounds = min(repeat, 5)
     t0: list[float] = []
@@ -539,6 +568,6 @@ def measure_hardening(
     first = next(iter(feeds.values()), None)
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     return HardeningEffect(
-        output, metric, before, after, max(1, data.size), _max_abs_diff(ref, out),
-        float(np.median(t0)) * 1e3, float(np.median(t1)) * 1e3, batch, repeat, data.source,
+        choice.name, metric, before, after, max(1, data.size), _max_abs_diff(ref, out),
+        float(np.median(t0)) * 1e3, float(np.median(t1)) * 1e3, batch, repeat, data.source, choice, warning,
     )

@@ -10,6 +10,14 @@ Conventions used throughout:
   ``top1(x) == topk_indices(x, k)[:, 0]`` always holds.
 * Scalar reductions over zero samples (an empty batch, every pixel ignored) return ``nan`` instead of raising.
 * Every summary value is a plain Python ``float`` so the dictionaries can go straight into JSON or SQLite.
+* Float means every floating-point type ONNX has (:func:`onnxfi.bits.is_float_dtype`): ``bfloat16`` and the
+  float8 types (``ml_dtypes``, numpy kind ``"V"``) are read as float32, exactly, so NaN/Inf in them count.
+
+Output layouts (:data:`LAYOUTS`) name where an output's decision is: ``classes`` (scores ``[N, C]``, argmax
+over C), ``ids`` (integer class ids ``[N]``), ``nchw`` / ``nhwc`` (segmentation scores, argmax over the
+channel axis), ``mask-nchw`` / ``mask-nhwc`` / ``mask`` (one channel ``[N, 1, H, W]`` / ``[N, H, W, 1]`` /
+``[N, H, W]``: a binary mask, pixel = 1 when its value is above :func:`mask_threshold` of the fault-free
+output), ``labelmap`` (integer class ids per pixel) and ``raw`` (no decision: regression).
 """
 
 from __future__ import annotations
@@ -20,10 +28,21 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
 __all__ = [
     "Task",
+    "Layout",
+    "LAYOUTS",
+    "MASK_LAYOUTS",
+    "layout_task",
+    "infer_layout",
+    "mask_threshold",
+    "decisions",
+    "layout_classes",
+    "label_map_classes",
+    "IGNORE_ID",
     "softmax",
     "is_probability",
     "detect_task",
@@ -48,6 +67,15 @@ __all__ = [
 ]
 
 Task = Literal["classification", "segmentation", "regression"]
+Layout = Literal["classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw"]
+LAYOUTS: tuple[Layout, ...] = ("classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw")
+MASK_LAYOUTS: tuple[Layout, ...] = ("mask-nchw", "mask-nhwc", "mask")
+# the label id segmentation datasets use for "don't care" pixels (Pascal VOC, Cityscapes): never a class
+IGNORE_ID = 255
+_LAYOUT_TASKS: dict[str, Task] = {
+    "classes": "classification", "ids": "classification", "raw": "regression",
+    **{k: "segmentation" for k in ("nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap")},
+}
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -68,6 +96,8 @@ _MAX_LABEL = float(2**53)
 def _numeric(x: ArrayLike, name: str) -> NDArray[Any]:
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
+        if is_float_dtype(arr.dtype):  # bfloat16, float8: float32 holds every value exactly
+            return arr.astype(np.float32)
         raise OnnxfiError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     return arr
 
@@ -170,6 +200,8 @@ def is_probability(x: ArrayLike, axis: int = 1, atol: float = 1e-2) -> bool:
     softmax are not softmaxed a second time.
     """
     arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf" and is_float_dtype(arr.dtype):
+        arr = arr.astype(np.float32)
     if arr.dtype.kind not in "biuf" or arr.ndim == 0 or arr.size == 0:
         return False
     if not -arr.ndim <= axis < arr.ndim:
@@ -221,6 +253,153 @@ def detect_task(shape: Sequence[int | str | None], dtype: DTypeLike | None = Non
     if len(dims) == 3:
         return "regression" if is_float_like else "segmentation"
     return "regression"
+
+
+# --------------------------------------------------------------------------------------------------
+# Output layouts: where an output's decision is
+# --------------------------------------------------------------------------------------------------
+
+
+def layout_task(layout: str) -> Task:
+    """The task a layout belongs to: ``classes``/``ids`` classification, ``raw`` regression, the rest segmentation."""
+    try:
+        return _LAYOUT_TASKS[layout]
+    except KeyError:
+        raise OnnxfiError(f"unknown output layout {layout!r} (use {', '.join(LAYOUTS)})") from None
+
+
+def _in_unit_interval(arr: NDArray[Any]) -> bool:
+    a = arr[np.isfinite(arr)]
+    return bool(a.size) and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def infer_layout(x: ArrayLike, task: str | None = None) -> Layout:
+    """The layout of a (fault-free) output from its shape, dtype and values: the shape rules.
+
+    * float ``[N, C]`` with ``C >= 2`` or ``[N, C, 1, 1]``: ``classes``; integer ``[N]`` or ``[N, 1]``: ``ids``.
+    * float ``[N, A, B, D]`` with one channel (``D == 1``: ``mask-nhwc``, else ``A == 1``: ``mask-nchw``): a
+      binary mask when every finite value lies in [0, 1] (a sigmoid output), else ``raw`` (a depth map, an
+      image). Several channels: segmentation scores, ``nchw`` when they are probabilities along axis 1,
+      ``nhwc`` when along axis 3, else ``nhwc`` when ``D`` is smaller than both ``A`` and ``B`` (as in
+      ``[1, 256, 256, 21]``) and ``nchw`` otherwise (ONNX's default layout).
+    * integer ``[N, H, W]``, ``[N, 1, H, W]`` or ``[N, H, W, 1]``: ``labelmap``.
+    * anything else (float ``[N, H, W]`` included): ``raw``.
+
+    ``task`` forces the family: ``regression`` is always ``raw``; ``classification`` takes ``[N, C]`` /
+    ``[N, C, 1, 1]`` scores or integer ids; ``segmentation`` reads any one-channel float output as a mask
+    (float ``[N, H, W]`` too) and ``[N, C, 1, 1]`` as ``nchw``. A shape that the forced task cannot read
+    raises :class:`OnnxfiError`.
+    """
+    arr = _numeric(x, "output")
+    if task is not None and task not in ("classification", "segmentation", "regression"):
+        raise OnnxfiError(f"unknown task {task!r} (use classification, segmentation or regression)")
+    if task == "regression":
+        return "raw"
+    shape = arr.shape
+    is_int = arr.dtype.kind in "biu"
+    layout: Layout = "raw"
+    if not is_int and ((arr.ndim == 2 and shape[1] >= 2) or (arr.ndim == 4 and shape[1] >= 2 and shape[2:] == (1, 1))):
+        layout = "nchw" if task == "segmentation" and arr.ndim == 4 else "classes"
+    elif is_int and (arr.ndim == 1 or arr.ndim == 2 and shape[1] == 1):
+        layout = "ids"
+    elif is_int and (arr.ndim == 3 or arr.ndim == 4 and 1 in (shape[1], shape[3])):
+        layout = "labelmap"
+    elif not is_int and arr.ndim == 4:
+        if shape[3] == 1 or shape[1] == 1:
+            mask: Layout = "mask-nhwc" if shape[3] == 1 else "mask-nchw"
+            layout = mask if task == "segmentation" or _in_unit_interval(arr) else "raw"
+        elif is_probability(arr, axis=1):
+            layout = "nchw"
+        elif is_probability(arr, axis=3):
+            layout = "nhwc"
+        else:
+            layout = "nhwc" if shape[3] < shape[1] and shape[3] < shape[2] else "nchw"
+    elif not is_int and arr.ndim == 3 and task == "segmentation":
+        layout = "mask"
+    if task is not None and layout_task(layout) != task:
+        raise OnnxfiError(f"an output of shape {list(shape)} ({arr.dtype}) cannot be read as {task}")
+    return layout
+
+
+def mask_threshold(golden: ArrayLike) -> float:
+    """The threshold of a binary mask, from the fault-free output: 0.5 when every finite value lies in
+    [0, 1] (probabilities), else 0 (logits: sigmoid(0) = 0.5, the same decision). A pixel is 1 when its
+    value is above the threshold."""
+    return 0.5 if _in_unit_interval(_numeric(golden, "golden")) else 0.0
+
+
+def _squeeze_channel(arr: NDArray[Any], layout: str) -> NDArray[Any]:
+    if layout == "mask-nchw" and arr.ndim == 4 and arr.shape[1] == 1:
+        return arr[:, 0]
+    if layout == "mask-nhwc" and arr.ndim == 4 and arr.shape[3] == 1:
+        return arr[..., 0]
+    if layout == "labelmap" and arr.ndim == 4:
+        if arr.shape[1] == 1:
+            return arr[:, 0]
+        if arr.shape[3] == 1:
+            return arr[..., 0]
+    if layout in ("mask", "labelmap") and arr.ndim == 3:
+        return arr
+    raise OnnxfiError(f"output of shape {list(arr.shape)} does not have the {layout} layout")
+
+
+def decisions(x: ArrayLike, layout: str, threshold: float | None = None) -> IntArray:
+    """The decisions an output makes: class ids ``[N]`` (``classes``, ``ids``) or per pixel ``[N, H, W]``.
+
+    Scores use ``np.argmax`` over the class axis (NaN wins, first tie wins). A mask pixel is 1 above
+    ``threshold`` (required for masks: pass :func:`mask_threshold` of the fault-free output, so a faulty
+    output is read with the same threshold) and -1 where it is NaN; a float label map's entries that are
+    not whole finite numbers are -1. -1 is never a valid class.
+    """
+    if layout == "classes":
+        return top1(x)
+    arr = _numeric(x, "output")
+    if layout == "ids":
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise OnnxfiError(f"class ids: expected shape [N], got {list(arr.shape)}")
+        return _label_map_values(arr)
+    if layout in ("nchw", "nhwc"):
+        if arr.ndim != 4:
+            raise OnnxfiError(f"{layout} scores: expected 4 dimensions, got {list(arr.shape)}")
+        out: IntArray = np.argmax(arr, axis=1 if layout == "nchw" else 3).astype(np.int64)
+        return out
+    if layout in MASK_LAYOUTS:
+        if threshold is None:
+            raise ValueError("decisions: a mask layout needs the threshold of the fault-free output")
+        m = _squeeze_channel(arr, layout)
+        with np.errstate(invalid="ignore"):
+            bits = (m > threshold).astype(np.int64)
+        bits[np.isnan(m)] = -1
+        return bits
+    if layout == "labelmap":
+        return _label_map_values(_squeeze_channel(arr, layout))
+    raise OnnxfiError(f"an output with the {layout!r} layout makes no decisions")
+
+
+def label_map_classes(*maps: ArrayLike) -> int:
+    """The class count of label maps without logits: 1 + the largest id they hold, ignore ids (negative
+    or :data:`IGNORE_ID`) left out; at least 1."""
+    top = 0
+    for x in maps:
+        ids = _label_map_values(_numeric(x, "label map")).reshape(-1)
+        ids = ids[(ids >= 0) & (ids != IGNORE_ID)]
+        if ids.size:
+            top = max(top, int(ids.max()) + 1)
+    return max(1, top)
+
+
+def layout_classes(x: ArrayLike, layout: str) -> int | None:
+    """The class count an output's layout implies: C of scores, 2 for a mask, None for ids and label maps."""
+    shape = np.shape(x)
+    if layout in ("classes", "nchw"):
+        return int(shape[1])
+    if layout == "nhwc":
+        return int(shape[3])
+    if layout in MASK_LAYOUTS:
+        return 2
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,15 +560,21 @@ def _label_map(x: ArrayLike, name: str) -> tuple[IntArray, int | None]:
         raise OnnxfiError(
             f"{name}: expected segmentation logits [N, C, H, W] or a label map [N, H, W], got {list(arr.shape)}"
         )
+    return _label_map_values(arr), None
+
+
+def _label_map_values(arr: NDArray[Any]) -> IntArray:
+    """Class ids as int64; float entries that are not whole finite numbers (e.g. after a fault) become -1."""
     if arr.dtype.kind == "f":
         a = arr.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(a) & (a == np.round(a)) & (np.abs(a) < _MAX_LABEL)
-        return np.where(ok, a, -1.0).astype(np.int64), None
+        out: IntArray = np.where(ok, a, -1.0).astype(np.int64)
+        return out
     if arr.dtype == np.uint64:
         # ids beyond int64 would wrap to negative numbers; they are invalid anyway
         arr = np.minimum(arr, np.uint64(2**62))
-    return arr.astype(np.int64), None
+    return arr.astype(np.int64)
 
 
 def _resolve_segmentation(
@@ -606,11 +791,15 @@ def segmentation_metrics(
     golden: ArrayLike,
     labels: ArrayLike | None = None,
     num_classes: int | None = None,
+    layout: str | None = None,
 ) -> dict[str, float]:
     """Every per-experiment segmentation number for one faulty ``output`` against its ``golden`` run.
 
     ``output``/``golden`` are ``[N, C, H, W]`` logits or ``[N, H, W]`` label maps; ``labels`` a label map.
-    The class count comes from ``num_classes``, else the logits' C, else ``max(golden label map) + 1``.
+    ``layout`` (see :data:`LAYOUTS`) reads other outputs: ``nhwc`` scores, a binary mask (``mask-nchw``,
+    ``mask-nhwc``, ``mask``: 2 classes, thresholded at :func:`mask_threshold` of ``golden``) or an integer
+    ``labelmap`` with a channel axis of 1; left out, the shape decides as described above.
+    The class count comes from ``num_classes``, else the logits' C (2 for a mask), else ``max(golden label map) + 1``.
 
     Keys (plain floats):
 
@@ -620,10 +809,20 @@ def segmentation_metrics(
     * ``sdc_frac``: images with a finite output and at least one pixel changed;
     * when output and golden are both logits: ``mean_entropy`` and ``mean_msp`` per pixel over the finite
       images (softmax over C unless golden already is probabilities) and the ``err_*``
-      :func:`error_stats` of the raw outputs.
+      :func:`error_stats` of the raw outputs; for a mask, the ``err_*`` statistics.
     """
     out_arr = _numeric(output, "output")
     gold_arr = _numeric(golden, "golden")
+    raw_out, raw_gold = out_arr, gold_arr  # what DUE and the mask's error statistics are taken from
+    if layout == "nhwc":
+        out_arr, gold_arr = np.moveaxis(out_arr, -1, 1), np.moveaxis(gold_arr, -1, 1)
+    elif layout in MASK_LAYOUTS or layout == "labelmap":
+        threshold = mask_threshold(gold_arr) if layout in MASK_LAYOUTS else None
+        out_arr, gold_arr = decisions(out_arr, layout, threshold), decisions(gold_arr, layout, threshold)
+        if layout in MASK_LAYOUTS and num_classes is None:
+            num_classes = 2
+    elif layout not in (None, "nchw"):
+        raise OnnxfiError(f"segmentation_metrics: {layout!r} is not a segmentation layout")
     pred, c_out = _label_map(out_arr, "output")
     gold, c_gold = _label_map(gold_arr, "golden")
     _same_shape(pred, gold, "segmentation_metrics output/golden label maps")
@@ -647,7 +846,7 @@ def segmentation_metrics(
         if c_lab is not None and c_lab != k:
             raise OnnxfiError(f"labels have {c_lab} channels but num_classes is {k}")
     n = pred.shape[0]
-    due = nonfinite_mask(out_arr)
+    due = nonfinite_mask(raw_out)
     ok = ~due
     changed = pred != gold
     changed_per_image = np.any(changed.reshape(n, -1), axis=1) if n else np.zeros(0, dtype=bool)
@@ -678,5 +877,8 @@ def segmentation_metrics(
         result["mean_entropy"] = ent_sum / ent_count if ent_count else float("nan")
         result["mean_msp"] = msp_sum / msp_count if msp_count else float("nan")
         for key, value in error_stats(out_arr, gold_arr).items():
+            result[f"err_{key}"] = value
+    elif layout in MASK_LAYOUTS:
+        for key, value in error_stats(raw_out, raw_gold).items():
             result[f"err_{key}"] = value
     return result

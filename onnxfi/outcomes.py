@@ -8,8 +8,12 @@ some image; for segmentation: some pixel's class), ``tolerable`` (outputs differ
 ``masked`` (every output bitwise equal to golden). The flags are kept separately, so the SDC-1 rate
 counts every experiment that changed a decision, SDC-5 and critical ones included.
 
-This module imports only numpy and :mod:`onnxfi.metrics`: the store, the summary, the gate and the
-report use it without loading ONNX Runtime.
+Which output is scored and how it is read (its layout: class scores, NCHW/NHWC segmentation scores,
+a binary mask, ids) comes from :func:`onnxfi.scoring.choose_output`; ``classify`` takes that layout. DUE
+is NaN/Inf in any float output, every float type included (bfloat16 and float8: :func:`onnxfi.bits.is_float_dtype`).
+
+This module imports only numpy, :mod:`onnxfi.metrics` and :mod:`onnxfi.bits`: the store, the summary, the
+gate and the report use it without loading ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxfi import metrics
+from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
 if TYPE_CHECKING:
@@ -86,16 +91,33 @@ def load_metric(spec: str) -> Callable[..., Any]:
         raise OnnxfiError(f"cannot load --metric {spec!r}: {e}") from None
 
 
-def task_metric(task: str, out: np.ndarray, golden: np.ndarray, labels: np.ndarray | None) -> tuple[str, float]:
-    """The metric that decides 'critical': accuracy / mIoU vs labels, else agreement with golden."""
-    if task == "classification":
+def task_metric(
+    task: str, out: np.ndarray, golden: np.ndarray, labels: np.ndarray | None, layout: str | None = None
+) -> tuple[str, float]:
+    """The metric that decides 'critical': accuracy / mIoU vs labels, else agreement with golden.
+
+    ``layout`` is how the output is read (:data:`onnxfi.metrics.LAYOUTS`; left out: inferred from
+    ``golden`` and ``task`` by :func:`onnxfi.metrics.infer_layout`). Classification: ``accuracy`` against
+    the labels, else ``golden_agreement`` (fraction of samples with golden's decision). Segmentation:
+    ``miou`` of the pixel decisions against the labels, else against golden's decisions. Regression:
+    ``max_abs_error`` against golden.
+    """
+    layout = layout or metrics.infer_layout(golden, task)
+    if layout == "classes":
         if labels is not None:
             return "accuracy", metrics.accuracy(out, labels)
         return "golden_agreement", float(np.mean(metrics.top1(out) == metrics.top1(golden)))
-    if task == "segmentation":
-        ref = labels if labels is not None else golden
-        pred = out
-        k = out.shape[1] if out.ndim == 4 else None
+    if layout == "ids":
+        pred = metrics.decisions(out, layout)
+        ref = metrics.decisions(labels if labels is not None else golden, "ids")
+        name = "accuracy" if labels is not None else "golden_agreement"
+        return name, float(np.mean(pred == ref)) if pred.size else float("nan")
+    if metrics.layout_task(layout) == "segmentation":
+        threshold = metrics.mask_threshold(golden) if layout in metrics.MASK_LAYOUTS else None
+        pred = metrics.decisions(out, layout, threshold)
+        gold = metrics.decisions(golden, layout, threshold)
+        ref = gold if labels is None else labels
+        k = metrics.layout_classes(golden, layout) or metrics.label_map_classes(gold, ref)
         return "miou", metrics.miou(pred, ref, k)
     return "max_abs_error", metrics.error_stats(out, golden)["max_abs"]
 
@@ -108,40 +130,53 @@ def classify(
     labels: np.ndarray | None,
     critical: float,
     custom: Callable[..., Any] | None = None,
+    layout: str | None = None,
 ) -> dict[str, Any]:
-    """Outcome flags and metrics of one experiment (see the module docstring)."""
+    """Outcome flags and metrics of one experiment (see the module docstring).
+
+    ``primary`` is the scored output and ``layout`` how it is read (:data:`onnxfi.metrics.LAYOUTS`; left
+    out: inferred from golden's shape and ``task``). Decisions, images changed and the task metric come
+    from that layout: a pixel flip of a binary mask is an SDC-1, a small change that flips no pixel is not.
+    """
     masked = all(
         faulty[k].shape == g.shape and faulty[k].tobytes() == g.tobytes() for k, g in golden.items()
     )
     out, gold = faulty[primary], golden[primary]
+    layout = layout or metrics.infer_layout(gold, task)
+    task = metrics.layout_task(layout)
     due = False
     for k, g in golden.items():
         f = faulty[k]
-        if f.dtype.kind == "f" and not np.all(np.isfinite(f)) and np.all(np.isfinite(g)):
+        if is_float_dtype(f.dtype) and not np.all(np.isfinite(f)) and np.all(np.isfinite(g)):
             due = True
     m: dict[str, Any] = {}
     sdc1 = sdc5 = False
     changed_frac = 0.0
     if masked:
         pass
-    elif task == "classification":
+    elif layout == "classes":
         m = metrics.classification_metrics(out, gold, labels)
         s1 = metrics.sdc1_mask(out, gold)
         sdc1 = bool(s1.any())
         sdc5 = bool(metrics.sdc5_mask(out, gold).any())
         changed_frac = float(s1.mean())
+    elif layout == "ids":
+        changed = metrics.decisions(out, layout) != metrics.decisions(gold, layout)
+        m = {"n": float(changed.size), "golden_agreement": float(np.mean(~changed)) if changed.size else float("nan")}
+        sdc1 = bool(changed.any())
+        changed_frac = float(changed.mean()) if changed.size else 0.0
     elif task == "segmentation":
-        m = metrics.segmentation_metrics(out, gold, labels)
+        m = metrics.segmentation_metrics(out, gold, labels, layout=layout)
         sdc1 = m.get("pixel_change_frac", 0.0) > 0
-        pred = out.argmax(1) if out.ndim == 4 else out
-        gpred = gold.argmax(1) if gold.ndim == 4 else gold
-        changed_frac = float(np.mean(np.any((pred != gpred).reshape(len(pred), -1), axis=1)))
+        threshold = metrics.mask_threshold(gold) if layout in metrics.MASK_LAYOUTS else None
+        pred, gpred = metrics.decisions(out, layout, threshold), metrics.decisions(gold, layout, threshold)
+        changed_frac = float(np.mean(np.any((pred != gpred).reshape(len(pred), -1), axis=1))) if len(pred) else 0.0
     else:
         m = {f"err_{k}": v for k, v in metrics.error_stats(out, gold).items()}
         sdc1 = True
         changed_frac = float(np.mean(np.any((out != gold).reshape(len(out), -1), axis=1))) if out.ndim else 1.0
-    name, clean = task_metric(task, gold, gold, labels)
-    value = clean if masked else task_metric(task, out, gold, labels)[1]
+    name, clean = task_metric(task, gold, gold, labels, layout)
+    value = clean if masked else task_metric(task, out, gold, labels, layout)[1]
     m["task_metric"] = name
     m["task_value"] = float(value)
     m["clean_value"] = float(clean)

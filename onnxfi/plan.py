@@ -1,42 +1,81 @@
-"""Campaign plans: which faults to inject where, sampled per (site, bit) stratum; seeded, saved as JSON, replayable.
+"""Campaign plans: a design and a size -> which faults to inject where, in rounds; seeded, saved as JSON, replayable.
 
-Sizing: a fixed number of faults, or Leveugle et al. (DATE 2009)
+The fault space is cut into strata, one per (site, bit, fault model) (per (site, fault model) for value
+faults). Sizing: a fixed number of faults, Leveugle et al. (DATE 2009)
 ``n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p)))`` for margin ``e`` at a confidence (``t`` its two-sided
-normal quantile), or every fault when the space is no larger than the sample. The sample is spread
-over strata (one per site and bit, or per site for value faults) equally, capped at each stratum's
-population, so every layer and bit gets its own estimate; overall rates weight strata by population.
+normal quantile), a number per stratum, or every fault when the space is no larger than the sample.
+
+Designs (docs/statistics.md has the estimators that go with them):
+
+- ``proportional`` (default): every fault of the space equally likely (n/N). Strata get n N_h / N faults
+  by systematic randomized rounding, so the sample rate is the model's rate.
+- ``per-stratum``: the same number of faults in every stratum (capped at its population), for layer x bit
+  sensitivity maps; rates are re-weighted by stratum population.
+- ``adaptive``: for a margin; a pilot, then rounds of Neyman allocation over (bit, fault model) strata,
+  proportional over sites inside each, until the SDC-1 interval is within the margin (:func:`extend_plan`).
+
+Experiments are ordered round-major; every round samples the whole space in the design's proportions, and
+a round's experiments are grouped by site. A set of complete rounds is therefore itself a sample of the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from onnxfi.bits import dtype_info
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import InternalError, OnnxfiError
 from onnxfi.faults import BitFault, BitFlip, BurstFlip, Fault, StuckAt, fault_from_dict, parse_fault
 from onnxfi.sites import Site
-from onnxfi.stats import leveugle_sample_size
+from onnxfi.stats import leveugle_sample_size, normal_quantile, stratified_estimate
 
 __all__ = [
     "Experiment",
     "Stratum",
     "Plan",
+    "DESIGNS",
     "make_plan",
+    "extend_plan",
+    "default_rounds",
+    "systematic_allocation",
+    "grouped_allocation",
+    "equal_allocation",
+    "pilot_allocation",
+    "neyman_allocation",
+    "stratum_of",
+    "estimation_strata",
+    "neyman_strata",
+    "complete_rounds",
     "left_out_note",
     "parse_bits",
     "file_sha256",
     "PLAN_VERSION",
 ]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+DESIGNS = ("proportional", "per-stratum", "adaptive")
+# plans stored before designs existed allocated equally per stratum
+_LEGACY_DESIGN = "per-stratum"
+# default rounds: one per ~50 experiments, at most 20, so a campaign stopped early has complete rounds
+_ROUND_SIZE = 50
+_MAX_ROUNDS = 20
+# adaptive design: the pilot is 20% of the Leveugle size, at least 5 faults per Neyman stratum; later rounds
+# aim 10% past the projected need, add at least 5% of the cap, and give every stratum at least one fault
+_PILOT_FRACTION = 0.2
+_NEYMAN_FLOOR = 5
+_SAFETY = 1.1
+_STEP_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -86,6 +125,7 @@ class Plan:
     experiments: list[Experiment]
     options: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
+    design: str = "proportional"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,9 +137,13 @@ class Plan:
             strata = [Stratum(**s) for s in d["strata"]]
             exps = [Experiment(**e) for e in d["experiments"]]
             rest = {k: v for k, v in d.items() if k not in ("strata", "experiments")}
-            return cls(strata=strata, experiments=exps, **rest)
+            rest.setdefault("design", _LEGACY_DESIGN)
+            plan = cls(strata=strata, experiments=exps, **rest)
         except (KeyError, TypeError) as e:
             raise OnnxfiError(f"not an onnxfi plan ({e})") from None
+        if plan.design not in DESIGNS:
+            raise OnnxfiError(f"not an onnxfi plan (unknown design {plan.design!r})")
+        return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
@@ -173,7 +217,60 @@ def _with_bit(template: Fault, bit: int) -> Fault:
     return template
 
 
-def _allocate(populations: Sequence[int], total: int, rng: np.random.Generator) -> list[int]:
+# --------------------------------------------------------------------------------------------------
+# Allocation: how many faults each stratum gets
+# --------------------------------------------------------------------------------------------------
+
+
+def default_rounds(n: int) -> int:
+    """Rounds for a sample of ``n``: one per ~50 experiments, 1 to 20."""
+    return min(_MAX_ROUNDS, max(1, n // _ROUND_SIZE))
+
+
+def systematic_allocation(sizes: ArrayLike, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` units over strata of ``sizes`` units, proportionally: exactly n in all, E[n_h] = n N_h / N.
+
+    Systematic randomized rounding on the cumulative sizes: the points v + j N (j = 0..n-1, one uniform
+    integer offset v in [0, N)) on the scale [0, n N), stratum h owning [n C_h, n C_h+1) with C the
+    cumulative sizes. Integer arithmetic, so n_h <= N_h always and n = N gives every unit. With a simple
+    random sample of n_h inside each stratum, every unit is drawn with probability exactly n / N.
+    """
+    size = np.asarray(sizes, dtype=np.int64)
+    total = int(size.sum())
+    if n < 0 or n > total or np.any(size < 0):
+        raise InternalError(f"systematic_allocation: cannot draw {n} of {total}")
+    if n == 0:
+        return np.zeros(len(size), dtype=np.int64)
+    edges = n * np.concatenate([[0], np.cumsum(size)])
+    v = int(rng.integers(total))
+    below = np.where(edges > v, (edges - v + total - 1) // total, 0)  # points v + jN below each edge
+    return np.diff(below)
+
+
+def grouped_allocation(sizes: ArrayLike, groups: ArrayLike, totals: ArrayLike, rng: np.random.Generator) -> np.ndarray:
+    """:func:`systematic_allocation` of ``totals[g]`` over the strata of each group g (``groups[h]`` is stratum
+    h's group, 0..G-1), all groups at once, each with its own offset."""
+    size = np.asarray(sizes, dtype=np.int64)
+    group = np.asarray(groups, dtype=np.int64)
+    want = np.asarray(totals, dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    g, s = group[order], size[order]
+    room = np.bincount(g, weights=s, minlength=len(want)).astype(np.int64)
+    if np.any(want < 0) or np.any(want > room):
+        raise InternalError("grouped_allocation: a group's total exceeds its strata")
+    start = np.concatenate([[0], np.cumsum(room)[:-1]])
+    n_cum = np.cumsum(s) - start[g]  # each stratum's cumulative size within its group
+    n_g, pop_g = want[g], np.maximum(room[g], 1)
+    v = rng.integers(0, np.maximum(room, 1))[g]
+    upper, lower = n_g * n_cum, n_g * (n_cum - s)
+    count = (np.where(upper > v, (upper - v + pop_g - 1) // pop_g, 0)
+             - np.where(lower > v, (lower - v + pop_g - 1) // pop_g, 0))
+    out = np.zeros(len(size), dtype=np.int64)
+    out[order] = count
+    return out
+
+
+def equal_allocation(populations: Sequence[int], total: int, rng: np.random.Generator) -> list[int]:
     """Spread ``total`` over strata as evenly as possible, never above a stratum's population.
 
     When the sample is smaller than the number of strata, which strata get the remainder is drawn
@@ -199,10 +296,242 @@ def _allocate(populations: Sequence[int], total: int, rng: np.random.Generator) 
     return n
 
 
+def _spread(weights: np.ndarray, total: float, caps: np.ndarray) -> np.ndarray:
+    """``total`` spread over strata in proportion to ``weights``, none above its cap (the excess goes to the rest)."""
+    x = np.zeros(len(weights))
+    open_ = caps > 0
+    w = np.where(open_, weights, 0.0)
+    if w.sum() <= 0:  # no preference: by room
+        w = np.where(open_, caps.astype(np.float64), 0.0)
+    left = min(float(total), float(caps.sum()))
+    while left > 1e-9 and open_.any():
+        share = left * w[open_] / w[open_].sum()
+        idx = np.flatnonzero(open_)
+        over = share >= caps[idx] - x[idx]
+        if not over.any():
+            x[idx] += share
+            break
+        x[idx[over]] = caps[idx[over]]
+        open_[idx[over]] = False
+        left = min(float(total), float(caps.sum())) - float(x.sum())
+    return x
+
+
+def _apportion(weights: np.ndarray, total: int, caps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Whole numbers summing to ``total`` (at most the caps' sum) in proportion to ``weights``, within caps.
+
+    Each stratum gets the floor of its share, and the fractions are rounded by systematic sampling, so
+    the expected count is the share.
+    """
+    caps = np.asarray(caps, dtype=np.int64)
+    total = int(min(total, caps.sum()))
+    x = _spread(np.asarray(weights, dtype=np.float64), total, caps)
+    base = np.minimum(np.floor(x + 1e-9).astype(np.int64), caps)
+    extra = total - int(base.sum())
+    if extra > 0:
+        frac = np.clip(x - base, 0.0, None) * (caps > base)
+        if frac.sum() <= 0:
+            frac = (caps > base).astype(np.float64)
+        cum = np.concatenate([[0.0], np.cumsum(frac)])
+        cum *= extra / cum[-1]
+        u = float(rng.random())
+        add = np.diff(np.ceil(cum - u)).astype(np.int64)
+        base += np.minimum(add, caps - base)
+        short = total - int(base.sum())
+        for i in np.argsort(-(x - base), kind="stable"):  # float rounding: top up where room is left
+            if short <= 0:
+                break
+            take = min(short, int(caps[i] - base[i]))
+            base[i] += take
+            short -= take
+    return base
+
+
+def pilot_allocation(populations: ArrayLike, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """The adaptive design's first round over Neyman strata of ``populations``.
+
+    Size max(20% of ``cap``, 5 per stratum), at most ``cap``: every stratum gets min(5, N_h), the rest
+    goes proportionally (:func:`systematic_allocation`).
+    """
+    pop = np.asarray(populations, dtype=np.int64)
+    cap = int(min(cap, pop.sum()))
+    size = min(cap, max(math.ceil(_PILOT_FRACTION * cap), _NEYMAN_FLOOR * int((pop > 0).sum())))
+    floor = np.minimum(pop, _NEYMAN_FLOOR)
+    if size <= floor.sum():
+        return _apportion(floor.astype(np.float64), size, floor, rng)
+    return floor + systematic_allocation(pop - floor, size - int(floor.sum()), rng)
+
+
+def neyman_allocation(
+    populations: ArrayLike, sampled: ArrayLike, failures: ArrayLike, margin: float, confidence: float,
+    budget: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """The adaptive design's next round over Neyman strata: faults per stratum (0 when nothing is needed).
+
+    S_h = sqrt(q_h (1 - q_h)) with the smoothed q_h = (k_h + 0.5) / (n_h + 1) from ``failures`` k_h of
+    ``sampled`` n_h. The total projected for a half-width ``margin`` is Neyman's
+    n = (sum W_h S_h)^2 / ((margin / z)^2 + sum W_h S_h^2 / N_h), taken 10% larger and spread n_h ∝ W_h S_h
+    (capped at N_h); the round adds what each stratum lacks, at least one fault to every stratum with
+    faults left (rare outcomes are never starved) and at least 5% of the campaign's cap in all, at most
+    ``budget``. Sampling is without replacement: no stratum gets more than N_h - n_h.
+    """
+    pop = np.asarray(populations, dtype=np.int64)
+    n = np.asarray(sampled, dtype=np.int64)
+    k = np.asarray(failures, dtype=np.float64)
+    room = pop - n
+    budget = int(min(budget, room.sum()))
+    if budget <= 0:
+        return np.zeros(len(pop), dtype=np.int64)
+    open_ = room > 0
+    w = pop / pop.sum()
+    q = (k + 0.5) / (n + 1.0)
+    s = np.sqrt(q * (1.0 - q))
+    ws = w * s
+    z = normal_quantile(1.0 - (1.0 - confidence) / 2.0)
+    need = _SAFETY * ws.sum() ** 2 / ((margin / z) ** 2 + float(np.sum(w * s * s / np.maximum(pop, 1))))
+    target = _spread(ws, need, pop)
+    want = np.where(open_, np.maximum(target - n, 1.0), 0.0)
+    step = math.ceil(_STEP_FRACTION * (int(n.sum()) + budget))
+    size = min(budget, max(math.ceil(float(want.sum())), int(open_.sum()), step))
+    if size < int(open_.sum()):
+        return _apportion(ws * open_, size, room, rng)
+    base = open_.astype(np.int64)
+    extra = np.maximum(want - 1.0, 0.0)
+    rest = size - int(base.sum())
+    if rest > extra.sum():
+        extra = extra + (rest - extra.sum()) * ws * open_ / float((ws * open_).sum())
+    return base + _apportion(extra, rest, room - base, rng)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strata and rounds of a plan
+# --------------------------------------------------------------------------------------------------
+
+
+def _stratum_fault(stratum: Stratum) -> Fault:
+    tmpl = _template(stratum.fault)
+    return _with_bit(tmpl, stratum.bit) if stratum.bit is not None else tmpl
+
+
+def _fault_key(fault: Mapping[str, Any]) -> str:
+    return json.dumps(fault, sort_keys=True)
+
+
+def stratum_of(plan: Plan) -> np.ndarray:
+    """Stratum (position in ``plan.strata``) of each experiment, by position in ``plan.experiments``; -1 if none."""
+    cached = plan.__dict__.get("_stratum_of")
+    if cached is not None and cached[0] is plan.experiments and cached[1] == len(plan.experiments):
+        return cached[2]  # type: ignore[no-any-return]
+    exact: dict[tuple[str, int | None, str], int] = {}
+    loose: dict[tuple[str, int | None], int] = {}
+    for pos, st in enumerate(plan.strata):
+        exact.setdefault((st.site, st.bit, _fault_key(_stratum_fault(st).to_dict())), pos)
+        loose.setdefault((st.site, st.bit), pos)
+    out = np.full(len(plan.experiments), -1, dtype=np.int64)
+    for i, e in enumerate(plan.experiments):
+        found = exact.get((e.site, e.bit, _fault_key(e.fault)))
+        out[i] = found if found is not None else loose.get((e.site, e.bit), -1)
+    plan.__dict__["_stratum_of"] = (plan.experiments, len(plan.experiments), out)
+    return out
+
+
+def neyman_strata(plan: Plan) -> np.ndarray:
+    """Neyman stratum of each plan stratum: one per (bit, fault model) across sites, numbered in order of appearance."""
+    ids: dict[tuple[int | None, str], int] = {}
+    return np.array([ids.setdefault((st.bit, st.fault), len(ids)) for st in plan.strata], dtype=np.int64)
+
+
+def estimation_strata(plan: Plan) -> np.ndarray:
+    """The strata the design's estimator weights, per plan stratum: one for a proportional plan (self-weighting),
+    the plan's own strata for a per-stratum plan, the Neyman strata for an adaptive plan."""
+    if plan.design == "proportional":
+        return np.zeros(len(plan.strata), dtype=np.int64)
+    if plan.design == "adaptive":
+        return neyman_strata(plan)
+    return np.arange(len(plan.strata), dtype=np.int64)
+
+
+def complete_rounds(plan: Plan, ids: Iterable[int]) -> list[int]:
+    """The rounds of ``plan`` whose every experiment is in ``ids`` (stored), sorted.
+
+    For an adaptive plan only the complete prefix counts: a round's allocation was computed from the
+    rounds before it.
+    """
+    planned = Counter(e.round for e in plan.experiments)
+    stored: Counter[int] = Counter()
+    by_id = {e.id: e.round for e in plan.experiments}
+    for i in set(ids):
+        r = by_id.get(i)
+        if r is not None:
+            stored[r] += 1
+    done = [r for r in sorted(planned) if stored[r] == planned[r]]
+    if plan.design == "adaptive":
+        prefix = []
+        for r in sorted(planned):
+            if r not in done:
+                break
+            prefix.append(r)
+        return prefix
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------------------------
+
+
 def left_out_note(names: Sequence[str]) -> str:
     """One line naming the sites a plan left out because their shapes are unknown."""
     return (f"left out {len(names)} site(s) whose shape static inference cannot tell (e.g. {names[0]}); "
             "--input-shape may fix them")
+
+
+def _draw(rng: np.random.Generator, population: int, size: int, taken: np.ndarray | None = None) -> np.ndarray:
+    """``size`` distinct indices of range(population), none in ``taken`` (sorted, distinct), in random order."""
+    gone = 0 if taken is None else len(taken)
+    free = population - gone
+    if size > free:
+        raise InternalError(f"cannot draw {size} of the {free} faults left in a stratum")
+    v = rng.permutation(free) if size == free else rng.choice(free, size=size, replace=False)
+    v = np.asarray(v, dtype=np.int64)
+    if taken is not None and gone:
+        v = v + np.searchsorted(taken - np.arange(gone), v, side="right")  # the v-th index not taken
+    return v
+
+
+def _resolve_design(design: str | None, per_stratum: int | None) -> str:
+    if design is None:
+        return "per-stratum" if per_stratum is not None else "proportional"
+    if design not in DESIGNS:
+        raise OnnxfiError(f"unknown design {design!r}: use one of {', '.join(DESIGNS)}")
+    if per_stratum is not None and design != "per-stratum":
+        raise OnnxfiError(f"--per-stratum sets the per-stratum design, not {design}")
+    return design
+
+
+def _experiments(
+    keys: Sequence[tuple[str, str, int | None, Fault]], strata: np.ndarray, index: np.ndarray, seeds: np.ndarray,
+    rounds: np.ndarray, first_id: int, first_round: int,
+) -> list[Experiment]:
+    """Experiments in round-major order, grouped by stratum (so by site) and sorted by index within a round.
+
+    ``keys[h]`` is stratum h's (site name, site kind, bit, fault template); rounds are renumbered from
+    ``first_round`` without gaps.
+    """
+    if len(strata) == 0:
+        return []
+    _, dense = np.unique(rounds, return_inverse=True)
+    order = np.lexsort((index, strata, dense))
+    faults: dict[int, dict[str, Any]] = {}
+    out = []
+    for new_id, j in enumerate(order.tolist(), first_id):
+        h = int(strata[j])
+        name, kind, bit, tmpl = keys[h]
+        if h not in faults:
+            faults[h] = (_with_bit(tmpl, bit) if bit is not None else tmpl).to_dict()
+        out.append(Experiment(new_id, name, kind, int(index[j]), bit, dict(faults[h]), int(seeds[j]),
+                              first_round + int(dense[j])))
+    return out
 
 
 def make_plan(
@@ -216,10 +545,20 @@ def make_plan(
     p: float = 0.5,
     seed: int = 0,
     target: str = "weights",
-    rounds: int = 1,
+    rounds: int | None = None,
     options: dict[str, Any] | None = None,
+    *,
+    design: str | None = None,
+    per_stratum: int | None = None,
 ) -> Plan:
-    """Sample a campaign over ``sites``. Give ``n_faults``, or ``margin`` (Leveugle sizing)."""
+    """Sample a campaign over ``sites``. Size: ``n_faults``, ``margin`` (Leveugle) or ``per_stratum``.
+
+    ``design`` (default ``"proportional"``, or ``"per-stratum"`` when ``per_stratum`` is given): see the
+    module docstring. ``"adaptive"`` needs ``margin``; it plans the pilot round only, capped at the Leveugle
+    size (or ``n_faults``), and :func:`extend_plan` adds the next rounds. ``rounds`` (default: one per ~50
+    experiments, 1 to 20; for adaptive, of the pilot) cuts the sample into rounds.
+    """
+    design = _resolve_design(design, per_stratum)
     if not sites:
         raise OnnxfiError("no fault sites match the selection")
     unknown = [s.name for s in sites if s.elements is None]
@@ -232,8 +571,14 @@ def make_plan(
         options = {**(options or {}), "left_out_unknown_shape": unknown}
     if n_faults is not None and n_faults < 1:
         raise OnnxfiError("--faults must be at least 1")
+    if per_stratum is not None and per_stratum < 1:
+        raise OnnxfiError("--per-stratum must be at least 1")
+    if rounds is not None and rounds < 1:
+        raise OnnxfiError("rounds must be at least 1")
+    if design == "adaptive" and margin is None:
+        raise OnnxfiError("the adaptive design is sized by --margin: give --margin E")
     templates = [(spec, _template(spec)) for spec in faults]
-    strata_keys: list[tuple[Site, int | None, str, Fault]] = []
+    keys: list[tuple[Site, int | None, str, Fault]] = []
     for site in sites:
         info = dtype_info(site.dtype)
         for spec, tmpl in templates:
@@ -242,44 +587,125 @@ def make_plan(
                 if isinstance(tmpl, BurstFlip):
                     site_bits = [b for b in site_bits if b + tmpl.length <= info.bits]
                 for b in site_bits:
-                    strata_keys.append((site, b, spec, tmpl))
+                    keys.append((site, b, spec, tmpl))
             else:
                 tmpl.check(info)
-                strata_keys.append((site, None, spec, tmpl))
-    if not strata_keys:
+                keys.append((site, None, spec, tmpl))
+    if not keys:
         raise OnnxfiError("no fault fits the selected sites and bits (bits beyond the dtypes?)")
-    pops = [int(s.elements or 0) for s, _, _, _ in strata_keys]
-    population = sum(pops)
-    if n_faults is not None:
+    pops = np.array([int(s.elements or 0) for s, _, _, _ in keys], dtype=np.int64)
+    population = int(pops.sum())
+    rng = np.random.default_rng(seed)
+    if per_stratum is not None:
+        alloc = np.minimum(pops, per_stratum)
+        requested, mode = int(alloc.sum()), "fixed"
+    elif n_faults is not None and design != "adaptive":
         requested, mode = n_faults, "fixed"
     elif margin is not None:
         requested, mode = leveugle_sample_size(population, margin, confidence, p), "statistical"
+        if n_faults is not None:  # adaptive: a cap of the user's
+            requested = min(requested, n_faults)
     else:
-        raise OnnxfiError("give --faults N or --margin E")
+        raise OnnxfiError("give --faults N, --margin E or --per-stratum N")
     if requested >= population:
         mode, requested = "exhaustive", population
-    rng = np.random.default_rng(seed)
-    alloc = _allocate(pops, requested, rng)
-    experiments: list[Experiment] = []
-    strata: list[Stratum] = []
-    rows: list[tuple[int, int, Experiment]] = []
-    for (site, bit, spec, tmpl), pop, n in zip(strata_keys, pops, alloc):
-        strata.append(Stratum(site.name, site.kind, bit, spec, pop, n))
-        if n == 0:
-            continue
-        idx = np.arange(pop) if n == pop else np.sort(rng.choice(pop, size=n, replace=False))
-        fault = _with_bit(tmpl, bit) if bit is not None else tmpl
-        seeds = rng.integers(0, 2**31 - 1, size=n)
-        for j, (i, s) in enumerate(zip(idx.tolist(), seeds.tolist())):
-            r = (j * rounds) // n
-            rows.append((r, len(rows), Experiment(0, site.name, site.kind, int(i), bit, fault.to_dict(), int(s), r)))
-    # Round-major order keeps early rounds representative (for early stop); sites stay grouped within a round.
-    rows.sort(key=lambda t: (t[0], t[1]))
-    for new_id, (_, _, e) in enumerate(rows):
-        experiments.append(Experiment(new_id, e.site, e.kind, e.index, e.bit, e.fault, e.seed, e.round))
+    if design == "proportional":
+        alloc = systematic_allocation(pops, requested, rng)
+    elif design == "per-stratum" and per_stratum is None:
+        alloc = np.array(equal_allocation(pops.tolist(), requested, rng), dtype=np.int64)
+    elif design == "adaptive":
+        ney = _neyman_ids(keys)
+        ney_pop = np.bincount(ney, weights=pops, minlength=int(ney.max()) + 1).astype(np.int64)
+        pilot = ney_pop if mode == "exhaustive" else pilot_allocation(ney_pop, requested, rng)
+        alloc = grouped_allocation(pops, ney, pilot, rng)
+    parts_h, parts_i, parts_s = [], [], []
+    for h, n in enumerate(alloc.tolist()):
+        if n:
+            parts_h.append(np.full(n, h, dtype=np.int64))
+            parts_i.append(_draw(rng, int(pops[h]), n))  # random order
+            parts_s.append(rng.integers(0, 2**31 - 1, size=n))
+    strata_of = np.concatenate(parts_h)
+    index = np.concatenate(parts_i)
+    seeds = np.concatenate(parts_s)
+    total = len(strata_of)
+    n_rounds = max(1, min(default_rounds(total) if rounds is None else rounds, total))
+    if design == "proportional":  # contiguous slices of a random permutation: every round a proportional sample
+        rnd = np.empty(total, dtype=np.int64)
+        rnd[rng.permutation(total)] = np.arange(total) * n_rounds // total
+    else:  # each stratum (per-stratum) or Neyman stratum (adaptive) spread over the rounds in random order
+        groups = strata_of if design == "per-stratum" else _neyman_ids(keys)[strata_of]
+        rnd = np.empty(total, dtype=np.int64)
+        for g in np.unique(groups).tolist():
+            members = np.flatnonzero(groups == g)
+            members = members[rng.permutation(len(members))]
+            rnd[members] = np.arange(len(members)) * n_rounds // len(members)
+    experiments = _experiments([(s.name, s.kind, b, t) for s, b, _, t in keys], strata_of, index, seeds, rnd, 0, 0)
+    strata = [Stratum(site.name, site.kind, bit, spec, int(pop), int(n))
+              for (site, bit, spec, _), pop, n in zip(keys, pops.tolist(), alloc.tolist())]
     return Plan(
         model=str(model_path), model_sha256=file_sha256(model_path), seed=seed, target=target,
         faults=list(faults), bits=list(bits) if bits is not None else None, mode=mode,
         population=population, requested=requested, margin=margin, confidence=confidence, p=p,
-        strata=strata, experiments=experiments, options=dict(options or {}),
+        strata=strata, experiments=experiments, options=dict(options or {}), design=design,
     )
+
+
+def _neyman_ids(keys: Sequence[tuple[Site, int | None, str, Fault]]) -> np.ndarray:
+    ids: dict[tuple[int | None, str], int] = {}
+    return np.array([ids.setdefault((bit, spec), len(ids)) for _, bit, spec, _ in keys], dtype=np.int64)
+
+
+def extend_plan(plan: Plan, rows: Iterable[Mapping[str, Any]]) -> Plan | None:
+    """An adaptive plan with its next round appended, or None when the campaign is done.
+
+    Done: the headline SDC-1 interval (stratified over the Neyman strata, complete rounds; the estimator
+    :func:`onnxfi.summary.aggregate` uses) has a half-width of at most ``plan.margin``, or the plan holds
+    ``plan.requested`` experiments (the Leveugle size of a proportional campaign, never more than the fault
+    space). Otherwise the next round is :func:`neyman_allocation` from the SDC-1 counts so far, split over
+    sites in proportion to the faults each has left (:func:`systematic_allocation`) and drawn without
+    replacement, so no fault is drawn twice. Pure: the same plan and rows give the same round (its randomness
+    is seeded by ``plan.seed`` and the round number). Call it when every planned experiment has a row.
+    """
+    if plan.design != "adaptive" or plan.margin is None:
+        raise InternalError(f"extend_plan needs an adaptive plan with a margin (got {plan.design})")
+    cap = min(plan.requested, plan.population)
+    sdc: dict[int, bool] = {int(r["id"]): bool(r["sdc1"]) for r in rows}
+    pos = stratum_of(plan)
+    ids = np.array([e.id for e in plan.experiments], dtype=np.int64)
+    if not all(i in sdc for i in ids.tolist()):
+        raise InternalError("extend_plan: every planned experiment needs a row before the next round")
+    if len(plan.experiments) >= cap:
+        return None
+    ney = neyman_strata(plan)
+    cell_pop = np.array([s.population for s in plan.strata], dtype=np.int64)
+    cell_n = np.bincount(pos[pos >= 0], minlength=len(plan.strata))
+    hits = np.array([sdc[i] for i in ids.tolist()], dtype=np.float64)
+    cell_k = np.bincount(pos[pos >= 0], weights=hits[pos >= 0], minlength=len(plan.strata))
+    size = int(ney.max()) + 1
+    n_h = np.bincount(ney, weights=cell_n, minlength=size)
+    k_h = np.bincount(ney, weights=cell_k, minlength=size)
+    pop_h = np.bincount(ney, weights=cell_pop, minlength=size)
+    if stratified_estimate(n_h, k_h, k_h, pop_h, plan.confidence).half_width <= plan.margin:
+        return None
+    next_round = max(e.round for e in plan.experiments) + 1
+    rng = np.random.default_rng([plan.seed, next_round])
+    add = neyman_allocation(pop_h.astype(np.int64), n_h.astype(np.int64), k_h, plan.margin, plan.confidence,
+                            cap - len(plan.experiments), rng)
+    if add.sum() == 0:
+        return None
+    taken: dict[int, list[int]] = {}
+    for e, h in zip(plan.experiments, pos.tolist()):
+        taken.setdefault(h, []).append(e.index)
+    cell_add = grouped_allocation(cell_pop - cell_n, ney, add, rng)
+    parts_h, parts_i, parts_s = [], [], []
+    for c, n in enumerate(cell_add.tolist()):
+        if n:
+            parts_h.append(np.full(n, c, dtype=np.int64))
+            parts_i.append(_draw(rng, int(cell_pop[c]), n, np.unique(np.array(taken.get(c, []), dtype=np.int64))))
+            parts_s.append(rng.integers(0, 2**31 - 1, size=n))
+    strata_of = np.concatenate(parts_h)
+    keys = [(st.site, st.kind, st.bit, _template(st.fault)) for st in plan.strata]
+    new = _experiments(keys, strata_of, np.concatenate(parts_i), np.concatenate(parts_s),
+                       np.zeros(len(strata_of), dtype=np.int64), len(plan.experiments), next_round)
+    strata = [dataclasses.replace(st, n=int(cell_n[c] + cell_add[c])) for c, st in enumerate(plan.strata)]
+    return dataclasses.replace(plan, strata=strata, experiments=plan.experiments + new)

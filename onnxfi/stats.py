@@ -1,8 +1,9 @@
-"""Campaign statistics: turn fault counts into sample sizes, rates and confidence intervals.
+"""Campaign statistics: fault counts -> sample sizes, rates and confidence intervals.
 
-Pure Python (``math`` and ``statistics`` only). Intervals are two-sided at the given ``confidence``
-(e.g. 0.95): the Wilson score interval for one rate, and a normal interval for a population-weighted
-rate over strata (:func:`stratified_rate`). :mod:`onnxfi.summary` turns campaign rows into these.
+Intervals are two-sided at the given ``confidence`` (e.g. 0.95): the Wilson score interval for k of n
+(:func:`wilson_interval`), and for a stratified mean of values in [0, 1] (a stratified rate, or a mean of
+per-experiment fractions) the Wilson interval at an effective sample size (:func:`stratified_estimate`).
+:mod:`onnxfi.summary` picks the estimator a plan's design calls for; docs/statistics.md has the formulas.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import SupportsIndex
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from onnxfi.errors import OnnxfiError
 
@@ -22,9 +25,8 @@ __all__ = [
     "normal_quantile",
     "leveugle_sample_size",
     "wilson_interval",
-    "margin_reached",
     "rate_with_ci",
-    "stratified_rate",
+    "stratified_estimate",
 ]
 
 
@@ -111,6 +113,65 @@ def leveugle_sample_size(population: SupportsIndex, margin: float, confidence: f
 # --------------------------------------------------------------------------------------------------
 
 
+def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval around a proportion ``p`` observed on ``n`` (> 0, not necessarily whole) trials."""
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2.0 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1.0 - p)) / n + z2 / (4.0 * n * n)) / denom
+    lo = 0.0 if p <= 0.0 else min(p, max(0.0, center - half))
+    hi = 1.0 if p >= 1.0 else max(p, min(1.0, center + half))
+    return lo, hi
+
+
+def _gamma_p(a: float, x: float) -> float:
+    """Regularized lower incomplete gamma P(a, x), by its power series (a > 0, x >= 0 small, as used here)."""
+    if x <= 0.0:
+        return 0.0
+    term = total = 1.0 / a
+    i = 0
+    while term > total * 1e-15 and i < 10_000:
+        i += 1
+        term *= x / (a + i)
+        total += term
+    return min(1.0, math.exp(a * math.log(x) - x - math.lgamma(a)) * total)
+
+
+def _poisson_lower(events: float, tail: float) -> float:
+    """Exact lower confidence limit of a Poisson mean after ``events`` (> 0, may be fractional) events:
+    the ``tail`` quantile of Gamma(events, 1)."""
+    lo, hi = 0.0, events + 10.0 * math.sqrt(events) + 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2.0
+        if _gamma_p(events, mid) < tail:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# Wilson's lower limit is too high when only a few events are seen (Brown, Cai and DasGupta 2001): at most
+# this many (effective) events, the lower limit is also held below the exact Poisson limit.
+_FEW_EVENTS = 3.0 + 1e-9  # three, give or take float rounding of p n
+
+
+def _score_interval(p: float, n_lo: float, n_hi: float, z: float) -> tuple[float, float]:
+    """Wilson's lower limit at ``n_lo`` and upper limit at ``n_hi`` trials, each held to the exact Poisson limit
+    when it rests on at most three (effective) events: p n_lo for the lower, (1 - p) n_hi for the upper."""
+    tail = 0.5 * math.erfc(z / math.sqrt(2.0))
+    lo = 0.0
+    if p > 0.0 and n_lo > 0.0:
+        lo = _wilson(p, n_lo, z)[0]
+        if p * n_lo <= _FEW_EVENTS:
+            lo = min(lo, _poisson_lower(p * n_lo, tail) / n_lo)
+    hi = 1.0
+    if p < 1.0 and n_hi > 0.0:
+        hi = _wilson(p, n_hi, z)[1]
+        if (1.0 - p) * n_hi <= _FEW_EVENTS:
+            hi = max(hi, 1.0 - _poisson_lower((1.0 - p) * n_hi, tail) / n_hi)
+    return lo, hi
+
+
 def wilson_interval(k: SupportsIndex, n: SupportsIndex, confidence: float) -> tuple[float, float]:
     """Wilson score interval for k successes in n trials; ``(0.0, 1.0)`` when n = 0.
 
@@ -120,22 +181,7 @@ def wilson_interval(k: SupportsIndex, n: SupportsIndex, confidence: float) -> tu
     z = _two_sided_z(confidence)
     if n == 0:
         return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2.0 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
-    lo = 0.0 if k == 0 else max(0.0, center - half)
-    hi = 1.0 if k == n else min(1.0, center + half)
-    return lo, hi
-
-
-def margin_reached(k: SupportsIndex, n: SupportsIndex, margin: float, confidence: float) -> bool:
-    """Whether the Wilson interval's half-width ``(hi - lo) / 2`` is at most ``margin`` (for early stopping)."""
-    if not _real(margin, "margin") > 0.0:
-        raise OnnxfiError(f"margin must be > 0, got {margin!r}")
-    lo, hi = wilson_interval(k, n, confidence)
-    return (hi - lo) / 2.0 <= margin
+    return _wilson(k / n, n, z)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +191,12 @@ def margin_reached(k: SupportsIndex, n: SupportsIndex, margin: float, confidence
 
 @dataclass(frozen=True)
 class Rate:
-    """An estimated rate (e.g. SDC rate) with its two-sided confidence interval."""
+    """An estimated rate (e.g. SDC rate) with its two-sided confidence interval.
+
+    ``k`` and ``n`` are the pooled sample counts (for a mean of fractions, ``k`` is the sum of the values,
+    rounded); ``rate`` need not be k/n when the estimator weights strata. ``method`` names the interval
+    (see :func:`stratified_estimate`).
+    """
 
     k: int
     n: int
@@ -165,71 +216,82 @@ class Rate:
 
 
 def rate_with_ci(k: SupportsIndex, n: SupportsIndex, confidence: float) -> Rate:
-    """k/n with its Wilson interval; the rate is NaN when n = 0."""
-    lo, hi = wilson_interval(k, n, confidence)
+    """k/n with its Wilson interval (``method="wilson"``); the rate is NaN and the interval [0, 1] when n = 0.
+
+    With at most three events (or non-events), the lower (upper) limit is held to the exact Poisson limit
+    (the alpha/2 quantile of Gamma(k, 1), divided by n), where the plain Wilson limit is known to be too tight
+    (Brown, Cai and DasGupta 2001). :func:`wilson_interval` is the plain interval.
+    """
     k, n = _k_n(k, n)
-    rate = k / n if n else float("nan")
-    return Rate(k=k, n=n, rate=rate, lo=lo, hi=hi, method="wilson", confidence=float(confidence))
+    z = _two_sided_z(confidence)
+    if n == 0:
+        return Rate(k=0, n=0, rate=float("nan"), lo=0.0, hi=1.0, method="wilson", confidence=float(confidence))
+    lo, hi = _score_interval(k / n, n, n, z)
+    return Rate(k=k, n=n, rate=k / n, lo=lo, hi=hi, method="wilson", confidence=float(confidence))
 
 
-def stratified_rate(
-    strata: Sequence[tuple[int, int, int]], confidence: float, finite_population: bool = True
+def _array(values: ArrayLike, name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1:
+        raise OnnxfiError(f"{name} must be one value per stratum")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise OnnxfiError(f"{name} must be finite and >= 0")
+    return a
+
+
+def stratified_estimate(
+    n: ArrayLike, total: ArrayLike, total_sq: ArrayLike, population: ArrayLike, confidence: float,
 ) -> Rate:
-    """Population-weighted rate over strata ``(k_h, n_h, N_h)``: k_h failures in n_h samples of N_h faults.
+    """Population mean of a value in [0, 1] (a 0/1 flag, or a fraction) from a stratified sample.
 
-    rate = sum_h W_h p_h with W_h = N_h / sum N and p_h = k_h / n_h. The interval is the normal
-    approximation rate +- z * sqrt(V), clipped to [0, 1], with
-    V = sum_h W_h^2 q_h (1 - q_h) / n_h * (N_h - n_h) / (N_h - 1), the variance of stratified sampling
-    without replacement (the finite-population factor is dropped when ``finite_population`` is False,
-    i.e. for sampling with replacement, and is 0 for a fully enumerated stratum or N_h = 1).
+    Stratum h holds ``population[h]`` = N_h units, of which ``n[h]`` = n_h were drawn at random without
+    replacement; ``total[h]`` and ``total_sq[h]`` are the sum and the sum of squares of their values (for a
+    0/1 flag both are the count k_h). With W_h = N_h / N over the sampled strata:
 
-    q_h = (k_h + 0.5) / (n_h + 1) rather than p_h: a campaign spreads its faults over many (site, bit)
-    strata, so most hold a handful of samples with an observed rate of 0 or 1, and the plain estimator
-    would call those strata certain and the interval would shrink to nothing. The smoothed q_h keeps
-    their uncertainty; the point estimate still uses p_h.
+    - estimate: p = sum_h W_h ybar_h, ybar_h = total_h / n_h;
+    - variance: V = sum_h W_h^2 s_h^2 / n_h * (N_h - n_h) / (N_h - 1), where s_h^2 is the variance of the
+      stratum's values with half a pseudo-observation at 0 and half at 1 added: m_h = (total_h + 0.5) / (n_h + 1),
+      s_h^2 = (total_sq_h + 0.5) / (n_h + 1) - m_h^2 (for a flag: q_h (1 - q_h) with q_h = (k_h + 0.5) / (n_h + 1)).
+      A stratum with two samples, both 0, keeps an honest uncertainty instead of a variance of 0;
+    - interval: the Wilson score interval around p at the effective sample size
+      n_eff = m (1 - m) / V, m = sum_h W_h m_h (Korn and Graubard's effective n, 1998): for one stratum of
+      a 0/1 flag, n_eff = n_h / fpc and the interval is Wilson's. ``method="wilson-neff"``.
 
-    Strata with N_h = 0 are skipped (they need n_h = 0); a stratum with N_h > 0 and no samples is an
-    error. The returned ``Rate`` carries the pooled k and n and ``method="stratified-normal"``.
+    Every stratum fully enumerated (V = 0): the rate is exact, ``method="census"``. Strata with N_h > 0 and no
+    sample (n_h = 0) cannot be estimated: p stands for the sampled part and the interval is widened to what any
+    value of the unsampled part allows, lo * (1 - W_u) and hi * (1 - W_u) + W_u with W_u their population
+    share; the method gains ``-bounded``. Nothing sampled: NaN in [0, 1], ``method="none"``.
     """
     z = _two_sided_z(confidence)
-    if len(strata) == 0:
-        raise OnnxfiError("stratified_rate needs at least one stratum")
-    rows: list[tuple[int, int, int]] = []
-    for i, stratum in enumerate(strata):
-        if len(stratum) != 3:
-            raise OnnxfiError(f"stratum {i}: expected (k, n, population), got {stratum!r}")
-        k, n = _k_n(stratum[0], stratum[1])
-        pop = _count(stratum[2], f"stratum {i} population")
-        if pop == 0:
-            if n:
-                raise OnnxfiError(f"stratum {i}: {n} samples from an empty population")
-            continue
-        if n == 0:
-            raise OnnxfiError(f"stratum {i}: population {pop} but no samples; its rate cannot be estimated")
-        if finite_population and n > pop:
-            raise OnnxfiError(f"stratum {i}: {n} samples without replacement from a population of {pop}")
-        rows.append((k, n, pop))
-    total = sum(pop for _, _, pop in rows)
-    if total == 0:
-        raise OnnxfiError("stratified_rate: every stratum has an empty population")
-    rate = 0.0
-    var = 0.0
-    for k, n, pop in rows:
-        w = pop / total
-        rate += w * k / n
-        q = (k + 0.5) / (n + 1)
-        fpc = 1.0
-        if finite_population:
-            fpc = (pop - n) / (pop - 1) if pop > 1 else 0.0
-        var += w * w * q * (1.0 - q) / n * fpc
-    rate = min(1.0, max(0.0, rate))
-    half = z * math.sqrt(var)
-    return Rate(
-        k=sum(k for k, _, _ in rows),
-        n=sum(n for _, n, _ in rows),
-        rate=rate,
-        lo=max(0.0, rate - half),
-        hi=min(1.0, rate + half),
-        method="stratified-normal",
-        confidence=float(confidence),
-    )
+    nh, th, t2, pop = (_array(a, name) for a, name in ((n, "n"), (total, "total"), (total_sq, "total_sq"),
+                                                        (population, "population")))
+    if not len(nh) == len(th) == len(t2) == len(pop):
+        raise OnnxfiError("stratified_estimate: n, total, total_sq and population differ in length")
+    if np.any(nh > pop) or np.any(th > nh * (1 + 1e-9)) or np.any(t2 > th * (1 + 1e-9) + 1e-12):
+        raise OnnxfiError("stratified_estimate: need n <= population and 0 <= values <= 1 in every stratum")
+    full = float(pop.sum())
+    if full <= 0:
+        raise OnnxfiError("stratified_estimate: every stratum has an empty population")
+    k, count = int(round(float(th.sum()))), int(round(float(nh.sum())))
+    sampled = nh > 0
+    unsampled_share = float(pop[~sampled].sum()) / full
+    if not sampled.any():
+        return Rate(k, count, float("nan"), 0.0, 1.0, "none", float(confidence))
+    nh, th, t2, pop = nh[sampled], th[sampled], t2[sampled], pop[sampled]
+    w = pop / pop.sum()
+    rate = min(1.0, max(0.0, float(np.sum(w * th / nh))))
+    m = (th + 0.5) / (nh + 1.0)
+    s2 = np.maximum(0.0, (t2 + 0.5) / (nh + 1.0) - m * m)
+    fpc = np.where(pop > 1, (pop - nh) / np.maximum(pop - 1, 1), 0.0)
+    var = float(np.sum(w * w * s2 / nh * fpc))
+    if var <= 0.0:
+        lo = hi = rate
+        method = "census"
+    else:
+        mbar = float(np.sum(w * m))
+        lo, hi = _score_interval(rate, rate * (1.0 - mbar) / var, mbar * (1.0 - rate) / var, z)
+        method = "wilson-neff"
+    if unsampled_share > 0:
+        lo, hi = lo * (1.0 - unsampled_share), hi * (1.0 - unsampled_share) + unsampled_share
+        method += "-bounded"
+    return Rate(k, count, rate, lo, hi, method, float(confidence))

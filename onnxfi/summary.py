@@ -1,26 +1,36 @@
-"""Campaign rows -> rates with confidence intervals: overall (raw and population-weighted), per layer, per bit,
-layer x bit, outcome and execution-path counts. The one estimator module: every report reads its numbers here.
+"""Campaign rows -> the model's rates with confidence intervals, from the estimator of the plan's design:
+per fault and per inference, overall and per layer, bit and layer x bit; how much of the plan the rates
+use; outcome and execution-path counts. The one estimator module: terminal, JSON, HTML, gate, early stop
+and compare read their numbers here (docs/statistics.md has the formulas).
 
-Raw rates are k/n over the stored experiments with Wilson intervals (:func:`onnxfi.stats.rate_with_ci`).
-The population-weighted rate weights each (site, bit) stratum by its share of the fault space
-(:func:`onnxfi.stats.stratified_rate`). Imports neither the engine nor ONNX Runtime.
+Only complete rounds count: a round is complete when every planned experiment of it is stored, and every
+round samples the whole fault space in the design's proportions, so complete rounds are a sample of the
+model; the stored rows of an unfinished round are left out (they are grouped by site). The estimator:
+
+- ``proportional``: every fault equally likely, so k/n with its Wilson interval;
+- ``per-stratum``: stratified over the plan's (site, bit, fault model) strata, weights N_h / N;
+- ``adaptive``: stratified over the Neyman strata (bit, fault model);
+
+a group (a layer, a bit, a layer x bit cell) uses the same estimator on the strata inside it.
+:func:`onnxfi.stats.stratified_estimate` gives the stratified interval. Imports neither the engine nor ONNX Runtime.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from onnxfi.outcomes import FAILURE_FLAGS, FLAGS, OUTCOMES
-from onnxfi.plan import Plan
-from onnxfi.stats import rate_with_ci, stratified_rate
+from onnxfi.outcomes import FLAGS, OUTCOMES
+from onnxfi.plan import Plan, complete_rounds, estimation_strata, stratum_of
+from onnxfi.stats import Rate, rate_with_ci, stratified_estimate
 
 __all__ = [
-    "UNRECORDED_PATH", "rate", "rates", "weighted_rates", "group_table", "layer_table", "bit_table",
-    "layer_bit", "path_counts", "aggregate",
+    "UNRECORDED_PATH", "estimate", "headline", "headline_halfwidth", "progress", "layer_bit", "path_counts",
+    "aggregate",
 ]
 
 Row = dict[str, Any]
@@ -29,92 +39,173 @@ Row = dict[str, Any]
 UNRECORDED_PATH = "unrecorded"
 # per-experiment metrics whose campaign mean the summary reports
 _MEAN_METRICS = ("task_value", "accuracy", "miou", "mean_entropy", "mean_msp", "ece", "pixel_accuracy")
+# the layer x bit grid counts experiments with any of these flags
+_GRID_FLAGS = ("sdc1", "due")
 
 
-def rate(k: int, n: int, confidence: float) -> dict[str, Any]:
-    """k/n with its Wilson interval, as the JSON-ready ``{"k", "n", "rate", "lo", "hi"}`` of every summary table."""
-    r = rate_with_ci(k, n, confidence)
-    return {"k": k, "n": n, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+def estimate(
+    design: str, n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, population: np.ndarray,
+    strata: np.ndarray, confidence: float, binary: bool = True,
+) -> Rate:
+    """The estimate of ``design`` over cells (plan strata): ``n`` sampled of ``population``, with ``total`` the sum
+    and ``total_sq`` the sum of squares of the value (for a 0/1 flag, ``binary``: both the count); ``strata`` the
+    estimation stratum of each cell (:func:`onnxfi.plan.estimation_strata`).
 
-
-def _count(rows: Iterable[Row], flag: str) -> int:
-    return sum(1 for r in rows if r[flag])
-
-
-def rates(rows: Sequence[Row], confidence: float, flags: Sequence[str] = FLAGS) -> dict[str, dict[str, Any]]:
-    """Each flag's raw rate over ``rows``."""
-    return {f: rate(_count(rows, f), len(rows), confidence) for f in flags}
-
-
-def _strata(plan: Plan) -> dict[tuple[str, int | None], int]:
-    """Population per (site, bit): the plan's strata are per (site, bit, fault model); rows are grouped without the model."""
-    pop: dict[tuple[str, int | None], int] = defaultdict(int)
-    for s in plan.strata:
-        pop[(s.site, s.bit)] += s.population
-    return pop
-
-
-def weighted_rates(plan: Plan, rows: Sequence[Row], confidence: float) -> dict[str, Any]:
-    """Population-weighted rate of each failure flag over the sampled (site, bit) strata.
-
-    Unsampled strata are not represented: ``strata_sampled`` / ``strata_total`` say how many there are.
-    A stratum the plan does not know (rows of another plan) counts with its sample size as population.
+    A proportional sample is self-weighting: a flag's rate is k/n with its Wilson interval (``"census"`` when
+    every fault was drawn); a mean of fractions is the one-stratum :func:`~onnxfi.stats.stratified_estimate`.
+    Other designs: :func:`~onnxfi.stats.stratified_estimate` over the estimation strata.
     """
-    pop = _strata(plan)
-    by_stratum: dict[tuple[str, int | None], list[Row]] = defaultdict(list)
-    for r in rows:
-        by_stratum[(r["site"], r["bit"])].append(r)
-    out: dict[str, Any] = {}
-    if by_stratum:
-        for flag in FAILURE_FLAGS:
-            strata = [(_count(rs, flag), len(rs), pop.get(key, len(rs))) for key, rs in by_stratum.items()]
-            w = stratified_rate(strata, confidence)
-            out[flag] = {"rate": w.rate, "lo": w.lo, "hi": w.hi}
-    out["strata_sampled"] = len(by_stratum)
-    out["strata_total"] = len(pop)
-    return out
+    if design == "proportional":
+        count, pop = int(n.sum()), int(population.sum())
+        if count == 0:
+            return Rate(0, 0, float("nan"), 0.0, 1.0, "none", float(confidence))
+        if binary and count < pop:
+            return rate_with_ci(int(round(float(total.sum()))), count, confidence)
+        strata = np.zeros(len(n), dtype=np.int64)
+    _, ids = np.unique(strata, return_inverse=True)
+    size = int(ids.max()) + 1 if len(ids) else 0
+
+    def per(values: np.ndarray) -> np.ndarray:
+        return np.bincount(ids, weights=values, minlength=size)
+
+    return stratified_estimate(per(n), per(total), per(total_sq), per(population), confidence)
 
 
-def group_table(groups: dict[Any, list[Row]], confidence: float) -> list[dict[str, Any]]:
-    """One entry per group: its key, size, every flag's rate and the mean fraction of images changed."""
+def _entry(r: Rate, with_counts: bool = True) -> dict[str, Any]:
+    d: dict[str, Any] = {"k": r.k, "n": r.n} if with_counts else {}
+    d.update({"rate": r.rate, "lo": r.lo, "hi": r.hi, "method": r.method})
+    return d
+
+
+@dataclass
+class _Cells:
+    """Per plan stratum (cell): what the complete rounds sampled, and what the design weights it by."""
+
+    design: str
+    confidence: float
+    population: np.ndarray
+    strata: np.ndarray
+    n: np.ndarray
+    k: dict[str, np.ndarray]  # per flag, plus "grid" (any of _GRID_FLAGS)
+    y: np.ndarray  # sum and sum of squares of images_changed
+    y2: np.ndarray
+
+    def rate(self, flag: str, cells: np.ndarray | None = None) -> Rate:
+        sel = slice(None) if cells is None else cells
+        k = self.k[flag][sel]
+        return estimate(self.design, self.n[sel], k, k, self.population[sel], self.strata[sel], self.confidence)
+
+    def per_inference(self, cells: np.ndarray | None = None) -> Rate:
+        sel = slice(None) if cells is None else cells
+        return estimate(self.design, self.n[sel], self.y[sel], self.y2[sel], self.population[sel],
+                        self.strata[sel], self.confidence, binary=False)
+
+
+def _by_id(plan: Plan, rows: Sequence[Row]) -> tuple[dict[int, Row], dict[int, int]]:
+    """Stored rows of the plan's experiments by id, and each id's position in ``plan.experiments``."""
+    pos = {e.id: i for i, e in enumerate(plan.experiments)}
+    return {int(r["id"]): r for r in rows if int(r["id"]) in pos}, pos
+
+
+def _cells(plan: Plan, rows: Sequence[Row], confidence: float,
+           grid_flags: Sequence[str] = _GRID_FLAGS) -> tuple[_Cells, dict[str, Any]]:
+    stored, pos = _by_id(plan, rows)
+    done = set(complete_rounds(plan, stored))
+    cell_of = stratum_of(plan)
+    used = [(int(cell_of[pos[i]]), r) for i, r in stored.items()
+            if plan.experiments[pos[i]].round in done and cell_of[pos[i]] >= 0]
+    size = len(plan.strata)
+    cell = np.array([c for c, _ in used], dtype=np.int64)
+
+    def sums(values: Iterable[float]) -> np.ndarray:
+        return np.bincount(cell, weights=np.fromiter(values, dtype=np.float64, count=len(used)), minlength=size)
+
+    k = {f: sums(float(bool(r[f])) for _, r in used) for f in FLAGS}
+    k["grid"] = sums(float(any(bool(r[f]) for f in grid_flags)) for _, r in used)
+    y = [float(r.get("images_changed") or 0.0) for _, r in used]
+    cells = _Cells(
+        design=plan.design, confidence=confidence,
+        population=np.array([s.population for s in plan.strata], dtype=np.float64),
+        strata=estimation_strata(plan), n=np.bincount(cell, minlength=size).astype(np.float64), k=k,
+        y=sums(y), y2=sums(v * v for v in y),
+    )
+    rounds = sorted({e.round for e in plan.experiments})
+    planned = len(plan.experiments)
+    prog = {"planned": planned, "stored": len(stored), "used": len(used), "rounds": len(rounds),
+            "rounds_complete": len(done), "partial_rows": len(stored) - len(used),
+            "complete": planned > 0 and len(stored) == planned, "fraction": len(used) / planned if planned else 0.0}
+    return cells, prog
+
+
+def progress(plan: Plan, rows: Iterable[Row]) -> dict[str, Any]:
+    """How much of the plan the rates use: ``planned``, ``stored``, ``used`` (rows of complete rounds),
+    ``rounds``, ``rounds_complete``, ``partial_rows`` (stored rows of unfinished rounds, left out), ``complete``
+    (every planned experiment stored) and ``fraction`` (used / planned)."""
+    return _cells(plan, list(rows), plan.confidence)[1]
+
+
+def headline(plan: Plan, rows: Iterable[Row], flag: str = "sdc1", confidence: float | None = None) -> dict[str, Any]:
+    """One flag's headline rate ``{"k", "n", "rate", "lo", "hi", "method"}``, as :func:`aggregate`'s ``rates``."""
+    cells, _ = _cells(plan, list(rows), confidence or plan.confidence)
+    return _entry(cells.rate(flag))
+
+
+def headline_halfwidth(plan: Plan, rows: Iterable[Row], flag: str = "sdc1", confidence: float | None = None) -> float:
+    """Half the width of :func:`headline`'s interval (0.5 before any round is complete): for early stopping."""
+    h = headline(plan, rows, flag, confidence)
+    return (h["hi"] - h["lo"]) / 2.0
+
+
+def _groups(plan: Plan, key: Any) -> dict[Any, np.ndarray]:
+    """Plan strata (cells) grouped by ``key(stratum)``, in plan order; a None key is no group."""
+    out: dict[Any, list[int]] = defaultdict(list)
+    for c, st in enumerate(plan.strata):
+        g = key(st)
+        if g is not None:
+            out[g].append(c)
+    return {g: np.array(cs, dtype=np.int64) for g, cs in out.items()}
+
+
+def _group_table(cells: _Cells, groups: dict[Any, np.ndarray]) -> list[dict[str, Any]]:
+    """One entry per group with rows in complete rounds: its key, size, every flag's rate and the per-inference rate."""
     out = []
-    for key, rs in groups.items():
-        entry: dict[str, Any] = {"key": key, "n": len(rs), **rates(rs, confidence)}
-        changed = [r["images_changed"] for r in rs if r["images_changed"] is not None]
-        entry["images_changed_mean"] = float(np.mean(changed)) if changed else 0.0
+    for key, cs in groups.items():
+        n = int(cells.n[cs].sum())
+        if n == 0:
+            continue
+        entry: dict[str, Any] = {"key": key, "n": n, **{f: _entry(cells.rate(f, cs)) for f in FLAGS}}
+        per = cells.per_inference(cs)
+        entry["images_changed_mean"] = per.rate
+        entry["per_inference"] = _entry(per, with_counts=False)
         out.append(entry)
     return out
 
 
-def layer_table(rows: Iterable[Row], confidence: float) -> list[dict[str, Any]]:
-    """Per fault site, most vulnerable first (SDC-1 rate, then DUE rate, then name)."""
-    by_site: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_site[r["site"]].append(r)
-    table = group_table(by_site, confidence)
-    table.sort(key=lambda e: (-e["sdc1"]["rate"], -e["due"]["rate"], str(e["key"])))
-    return table
+def _layer_bit(plan: Plan, cells: _Cells) -> list[dict[str, Any]]:
+    out = []
+    for (site, bit), cs in _groups(plan, lambda st: None if st.bit is None else (st.site, st.bit)).items():
+        if cells.n[cs].sum() > 0:
+            out.append({"site": site, "bit": bit, **_entry(cells.rate("grid", cs))})
+    return out
 
 
-def bit_table(rows: Iterable[Row], confidence: float) -> list[dict[str, Any]]:
-    """Per flipped bit (bit faults only), most significant bit first."""
-    by_bit: dict[int, list[Row]] = defaultdict(list)
-    for r in rows:
-        if r["bit"] is not None:
-            by_bit[int(r["bit"])].append(r)
-    table = group_table(by_bit, confidence)
-    table.sort(key=lambda e: -int(e["key"]))
-    return table
+def layer_bit(rows: Iterable[Row], confidence: float, flags: Sequence[str] = _GRID_FLAGS,
+              plan: Plan | None = None) -> list[dict[str, Any]]:
+    """Per (site, bit) cell: the rate of experiments with any of ``flags`` (bit faults only).
 
-
-def layer_bit(rows: Iterable[Row], confidence: float, flags: Sequence[str] = ("sdc1", "due")) -> list[dict[str, Any]]:
-    """Per (site, bit) cell: the rate of experiments with any of ``flags`` (bit faults only)."""
-    cells: dict[tuple[str, int], list[Row]] = defaultdict(list)
+    With ``plan``: the design's estimate over complete rounds (as :func:`aggregate`'s ``layer_bit``); without:
+    raw k/n over ``rows`` with Wilson intervals (a sample statistic).
+    """
+    rows = list(rows)
+    if plan is not None:
+        return _layer_bit(plan, _cells(plan, rows, confidence, flags)[0])
+    by_cell: dict[tuple[str, int], list[Row]] = defaultdict(list)
     for r in rows:
         if r["bit"] is not None:
-            cells[(r["site"], r["bit"])].append(r)
-    return [{"site": site, "bit": bit, **rate(sum(1 for r in rs if any(r[f] for f in flags)), len(rs), confidence)}
-            for (site, bit), rs in cells.items()]
+            by_cell[(r["site"], r["bit"])].append(r)
+    return [{"site": site, "bit": bit,
+             **_entry(rate_with_ci(sum(1 for r in rs if any(r[f] for f in flags)), len(rs), confidence))}
+            for (site, bit), rs in by_cell.items()]
 
 
 def path_counts(rows: Iterable[Row]) -> dict[str, int]:
@@ -124,26 +215,45 @@ def path_counts(rows: Iterable[Row]) -> dict[str, int]:
 
 
 def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) -> dict[str, Any]:
-    """The campaign summary: counts, raw and population-weighted rates, per layer, per bit, layer x bit, means."""
+    """The campaign summary (the keys are a contract: terminal, JSON, HTML, gate and compare read them).
+
+    ``design``; ``rates`` (the headline per-fault rate of every flag: the design's estimator over complete
+    rounds, ``{"k", "n", "rate", "lo", "hi", "method"}``); ``rates_raw`` (k/n with Wilson intervals over every
+    stored row: a sample statistic); ``per_inference`` (``{"sdc1": {"rate", "lo", "hi", "method"}}``: the mean
+    over the fault space of the fraction of eval inferences whose top-1 decision a fault changes); ``progress``
+    (:func:`progress`); ``strata`` (plan strata, and those sampled by complete rounds); ``layers``, ``bits`` and
+    ``layer_bit`` (the same estimator restricted to each group); ``experiments``, ``planned``, ``confidence``,
+    ``outcomes``, ``images_changed_mean`` and ``metrics_mean`` (over every stored row); ``paths``.
+    """
     conf = confidence or plan.confidence
     rows = list(rows)
+    cells, prog = _cells(plan, rows, conf)
     changed_all = [r["images_changed"] for r in rows if r["images_changed"] is not None]
     metric_vals: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         for k, v in (r.get("metrics") or {}).items():
             if isinstance(v, (int, float)) and k in _MEAN_METRICS:
                 metric_vals[k].append(float(v))
+    layers = _group_table(cells, _groups(plan, lambda st: st.site))
+    layers.sort(key=lambda e: (-e["sdc1"]["rate"], -e["due"]["rate"], str(e["key"])))
+    bits = _group_table(cells, _groups(plan, lambda st: st.bit))
+    bits.sort(key=lambda e: -int(e["key"]))
     return {
         "experiments": len(rows),
         "planned": len(plan.experiments),
         "confidence": conf,
+        "design": plan.design,
         "outcomes": {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES},
-        "rates": rates(rows, conf),
-        "rates_weighted": weighted_rates(plan, rows, conf),
+        "rates": {f: _entry(cells.rate(f)) for f in FLAGS},
+        "rates_raw": {f: _entry(rate_with_ci(sum(1 for r in rows if r[f]), len(rows), conf)) for f in FLAGS},
+        "per_inference": {"sdc1": _entry(cells.per_inference(), with_counts=False)},
+        "progress": prog,
+        "strata": {"total": int(np.count_nonzero(cells.population)),
+                   "sampled": int(np.count_nonzero(cells.n))},
         "images_changed_mean": float(np.mean(changed_all)) if changed_all else 0.0,
-        "layers": layer_table(rows, conf),
-        "bits": bit_table(rows, conf),
-        "layer_bit": layer_bit(rows, conf),
+        "layers": layers,
+        "bits": bits,
+        "layer_bit": _layer_bit(plan, cells),
         "metrics_mean": {k: float(np.mean(v)) for k, v in metric_vals.items()},
         "paths": path_counts(rows),
     }

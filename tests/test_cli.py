@@ -283,6 +283,25 @@ def test_run_zoo_with_labels(capsys: pytest.CaptureFixture[str]) -> None:
     assert rec["accuracy"] > 0.9
 
 
+def test_run_zoo_scores_the_probabilities_of_a_two_output_classifier(capsys: pytest.CaptureFixture[str]) -> None:
+    # skl2onnx's digits MLP: `label` [N] int64 first, `probabilities` [N,10]; both decide the same
+    rec = json.loads(succeeds(capsys, ["run", ZOO / "digits_mlp_skl.onnx", "--data", ZOO / "data" / "digits_eval_flat.npz",
+                                       "--json", "--repeat", "1"]))
+    assert rec["output_choice"]["name"] == "probabilities" and rec["output_choice"]["runner_up"] == "label"
+    assert "make the same decisions" in rec["output_choice"]["reason"] and rec["accuracy"] > 0.9
+
+
+def test_run_output_and_task_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = save(mlp_model(), tmp_path / "m.onnx")
+    fails(capsys, ["run", p, "--output", "z"], "--output 'z' is not a model output; outputs: y [N,3]")
+    np.savez(tmp_path / "d.npz", x=np.eye(4, dtype=np.float32), labels=np.array([2, 2, 2, 2]))
+    rec = json.loads(succeeds(capsys, ["run", p, "--data", tmp_path / "d.npz", "--json", "--repeat", "1"]))
+    assert rec["output_choice"]["name"] == "y" and rec["output_choice"]["layout"] == "classes"
+    rec = json.loads(succeeds(capsys, ["run", p, "--data", tmp_path / "d.npz", "--json", "--repeat", "1",
+                                       "--task", "regression"]))
+    assert rec["output_choice"]["layout"] == "raw" and "accuracy" not in rec
+
+
 def test_run_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = save(mlp_model(), tmp_path / "m.onnx")
     out = succeeds(capsys, ["run", p, "--samples", "4", "--repeat", "1"])

@@ -254,3 +254,44 @@ def test_cli_unavailable_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_only_unavailable_runtimes_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["compare", "digits_cnn", "--providers", "tpu"])
     assert rc == 2 and "unknown runtime 'tpu'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- scored output
+
+
+def _save_detector(tmp_path: Path) -> tuple[Path, Path]:
+    from test_scoring import LABELS, X, _detector  # the two-output model: boxes [N,4] first, scores [N,2]
+
+    onnx.save(_detector(), tmp_path / "det.onnx")
+    np.savez(tmp_path / "d.npz", x=X, labels=LABELS)
+    return tmp_path / "det.onnx", tmp_path / "d.npz"
+
+
+def test_faults_are_scored_on_the_output_the_labels_fit(tmp_path: Path) -> None:
+    model, data_path = _save_detector(tmp_path)
+    loaded = load_model(str(model))
+    data = load_data(str(data_path), loaded.inputs())
+    res = run_compare(loaded, str(model), [get_backend("cpu"), get_backend("reference")], data, repeat=1, warmup=0,
+                      n_faults=6, bits=[30], seed=3)
+    assert res.output_choice["name"] == "scores" and res.output_choice["runner_up"] == "boxes"
+    assert res.task == "classification" and res.clean == {"metric": "accuracy", "value": 1.0} and res.warning is None
+    doc = json.loads(json.dumps(res.to_dict()))
+    assert doc["output_choice"]["layout"] == "classes" and doc["clean"]["value"] == 1.0
+    boxes = run_compare(loaded, str(model), [get_backend("cpu")], data, repeat=1, warmup=0, n_faults=0, output="boxes")
+    assert boxes.output_choice["name"] == "boxes" and "at or below chance (0.25)" in (boxes.warning or "")
+    with pytest.raises(OnnxfiError, match=r"--output 'logits' is not a model output; outputs: boxes \[N,4\], "
+                                          r"scores \[N,2\]"):
+        run_compare(loaded, str(model), [get_backend("cpu")], data, n_faults=0, output="logits")
+
+
+def test_cli_compare_prints_the_scored_output_and_the_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, data_path = _save_detector(tmp_path)
+    rc = main(["compare", str(model), "--providers", "cpu", "--data", str(data_path), "--faults", "0", "--repeat", "1"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "scored output: scores (classes): best agreement with the labels" in cap.out
+    assert cap.err == ""
+    rc = main(["compare", str(model), "--providers", "cpu", "--data", str(data_path), "--faults", "2", "--repeat", "1",
+               "--output", "boxes"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "scored output: boxes (classes): --output boxes" in cap.out
+    assert "warning:" in cap.err and "is --output right? outputs: boxes [N,4], scores [N,2]" in cap.err

@@ -528,7 +528,8 @@ def test_split_with_the_head_ending_in_a_model_output_and_a_second_output(tmp_pa
                        oh.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 2, 5, 5])], initializer=inits)
     onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(6, 2, 5, 5)).astype(np.float32))
-    cfg = {"model_path": str(tmp_path / "m.onnx"), "data_path": str(tmp_path / "d.npz")}
+    # two outputs that both decide and no labels: the scored one is named (both are still compared for masked)
+    cfg = {"model_path": str(tmp_path / "m.onnx"), "data_path": str(tmp_path / "d.npz"), "output": "y1"}
     fast, naive = Engine(EngineConfig(mode="suffix", split=True, **cfg)), Engine(EngineConfig(mode="naive", **cfg))
     for site in ("w1", "w2"):
         for idx, bit in ((0, 0), (5, 20), (7, 30), (1, 31)):
@@ -561,3 +562,69 @@ def test_chooser_names_the_path_and_why(tmp_path: Path) -> None:
     naive = Context(EngineConfig(mode="naive", **base))
     c = choose(naive, naive.index.get("h"), True, False)
     assert (c.path, c.reason) == ("naive", "")
+
+
+def _bfloat16_model(tmp_path: Path) -> tuple[str, str]:
+    """x[N,4] -> Cast(bfloat16) -> h -> Cast(float) -> Mul(Cast(float, w: bfloat16[4])) -> y: a bfloat16
+    activation and a bfloat16 weight (ORT's CPU kernels for bfloat16 are few: Cast is one). x[:, 0] and
+    w[0] are 1.5 (bfloat16 0x3FC0): flipping bit 14, the exponent's top bit, makes 0x7FC0, a NaN."""
+    import ml_dtypes
+
+    w = np.array([1.5, 2.0, -0.5, 0.25], dtype=ml_dtypes.bfloat16)
+    nodes = [oh.make_node("Cast", ["x"], ["h"], to=TensorProto.BFLOAT16, name="to_bf16"),
+             oh.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT, name="h_to_f32"),
+             oh.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT, name="w_to_f32"),
+             oh.make_node("Mul", ["hf", "wf"], ["y"], name="mul")]
+    w_init = onh.from_array(w, "w")
+    assert w_init.data_type == TensorProto.BFLOAT16
+    g = oh.make_graph(nodes, "bf16", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], initializer=[w_init])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "bf16.onnx")
+    x = np.random.default_rng(3).uniform(0.5, 2.0, size=(6, 4)).astype(np.float32)
+    x[:, 0] = 1.5
+    np.savez(tmp_path / "bf16.npz", x=x)
+    return str(tmp_path / "bf16.onnx"), str(tmp_path / "bf16.npz")
+
+
+def test_a_nan_from_a_bfloat16_fault_is_due_on_the_fast_path_and_the_naive_path(tmp_path: Path) -> None:
+    """bfloat16 is float everywhere a float check is made (its numpy kind is 'V', not 'f'). Where ORT
+    cannot run a fast path's sessions for a bfloat16 tensor (it can neither return nor be fed one through
+    Python), the chooser falls back to the next path and says why, instead of failing every experiment."""
+    model, data = _bfloat16_model(tmp_path)
+    fast = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix"))
+    naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
+    for site, kind in (("w", "weight"), ("h", "activation")):
+        e = Experiment(id=0, site=site, kind=kind, index=0, bit=14, fault=BitFlip((14,)).to_dict(), seed=1)
+        a, b = naive.run(e, True, False), fast.run(e, True, False)
+        assert a["outcome"] == b["outcome"] == "due" and a["due"] and b["due"], (site, a, b)
+        assert a["path"] == "naive" and b["path"] != "naive"
+        info = fast.runner(site, True, False).describe()
+        assert info["path"] in ("cone", "cone-baked", "cone-split", "port", "rebuild")
+        assert info["path"] == "cone" or "onnxruntime cannot run" in info["reason"], info
+    # a mantissa flip keeps values finite: not DUE on either path
+    e = Experiment(id=1, site="w", kind="weight", index=0, bit=3, fault=BitFlip((3,)).to_dict(), seed=1)
+    assert naive.run(e, True, False)["outcome"] == fast.run(e, True, False)["outcome"] != "due"
+
+
+def test_rounding_rules_treat_bfloat16_and_float8_as_float() -> None:
+    import ml_dtypes
+
+    from onnxfi.engine.rounding import extreme, is_float
+
+    for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, np.float16, np.float32):
+        assert is_float(np.zeros(2, t)), t
+    assert not is_float(np.zeros(2, np.int8)) and not is_float(np.zeros(2, np.uint16))
+    assert extreme(np.array(np.inf, ml_dtypes.bfloat16)) and extreme(np.array(1e30, ml_dtypes.bfloat16))
+    assert not extreme(np.array(3.0, ml_dtypes.bfloat16))
+    assert extreme(np.array(448.0, ml_dtypes.float8_e4m3fn))  # its largest finite value
+
+
+def test_small_change_rule_is_a_function_of_the_site_alone() -> None:
+    """Which fed weight experiments go straight to the baked cone: changes below the outputs' relative
+    rounding noise times 2^SMALL_CHANGE_MARGIN; nothing from other experiments enters it."""
+    from onnxfi.engine.rounding import SMALL_CHANGE_MARGIN, small_change_class
+
+    golden = {"y": np.array([[1.0, -4.0], [2.0, 0.5]], np.float32), "n": np.array([1, 2], np.int64)}
+    bound = 4.0 * 2.0**-20  # relative noise 2^-20 of the largest |y| (4)
+    assert small_change_class(golden, {"y": bound}) == -20 + SMALL_CHANGE_MARGIN
+    assert small_change_class(golden, {}) == float("-inf")  # no float output: only extreme values skip

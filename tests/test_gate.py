@@ -26,15 +26,23 @@ from onnxfi.gate import (
     find_config,
     junit_xml,
     load_config,
-    upper_bound,
+    summary_confidence,
 )
+from onnxfi.stats import wilson_interval
+
+
+def upper_bound(k: int, n: int, confidence: float) -> float:
+    """The one-sided upper Wilson bound at ``confidence``: the two-sided interval's upper end at 2c - 1."""
+    return 1.0 if n == 0 else wilson_interval(k, n, summary_confidence(confidence))[1]
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_DATA = REPO / "model_zoo" / "data" / "digits_eval.npz"
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:
-    return {"k": k, "n": n, "rate": k / n, "lo": 0.0, "hi": 1.0}
+    """A self-weighting design's estimate: k/n with the two-sided Wilson interval at 2 * 0.95 - 1."""
+    lo, hi = wilson_interval(k, n, summary_confidence(0.95))
+    return {"k": k, "n": n, "rate": k / n, "lo": lo, "hi": hi}
 
 
 def _summary(sdc1: int = 30, due: int = 5, critical: int = 10, n: int = 200) -> dict[str, Any]:
@@ -45,7 +53,8 @@ def _summary(sdc1: int = 30, due: int = 5, critical: int = 10, n: int = 200) -> 
                                                       ("crash", 0), ("masked", 8))}},
               {"key": "fc.bias", "n": 20, **{k: _rate(0, 20) for k in ("sdc1", "sdc5", "critical", "due",
                                                                        "crash", "masked")}}]
-    return {"experiments": n, "rates": rates, "layers": layers}
+    return {"experiments": n, "confidence": summary_confidence(0.95), "rates": rates, "layers": layers,
+            "per_inference": {"sdc1": {"rate": 0.02, "lo": 0.01, "hi": 0.035}}}
 
 
 CLEAN = {"task": "classification", "metric": "accuracy", "value": 0.95, "samples": 100}
@@ -171,7 +180,7 @@ def test_rate_checks_pass_and_fail_as_the_threshold_moves() -> None:
         assert check.name == "rate.sdc1" and check.passed is passed
         assert check.measured == pytest.approx(0.15) and check.bound == pytest.approx(ub)
         assert check.k == 30 and check.n == 200 and check.limit == limit
-        assert "15.00% (30/200)" in check.message and f"{100 * ub:.2f}%" in check.message
+        assert "15.00% (30/200 sampled)" in check.message and f"{100 * ub:.2f}%" in check.message
 
 
 def test_layer_rules_check_each_matching_layer_and_warn_on_none() -> None:
@@ -214,6 +223,42 @@ def test_baseline_regression_is_detected(tmp_path: Path) -> None:
     assert all(c.passed for c in same.values())  # the baseline against itself, with a delta above its half-width
 
 
+def test_per_inference_limit_reads_the_per_inference_estimate() -> None:
+    cfg = config_from_dict({"thresholds": {"sdc1_per_inference": 0.03}})
+    (check,) = evaluate(_summary(), CLEAN, cfg)
+    assert check.name == "rate.sdc1_per_inference" and not check.passed  # bound 3.5% > 3%
+    assert check.measured == pytest.approx(0.02) and check.bound == pytest.approx(0.035)
+    assert "SDC-1 per inference rate 2.00%" in check.message
+    (check,) = evaluate(_summary(), CLEAN, config_from_dict({"thresholds": {"sdc1_per_inference": 0.04}}))
+    assert check.passed
+
+
+def test_a_summary_at_another_confidence_is_refused() -> None:
+    """The bound is the summary's interval end: a summary computed at another confidence would mislead."""
+    summary = dict(_summary(), confidence=0.99)
+    with pytest.raises(OnnxfiError, match="two-sided 0.9"):
+        evaluate(summary, CLEAN, config_from_dict({"thresholds": {"sdc1": 0.5}}))
+
+
+def test_a_rate_without_an_estimate_fails() -> None:
+    """No complete round stored: the headline is NaN, and a limit on it fails instead of passing vacuously."""
+    summary = _summary()
+    summary["rates"]["sdc1"] = {"k": 0, "n": 0, "rate": float("nan"), "lo": 0.0, "hi": 1.0}
+    (check,) = evaluate(summary, CLEAN, config_from_dict({"thresholds": {"sdc1": 0.9}}))
+    assert not check.passed and "no estimate" in check.message
+
+
+def test_clean_checks_without_labels_are_refused() -> None:
+    """Without labels the clean metric is agreement with the model itself (always 1.0): a check that cannot fail."""
+    unlabelled = {"task": "classification", "metric": "golden_agreement", "value": 1.0, "data": "x.npz"}
+    for th in ({"clean_min": 0.99}, {"clean_drop": 0.01}):
+        cfg = config_from_dict({"thresholds": th, "clean_reference": 0.97})
+        with pytest.raises(OnnxfiError, match="need labelled eval data"):
+            evaluate(_summary(), unlabelled, cfg)
+    # a rate limit alone is fine without labels (faults are classified against the fault-free run)
+    assert evaluate(_summary(), unlabelled, config_from_dict({"thresholds": {"sdc1": 0.5}}))
+
+
 def test_clean_drop_without_a_reference_is_an_error() -> None:
     cfg = config_from_dict({"thresholds": {"clean_drop": 0.01}})
     with pytest.raises(OnnxfiError, match="needs a reference"):
@@ -236,7 +281,7 @@ def test_junit_parses_and_carries_the_figures() -> None:
     assert set(cases) == {"rate.sdc1", "rate.due", 'layer.<"a&b">?.sdc1'}
     fail = cases["rate.sdc1"].find("failure")
     assert fail is not None
-    assert "15.00% (30/200)" in (fail.get("message") or "") and "> limit 10.00%" in (fail.get("message") or "")
+    assert "15.00% (30/200 sampled)" in (fail.get("message") or "") and "> limit 10.00%" in (fail.get("message") or "")
     bound = upper_bound(30, 200, 0.95)
     assert f"bound={bound:.6g}" in (fail.text or "") and "limit=0.1" in (fail.text or "") and "k=30 n=200" in (fail.text or "")
     assert cases["rate.due"].find("failure") is None
@@ -309,7 +354,7 @@ def test_gate_fails_when_a_threshold_is_below_the_measured_rate(passing: dict[st
     assert rc == 1
     assert "FAIL" in text and "rate.sdc1" in text and "upper bound" in text
     fail = ET.parse(out / "tight.xml").getroot().find("testsuite/testcase[@name='rate.sdc1']/failure")
-    assert fail is not None and f"({sdc1['k']}/60)" in (fail.get("message") or "")
+    assert fail is not None and f"({sdc1['k']}/60 sampled)" in (fail.get("message") or "")
 
 
 def test_damaged_weight_fails_the_gate_against_its_baseline(passing: dict[str, Any], tmp_path: Path,
@@ -341,6 +386,35 @@ def test_gate_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["gate", str(tmp_path / "missing.onnx"), "--config", str(bad)]) == 2
 
 
+def test_gate_with_clean_min_and_unlabelled_data_exits_2_before_running(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = np.load(DIGITS_DATA, allow_pickle=False)
+    inputs = tmp_path / "inputs_only.npz"
+    np.savez(inputs, **{k: data[k] for k in data.files if k != "labels"})
+    cfg = _write(tmp_path / "onnxfi.toml", f"""
+[gate]
+model = "digits_cnn"
+data = "{inputs.as_posix()}"
+db = "gate.db"
+
+[gate.plan]
+faults = 10
+
+[gate.thresholds]
+clean_min = 0.99
+""")
+    assert main(["gate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clean_min need labelled eval data" in err[0] and "inputs_only.npz has no labels" in err[0]
+    assert not (tmp_path / "gate.db").exists()  # refused before any experiment ran
+    # a model outside the zoo with no data: seeded random inputs, refused the same way
+    model = tmp_path / "m.onnx"
+    model.write_bytes((REPO / "model_zoo" / "digits_cnn.onnx").read_bytes())
+    cfg.write_text(cfg.read_text().replace(f'data = "{inputs.as_posix()}"\n', "").replace('"digits_cnn"', '"m.onnx"'))
+    assert main(["gate", "--config", str(cfg)]) == 2
+    assert "seeded random inputs (no labels)" in capsys.readouterr().err
+
+
 def test_gate_subprocess_exit_status(passing: dict[str, Any]) -> None:
     """End to end as CI runs it: the stored experiments make this quick."""
     proc = subprocess.run([sys.executable, "-m", "onnxfi", "gate", "--config", str(passing["cfg"])],
@@ -361,7 +435,9 @@ def test_evaluating_a_summary_loads_neither_the_engine_nor_onnxruntime(tmp_path:
 import json, sys
 from onnxfi.gate import config_from_dict, evaluate
 cfg = config_from_dict({"thresholds": {"sdc1": 0.5, "due": 0.2}})
-summary = {"rates": {"sdc1": {"k": 5, "n": 10}, "due": {"k": 0, "n": 10}}, "layers": []}
+from onnxfi.stats import wilson_interval
+rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "lo": 0.0, "hi": wilson_interval(k, n, 0.9)[1]}
+summary = {"confidence": 0.9, "rates": {"sdc1": rate(5, 10), "due": rate(0, 10)}, "layers": []}
 checks = evaluate(summary, {"metric": "accuracy", "value": 0.9}, cfg)
 print(json.dumps([[c.name, c.passed, round(c.bound, 4)] for c in checks]))
 print(json.dumps(sorted(m for m in ("onnxruntime", "onnxfi.engine", "onnxfi.campaign") if m in sys.modules)))

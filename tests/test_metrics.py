@@ -544,3 +544,75 @@ def test_segmentation_metrics_label_maps_and_nan() -> None:
     assert _all_plain_floats(r2)
     with pytest.raises(OnnxfiError, match="num_classes is required"):
         m.segmentation_metrics(np.full((1, 2, 2), -1), np.full((1, 2, 2), -1))
+
+
+# --------------------------------------------------------------------------------------------------
+# bfloat16 / float8 outputs and layouts
+
+
+def test_bfloat16_output_is_float_and_nan_in_it_is_due() -> None:
+    import ml_dtypes
+
+    from onnxfi.outcomes import classify
+
+    golden = np.array([[2.0, 1.0, 0.5], [0.25, 3.0, 1.0]], dtype=ml_dtypes.bfloat16)
+    faulty = golden.copy()
+    faulty[1, 2] = np.nan
+    assert list(m.nonfinite_mask(faulty)) == [False, True]
+    assert m.infer_layout(golden) == "classes" and list(m.top1(golden)) == [0, 1]
+    assert m.is_probability(np.array([[0.5, 0.5]], dtype=ml_dtypes.bfloat16))
+    row = classify({"y": golden}, {"y": faulty}, "y", "classification", np.array([0, 1]), 0.01)
+    assert row["due"] and row["outcome"] == "due"
+    assert row["metrics"]["due_frac"] == 0.5 and row["metrics"]["err_nan_frac"] == pytest.approx(1 / 6)
+    inf8 = np.array([[1.0, np.nan]], dtype=ml_dtypes.float8_e4m3fn)
+    row8 = classify({"y": np.array([[1.0, 0.5]], dtype=ml_dtypes.float8_e4m3fn)}, {"y": inf8}, "y",
+                    "classification", None, 0.01)
+    assert row8["due"]
+
+
+def test_decisions_per_layout() -> None:
+    scores = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    assert list(m.decisions(scores, "classes")) == [1, 0]
+    assert list(m.decisions(np.array([[3], [1]]), "ids")) == [3, 1]
+    nhwc = np.zeros((1, 2, 2, 3), np.float32)
+    nhwc[0, 1, 1, 2] = 1.0
+    assert m.decisions(nhwc, "nhwc").tolist() == [[[0, 0], [0, 2]]]
+    assert m.decisions(np.moveaxis(nhwc, -1, 1), "nchw").tolist() == [[[0, 0], [0, 2]]]
+    mask = np.array([[[[0.2], [0.7]], [[np.nan], [0.5]]]], dtype=np.float32)  # [1, 2, 2, 1]
+    assert m.decisions(mask, "mask-nhwc", 0.5).tolist() == [[[0, 1], [-1, 0]]]  # NaN is -1, 0.5 is not above
+    assert m.decisions(np.moveaxis(mask, -1, 1), "mask-nchw", 0.5).tolist() == [[[0, 1], [-1, 0]]]
+    with pytest.raises(ValueError, match="threshold"):
+        m.decisions(mask, "mask-nhwc")
+    with pytest.raises(OnnxfiError, match="makes no decisions"):
+        m.decisions(scores, "raw")
+    assert m.label_map_classes(np.array([[[0, 255], [3, -1]]])) == 4  # ignore ids left out
+
+
+def test_infer_layout_shape_rules_and_forced_task() -> None:
+    f32 = np.float32
+    assert m.infer_layout(np.zeros((2, 10), f32)) == "classes"
+    assert m.infer_layout(np.zeros((2, 10, 1, 1), f32)) == "classes"
+    assert m.infer_layout(np.zeros((2,), np.int64)) == "ids"
+    assert m.infer_layout(np.zeros((2, 8, 8), np.int64)) == "labelmap"
+    assert m.infer_layout(np.zeros((2, 21, 16, 16), f32)) == "nchw"
+    assert m.infer_layout(np.zeros((2, 8, 4, 4), f32)) == "nchw"  # ONNX's default when the last axis is not smaller
+    assert m.infer_layout(np.zeros((2, 64, 64, 21), f32)) == "nhwc"
+    softmaxed = m.softmax(np.random.default_rng(0).normal(size=(2, 16, 16, 21)), axis=3)
+    assert m.infer_layout(softmaxed) == "nhwc"  # probabilities along the last axis decide
+    assert m.infer_layout(np.full((2, 1, 8, 8), 0.3, f32)) == "mask-nchw"
+    assert m.infer_layout(np.full((2, 1, 8, 8), 3.0, f32)) == "raw"  # one channel outside [0, 1]: not a mask
+    assert m.infer_layout(np.full((2, 1, 8, 8), 3.0, f32), "segmentation") == "mask-nchw"
+    assert m.infer_layout(np.zeros((2, 8, 8), f32)) == "raw"
+    assert m.infer_layout(np.zeros((2, 8, 8), f32), "segmentation") == "mask"
+    assert m.infer_layout(np.zeros((2, 10), f32), "regression") == "raw"
+    with pytest.raises(OnnxfiError, match="cannot be read as classification"):
+        m.infer_layout(np.zeros((2, 8, 8), f32), "classification")
+
+
+def test_segmentation_metrics_binary_mask_layout() -> None:
+    golden = np.array([[[[0.9], [0.1]], [[0.8], [0.2]]]], dtype=np.float32)  # [1, 2, 2, 1]
+    faulty = golden.copy()
+    faulty[0, 0, 1, 0] = 0.6  # one pixel crosses 0.5
+    r = m.segmentation_metrics(faulty, golden, np.array([[[1, 0], [1, 0]]]), layout="mask-nhwc")
+    assert r["num_classes"] == 2.0 and r["pixel_change_frac"] == 0.25 and r["sdc_frac"] == 1.0
+    assert r["pixel_accuracy"] == 0.75 and r["err_max_abs"] == pytest.approx(0.5)

@@ -1,5 +1,6 @@
-"""Plan acceptance: Leveugle sizing, exhaustive plans, equal allocation over (site, bit) strata,
-JSON round trip, seeding, and ``parse_bits``. No model is run here."""
+"""Plan acceptance: Leveugle sizing, exhaustive plans, the three designs (proportional allocation with
+systematic rounding, equal allocation per stratum, adaptive Neyman rounds), rounds, JSON round trip,
+seeding, and ``parse_bits``. No model is run here."""
 
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxfi.errors import OnnxfiError
-from onnxfi.plan import Plan, make_plan, parse_bits
+from onnxfi.errors import InternalError, OnnxfiError
+from onnxfi.plan import (
+    Plan,
+    default_rounds,
+    extend_plan,
+    grouped_allocation,
+    make_plan,
+    neyman_allocation,
+    parse_bits,
+    pilot_allocation,
+    systematic_allocation,
+)
 from onnxfi.sites import Site
 from onnxfi.stats import leveugle_sample_size
 
@@ -82,13 +93,19 @@ def test_margin_plan_at_resnet18_scale(model_file: Path) -> None:
     sites = [site("conv.weight", (RESNET18_PARAMS - 1000,)), site("fc.bias", (1000,))]
     plan = make_plan(model_file, sites, margin=0.01, confidence=0.99, seed=1)
     assert plan.population == 374_064_384
-    assert plan.mode == "statistical"
+    assert plan.mode == "statistical" and plan.design == "proportional"
     assert plan.requested == len(plan.experiments) == 16_589
     assert len(plan.strata) == 64
     assert sum(s.n for s in plan.strata) == 16_589
-    # equal allocation: 64 strata, none capped (fc.bias has 1000 elements per bit > 16589 / 64)
-    assert max(s.n for s in plan.strata) - min(s.n for s in plan.strata) <= 1
+    # proportional: every stratum gets the floor or the ceiling of n N_h / N (fc.bias: 1.42 per bit)
+    for s in plan.strata:
+        share = 16_589 * s.population / plan.population
+        assert math.floor(share) <= s.n <= math.ceil(share), s
     assert plan.model_sha256 == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    # the per-stratum design spreads the same size equally: 64 strata, none capped
+    equal = make_plan(model_file, sites, margin=0.01, confidence=0.99, seed=1, design="per-stratum")
+    assert equal.design == "per-stratum" and len(equal.experiments) == 16_589
+    assert max(s.n for s in equal.strata) - min(s.n for s in equal.strata) <= 1
 
 
 def test_margin_plan_is_capped_by_the_population(model_file: Path) -> None:
@@ -97,10 +114,12 @@ def test_margin_plan_is_capped_by_the_population(model_file: Path) -> None:
     assert plan.population == 768
     assert plan.mode == "statistical"
     assert plan.requested == len(plan.experiments) == reference_leveugle(768, 0.05, Z95) == 257
-    tight = make_plan(model_file, sites, margin=0.001, confidence=0.99)
-    assert tight.mode == "exhaustive"
-    assert tight.requested == len(tight.experiments) == 768
-    assert all(s.n == s.population for s in tight.strata)
+    for design in ("proportional", "per-stratum", "adaptive"):
+        tight = make_plan(model_file, sites, margin=0.001, confidence=0.99, design=design)
+        assert tight.mode == "exhaustive" and tight.design == design
+        assert tight.requested == len(tight.experiments) == 768
+        assert all(s.n == s.population for s in tight.strata)
+        assert len({(e.site, e.bit, e.index) for e in tight.experiments}) == 768
 
 
 def test_fixed_plan_larger_than_the_space_is_exhaustive(model_file: Path) -> None:
@@ -113,10 +132,63 @@ def test_fixed_plan_larger_than_the_space_is_exhaustive(model_file: Path) -> Non
     assert fixed.mode == "fixed" and len(fixed.experiments) == 47
 
 
-def test_allocation_sums_to_n_and_respects_stratum_populations(model_file: Path) -> None:
+# ------------------------------------------------------------------------------------- allocation
+
+
+def test_systematic_allocation_is_exact_and_proportional() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sizes = rng.integers(0, 1000, size=int(rng.integers(1, 20))) * rng.integers(1, 1000)
+        total = int(sizes.sum())
+        if total == 0:
+            continue
+        n = int(rng.integers(0, total + 1))
+        alloc = systematic_allocation(sizes, n, rng)
+        assert alloc.sum() == n and np.all(alloc <= sizes) and np.all(alloc >= 0)
+        share = n * sizes / total
+        assert np.all(alloc >= np.floor(share - 1e-9)) and np.all(alloc <= np.ceil(share + 1e-9))
+    # the expectation is the share: E[n_h] = n N_h / N
+    sizes = np.array([1, 3, 64, 300_000, 5])
+    mean = np.mean([systematic_allocation(sizes, 50, rng) for _ in range(20_000)], axis=0)
+    assert mean == pytest.approx(50 * sizes / sizes.sum(), abs=0.01)
+    assert systematic_allocation(sizes, int(sizes.sum()), rng).tolist() == sizes.tolist()
+    with pytest.raises(InternalError):
+        systematic_allocation(sizes, int(sizes.sum()) + 1, rng)
+
+
+def test_grouped_allocation_is_systematic_within_each_group() -> None:
+    rng = np.random.default_rng(1)
+    sizes = np.array([5, 100, 3, 0, 50, 7, 1000, 1])
+    groups = np.array([1, 0, 1, 2, 0, 1, 0, 2])
+    totals = np.array([300, 10, 1])
+    runs = [grouped_allocation(sizes, groups, totals, rng) for _ in range(20_000)]
+    for a in runs[:200]:
+        assert np.bincount(groups, weights=a, minlength=3).tolist() == totals.tolist() and np.all(a <= sizes)
+    want = np.array([totals[g] * sizes[i] / sizes[groups == g].sum() for i, g in enumerate(groups)])
+    assert np.mean(runs, axis=0) == pytest.approx(want, abs=0.05)
+
+
+def test_every_fault_is_equally_likely_in_a_proportional_plan(model_file: Path) -> None:
+    """Inclusion probability n/N for every fault, measured over 600 seeds (systematic rounding + draws)."""
+    sites = [site("tiny", (3,)), site("mid", (17,)), site("big", (50,))]
+    counts: Counter[tuple[str, int | None, int]] = Counter()
+    runs, n = 600, 20
+    for seed in range(runs):
+        plan = make_plan(model_file, sites, bits=[0, 31], n_faults=n, seed=seed)
+        assert len(plan.experiments) == n
+        counts.update((e.site, e.bit, e.index) for e in plan.experiments)
+    space = [(s.name, b, i) for s in sites for b in (0, 31) for i in range(int(s.elements or 0))]
+    p = n / len(space)  # 20 / 140
+    sd = math.sqrt(runs * p * (1 - p))
+    z = [(counts[f] - runs * p) / sd for f in space]
+    assert max(abs(v) for v in z) < 4.5
+    assert abs(float(np.mean(z))) < 0.2 and 0.7 < float(np.std(z)) < 1.3
+
+
+def test_per_stratum_allocation_sums_to_n_and_respects_stratum_populations(model_file: Path) -> None:
     sites = [site("tiny", (1,)), site("small", (3,)), site("mid", (40,)), site("big", (50_000,))]
     for n in (1, 3, 7, 50, 200, 500, 1000, 5000):
-        plan = make_plan(model_file, sites, n_faults=n, seed=n)
+        plan = make_plan(model_file, sites, n_faults=n, seed=n, design="per-stratum")
         assert sum(s.n for s in plan.strata) == len(plan.experiments) == min(n, plan.population)
         for s in plan.strata:
             assert 0 <= s.n <= s.population
@@ -127,6 +199,24 @@ def test_allocation_sums_to_n_and_respects_stratum_populations(model_file: Path)
         per = Counter((e.site, e.bit) for e in plan.experiments)
         for s in plan.strata:
             assert per.get((s.site, s.bit), 0) == s.n
+    fixed = make_plan(model_file, sites, per_stratum=5, seed=1)
+    assert fixed.design == "per-stratum" and fixed.mode == "fixed"
+    assert [s.n for s in fixed.strata] == [min(5, s.population) for s in fixed.strata]
+    assert len(fixed.experiments) == 32 * (1 + 3 + 5 + 5)
+
+
+def test_designs_are_chosen_and_checked(model_file: Path) -> None:
+    sites = [site("a", (100,))]
+    assert make_plan(model_file, sites, n_faults=10).design == "proportional"
+    assert make_plan(model_file, sites, per_stratum=2).design == "per-stratum"
+    with pytest.raises(OnnxfiError, match="per-stratum"):
+        make_plan(model_file, sites, per_stratum=2, design="adaptive")
+    with pytest.raises(OnnxfiError, match="margin"):
+        make_plan(model_file, sites, n_faults=10, design="adaptive")
+    with pytest.raises(OnnxfiError, match="unknown design"):
+        make_plan(model_file, sites, n_faults=10, design="random")
+    with pytest.raises(OnnxfiError, match="at least 1"):
+        make_plan(model_file, sites, per_stratum=0)
 
 
 def test_experiments_are_distinct_and_in_range(model_file: Path) -> None:
@@ -160,13 +250,154 @@ def test_bits_outside_the_dtype_are_dropped_per_site(model_file: Path) -> None:
         make_plan(model_file, [site("f16", (4,), dtype=ir.DataType.FLOAT16)], bits=[16, 31], n_faults=5)
 
 
-def test_rounds_spread_each_stratum(model_file: Path) -> None:
-    sites = [site("a", (1000,)), site("b", (1000,))]
-    plan = make_plan(model_file, sites, bits=[0, 31], n_faults=400, rounds=4)
+# ------------------------------------------------------------------------------------------ rounds
+
+
+def _round_order_holds(plan: Plan) -> None:
+    """Ids 0..n-1 round-major; within a round grouped by site (sites in model order), then bit, then index."""
+    assert [e.id for e in plan.experiments] == list(range(len(plan.experiments)))
     rounds = [e.round for e in plan.experiments]
-    assert rounds == sorted(rounds)  # round-major order
+    assert rounds == sorted(rounds) and sorted(set(rounds)) == list(range(max(rounds) + 1))
+    site_order = {st.site: i for i, st in reversed(list(enumerate(plan.strata)))}
+    for r in set(rounds):
+        keys = [(site_order[e.site], -1 if e.bit is None else e.bit, e.index)
+                for e in plan.experiments if e.round == r]
+        assert keys == sorted(keys)
+
+
+def test_default_rounds() -> None:
+    assert [default_rounds(n) for n in (1, 49, 50, 120, 999, 1000, 10**6)] == [1, 1, 1, 2, 19, 20, 20]
+
+
+def test_proportional_rounds_are_proportional_samples(model_file: Path) -> None:
+    """Each round is a contiguous slice of a random permutation of the sample: a random part of it, so the
+    share of each site in any round is its share of the fault space in expectation."""
+    sites = [site("small", (64,)), site("big", (3000,)), site("act", (500,), kind="activation")]
+    share: dict[str, list[float]] = {"small": [], "big": [], "act": []}
+    for seed in range(200):
+        plan = make_plan(model_file, sites, bits=[0, 30, 31], n_faults=400, seed=seed)
+        _round_order_holds(plan)
+        assert max(e.round for e in plan.experiments) + 1 == default_rounds(400) == 8
+        sizes = Counter(e.round for e in plan.experiments)
+        assert set(sizes.values()) == {50}
+        first = [e for e in plan.experiments if e.round == 0]
+        for name in share:
+            share[name].append(sum(e.site == name for e in first) / len(first))
+    total = sum(int(s.elements or 0) for s in sites)
+    for s in sites:
+        assert float(np.mean(share[s.name])) == pytest.approx(int(s.elements or 0) / total, abs=0.01)
+    explicit = make_plan(model_file, sites, n_faults=400, rounds=3, seed=1)
+    assert sorted(Counter(e.round for e in explicit.experiments).values()) == [133, 133, 134]
+
+
+def test_per_stratum_rounds_spread_each_stratum_in_random_order(model_file: Path) -> None:
+    sites = [site("a", (1000,)), site("b", (1000,))]
+    plan = make_plan(model_file, sites, bits=[0, 31], n_faults=400, rounds=4, design="per-stratum")
+    _round_order_holds(plan)
     per = Counter((e.site, e.bit, e.round) for e in plan.experiments)
     assert set(per.values()) == {25}  # 100 per stratum over 4 rounds
+    # not index-ordered: round 0 does not get a stratum's lowest element indices
+    mean_index = defaultdict(list)
+    for seed in range(30):
+        p = make_plan(model_file, sites, bits=[0, 31], n_faults=400, rounds=4, design="per-stratum", seed=seed)
+        for r in range(4):
+            mean_index[r].append(np.mean([e.index for e in p.experiments if e.round == r]))
+    for r in range(4):
+        assert float(np.mean(mean_index[r])) == pytest.approx(499.5, abs=25)
+    # every sampled stratum is in the first round, even with fewer faults than rounds
+    few = make_plan(model_file, sites, per_stratum=3, rounds=10)
+    assert {(e.site, e.bit) for e in few.experiments if e.round == 0} == {(st.site, st.bit) for st in few.strata}
+
+
+# ---------------------------------------------------------------------------------------- adaptive
+
+
+def _rows(plan: Plan, sdc: dict[int, float], seed: int = 0) -> list[dict[str, object]]:
+    """A row per experiment: SDC-1 with probability ``sdc[bit]``, drawn per fault (stable across calls)."""
+    out: list[dict[str, object]] = []
+    for e in plan.experiments:
+        u = np.random.default_rng([seed, e.id, e.index]).random()
+        out.append({"id": e.id, "sdc1": bool(u < sdc.get(int(e.bit or 0), 0.0))})
+    return out
+
+
+def test_pilot_and_neyman_allocation() -> None:
+    rng = np.random.default_rng(0)
+    pop = np.array([10**6] * 8 + [3])
+    pilot = pilot_allocation(pop, 1000, rng)
+    assert pilot.sum() == max(200, 5 * 9) == 200 and pilot[-1] == 3 and np.all(pilot >= 3)
+    small = pilot_allocation(np.array([100] * 40), 100, rng)  # 5 per stratum would be 200 > the cap
+    assert small.sum() == 100
+    # Neyman: strata with rates near 0 or 1 get few, the uncertain ones many; every stratum at least one
+    n = np.array([25] * 8 + [3])
+    k = np.array([0, 0, 0, 25, 12, 6, 0, 1, 0])
+    add = neyman_allocation(pop, n, k, 0.005, 0.95, 10**6, rng)
+    assert np.all(add[:8] >= 1) and add[-1] == 0  # the 3-fault stratum is exhausted
+    assert add[4] > add[5] > add[7] > add[0] and add[4] > 3 * add[3]  # S_h: 0.50, 0.43, 0.23, 0.14 (smoothed)
+    assert neyman_allocation(pop, n, k, 0.005, 0.95, 40, rng).sum() == 40  # the budget caps the round
+
+
+def test_adaptive_plan_grows_by_neyman_rounds_without_resampling(model_file: Path) -> None:
+    sites = [site("bn", (64,)), site("conv", (30_000,)), site("fc", (2000,))]
+    sdc = {b: (0.97 if b == 30 else 0.4 if b == 31 else 0.3 if 23 <= b <= 29 else 0.0) for b in range(32)}
+    plan = make_plan(model_file, sites, margin=0.01, confidence=0.95, design="adaptive", seed=5)
+    cap = leveugle_sample_size(plan.population, 0.01, 0.95)
+    assert plan.design == "adaptive" and plan.requested == cap and plan.mode == "statistical"
+    assert len(plan.experiments) == max(math.ceil(0.2 * cap), 5 * 32)  # the pilot
+    _round_order_holds(plan)
+    per_bit = Counter(e.bit for e in plan.experiments)
+    assert min(per_bit.values()) >= 5
+    seen = {(e.site, e.bit, e.index) for e in plan.experiments}
+    grown = 0
+    while True:
+        rows = _rows(plan, sdc)
+        again = extend_plan(plan, rows)
+        nxt = extend_plan(plan, rows)
+        if nxt is None:
+            assert again is None
+            break
+        assert again is not None and again.to_dict() == nxt.to_dict()  # pure and deterministic
+        assert nxt.experiments[: len(plan.experiments)] == plan.experiments
+        new = nxt.experiments[len(plan.experiments):]
+        assert {e.round for e in new} == {max(e.round for e in plan.experiments) + 1}
+        assert [e.id for e in new] == list(range(len(plan.experiments), len(nxt.experiments)))
+        keys = {(e.site, e.bit, e.index) for e in new}
+        assert len(keys) == len(new) and not keys & seen  # never a fault twice
+        seen |= keys
+        assert sum(s.n for s in nxt.strata) == len(nxt.experiments)
+        assert all(0 <= e.index < s.population for e in new for s in nxt.strata
+                   if (s.site, s.bit) == (e.site, e.bit))
+        _round_order_holds(nxt)
+        plan, grown = nxt, grown + 1
+    assert grown >= 1 and len(plan.experiments) < cap
+    # the grown plan is a plan: it round-trips and keeps its design
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_extend_plan_stops_at_the_cap_and_needs_complete_rounds(model_file: Path) -> None:
+    sites = [site("a", (500,))]
+    plan = make_plan(model_file, sites, margin=0.02, confidence=0.95, design="adaptive", n_faults=200, seed=1)
+    assert plan.requested == 200 and len(plan.experiments) == 5 * 32  # max(20% of 200, 5 per bit)
+    coin = {b: 0.5 for b in range(32)}
+    grown = extend_plan(plan, _rows(plan, coin))
+    assert grown is not None and len(grown.experiments) == 200  # the rest of the cap in one round
+    assert extend_plan(grown, _rows(grown, coin)) is None  # cap reached
+    with pytest.raises(InternalError, match="every planned experiment"):
+        extend_plan(plan, _rows(plan, coin)[:-1])
+    with pytest.raises(InternalError):
+        extend_plan(make_plan(model_file, sites, n_faults=10), [])
+
+
+def test_plans_before_designs_load_as_per_stratum(model_file: Path) -> None:
+    plan = make_plan(model_file, [site("a", (10,))], n_faults=20, design="per-stratum")
+    old = plan.to_dict()
+    del old["design"]
+    old["version"] = 1
+    back = Plan.from_dict(old)
+    assert back.design == "per-stratum" and back.version == 1
+    bad = plan.to_dict() | {"design": "lottery"}
+    with pytest.raises(OnnxfiError, match="design"):
+        Plan.from_dict(bad)
 
 
 def test_plan_errors(model_file: Path) -> None:
@@ -258,12 +489,12 @@ def test_parse_bits_rejects(text: str) -> None:
         parse_bits(text)
 
 
-def test_plan_sizes_match_numpy_sampling_bounds(model_file: Path) -> None:
-    """Stratum indices are a sorted sample (exhaustive strata list every element once)."""
+def test_plan_indices_are_a_sample_within_each_stratum(model_file: Path) -> None:
+    """Exhaustive strata list every element once; sampled ones draw distinct indices, sorted within a round."""
     sites = [site("a", (7,)), site("b", (500,))]
-    plan = make_plan(model_file, sites, bits=[3], n_faults=60, seed=9)
+    plan = make_plan(model_file, sites, bits=[3], n_faults=60, seed=9, design="per-stratum", rounds=1)
     idx_a = [e.index for e in plan.experiments if e.site == "a"]
     idx_b = [e.index for e in plan.experiments if e.site == "b"]
-    assert sorted(idx_a) == list(range(7))
+    assert idx_a == list(range(7))
     assert len(idx_b) == 53 and idx_b == sorted(idx_b) and len(set(idx_b)) == 53
     assert np.all(np.asarray(idx_b) < 500)

@@ -21,7 +21,7 @@ from executor_helpers import MARKERS_ENV
 from onnxfi.campaign import run_campaign
 from onnxfi.cli import main
 from onnxfi.engine import EngineConfig
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import InternalError, OnnxfiError
 from onnxfi.executors import make_executor
 from onnxfi.model import load_model
 from onnxfi.plan import Plan, make_plan
@@ -150,6 +150,8 @@ def test_a_fault_that_kills_every_worker_is_one_crash_row_and_a_hang_a_timeout(
     assert crashed[("W", 0, 31)].startswith("worker died (")
     assert crashed[("W", 0, 31)].endswith("; on 2 attempts)")
     assert "timeout" in crashed[("W", 7, 31)]
+    # the actors had built the site's runner: the crash rows say which path they ran on
+    assert all(r["path"] for r in rows)
     for r in rows:
         if r["outcome"] != "crash":
             assert r["error"] is None
@@ -250,3 +252,29 @@ def test_ctrl_c_keeps_what_finished_and_resume_completes(cluster: Any, tmp_path:
     assert sorted(r["id"] for r in rows) == list(range(36))
     for r in rows:
         assert r["outcome"] == kat_expected(r["site"], r["idx"], {"kind": "flip", "bits": [r["bit"]]})
+
+
+def test_a_bug_in_onnxfi_in_an_actor_stops_the_campaign_with_its_traceback(
+        cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on the local executor (test_executors): a Python exception from onnxfi's code in an actor is
+    InternalError with the actor's traceback, never a crash row; the user's metric raising is one line."""
+    from test_executors import _PLANT_BUG
+
+    folder = tmp_path / "plants"
+    folder.mkdir()
+    (folder / "plant_bug_ray.py").write_text(_PLANT_BUG)
+    monkeypatch.syspath_prepend(str(folder))  # the actors add the driver's sys.path
+    model, data = save_kat(tmp_path)
+    plan = make_plan(model, _sites(model, "all", "^W$"), bits=[30, 31], n_faults=10**6)
+    cfg = EngineConfig(str(model), data_path=str(data), metric="plant_bug_ray:metric")
+    with Store(tmp_path / "bug.db") as store:
+        with pytest.raises(InternalError) as ei:
+            run_campaign(plan, cfg, store, executor="ray", workers=2)
+        rows = list(store.rows())
+    assert "ZeroDivisionError" in ei.value.message and "W[0] bit 31" in ei.value.message
+    assert ei.value.detail is not None and "plant_bug_ray.py" in ei.value.detail
+    assert not any(r["crash"] for r in rows) and ("W", 0, 31) not in {(r["site"], r["idx"], r["bit"]) for r in rows}
+    cfg = EngineConfig(str(model), data_path=str(data), metric="campaign_helpers:raise_on_negated_first")
+    with Store(tmp_path / "metric.db") as store:
+        with pytest.raises(OnnxfiError, match="raise_on_negated_first raised RuntimeError: planted failure"):
+            run_campaign(plan, cfg, store, executor="ray", workers=2)

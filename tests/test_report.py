@@ -41,7 +41,7 @@ from onnxfi.outcomes import FLAGS
 from onnxfi.plan import Plan, make_plan
 from onnxfi.report.html import CSP, inline_svg, render_report
 from onnxfi.sites import enumerate_sites
-from onnxfi.stats import wilson_interval
+from onnxfi.stats import rate_with_ci
 from onnxfi.store import Store, load_campaign
 from onnxfi.summary import aggregate
 
@@ -383,7 +383,8 @@ def test_campaign_with_no_result_yet(hostile_db: Path, tmp_path: Path) -> None:
     with Store(tmp_path / "fresh.db") as store:
         store.set_meta("plan", plan)
     page = render_report(tmp_path / "fresh.db")
-    assert "Partial campaign: 0 of 48" in page and "No experiment stored yet" in page
+    assert "Partial campaign (interrupted or stopped early): 0 of" in page and "No experiment stored yet" in page
+    assert "the rates use 0 of 48 planned experiments" in page
 
 
 def test_report_subprocess(tmp_path: Path) -> None:
@@ -444,8 +445,9 @@ def _shown(cell: str) -> tuple[float, float, float]:
 
 
 def _check_rate(cell: str, k: int, n: int, confidence: float) -> None:
-    """The cell shows k/n and its Wilson interval, in percent to two decimals."""
-    lo, hi = wilson_interval(k, n, confidence)
+    """The cell shows k/n and its Wilson interval (onnxfi.stats.rate_with_ci), in percent to two decimals."""
+    r = rate_with_ci(k, n, confidence)
+    lo, hi = r.lo, r.hi
     assert _shown(cell) == pytest.approx((100 * k / n, 100 * lo, 100 * hi), abs=0.0051), (cell, k, n)
 
 
@@ -460,19 +462,18 @@ def test_tables_show_the_counts_and_rates_of_the_database(zoo_db: Path, zoo_repo
     n, *totals = db.execute(f"SELECT COUNT(*), {flags} FROM results").fetchone()
     assert n == 96
     (outcomes,) = tables["outcomes"][:1]
-    assert outcomes[0][:2] == ["outcome", "count"]
+    assert outcomes[0][:2] == ["outcome", "sampled k/n"]
+    assert summary["progress"]["complete"] and summary["progress"]["used"] == n
     assert len(outcomes) == 1 + len(FLAGS)
     for row, flag, k in zip(outcomes[1:], FLAGS, totals):
-        assert int(row[1]) == k, flag
-        _check_rate(row[2], k, n, conf)
-        weighted = summary["rates_weighted"].get(flag)
-        if weighted is None:
-            assert row[3] == "–"
-        else:
-            assert _shown(row[3]) == pytest.approx(
-                (100 * weighted["rate"], 100 * weighted["lo"], 100 * weighted["hi"]), abs=0.0051)
+        assert row[1] == f"{k}/{n}", flag
+        shown = summary["rates"][flag]  # the design's estimate (proportional: k/n with its interval)
+        assert _shown(row[2]) == pytest.approx((100 * shown["rate"], 100 * shown["lo"], 100 * shown["hi"]), abs=0.0051)
+        assert shown["rate"] == pytest.approx(k / n)
+        _check_rate(row[3], k, n, conf)  # the raw sample rate: k/n with its Wilson interval
     by_site = {site: (count, rest) for site, count, *rest in
                db.execute(f"SELECT site, COUNT(*), {flags} FROM results GROUP BY site")}
+    layer_est = {e["key"]: e for e in summary["layers"]}
     (layers,) = tables["layers"]
     assert layers[0][:4] == ["#", "site", "kind", "n"]
     assert sorted(r[1] for r in layers[1:]) == sorted(by_site)
@@ -481,12 +482,15 @@ def test_tables_show_the_counts_and_rates_of_the_database(zoo_db: Path, zoo_repo
         k_of = dict(zip(FLAGS, k))
         assert int(row[3]) == count
         for cell, flag in zip(row[4:8], ("sdc1", "sdc5", "critical", "due")):
-            _check_rate(cell, k_of[flag], count, conf)
+            e = layer_est[row[1]][flag]
+            assert e["k"] == k_of[flag] and e["rate"] == pytest.approx(k_of[flag] / count)
+            assert _shown(cell) == pytest.approx((100 * e["rate"], 100 * e["lo"], 100 * e["hi"]), abs=0.0051)
         assert int(row[8]) == k_of["crash"]
     shown_sdc1 = [_shown(r[4])[0] for r in layers[1:]]
     assert shown_sdc1 == sorted(shown_sdc1, reverse=True)  # most vulnerable first
     by_bit = {bit: (count, rest) for bit, count, *rest in
               db.execute(f"SELECT bit, COUNT(*), {flags} FROM results WHERE bit IS NOT NULL GROUP BY bit")}
+    bit_est = {int(e["key"]): e for e in summary["bits"]}
     (bits,) = tables["bits"]
     assert [int(r[0]) for r in bits[1:]] == sorted(by_bit, reverse=True)
     for row in bits[1:]:
@@ -494,7 +498,9 @@ def test_tables_show_the_counts_and_rates_of_the_database(zoo_db: Path, zoo_repo
         k_of = dict(zip(FLAGS, k))
         assert int(row[1]) == count
         for cell, flag in zip(row[2:5], ("sdc1", "critical", "due")):
-            _check_rate(cell, k_of[flag], count, conf)
+            e = bit_est[int(row[0])][flag]
+            assert e["k"] == k_of[flag]
+            assert _shown(cell) == pytest.approx((100 * e["rate"], 100 * e["lo"], 100 * e["hi"]), abs=0.0051)
         assert int(row[5]) == k_of["crash"]
     repro = {r[0]: r[1] for r in tables["repro"][0]}
     paths = db.execute("SELECT COALESCE(path, 'unrecorded'), COUNT(*) FROM results GROUP BY 1 ORDER BY 2 DESC")
@@ -507,9 +513,10 @@ def test_table_check_can_fail(zoo_db: Path, zoo_report: Path) -> None:
     page = zoo_report.read_text(encoding="utf-8")
     (outcomes,) = _tables(page)["outcomes"][:1]
     label, count = outcomes[1][0], outcomes[1][1]
-    tampered = page.replace(f"<td>{label}</td><td>{count}</td>", f"<td>{label}</td><td>{int(count) + 1}</td>", 1)
+    k, n = (int(x) for x in count.split("/"))
+    tampered = page.replace(f"<td>{label}</td><td>{count}</td>", f"<td>{label}</td><td>{k + 1}/{n}</td>", 1)
     assert tampered != page
-    assert int(_tables(tampered)["outcomes"][0][1][1]) == int(count) + 1
+    assert _tables(tampered)["outcomes"][0][1][1] == f"{k + 1}/{n}"
     with pytest.raises(AssertionError):
         _check_rate("12.50% [3.00, 40.10]", 1, 4, 0.99)
 

@@ -1,4 +1,4 @@
-"""Tests for onnxfi.stats: Leveugle sample sizes, Wilson intervals, raw and population-weighted rates."""
+"""Tests for onnxfi.stats: Leveugle sample sizes, Wilson intervals, k/n rates and the stratified estimate."""
 
 from __future__ import annotations
 
@@ -191,33 +191,19 @@ def test_interval_properties(a: int, b: int, confidence: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# margin_reached, Rate, stratified
+# Rate, rate_with_ci
 # --------------------------------------------------------------------------------------------------
 
 
-def test_margin_reached() -> None:
-    assert not s.margin_reached(0, 0, 0.01, 0.99)
-    assert s.margin_reached(0, 0, 0.5, 0.99)  # (1 - 0) / 2 <= 0.5
-    lo, hi = s.wilson_interval(50, 16588, 0.99)
-    assert s.margin_reached(50, 16588, (hi - lo) / 2, 0.99)
-    assert not s.margin_reached(50, 16588, (hi - lo) / 2 * 0.999, 0.99)
-    # worst case p = 0.5 needs about the Leveugle sample size for e = 0.01 at 99%
-    assert s.margin_reached(8294, 16588, 0.01, 0.99)
-    assert not s.margin_reached(8000, 16000, 0.01, 0.99)
-    for bad in (0.0, -0.1, math.nan):
-        with pytest.raises(OnnxfiError):
-            s.margin_reached(3, 100, bad, 0.95)
-
-
 def test_rate_with_ci() -> None:
-    r = s.rate_with_ci(3, 100, 0.95)
-    assert (r.k, r.n, r.rate, r.method, r.confidence) == (3, 100, 0.03, "wilson", 0.95)
-    assert (r.lo, r.hi) == s.wilson_interval(3, 100, 0.95)
+    r = s.rate_with_ci(30, 100, 0.95)
+    assert (r.k, r.n, r.rate, r.method, r.confidence) == (30, 100, 0.3, "wilson", 0.95)
+    assert (r.lo, r.hi) == pytest.approx(s.wilson_interval(30, 100, 0.95), abs=1e-15)  # more than 3 events each way
     assert r.half_width == pytest.approx((r.hi - r.lo) / 2)
-    np_counts = s.rate_with_ci(np.int64(3), np.int64(100), 0.95)
+    np_counts = s.rate_with_ci(np.int64(30), np.int64(100), 0.95)
     assert type(np_counts.k) is int and np_counts == r
     d = r.to_dict()
-    assert d == {"k": 3, "n": 100, "rate": 0.03, "lo": r.lo, "hi": r.hi, "method": "wilson", "confidence": 0.95}
+    assert d == {"k": 30, "n": 100, "rate": 0.3, "lo": r.lo, "hi": r.hi, "method": "wilson", "confidence": 0.95}
     json.dumps(d)
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.k = 4  # type: ignore[misc]
@@ -227,53 +213,144 @@ def test_rate_with_ci() -> None:
         s.rate_with_ci(3, 2, 0.95)
 
 
-def test_stratified_rate_known_values() -> None:
-    # Two strata: 10/100 of 1000 faults and 40/100 of 3000. W = (1/4, 3/4), rate = 0.325. The variance
-    # smooths each stratum's rate to q = (k + 0.5) / (n + 1) (10.5/101, 40.5/101) and applies the
-    # finite-population factor (N - n) / (N - 1): V = 1/16 q1 (1 - q1) / 100 * 900/999
-    # + 9/16 q2 (1 - q2) / 100 * 2900/2999 = 0.001358957710974774 (exact rational arithmetic),
-    # so the 95% interval is 0.325 -+ 1.959964 * 0.0368640 = [0.2527478022, 0.3972521978].
-    r = s.stratified_rate([(10, 100, 1000), (40, 100, 3000)], 0.95)
-    assert r.rate == pytest.approx(0.325, abs=1e-15)
-    assert (r.lo, r.hi) == pytest.approx((0.2527478022, 0.3972521978), abs=1e-10)
-    assert (r.k, r.n, r.method, r.confidence) == (50, 200, "stratified-normal", 0.95)
-    # without the finite-population factor: V = 0.0014093287422801686
-    nofpc = s.stratified_rate([(10, 100, 1000), (40, 100, 3000)], 0.95, finite_population=False)
-    assert (nofpc.lo, nofpc.hi) == pytest.approx((0.2514209382, 0.3985790618), abs=1e-10)
+@pytest.mark.parametrize(("k", "n", "confidence"), [(1, 50, 0.95), (2, 400, 0.95), (3, 1000, 0.99), (1, 5, 0.9)])
+def test_rate_with_ci_holds_few_events_to_the_poisson_limit(k: int, n: int, confidence: float) -> None:
+    """With at most 3 events the lower limit is min(Wilson's, the exact Poisson limit Gamma(k).ppf(alpha/2) / n);
+    symmetrically for at most 3 non-events."""
+    tail = (1 - confidence) / 2
+    r = s.rate_with_ci(k, n, confidence)
+    w_lo, w_hi = s.wilson_interval(k, n, confidence)
+    assert r.lo == pytest.approx(min(w_lo, sps.gamma.ppf(tail, k) / n), rel=1e-9)
+    assert r.hi == w_hi
+    mirror = s.rate_with_ci(n - k, n, confidence)
+    assert mirror.hi == pytest.approx(1 - r.lo, abs=1e-12) and mirror.lo == pytest.approx(1 - r.hi, abs=1e-12)
 
 
-def test_stratified_rate_smoothing_keeps_uncertainty_of_all_or_nothing_strata() -> None:
-    # 0/10 of a million: the plain estimator would give [0, 0]; q = 0.5/11 gives hi = z sqrt(q (1-q) / 10 * fpc)
-    none = s.stratified_rate([(0, 10, 10**6)], 0.95)
-    assert (none.rate, none.lo) == (0.0, 0.0)
-    assert none.hi == pytest.approx(0.1291020395, abs=1e-10)
-    # 0/2 and 2/2 of a million each: rate 0.5, V = 2 * 1/4 * (1/6)(5/6) / 2 * fpc = 0.0347221875
-    split = s.stratified_rate([(0, 2, 10**6), (2, 2, 10**6)], 0.95)
-    assert (split.rate, split.lo, split.hi) == pytest.approx((0.5, 0.1347824574, 0.8652175426), abs=1e-10)
-    # one stratum, 30/100 of 10^15 at 99%: q = 30.5/101, [0.1817393712, 0.4182606288]
-    one = s.stratified_rate([(30, 100, 10**15)], 0.99)
-    assert (one.rate, one.lo, one.hi) == pytest.approx((0.3, 0.1817393712, 0.4182606288), abs=1e-10)
+@pytest.mark.parametrize("n", [20, 50, 200, 1000])
+def test_rate_with_ci_covers_rare_rates(n: int) -> None:
+    """Exact coverage for tiny p (0.01/n to 5/n): Wilson dips to ~0.84 just below its k = 1 lower limit;
+    the Poisson limit for few events keeps it above 0.92."""
+
+    def coverage(interval: Callable[[int], tuple[float, float]], p: float) -> float:
+        return float(sum(sps.binom.pmf(k, n, p) for k in range(min(n, 40) + 1) if interval(k)[0] <= p <= interval(k)[1]))
+
+    ps = np.geomspace(0.01 / n, 5 / n, 120)
+    ours = [s.rate_with_ci(k, n, 0.95) for k in range(min(n, 40) + 1)]
+    plain = min(coverage(lambda k: s.wilson_interval(k, n, 0.95), float(p)) for p in ps)
+    guarded = min(coverage(lambda k: (ours[k].lo, ours[k].hi), float(p)) for p in ps)
+    assert plain < 0.85 and guarded >= 0.92, (plain, guarded)
 
 
-def test_stratified_rate_enumerated_strata_are_exact() -> None:
-    exact = s.stratified_rate([(3, 10, 10), (0, 0, 0), (5, 5, 5)], 0.95)
-    assert exact.rate == pytest.approx((3 + 5) / 15)
-    assert exact.lo == exact.hi == exact.rate  # every fault was injected: no sampling error
+# --------------------------------------------------------------------------------------------------
+# stratified_estimate
+# --------------------------------------------------------------------------------------------------
+
+
+def _reference(n: list[float], tot: list[float], tot2: list[float], pop: list[float], confidence: float,
+               ) -> tuple[float, float, float]:
+    """The documented formulas, written out independently (no unsampled strata, <= 3-event rule not hit)."""
+    z = sps.norm.ppf(1 - (1 - confidence) / 2)
+    N = sum(pop)
+    rate = sum(p / N * t / k for p, t, k in zip(pop, tot, n))
+    var = mbar = 0.0
+    for k, t, t2, p in zip(n, tot, tot2, pop):
+        w = p / N
+        m = (t + 0.5) / (k + 1)
+        var += w * w * ((t2 + 0.5) / (k + 1) - m * m) / k * (p - k) / (p - 1)
+        mbar += w * m
+
+    def wilson(n_eff: float) -> tuple[float, float]:
+        c = (rate + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+        h = z * math.sqrt(rate * (1 - rate) / n_eff + z * z / (4 * n_eff * n_eff)) / (1 + z * z / n_eff)
+        return c - h, c + h
+
+    return rate, wilson(rate * (1 - mbar) / var)[0], wilson(mbar * (1 - rate) / var)[1]
+
+
+def test_stratified_estimate_known_values() -> None:
+    # two strata: 10/100 of 1000 faults and 40/100 of 3000: rate = 1/4 * 0.1 + 3/4 * 0.4 = 0.325
+    r = s.stratified_estimate([100, 100], [10, 40], [10, 40], [1000, 3000], 0.95)
+    rate, lo, hi = _reference([100, 100], [10, 40], [10, 40], [1000, 3000], 0.95)
+    assert r.rate == pytest.approx(0.325, abs=1e-15) == rate
+    assert (r.lo, r.hi) == pytest.approx((lo, hi), abs=1e-12)
+    assert (r.k, r.n, r.method, r.confidence) == (50, 200, "wilson-neff", 0.95)
+    # near what a normal interval with the same variance gives, and wider than 0.325 -+ 1.96 * plain SE
+    assert 0.24 < r.lo < 0.26 and 0.39 < r.hi < 0.41
+    # a mean of fractions: values 0.2 x 5, 0.5 x 8 in one stratum, 0.05 x 30 in the other
+    tot, tot2 = [0.2 * 5 + 0.5 * 8, 0.05 * 30], [0.04 * 5 + 0.25 * 8, 0.0025 * 30]
+    f = s.stratified_estimate([50, 60], tot, tot2, [5000, 20000], 0.99)
+    rate, lo, hi = _reference([50, 60], tot, tot2, [5000, 20000], 0.99)
+    assert (f.rate, f.lo, f.hi) == pytest.approx((rate, lo, hi), abs=1e-12)
+    assert f.method == "wilson-neff" and f.k == round(sum(tot))
+
+
+def test_stratified_estimate_of_one_stratum_is_close_to_wilson() -> None:
+    r = s.stratified_estimate([400], [120], [120], [10**9], 0.95)
+    lo, hi = s.wilson_interval(120, 400, 0.95)
+    assert r.rate == 0.3
+    assert (r.lo, r.hi) == pytest.approx((lo, hi), abs=2e-3)
+
+
+def test_stratified_estimate_smoothing_keeps_uncertainty_of_all_or_nothing_strata() -> None:
+    # 0/2 and 2/2 of a million each: rate 0.5, yet an interval (q = 1/6 and 5/6 per stratum, not 0 and 1)
+    split = s.stratified_estimate([2, 2], [0, 2], [0, 2], [10**6, 10**6], 0.95)
+    assert split.rate == 0.5 and 0.1 < split.lo < 0.3 and 0.7 < split.hi < 0.9
+    assert split.hi - 0.5 == pytest.approx(0.5 - split.lo, abs=1e-12)  # symmetric data, symmetric interval
+    # nothing seen in 10 of a million: the upper limit is Wilson's for 0 of n_hi = m (1 - p) / V, m = 0.5 / 11,
+    # V = m (1 - m) / 10 * fpc: close to Wilson's 0 of 10
+    none = s.stratified_estimate([10], [0], [0], [10**6], 0.95)
+    z2 = Z95**2
+    m = 0.5 / 11
+    n_hi = m / (m * (1 - m) / 10 * (10**6 - 10) / (10**6 - 1))
+    assert (none.rate, none.lo) == (0.0, 0.0) and none.hi == pytest.approx(z2 / (n_hi + z2), rel=1e-9)
+    assert none.hi == pytest.approx(s.wilson_interval(0, 10, 0.95)[1], rel=0.05)
+
+
+def test_stratified_estimate_census_and_unsampled_strata() -> None:
+    exact = s.stratified_estimate([10, 0, 5], [3, 0, 5], [3, 0, 5], [10, 0, 5], 0.95)
+    assert exact.rate == pytest.approx(8 / 15) and exact.lo == exact.hi == exact.rate
+    assert exact.method == "census"
+    # half the space unsampled: the point stands for the sampled half, the interval allows anything for the rest
+    part = s.stratified_estimate([100, 0], [30, 0], [30, 0], [1000, 1000], 0.95)
+    whole = s.stratified_estimate([100], [30], [30], [1000], 0.95)
+    assert part.rate == whole.rate == 0.3
+    assert part.lo == pytest.approx(whole.lo / 2) and part.hi == pytest.approx(whole.hi / 2 + 0.5)
+    assert part.method == "wilson-neff-bounded"
+    nothing = s.stratified_estimate([0, 0], [0, 0], [0, 0], [10, 20], 0.95)
+    assert math.isnan(nothing.rate) and (nothing.lo, nothing.hi, nothing.method) == (0.0, 1.0, "none")
 
 
 @pytest.mark.parametrize(
-    "strata",
+    ("n", "tot", "tot2", "pop"),
     [
-        [],
-        [(1, 0, 10)],
-        [(0, 0, 10)],
-        [(0, 3, 0)],
-        [(0, 0, 0)],
-        [(1, 20, 10)],
-        [(1, 2)],
-        [(1.0, 2, 10)],
+        ([], [], [], []),
+        ([1], [0], [0], [0]),
+        ([5], [1], [1], [3]),
+        ([5], [6], [6], [10]),
+        ([5], [-1], [0], [10]),
+        ([5], [1], [2], [10]),
+        ([5, 1], [1], [1], [10]),
+        ([[5]], [[1]], [[1]], [[10]]),
+        ([5], [float("nan")], [1], [10]),
     ],
 )
-def test_stratified_rate_rejects_bad_strata(strata: list[tuple[int, ...]]) -> None:
+def test_stratified_estimate_rejects_bad_strata(n: list[float], tot: list[float], tot2: list[float],
+                                                pop: list[float]) -> None:
     with pytest.raises(OnnxfiError):
-        s.stratified_rate(strata, 0.95)  # type: ignore[arg-type]
+        s.stratified_estimate(n, tot, tot2, pop, 0.95)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 10**6), st.integers(0, 50), st.floats(0, 1)), min_size=1, max_size=8),
+       st.sampled_from([0.8, 0.95, 0.99]))
+def test_stratified_estimate_properties(strata: list[tuple[int, int, float]], confidence: float) -> None:
+    pop = [p for p, _, _ in strata]
+    n = [min(p, k) for p, k, _ in strata]
+    tot = [math.floor(f * k) for (_, _, f), k in zip(strata, n)]
+    r = s.stratified_estimate(n, tot, tot, pop, confidence)
+    if sum(n) == 0:
+        assert math.isnan(r.rate)
+    else:
+        assert 0.0 <= r.lo <= r.rate <= r.hi <= 1.0
+        wider = s.stratified_estimate(n, tot, tot, pop, 0.999)
+        assert wider.lo <= r.lo + 1e-12 and wider.hi >= r.hi - 1e-12

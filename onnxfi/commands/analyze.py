@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,13 @@ _EXAMPLES = """examples:
   onnxfi analyze model.onnx --data eval.npz --faults 2000 --bits 23-30
   onnxfi analyze model.onnx --target activations --margin 0.01 --confidence 0.99 --early-stop
   onnxfi analyze model.onnx --fault flip --fault stuck-1 --sites 'conv|fc' --json report.json
+  onnxfi analyze model.onnx --per-stratum 20 --bits 23-31   layer x bit sensitivity map (per-stratum design)
+  onnxfi analyze model.onnx --design adaptive --margin 0.01  fewer faults for the same SDC-1 interval
   onnxfi analyze model.onnx --db run.db --resume              continue an interrupted campaign
+
+rates: per fault (one fault in the model's fault space changes some eval decision) and per inference (the
+fraction of eval inferences a fault changes), both estimated for the whole fault space with the estimator of
+the plan's design, over complete rounds; an interrupted campaign reports the rounds that finished.
 
 outcomes: masked (outputs bitwise equal), tolerable (differ, no decision changes), sdc1 (top-1 changes on
 some image), sdc5 (golden top-1 leaves the top-5), critical (task metric drops by more than --critical),
@@ -62,6 +69,13 @@ def register(sub: Any) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--faults", type=int, help="number of experiments")
     size.add_argument("--margin", type=float, help="error margin e for Leveugle sizing (default 0.05)")
+    size.add_argument("--per-stratum", type=int, metavar="N",
+                      help="N faults per (site, bit) stratum: the per-stratum design (a layer x bit sensitivity map)")
+    p.add_argument("--design", choices=["proportional", "per-stratum", "adaptive"],
+                   help="how faults are drawn: proportional (default; every fault of the space equally likely, "
+                   "so the sample rate is the model's rate), per-stratum (equal faults per site and bit, for "
+                   "layer x bit maps; rates re-weighted), adaptive (--margin only: Neyman allocation over bits "
+                   "in rounds until the SDC-1 interval is within the margin)")
     p.add_argument("--confidence", type=float, default=0.99, help="confidence level (default 0.99)")
     p.add_argument("--p", type=float, default=0.5, help="expected rate for sizing (default 0.5, worst case)")
     p.add_argument("--bits", help="bits to hit, e.g. 23-30 or 31,30 (default: all bits of each dtype)")
@@ -86,7 +100,8 @@ def register(sub: Any) -> None:
                    "default $RAY_ADDRESS, else a Ray instance on this machine")
     p.add_argument("--provider", default="cpu")
     p.add_argument("--task", choices=["classification", "segmentation", "regression"], help="override detection")
-    p.add_argument("--output", help="model output that carries the decision (default: the first)")
+    p.add_argument("--output", help="model output that carries the decision (default: chosen from the evidence: "
+                   "the output that agrees best with the labels, else by shape; ambiguous -> exit 2 with the list)")
     p.add_argument("--metric", metavar="MODULE:FUNC", help="custom metric f(outputs, golden, labels) -> float|dict")
     p.add_argument("--critical", type=float, default=0.01,
                    help="metric drop (absolute, e.g. 0.01 = 1 point) that makes an SDC critical")
@@ -119,19 +134,50 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:.2f}% [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]"
 
 
+_DESIGN_NOTES = {
+    "proportional": "every fault of the space equally likely: the sample rate is the model's rate",
+    "per-stratum": "equal faults per (site, bit): a sensitivity map; rates re-weighted to the fault space",
+    "adaptive": "Neyman allocation over bits in rounds; rates re-weighted to the fault space",
+}
+
+
+def _method(r: dict[str, Any]) -> str:
+    return str(r.get("method") or "wilson")
+
+
 def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int = 15) -> None:
     """The campaign summary ``s`` (:func:`onnxfi.summary.aggregate`'s) as terminal tables."""
     conf = int(round(100 * s["confidence"]))
-    t = Table(title=f"Outcomes ({s['experiments']} experiments, {conf}% Wilson intervals)", title_justify="left",
-              show_edge=False, header_style="bold")
-    for col in ("outcome", "count", "rate [CI]", "population-weighted [CI]"):
+    design = s.get("design", plan.design)
+    rates, raw = s["rates"], s.get("rates_raw", s["rates"])
+    self_weighting = design == "proportional"
+    t = Table(title=f"Per fault: rates over the model's fault space ({design} design: "
+              f"{_DESIGN_NOTES.get(design, design)}; {conf}% {_method(rates['sdc1'])} intervals)",
+              title_justify="left", show_edge=False, header_style="bold")
+    cols = ["outcome", "count", "rate [CI]"] if self_weighting else ["outcome", "sampled k/n", "rate [CI]",
+                                                                      "raw sample rate (tilted)"]
+    for col in cols:
         t.add_column(col)
     critical = plan.options.get("critical", 0.01)
     for key in FLAGS:
-        r = s["rates"][key]
-        w = s["rates_weighted"].get(key)
-        t.add_row(escape(FLAG_DESCRIPTIONS[key].format(critical=critical)), str(r["k"]), _pct(r), _pct(w) if w else "-")
+        r = rates[key]
+        label = escape(FLAG_DESCRIPTIONS[key].format(critical=critical))
+        if self_weighting:
+            t.add_row(label, str(r["k"]), _pct(r))
+        else:
+            t.add_row(label, f"{r['k']}/{r['n']}", _pct(r), f"{100 * raw[key]['rate']:.2f}%")
     stdout.print(t)
+    per = (s.get("per_inference") or {}).get("sdc1")
+    if per:
+        stdout.print(f"Per inference: a fault changes the top-1 decision of {_pct(per)} of eval inferences "
+                     f"(mean over faults; {conf}% {_method(per)} interval)")
+    prog = s.get("progress") or {}
+    if prog and not prog.get("complete", True):
+        stdout.print(f"[yellow]partial campaign: {prog.get('rounds_complete')} of {prog.get('rounds')} rounds "
+                     f"complete; the rates use {prog.get('used', 0):,} of {prog.get('planned', 0):,} planned "
+                     f"experiments ({100 * float(prog.get('fraction', 0.0)):.1f}%)"
+                     + (f"; {prog['partial_rows']:,} stored rows of unfinished rounds are left out"
+                        if prog.get("partial_rows") else "") + "[/yellow]")
     stdout.print("outcome counts: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
                  + f"; images whose decision changed, mean per experiment: {100 * s['images_changed_mean']:.2f}%")
     lt = Table(title=f"Layers by SDC-1 rate (top {min(top, len(s['layers']))} of {len(s['layers'])})",
@@ -155,6 +201,22 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
         stdout.print(f"clean {clean.get('metric')}: {clean.get('value', float('nan')):.4f} on {clean.get('samples')} "
                      f"samples ({clean.get('data')}); task {clean.get('task')}; plan {plan.mode}, "
                      f"population {plan.population:,}, seed {plan.seed}")
+
+
+# the engine's fast paths; any other path (port, rebuild, naive) is a fallback worth a line
+_FAST_PATHS = ("cone", "cone-split", "cone-baked")
+
+
+def path_note(rows: list[dict[str, Any]]) -> str | None:
+    """One line of execution paths per site kind, when any experiment left the fast paths; else None."""
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        base = str(r.get("path") or "unrecorded").split("+")[0]
+        by_kind[str(r.get("kind") or "?")][base] += 1
+    if all(p in _FAST_PATHS for c in by_kind.values() for p in c):
+        return None
+    parts = [f"{kind}: " + ", ".join(f"{p} {n:,}" for p, n in c.most_common()) for kind, c in sorted(by_kind.items())]
+    return "execution paths (port/rebuild/naive are the slower fallbacks) - " + "; ".join(parts)
 
 
 def _print_layer_bit(s: dict[str, Any], top: int) -> None:
@@ -212,7 +274,8 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
     store.set_meta("compare", {"db": str(other_db), "model": other_path})
     a, b = result.summary, other.summary
     conf = int(round(100 * a["confidence"]))
-    t = Table(title=f"{Path(cfg.model_path).name} vs {Path(other_path).name} (same plan, {conf}% Wilson intervals)",
+    t = Table(title=f"{Path(cfg.model_path).name} vs {Path(other_path).name} (same plan, per-fault rates over the "
+              f"fault space, {a.get('design', plan.design)} design, {conf}% intervals)",
               title_justify="left", show_edge=False, header_style="bold")
     for col in ("rate", Path(cfg.model_path).name, Path(other_path).name, "ratio", "intervals"):
         t.add_column(col)
@@ -271,12 +334,17 @@ def run(args: argparse.Namespace) -> int:
             chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
             if not chosen:
                 raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)")
-            margin = args.margin if args.faults is None else None
-            if args.faults is None and margin is None:
+            design = args.design or ("per-stratum" if args.per_stratum else "proportional")
+            if args.per_stratum is not None and design != "per-stratum":
+                raise OnnxfiError(f"--per-stratum is the per-stratum design's size, not {design}'s")
+            if design == "adaptive" and args.faults is not None:
+                raise OnnxfiError("--design adaptive is sized by --margin, not --faults")
+            margin = args.margin if args.faults is None and args.per_stratum is None else None
+            if args.faults is None and args.per_stratum is None and margin is None:
                 margin = 0.05
             plan = make_plan(
                 model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
-                args.confidence, args.p, args.seed, args.target, rounds=4 if args.early_stop else 1,
+                args.confidence, args.p, args.seed, args.target, design=design, per_stratum=args.per_stratum,
                 options={"critical": args.critical, "data": data, "sites_regex": args.sites, "ops": args.ops},
             )
         left_out = plan.options.get("left_out_unknown_shape")
@@ -286,21 +354,35 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:  # checked before the first campaign runs
             other_plan = matched_plan(plan, resolve_model_arg(args.compare), cfg.input_shapes)
         plan.save(str(db_path) + ".plan.json")
-        stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments "
-                     f"({plan.mode}; fault space {plan.population:,}; {len(plan.strata)} strata over "
-                     f"{len({s.site for s in plan.strata})} sites), seed {plan.seed}, data {cfg.data_path or 'random'}")
+        rounds = len({e.round for e in plan.experiments})
+        grows = " to start, more rounds until the margin is met" if plan.design == "adaptive" else ""
+        stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments{grows} "
+                     f"({plan.design} design, {plan.mode}, {rounds} round{'s' if rounds != 1 else ''}; fault space "
+                     f"{plan.population:,}; {len(plan.strata)} strata over {len({s.site for s in plan.strata})} "
+                     f"sites), seed {plan.seed}, data {cfg.data_path or 'random'}")
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("SDC-1 {task.fields[sdc]}"), TimeElapsedColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=stdout, transient=False) as prog:
-            task = prog.add_task("faults", total=len(plan.experiments), sdc="-")
+            task = prog.add_task("faults", total=len(plan.experiments), sdc="- (after the first round)")
 
             def progress(done: int, total: int, live: dict[str, Any]) -> None:
-                prog.update(task, completed=done, sdc=f"{100 * live['sdc1'] / max(1, done):.1f}%")
+                h = live.get("headline")
+                sdc = "- (after the first round)" if not h or h["n"] == 0 else _pct(h)
+                prog.update(task, completed=done, total=total, sdc=sdc)
 
             result = run_campaign(plan, cfg, store, workers=args.workers, resume=args.resume,
                                   early_stop=args.early_stop, progress=progress, min_timeout_s=args.timeout_min,
                                   executor=args.executor, address=args.address)
+        plan = result.plan  # an adaptive plan grows while it runs
+        choice = (result.clean or {}).get("output_choice") or {}
+        if choice.get("reason"):
+            stdout.print(escape(f"scored output: {choice.get('name')}: {choice['reason']}"))
         print_summary(plan, result.clean, result.summary, args.top)
+        if (result.clean or {}).get("warning"):
+            stdout.print(escape(f"warning: {result.clean['warning']}"), style="bold yellow")
+        note = path_note(list(store.rows()))
+        if note:
+            stdout.print(escape(note), style="yellow")
         doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
                "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}
@@ -316,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
             stdout.print(f"wrote {write_report(db_path, args.html)}")
         stdout.print(f"results: {db_path} (export: onnxfi results {db_path} --csv); plan: {db_path}.plan.json")
         if result.interrupted:
-            stdout.print(f"[yellow]interrupted: {store.count()} of {len(plan.experiments)} stored; "
+            stdout.print(f"[yellow]interrupted: {store.count()} of {len(plan.experiments)} stored (the rates above "
+                         "use the complete rounds only); "
                          f"continue with: onnxfi analyze {args.model} --db {db_path} --resume[/yellow]")
             return 130
         return 0

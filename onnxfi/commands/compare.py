@@ -16,6 +16,7 @@ from onnxfi.commands._common import (
     input_shapes_from_args,
     load_from_args,
     resolve_model_arg,
+    stderr,
     stdout,
 )
 from onnxfi.compare import (
@@ -81,7 +82,11 @@ def register(sub: Any) -> None:
     p.add_argument("--fault-samples", type=int, default=128,
                    help="samples each fault runs on (default 128: the reference evaluator is slow)")
     p.add_argument("--critical", type=float, default=0.01, help="metric drop that makes a fault critical")
-    p.add_argument("--output", help="model output that carries the decision (default: the first)")
+    p.add_argument("--output", metavar="NAME",
+                   help="model output the faults are scored on (default: chosen by onnxfi.scoring: the output that "
+                   "agrees best with the labels, else by shape; ambiguity is an error asking for --output)")
+    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
+                   help="read the scored output as this task (default: from the labels' shape, else the output's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="intra-op threads for every runtime")
     p.add_argument("--skip-unavailable", action="store_true",
@@ -176,6 +181,9 @@ def print_result(res: CompareResult) -> None:
         for dis in res.disagreements[:5]:
             outs = ", ".join(f"{k} {v}" for k, v in dis["outcomes"].items())
             stdout.print(escape(f"  #{dis['id']} {dis['site']}[{dis['index']}] bit {dis['bit']}: {outs}"))
+    choice = res.output_choice
+    if choice:
+        stdout.print(escape(f"scored output: {choice['name']} ({choice['layout']}): {choice['reason']}"))
     verdict = [r for r in res.runtimes if r.passed is False]
     if verdict:
         stdout.print(f"[bold red]MISMATCH[/bold red]: {', '.join(r.name for r in verdict)} differ from {res.reference} "
@@ -219,9 +227,11 @@ def run(args: argparse.Namespace) -> int:
             atol=atol, rtol=rtol, repeat=args.repeat, warmup=args.warmup,
             latency_batch=min(args.latency_batch, batch), batch=batch, n_faults=args.faults,
             bits=parse_bits(args.bits), sites=args.sites, seed=args.seed, fault_samples=args.fault_samples,
-            critical=args.critical, output=args.output, progress=progress,
+            critical=args.critical, output=args.output, progress=progress, task=args.task,
         )
     print_result(res)
+    if res.warning:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(res.warning)}")
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_dict(), indent=2, default=str))
         stdout.print(f"wrote {args.json}")

@@ -29,13 +29,18 @@ _EXAMPLES = """examples:
   onnxfi gate model.onnx --baseline main-gate.json        fail on a regression against a previous --json
 
 config (onnxfi.toml [gate], or pyproject.toml [tool.onnxfi.gate]; paths relative to that file):
-  [gate]             model, data (.npz), db (results store, reused when the plan is unchanged), provider
-  [gate.plan]        target, bits = "23-30", faults = 300 (or margin/confidence), seed, sites, ops, fault, critical
-  [gate.thresholds]  sdc1 / sdc5 / critical / due / crash = max rate; clean_min; clean_drop; confidence (0.95)
+  [gate]             model, data (.npz), db (results store, reused when the plan is unchanged), provider,
+                     output (the model output scored; default: chosen from labels and shapes), task
+  [gate.plan]        target, bits = "23-30", faults = 300 (or margin/confidence), seed, sites, ops, fault, critical,
+                     design = "proportional" (default: every fault equally likely) | "per-stratum" | "adaptive"
+  [gate.thresholds]  sdc1 / sdc5 / critical / due / crash = max per-fault rate; sdc1_per_inference = max fraction
+                     of inferences a fault changes; clean_min; clean_drop (both need labelled data);
+                     confidence (0.95)
   [gate.layers]      "REGEX" = { sdc1 = 0.8 }   per-layer limits for the sites whose name fully matches
   [gate.baseline]    file = "baseline.json", sdc1 = 0.05 (allowed increase), clean_drop = 0.005
 
-A rate passes when its one-sided upper confidence bound is at most the limit (or the baseline rate + delta).
+A rate passes when the one-sided upper confidence bound of the campaign's population estimate (the estimator
+of the plan's design, over complete rounds) is at most the limit (or the baseline rate + delta).
 exit status: 0 every check passed, 1 a check failed, 2 error (bad config, model, data).
 """
 
@@ -79,7 +84,7 @@ def print_result(res: GateResult) -> None:
         t.add_column(col)
     for c in res.checks:
         pct = c.kind != "clean"
-        measured = _fmt(c.measured, pct) + (f" ({c.k}/{c.n})" if c.n is not None else "")
+        measured = _fmt(c.measured, pct) + (f" ({c.k}/{c.n} sampled)" if c.n is not None else "")
         t.add_row(escape(c.name), measured, _fmt(c.bound, pct), _fmt(c.limit, pct),
                   "[green]pass[/green]" if c.passed else "[bold red]FAIL[/bold red]")
     stdout.print(t)
@@ -132,8 +137,9 @@ def _run(args: argparse.Namespace) -> int:
     data = args.data or cfg.data or default_data(model_arg)
     db = (args.db or cfg.db or str(Path(".onnxfi") / "gate-{model}.db")).replace("{model}", Path(model_path).stem)
     spec = cfg.plan
-    size = f"{spec.faults} faults" if spec.faults else f"margin {spec.margin or 0.05} at {spec.confidence}"
-    stdout.print(f"[bold]gate[/bold] {Path(model_path).name} ({cfg_path}): {spec.target}, {size}, "
+    size = (f"{spec.faults} faults" if spec.faults else f"{spec.per_stratum} per stratum" if spec.per_stratum
+            else f"margin {spec.margin or 0.05} at {spec.confidence}")
+    stdout.print(f"[bold]gate[/bold] {Path(model_path).name} ({cfg_path}): {spec.target}, {spec.design} design, {size}, "
                  f"bits {spec.bits or 'all'}, seed {spec.seed}, data {data or 'random inputs'}")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=stdout, transient=True) as prog:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ from onnxfi.harden import (
     harden,
     measure_hardening,
     parse_methods,
+    run_outputs,
 )
 from onnxfi.model import LoadedModel, load_model, save_model
+from onnxfi.scoring import choose_output, describe_shapes
 from onnxfi.zoo import default_data
 
 __all__ = ["register", "run"]
@@ -46,12 +49,15 @@ examples:
   onnxfi harden model.onnx --method protect --level 2 --eval eval.npz -o out.onnx   (no calibration)
   onnxfi harden model.onnx --method nan-guard --guard-points 'Add|logits' -o out.onnx
   onnxfi harden digits_cnn --method ranger -o out.onnx                 (zoo name: its eval data calibrates)
+  onnxfi harden detector.onnx --method ranger --calib calib.npz -o out.onnx --output scores
 
 Calibration data is an .npz with one array per input name (+ optional `labels`). Without --calib, a zoo
 model uses its eval data and any other model seeded random inputs (weak bounds: a warning says so).
 The report compares the hardened model with the original on the same data (--eval, else the calibration
-data): accuracy against labels when there are labels, else top-1 agreement with the original; and the
-median ONNX Runtime latency of both under the same session options.
+data): accuracy (mIoU for label maps) against labels when there are labels, else top-1 agreement with the
+original, on the output that agrees best with the labels (--output NAME picks it; the choice and the
+runner-up are printed); and the median ONNX Runtime latency of both under the same session options.
+-o names the hardened file, --output the scored model output.
 """
 
 _SHOW = 20  # rows per table before eliding (everything is in --json)
@@ -67,7 +73,12 @@ def register(sub: Any) -> None:
     )
     add_model_args(p)
     p.add_argument("--method", required=True, metavar="M[,M2]", help=f"comma list of: {', '.join(METHODS)}")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the hardened model")
+    p.add_argument("-o", "--out", metavar="OUT.onnx", help="where to write the hardened model (required)")
+    p.add_argument("--output", metavar="NAME",
+                   help="the model output the accuracy comparison scores (default: the one that agrees best with "
+                   "the labels, else by shape; see onnxfi.scoring)")
+    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
+                   help="read the scored output as this task (default: from the labels' shape, else the output's)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
     p.add_argument("--eval", metavar="DATA.npz", help="data for the accuracy comparison (default: the calibration data)")
     p.add_argument("--percentile", type=float, metavar="P",
@@ -127,25 +138,42 @@ def run(args: argparse.Namespace) -> int:
         guard_points=args.guard_points, batch_size=args.batch, provider=args.provider, threads=args.threads,
         seed=args.seed,
     )
-    out = Path(args.output)
+    if args.out is None:
+        if args.output is not None and args.output.endswith(".onnx"):
+            raise OnnxfiError(f"--output {args.output} names the scored model output, not the hardened file: "
+                              "use -o for the hardened file")
+        raise OnnxfiError("-o OUT.onnx is required: where to write the hardened model")
+    out = Path(args.out)
     if out.suffix != ".onnx":
-        raise OnnxfiError(f"-o {out}: the output must be a .onnx file")
+        raise OnnxfiError(f"-o {out}: the hardened model must be a .onnx file")
     loaded, _ = load_from_args(args)
+    names = [o.name for o in loaded.outputs()]
+    if args.output is not None and args.output not in names:
+        shapes = describe_shapes((o.name, o.shape) for o in loaded.outputs())
+        hint = "; use -o for the hardened file" if args.output.endswith(".onnx") else "; choose one with --output NAME"
+        raise OnnxfiError(f"--output {args.output!r} is not a model output (outputs: {shapes}){hint}")
     warnings = list(loaded.warnings)
     calib = _calibration(args, loaded, methods, warnings)
     evaluation = load_data(args.eval, loaded.inputs()) if args.eval else calib
+    # the scored output, chosen on the original's clean run before anything is hardened or written
+    reference = run_outputs(loaded.model, evaluation, args.batch, provider=args.provider, threads=args.threads)
+    choice = choose_output(reference, evaluation.labels, args.output, args.task)
+    options = replace(options, output=choice.name, task=choice.task)
     result = harden(loaded.model, methods, calib, options)
     written = save_model(result.model, out, external_data=args.external_data or loaded.has_external_data)
     load_model(out)  # the written file must pass the checker and load again
     effect = measure_hardening(
         loaded.model, result.model, evaluation, repeat=args.repeat, batch_size=args.batch,
-        provider=args.provider, threads=args.threads,
+        provider=args.provider, threads=args.threads, choice=choice,
     )
+    if effect.warning:
+        warnings.append(effect.warning)
     report: dict[str, Any] = {
         "model": str(loaded.path),
         "output": str(out),
         "files": [str(f) for f in written],
         "methods": methods,
+        "output_choice": choice.to_dict(),
         "calibration": {"data": calib.source, "samples": calib.size},
         "warnings": warnings,
         **result.to_dict(),
@@ -153,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(report)
+        if effect.warning:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(effect.warning)}")
         return 0
     for w in warnings:
         stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -170,8 +200,10 @@ def _print(
     for report in result.reports:
         _print_pass(report)
     c = effect
+    if c.choice is not None:
+        stdout.print(escape(f"\nscored output: {c.choice.name} ({c.choice.layout}): {c.choice.reason}"))
     if c.before is not None and c.after is not None:
-        label = "accuracy" if c.metric == "accuracy" else "top-1 agreement with the original"
+        label = {"accuracy": "accuracy", "miou": "mIoU"}.get(c.metric, "top-1 agreement with the original")
         stdout.print(escape(f"{label}: {c.before:.4f} -> {c.after:.4f} ({c.after - c.before:+.4f}) "
                             f"on {c.samples} samples of {c.data} (output {c.output})"))
     stdout.print(f"max |output difference| {c.max_abs_diff:.6g}")

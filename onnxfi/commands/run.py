@@ -6,19 +6,35 @@ import argparse
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
-from onnxfi.commands._common import add_model_args, input_shapes_from_args, load_from_args, print_json, stdout
+from onnxfi import metrics
+from onnxfi.bits import is_float_dtype
+from onnxfi.commands._common import (
+    add_model_args,
+    input_shapes_from_args,
+    load_from_args,
+    print_json,
+    stderr,
+    stdout,
+)
 from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.errors import OnnxfiError
+from onnxfi.outcomes import task_metric
 from onnxfi.runtime import concat_batches, make_session, run_session
+from onnxfi.scoring import OutputChoice, choose_output, plausibility
 
-__all__ = ["register", "run", "label_accuracy"]
+__all__ = ["register", "run", "label_scores"]
 
 _EXAMPLES = """examples:
   onnxfi run model.onnx                         seeded random inputs from the input spec
   onnxfi run model.onnx --data eval.npz         one array per input name (+ optional `labels`)
   onnxfi run model.onnx --provider cuda --repeat 20 --json
+  onnxfi run detector.onnx --data eval.npz --output scores   score the labels on this output
+
+With labels, the output they are scored on is the one that agrees best with them (onnxfi.scoring:
+the choice and the runner-up are printed); --output NAME picks it, --task reads it as a given task.
 """
 
 
@@ -37,22 +53,32 @@ def register(sub: Any) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions of the first batch (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's choice)")
+    p.add_argument("--output", metavar="NAME", help="the output the labels are scored on (default: the one that "
+                   "agrees best with them)")
+    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
+                   help="read the scored output as this task (default: from the labels' shape)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
-def label_accuracy(output: np.ndarray, labels: np.ndarray) -> tuple[str, float] | None:
-    """Top-1 accuracy ([N,C] scores) or pixel accuracy ([N,C,H,W] scores); None when shapes don't fit."""
-    if output.ndim >= 2 and labels.shape == (output.shape[0], *output.shape[2:]):
-        pred = np.argmax(output, axis=1)
-        return ("accuracy" if output.ndim == 2 else "pixel_accuracy"), float(np.mean(pred == labels))
-    if output.shape == labels.shape and output.dtype.kind in "iu":
-        return "accuracy", float(np.mean(output == labels))
-    return None
+def label_scores(outputs: dict[str, np.ndarray], labels: np.ndarray, choice: OutputChoice) -> dict[str, float]:
+    """The chosen output against the labels: ``accuracy`` (class ids) or ``miou`` and ``pixel_accuracy``
+    (label maps), read in the choice's layout; empty when the labels do not fit it."""
+    out = outputs[choice.name]
+    if choice.metric is None:
+        return {}
+    name, value = task_metric(choice.task, out, out, labels, choice.layout)
+    scores = {name: value}
+    if name == "miou":
+        threshold = metrics.mask_threshold(out) if choice.layout in metrics.MASK_LAYOUTS else None
+        pred = metrics.decisions(out, choice.layout, threshold)
+        k = metrics.layout_classes(out, choice.layout) or metrics.label_map_classes(pred, labels)
+        scores["pixel_accuracy"] = metrics.pixel_accuracy(pred, labels, k)
+    return scores
 
 
 def _summary(name: str, arr: np.ndarray) -> dict[str, Any]:
-    finite = np.isfinite(arr) if arr.dtype.kind == "f" else np.ones(arr.shape, bool)
+    finite = np.isfinite(arr) if is_float_dtype(arr.dtype) else np.ones(arr.shape, bool)
     vals = arr[finite].astype(np.float64) if arr.size else np.zeros(0)
     return {
         "name": name,
@@ -90,12 +116,20 @@ def run(args: argparse.Namespace) -> int:
         "latency_ms": {"median": first.median_s * 1e3, "min": min(first.times) * 1e3, "repeat": args.repeat},
         "outputs": [_summary(k, v) for k, v in outputs.items()],
     }
-    if data.labels is not None:
-        score = label_accuracy(next(iter(outputs.values())), data.labels)
-        if score is not None:
-            result[score[0]] = score[1]
+    warning = None
+    if data.labels is not None or args.output is not None:
+        choice = choose_output(outputs, data.labels, args.output, args.task)
+        result["output_choice"] = choice.to_dict()
+        if data.labels is not None:
+            scores = label_scores(outputs, data.labels, choice)
+            result.update(scores)
+            name = next(iter(scores), None)
+            warning = plausibility(choice, scores[name]) if name is not None else None
+        result["warning"] = warning
     if args.json:
         print_json(result)
+        if warning:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         return 0
     stdout.print(f"[bold]{result['model']}[/bold] on {args.provider}: {n} samples from {data.source}")
     t = Table(show_edge=False, header_style="bold")
@@ -108,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
     lat = result["latency_ms"]
     stdout.print(f"latency   {lat['median']:.3f} ms median, {lat['min']:.3f} ms min "
                  f"(batch {result['batch']}, {args.repeat} runs)")
-    for key in ("accuracy", "pixel_accuracy"):
+    choice_d = result.get("output_choice")
+    if choice_d:
+        stdout.print(escape(f"scored output: {choice_d['name']} ({choice_d['layout']}): {choice_d['reason']}"))
+    for key in ("accuracy", "miou", "pixel_accuracy"):
         if key in result:
             stdout.print(f"{key.replace('_', ' ')}  {result[key]:.4f} ({n} labelled samples)")
+    if warning:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     return 0

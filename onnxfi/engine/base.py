@@ -1,24 +1,59 @@
 """The runner interface: one object per (site, path) that runs a site's experiments and holds the golden
-outputs to classify them against."""
+outputs to classify them against; and which exceptions are runtime failures (a ``crash`` outcome)."""
 
 from __future__ import annotations
 
+import inspect
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from onnxfi.engine.context import Context
+from onnxfi.errors import SessionError
 from onnxfi.faults import BitFlip, Fault
 from onnxfi.plan import Experiment
 from onnxfi.sites import Site
 
-__all__ = ["Runner", "Result", "BIT_PROBE"]
+__all__ = ["Runner", "Result", "BIT_PROBE", "ORT_ERRORS", "is_runtime_failure"]
 
 Outputs = dict[str, np.ndarray]
 
 # the fault used to ask which opset an activation site's bit-level fault node needs
 BIT_PROBE: Fault = BitFlip((0,))
+
+
+# ONNX Runtime's own exception types (Fail, InvalidArgument, RuntimeException, NotImplemented, ...)
+ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    t for t in vars(_ort_state).values() if inspect.isclass(t) and issubclass(t, Exception)
+)
+_ORT_DIR = Path(onnxruntime.__file__).resolve().parent
+
+
+def is_runtime_failure(e: BaseException) -> bool:
+    """Whether ``e``, raised while building or running a session for an experiment, is a runtime failure
+    of the faulty model (stored as ``crash``) rather than an error in onnxfi or in the user's input:
+
+    - one of ONNX Runtime's exception types (:data:`ORT_ERRORS`), or :class:`onnxfi.errors.SessionError`
+      (onnxfi's one-line wrapping of them);
+    - a ``RuntimeError`` raised inside ONNX Runtime (its innermost Python frame is in the onnxruntime
+      package: the C++ layer raises plain ``RuntimeError`` for some failures, e.g. an output type it cannot
+      return);
+    - ``MemoryError``: the faulty model's run needs more memory than there is (what an OOM kill of the
+      worker, also a ``crash``, would record).
+
+    Anything else (``ValueError``, ``TypeError``, ``AssertionError``, ... from onnxfi's own code, or from
+    onnxruntime's Python layer rejecting how onnxfi called it) is not an outcome."""
+    if isinstance(e, (*ORT_ERRORS, SessionError, MemoryError)):
+        return True
+    if isinstance(e, RuntimeError) and e.__traceback__ is not None:
+        frames = traceback.extract_tb(e.__traceback__)
+        return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_ORT_DIR)
+    return False
 
 
 @dataclass

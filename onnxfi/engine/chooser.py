@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxfi.cut import CutError, cone_macs, forward_cone
-from onnxfi.engine.base import Runner
+from onnxfi.engine.base import Runner, is_runtime_failure
 from onnxfi.engine.cone import (
     ActivationConeRunner,
     BakedWeightRunner,
@@ -26,6 +26,7 @@ from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
+from onnxfi.errors import first_line
 from onnxfi.sites import Site
 
 __all__ = ["Choice", "choose"]
@@ -39,7 +40,11 @@ class Choice:
 
 
 def choose(ctx: Context, site: Site, needs_bits: bool, needs_values: bool) -> Choice:
-    """Build the runner for ``site`` on the fastest path that computes what the naive path computes."""
+    """Build the runner for ``site`` on the fastest path that computes what the naive path computes.
+
+    A path whose fault-free sessions ONNX Runtime cannot build or run (e.g. it cannot return or be fed a
+    bfloat16 tensor) is a limitation of that path, not an outcome: the next slower path is taken and the
+    reason says why. Only the last path's failure propagates."""
     mode = ctx.cfg.mode
     runner: Runner
     if mode == "naive":
@@ -49,18 +54,41 @@ def choose(ctx: Context, site: Site, needs_bits: bool, needs_values: bool) -> Ch
             runner = _cone(ctx, site)
         except UnfaithfulCut as e:
             runner = (RebuildRunner(ctx, site, str(e)) if site.kind == "weight"
-                      else PortRunner(ctx, site, needs_bits, needs_values, str(e)))
+                      else _port(ctx, site, needs_bits, needs_values, str(e)))
         except CutError as e:
             runner = _whole(ctx, site, needs_bits, needs_values, str(e))
+        except Exception as e:
+            if not is_runtime_failure(e):
+                raise
+            runner = _whole(ctx, site, needs_bits, needs_values, _cannot("the cone", e))
     else:
         runner = _whole(ctx, site, needs_bits, needs_values, "")
     return Choice(runner, runner.path, runner.reason)
 
 
+def _cannot(what: str, e: BaseException) -> str:
+    return f"onnxruntime cannot run {what} ({type(e).__name__}: {first_line(e, limit=200)})"
+
+
+def _join(*reasons: str) -> str:
+    return "; ".join(r for r in reasons if r)
+
+
 def _whole(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason: str) -> Runner:
     if site.kind == "weight" and site.graph:  # subgraph weights cannot be fed: rebuild per fault
-        return RebuildRunner(ctx, site, "; ".join(r for r in (reason, "weight inside a subgraph") if r))
-    return PortRunner(ctx, site, needs_bits, needs_values, reason)
+        return RebuildRunner(ctx, site, _join(reason, "weight inside a subgraph"))
+    return _port(ctx, site, needs_bits, needs_values, reason)
+
+
+def _port(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason: str) -> Runner:
+    """The port path, or (where ONNX Runtime cannot run the site's ports) a whole model per fault."""
+    try:
+        return PortRunner(ctx, site, needs_bits, needs_values, reason)
+    except Exception as e:
+        if not is_runtime_failure(e):
+            raise
+        why = _join(reason, _cannot("the fault port", e))
+        return RebuildRunner(ctx, site, why) if site.kind == "weight" else NaiveRunner(ctx, site, why)
 
 
 def _cone(ctx: Context, site: Site) -> Runner:
@@ -78,18 +106,27 @@ def _cone(ctx: Context, site: Site) -> Runner:
         runner = BakedWeightRunner(cone, "quantized weight, computed in integer kernels: one cone session per fault")
     else:
         split: SplitWeightRunner | None = None
+        split_reason = ""
         if cone.head is not None:
             try:
                 split = SplitWeightRunner(cone)
             except CutError:
                 split = None
+            except Exception as e:
+                if not is_runtime_failure(e):
+                    raise
+                split_reason = _cannot("the split cone", e)
         if split is not None:
             runner = split
         else:
             try:
-                runner = FedWeightRunner(cone)
+                runner = FedWeightRunner(cone, split_reason)
             except FoldedWeight as e:
-                runner = BakedWeightRunner(cone, str(e), golden=e.reference)
+                runner = BakedWeightRunner(cone, _join(split_reason, str(e)), golden=e.reference)
+            except Exception as e:
+                if not is_runtime_failure(e):
+                    raise
+                runner = BakedWeightRunner(cone, _join(split_reason, _cannot("the cone with the weight fed", e)))
     if cfg.verify:
         runner.check_faithful()
     return runner

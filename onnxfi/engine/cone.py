@@ -13,7 +13,9 @@ a small session with the faulty weight baked in, the rest of the cone as one sha
 head's output; used where this reproduces the baked cone's fault-free outputs bit for bit. A fault that
 leaves the head's output bitwise unchanged is masked without running the rest (``+shortcut``).
 ``FedWeightRunner``: the weight fed to one cone session; experiments whose outcome rounding could decide
-are re-run with the weight baked in (``+baked``), so outcomes equal the naive path's.
+are re-run with the weight baked in (``+baked``), so outcomes equal the naive path's. Faults too small or
+too large for a fed run to be conclusive go to the baked cone directly (also ``+baked``), by a rule of
+the experiment and its site alone (:func:`onnxfi.engine.rounding.small_change_class`).
 ``BakedWeightRunner``: a cone session with the faulty weight baked in per fault (quantized weights, and
 weights whose fed cone differs from the baked one beyond rounding).
 """
@@ -28,7 +30,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnxfi.bits import dtype_info
+from onnxfi.bits import dtype_info, is_float_dtype
 from onnxfi.cut import (
     Cut,
     CutError,
@@ -41,7 +43,14 @@ from onnxfi.cut import (
 )
 from onnxfi.engine.base import Outputs, Result, Runner
 from onnxfi.engine.context import Chunks, Context
-from onnxfi.engine.rounding import ambiguous, change_class, extreme, noise_bounds, same_bits
+from onnxfi.engine.rounding import (
+    ambiguous,
+    change_class,
+    extreme,
+    noise_bounds,
+    same_bits,
+    small_change_class,
+)
 from onnxfi.faults import RandomValue, SetValue, inject_element
 from onnxfi.plan import Experiment
 from onnxfi.runtime import concat_batches
@@ -136,7 +145,7 @@ class ActivationConeRunner(Runner):
             faulty.append(x)
             changed = old.view(np.uint8).reshape(len(old), -1) != new.view(np.uint8).reshape(len(new), -1)
             moved = new[changed.any(axis=1)]
-            if moved.dtype.kind == "f" and (not np.all(np.isfinite(moved)) or np.any(moved == 0)):
+            if is_float_dtype(moved.dtype) and (not np.all(np.isfinite(moved)) or np.any(moved == 0)):
                 guard = False  # NaN/Inf/±0 may be treated differently once fused: no shortcut
         if self.checkpoint is not None and guard and all(
             self._check(x) == g for x, g in zip(faulty, self.checkpoint_golden)
@@ -326,7 +335,10 @@ class FedWeightRunner(_WeightRunner):
     kernels), which changes the rounding. ``bounds`` is how far the fed and the baked cone's fault-free
     outputs are apart; every experiment whose outcome this noise could decide is re-run baked and
     classified against the baked golden (path ``+baked``). Construction raises FoldedWeight (with the baked
-    golden in ``reference``) when the two differ beyond rounding."""
+    golden in ``reference``) when the two differ beyond rounding.
+
+    Which experiments skip the fed run depends only on the experiment and the site (``small_below``, from
+    the site's fault-free runs), so a row never depends on which experiments a worker ran before."""
 
     path = "cone"
 
@@ -343,22 +355,22 @@ class FedWeightRunner(_WeightRunner):
             raise FoldedWeight("weight is folded by ONNX Runtime (outputs differ beyond rounding): one cone "
                                "session per fault", self.reference)
         self.bounds = bounds
+        # faults changing the weight element by less than 2^small_below (relative) run baked directly
+        self.small_below = small_change_class(self.golden, bounds)
 
     def result(self, exp: Experiment) -> Result:
         cone = self.cone
         arr = cone.faulty(exp)
         if not self.ctx.cfg.verify:
             return Result(cone.fed_run(self.session, arr), self.golden, self.path)
-        # A fault no larger (relative to the weight) than faults whose fed runs were mostly ambiguous
-        # (low mantissa bits: the change is as small as the rounding; pooled over this engine's sites)
-        # goes straight to the baked cone: the same result, one run fewer.
+        # A change as small as the outputs' rounding (low mantissa bits) or an extreme value: a fed run
+        # would be ambiguous, so the baked cone directly (the same result, one run fewer).
         size = change_class(cone.original.reshape(-1)[exp.index], arr.reshape(-1)[exp.index])
-        if self.ctx.ambiguity.mostly_ambiguous(size) or extreme(arr.reshape(-1)[exp.index]):
+        if size < self.small_below or extreme(arr.reshape(-1)[exp.index]):
             return Result(cone.baked_run(arr), self.reference, self.path + "+baked")
         out = cone.fed_run(self.session, arr)
         with np.errstate(invalid="ignore"):
             was_ambiguous = ambiguous(out, self.golden, self.bounds)
-        self.ctx.ambiguity.record(size, was_ambiguous)
         if was_ambiguous:
             return Result(cone.baked_run(arr), self.reference, self.path + "+baked")
         return Result(out, self.golden, self.path)

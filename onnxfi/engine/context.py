@@ -15,10 +15,11 @@ import onnx_ir as ir
 from onnxfi.cut import CutError
 from onnxfi.data import Dataset, load_data, random_data
 from onnxfi.engine.config import EngineConfig
-from onnxfi.engine.rounding import AmbiguityPool, noise_bounds
+from onnxfi.engine.rounding import noise_bounds
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import LoadedModel, load_model
 from onnxfi.runtime import concat_batches, make_session, run_batches, run_chunks
+from onnxfi.scoring import OutputChoice, choose_output, describe_shapes
 from onnxfi.sites import SiteIndex, enumerate_sites
 
 __all__ = ["Context"]
@@ -40,11 +41,14 @@ class Context:
             else random_data(specs, seed=cfg.data_seed, batch=cfg.samples, overrides=cfg.input_shapes)
         )
         self.output_names: list[str] = [o.name for o in self.loaded.outputs()]
-        primary = cfg.output or self.output_names[0]
-        if primary not in self.output_names:
-            raise OnnxfiError(f"--output {primary!r} is not a model output ({', '.join(self.output_names)})")
-        self.primary = primary
-        self.ambiguity = AmbiguityPool()
+        if cfg.output is not None and cfg.output not in self.output_names:  # before running the model
+            shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())
+            raise OnnxfiError(f"--output {cfg.output!r} is not a model output; outputs: {shapes}")
+        # The scored output and how it is read, chosen once per worker from the clean run over the eval data
+        # (onnxfi.scoring: the same model and data give every worker the same choice).
+        clean = concat_batches(run_chunks(self.session(self.loaded.model), self.data, self.output_names, cfg.batch))
+        self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task)
+        self.primary = self.choice.name
         self.prefix_runs = 0  # fault-free prefix runs made (sites that expose the same values share one)
         self._proto: onnx.ModelProto | None = None
         self._model_bytes: bytes | None = None

@@ -4,19 +4,40 @@ chosen by :func:`onnxfi.engine.chooser.choose`, and each experiment's outputs cl
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-from onnxfi import metrics
 from onnxfi.engine.base import Runner
 from onnxfi.engine.chooser import choose
 from onnxfi.engine.config import MODES, EngineConfig
 from onnxfi.engine.context import Context
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import MetricError, OnnxfiError, first_line
 from onnxfi.outcomes import classify, load_metric, task_metric
 from onnxfi.plan import Experiment
 from onnxfi.runtime import concat_batches
+from onnxfi.scoring import plausibility
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "guard_metric"]
+
+
+def guard_metric(fn: Callable[..., Any], spec: str) -> Callable[..., Any]:
+    """``fn`` (a custom ``--metric``) made to raise :class:`onnxfi.errors.MetricError` when it raises or
+    returns something other than a number or a dict of numbers: the user's code failing is a user error
+    that stops the campaign, never a fault outcome (``crash``) and never reported as a bug in onnxfi."""
+
+    def metric(*args: Any) -> Any:
+        try:
+            res = fn(*args)
+        except Exception as e:
+            raise MetricError(f"--metric {spec} raised {type(e).__name__}: {first_line(e)}") from e
+        try:
+            [float(v) for v in (res.values() if isinstance(res, dict) else [res])]
+        except (TypeError, ValueError):
+            raise MetricError(f"--metric {spec} returned {type(res).__name__}, not a number or a dict of numbers"
+                              ) from None
+        return res
+
+    return metric
 
 
 class Engine:
@@ -27,7 +48,7 @@ class Engine:
             raise OnnxfiError(f"unknown execution mode {cfg.mode!r} (use {', '.join(MODES)})")
         self.cfg = cfg
         self.ctx = Context(cfg)
-        self.custom = load_metric(cfg.metric) if cfg.metric else None
+        self.custom = guard_metric(load_metric(cfg.metric), cfg.metric) if cfg.metric else None
         self.task: str = cfg.task or ""
         self._runners: OrderedDict[tuple[str, bool, bool], Runner] = OrderedDict()
 
@@ -50,17 +71,16 @@ class Engine:
             or sum(x.cache_bytes for x in self._runners.values()) > self.cfg.cache_mb * 2**20
         ):
             self._runners.popitem(last=False)
-        if not self.task:
-            gold = r.golden[self.primary]
-            self.task = metrics.detect_task(gold.shape, gold.dtype)
+        self.task = self.ctx.choice.task  # how the scored output is read (onnxfi.scoring; --task overrides)
         return r
 
     def run(self, exp: Experiment, needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         """Run one experiment: its outcome flags and metrics (see :func:`onnxfi.outcomes.classify`) and
         ``path``, how it was executed (see :mod:`onnxfi.engine.chooser`)."""
         res = self.runner(exp.site, needs_bits, needs_values).result(exp)
-        row = classify(res.golden, res.outputs, self.primary, self.task, self.ctx.data.labels, self.cfg.critical,
-                       self.custom)
+        choice = self.ctx.choice
+        row = classify(res.golden, res.outputs, self.primary, choice.task, self.ctx.data.labels, self.cfg.critical,
+                       self.custom, layout=choice.layout)
         row["path"] = res.path
         return row
 
@@ -68,9 +88,12 @@ class Engine:
         """Metrics of the fault-free model on the campaign data (full session, no ports)."""
         chunks = self.ctx.model_outputs(fresh=True)  # a cold run each call (timeouts, bench); kept for the cuts
         gold = concat_batches(chunks)[self.primary]
-        task = self.task or metrics.detect_task(gold.shape, gold.dtype)
-        self.task = task
+        choice = self.ctx.choice
+        self.task = task = choice.task
         data = self.ctx.data
-        name, value = task_metric(task, gold, gold, data.labels)
+        name, value = task_metric(task, gold, gold, data.labels, choice.layout)
         return {"task": task, "metric": name, "value": value, "golden_time_s": self.ctx.model_time,
-                "samples": data.size, "data": data.source, "primary_output": self.primary}
+                "samples": data.size, "data": data.source, "primary_output": self.primary,
+                "output_choice": {"name": choice.name, "reason": choice.reason, "runner_up": choice.runner_up,
+                                  "layout": choice.layout},
+                "warning": plausibility(choice, value) if name in ("accuracy", "miou") else None}

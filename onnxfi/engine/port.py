@@ -11,6 +11,7 @@ import numpy as np
 from onnxfi.bits import dtype_info
 from onnxfi.engine.base import BIT_PROBE, Result, Runner
 from onnxfi.engine.context import Context
+from onnxfi.errors import InternalError
 from onnxfi.faults import BitFault, RandomValue, SetValue, inject_element
 from onnxfi.model import load_model
 from onnxfi.passes.activation_fault import required_opset
@@ -39,7 +40,7 @@ class PortRunner(Runner):
     def __init__(self, ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason: str = "") -> None:
         super().__init__(ctx, site, reason)
         if site.graph:
-            raise ValueError("a subgraph weight cannot be fed: use RebuildRunner")
+            raise InternalError(f"PortRunner got {site.name}, a weight inside a subgraph (the chooser rebuilds those)")
         model = load_model(ctx.cfg.model_path, ctx.cfg.input_shapes, check=False).model
         self.clean: dict[str, np.ndarray]
         if site.kind == "weight":
@@ -77,7 +78,8 @@ class PortRunner(Runner):
             for key, value in ((PORT_AND, m.and_mask), (PORT_OR, m.or_mask), (PORT_XOR, m.xor_mask)):
                 feeds[key].reshape(-1)[exp.index] = np.array(value, dtype=info.word).view(word_np)
         else:
-            assert isinstance(fault, SetValue)
+            if not isinstance(fault, SetValue):
+                raise InternalError(f"the port path has no feed for a {type(fault).__name__} fault")
             feeds[PORT_SEL].reshape(-1)[exp.index] = True
             feeds[PORT_VAL].reshape(-1)[exp.index] = fault.apply(np.zeros(1, info.numpy))[0]
         return feeds

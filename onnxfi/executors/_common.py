@@ -8,26 +8,45 @@ fault that kills ONNX Runtime kills every worker it runs on, so it ends as one c
 another reason (a node lost, an OOM kill of a neighbour's doing) costs its experiment nothing but a rerun.
 Experiments a dead worker only held (queued behind the one it was on) go back uncharged. A timeout is a
 ``crash`` at once: a hang repeats, and waiting for it twice doubles the cost.
+
+Errors are not outcomes: in a worker, an experiment is a ``crash`` row only when ONNX Runtime fails on the
+faulty model (:func:`onnxfi.engine.base.is_runtime_failure`). Any other exception becomes a reply the
+parent raises (:func:`unwrap`), which stops the campaign; rows already stored stay, so ``--resume``
+continues it: a user error (:class:`onnxfi.errors.OnnxfiError`, e.g. a custom ``--metric`` that raises,
+:class:`onnxfi.errors.MetricError`) as its one line, anything else (a bug in onnxfi) as
+:class:`onnxfi.errors.InternalError` carrying the worker's traceback. A site runner that cannot be built
+is never a crash either: the chooser already fell back to slower paths, so what is left is an error.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from onnxfi.errors import first_line
+from onnxfi.engine.base import is_runtime_failure
+from onnxfi.errors import InternalError, OnnxfiError, first_line
 from onnxfi.outcomes import crash_row, experiment_row
 from onnxfi.plan import Experiment
 
 if TYPE_CHECKING:
     from onnxfi.engine import Engine
 
-__all__ = ["MAX_ATTEMPTS", "Attempts", "chunk_by_site", "time_limit", "timeout_reason", "error_text", "run_one"]
+__all__ = [
+    "MAX_ATTEMPTS", "Attempts", "chunk_by_site", "time_limit", "timeout_reason", "error_text", "run_one",
+    "build_runner", "startup_error", "unwrap", "Reply", "RESULT", "PATH", "USER_ERROR", "INTERNAL_ERROR",
+]
 
 # runs of an experiment whose worker died under it, the last one included
 MAX_ATTEMPTS = 2
+
+# What a worker answers, as (kind, value): RESULT with a stored row, PATH with the execution path of a
+# site runner it built, USER_ERROR with a one-line message, INTERNAL_ERROR with (summary, traceback).
+Reply = tuple[str, Any]
+RESULT, PATH, USER_ERROR, INTERNAL_ERROR = "result", "path", "user-error", "internal-error"
 
 
 def chunk_by_site(experiments: Iterable[Experiment]) -> deque[deque[Experiment]]:
@@ -78,12 +97,62 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {first_line(e)}"
 
 
-def run_one(engine: Engine, exp: Experiment, needs_bits: bool, needs_values: bool, worker: int) -> dict[str, Any]:
-    """One experiment in a worker: its row, or a ``crash`` row when the engine raises (an ORT error for this
-    fault, or a custom metric's), after which the worker goes on."""
+def _describe(exp: Experiment) -> str:
+    bit = f" bit {exp.bit}" if exp.bit is not None else ""
+    return f"experiment {exp.id} ({exp.site}[{exp.index}]{bit}, {exp.fault_obj().spec()})"
+
+
+def _error_reply(e: BaseException, where: str) -> Reply:
+    """The reply for an exception that is not a runtime failure of the faulty model."""
+    if isinstance(e, OnnxfiError):
+        return (USER_ERROR, f"{where}: {first_line(e)}")
+    text = "".join(traceback.format_exception(e))
+    return (INTERNAL_ERROR, (f"{where} (worker pid {os.getpid()}): {type(e).__name__}: {first_line(e)}", text))
+
+
+def startup_error(e: BaseException) -> Reply:
+    """The reply of a worker whose engine cannot start: the user's input (an OnnxfiError, or ONNX Runtime
+    refusing the fault-free model or data) is a user error, anything else a bug."""
+    if isinstance(e, OnnxfiError) or is_runtime_failure(e):
+        return (USER_ERROR, f"worker failed to start: {first_line(e)}")
+    return _error_reply(e, "starting a worker")
+
+
+def build_runner(engine: Engine, site: str, needs_bits: bool, needs_values: bool) -> Reply:
+    """Build (or find) a site's runner: ``(PATH, its path)``, else the error reply (never a crash: the
+    runner holds only fault-free sessions, and the chooser has already fallen back where ORT refused one)."""
+    try:
+        return (PATH, engine.runner(site, needs_bits, needs_values).path)
+    except Exception as e:
+        return _error_reply(e, f"building the runner of site {site}")
+
+
+def run_one(engine: Engine, exp: Experiment, needs_bits: bool, needs_values: bool, worker: int) -> Reply:
+    """One experiment in a worker: ``(RESULT, its row)``, a ``crash`` row (with the runner's path) when ONNX
+    Runtime fails on the faulty model; any other exception is an error reply (see the module docstring)
+    and the campaign stops."""
+    built = build_runner(engine, exp.site, needs_bits, needs_values)
+    if built[0] != PATH:
+        return built
     try:
         t0 = time.perf_counter()
         result = engine.run(exp, needs_bits, needs_values)
-        return experiment_row(exp, result, time_s=time.perf_counter() - t0, worker=worker)
-    except Exception as e:  # an error of this fault: a crash outcome, the worker goes on
-        return crash_row(exp, error_text(e), worker)
+        return (RESULT, experiment_row(exp, result, time_s=time.perf_counter() - t0, worker=worker))
+    except Exception as e:
+        if is_runtime_failure(e):  # ORT failed on this fault: a crash outcome, the worker goes on
+            return (RESULT, crash_row(exp, error_text(e), worker, path=built[1]))
+        return _error_reply(e, _describe(exp))
+
+
+def unwrap(reply: Reply) -> Any:
+    """A worker's reply in the parent: the value of a RESULT or PATH reply; raises OnnxfiError for a user
+    error and InternalError (with the worker's traceback) for anything else."""
+    kind, value = reply
+    if kind in (RESULT, PATH):
+        return value
+    if kind == USER_ERROR:
+        raise OnnxfiError(str(value))
+    if kind == INTERNAL_ERROR:
+        summary, detail = value
+        raise InternalError(f"onnxfi failed in a worker: {summary}", detail=detail)
+    raise InternalError(f"unknown reply from a worker: {kind!r}")

@@ -4,7 +4,9 @@ Each worker builds an :class:`onnxfi.engine.Engine` once and keeps its site sess
 experiments grouped by site. A worker that dies or overruns its time budget is replaced. The experiment
 it was on is retried or recorded as ``crash`` by the rule every executor shares
 (:mod:`onnxfi.executors._common`): a death is retried on a fresh worker, a second death or a timeout is
-a ``crash`` row with the reason.
+a ``crash`` row with the reason (and the execution path, once the worker had built the site's runner).
+An error that is not the faulty model's (a user error, a bug in onnxfi) stops the run: the worker sends
+it, :meth:`LocalExecutor.run` raises it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from onnxfi.engine import Engine, EngineConfig
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import InternalError
 from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
@@ -31,8 +33,8 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
     try:
         engine = Engine(cfg)
         conn.send(("ready", engine.clean_summary()))
-    except BaseException as e:  # report, then exit: the parent shows the reason
-        conn.send(("fatal", f"{type(e).__name__}: {e}"))
+    except Exception as e:  # report, then exit: the parent raises it
+        conn.send(common.startup_error(e))
         return
     while True:
         try:
@@ -44,13 +46,12 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
         _, exp_dict, needs_bits, needs_values = msg
         exp = Experiment(**exp_dict)
         conn.send(("got", exp.id))  # from here on a hang is this experiment's (or its site's)
-        try:
-            engine.runner(exp.site, needs_bits, needs_values)
-        except Exception as e:  # the site's sessions cannot be built: this experiment's crash
-            conn.send(("result", crash_row(exp, common.error_text(e), worker_id)))
+        built = common.build_runner(engine, exp.site, needs_bits, needs_values)
+        if built[0] != common.PATH:  # not an outcome: the parent raises it
+            conn.send(built)
             continue
-        conn.send(("begin", exp.id))
-        conn.send(("result", common.run_one(engine, exp, needs_bits, needs_values, worker_id)))
+        conn.send(("begin", exp.id, built[1]))
+        conn.send(common.run_one(engine, exp, needs_bits, needs_values, worker_id))
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Worker:
     running: bool = False
     received: bool = False
     golden_time: float = 0.0
+    path: str | None = None  # the execution path of the current experiment's site, once its runner is built
 
 
 class LocalExecutor:
@@ -96,10 +98,14 @@ class LocalExecutor:
         proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid), daemon=True)
         proc.start()
         child.close()
-        msg: Any = parent.recv() if parent.poll(600) else ("fatal", "worker did not start in 600 s")
-        if msg[0] == "fatal":
+        try:
+            msg: Any = parent.recv() if parent.poll(600) else (common.USER_ERROR, "worker did not start in 600 s")
+        except EOFError:
+            proc.join(timeout=5)
+            msg = (common.USER_ERROR, f"worker died while starting (exit code {proc.exitcode})")
+        if msg[0] != "ready":
             proc.kill()
-            raise OnnxfiError(f"worker failed to start: {msg[1]}")
+            common.unwrap(msg)  # raises OnnxfiError or InternalError
         self.clean = msg[1]
         w = _Worker(wid, proc, parent)
         w.golden_time = float(msg[1].get("golden_time_s", 0.0))
@@ -129,7 +135,7 @@ class LocalExecutor:
             w.current = None
             return
         exp = w.queue.popleft()
-        w.current, w.started, w.running, w.received = exp, time.monotonic(), False, False
+        w.current, w.started, w.running, w.received, w.path = exp, time.monotonic(), False, False, None
         bits, values = flags(exp.site)
         try:
             w.conn.send(("run", exp.__dict__, bits, values))
@@ -176,12 +182,14 @@ class LocalExecutor:
                     if msg[0] == "got":
                         w.received, w.started = True, time.monotonic()
                     elif msg[0] == "begin":
-                        w.running, w.started = True, time.monotonic()
-                    elif msg[0] == "result":
+                        w.running, w.started, w.path = True, time.monotonic(), msg[2]
+                    elif msg[0] == common.RESULT:
                         yield msg[1]
                         if not w.queue and chunks:
                             w.queue = chunks.popleft()
                         self._send_next(w, flags)
+                    else:  # an error that is not an outcome: stop (the rows yielded so far are kept)
+                        common.unwrap(msg)
                 if w.current is None:
                     continue
                 dead = broken or w.proc.sentinel in ready or not w.proc.is_alive()
@@ -192,18 +200,20 @@ class LocalExecutor:
                 build_hang = not dead and w.received and not w.running and now - w.started > self.build_timeout_s
                 if dead or timed_out or build_hang:
                     exp = w.current
-                    assert exp is not None
+                    if exp is None:
+                        raise InternalError("local executor: a worker failed with no experiment on it")
                     if dead:
                         # the experiment it was on pays, read or not (it may have died just after a result)
                         n = attempts.charge(exp)
                         if attempts.retry(n):
                             w.queue.appendleft(exp)
                         else:
-                            yield crash_row(exp, attempts.reason(n, f"exit code {w.proc.exitcode}"), w.wid)
+                            yield crash_row(exp, attempts.reason(n, f"exit code {w.proc.exitcode}"), w.wid,
+                                            path=w.path)
                     else:
                         reason = (common.timeout_reason(limit, self.timeout_factor) if timed_out
                                   else f"timeout: building the site's sessions took over {self.build_timeout_s:g} s")
-                        yield crash_row(exp, reason, w.wid)
+                        yield crash_row(exp, reason, w.wid, path=w.path)
                     self._workers[i] = w = self._replace(w)
                     if not w.queue and chunks:
                         w.queue = chunks.popleft()

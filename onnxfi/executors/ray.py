@@ -11,7 +11,9 @@ so only the oldest unfinished experiment of a dead actor can have killed it: tha
 death, the others go back free. The retry rule and the time limit are the local executor's
 (:mod:`onnxfi.executors._common`): a charged experiment runs again on a fresh actor, and is stored as
 ``crash`` when it has killed ``max_attempts`` of them; an experiment that overruns its time budget is a
-``crash`` at once (a hang repeats). Every experiment is yielded exactly once.
+``crash`` at once (a hang repeats). Every experiment is yielded exactly once. An error that is not the
+faulty model's (a user error, a bug in onnxfi) comes back as a reply and :meth:`RayExecutor.run` raises
+it, as the local executor does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import ray
 
 from onnxfi import plan
 from onnxfi.engine import Engine, EngineConfig
-from onnxfi.errors import OnnxfiError, first_line
+from onnxfi.errors import InternalError, OnnxfiError, first_line
 from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
@@ -117,8 +119,9 @@ class _EngineActor:
         sys.path[:0] = [p for p in sys_path if p not in sys.path and os.path.isdir(p)]
 
     def setup(self, files: list[_File], shipped: list[Any] | None) -> tuple[Any, ...]:
-        """("missing",) when this node lacks the campaign files, ("fatal", reason) when the engine
-        cannot start, else ("ready", clean summary, pid, node id)."""
+        """("missing",) when this node lacks the campaign files, an error reply
+        (:func:`onnxfi.executors._common.startup_error`) when the engine cannot start, else
+        ("ready", clean summary, pid, node id)."""
         cfg = self.cfg
         if not all(_same(f) for f in files):
             # This node's files differ: use (or make) a copy under a folder named after their contents.
@@ -140,21 +143,21 @@ class _EngineActor:
         try:
             self.engine = Engine(cfg)
             clean = self.engine.clean_summary()
-        except BaseException as e:  # reported to the driver, which raises it as a user error
-            return ("fatal", f"{type(e).__name__}: {e}")
+        except Exception as e:  # reported to the driver, which raises it
+            return common.startup_error(e)
         return ("ready", clean, os.getpid(), ray.get_runtime_context().get_node_id())
 
-    def prepare(self, site: str, needs_bits: bool, needs_values: bool) -> None:
-        """Build the site's session (not timed: the next experiments are)."""
-        assert self.engine is not None
-        try:
-            self.engine.runner(site, needs_bits, needs_values)
-        except Exception:
-            pass  # the experiment that follows records the error as its crash
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise InternalError("a Ray worker was given work before its setup succeeded")
+        return self.engine
 
-    def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> dict[str, Any]:
-        assert self.engine is not None
-        return common.run_one(self.engine, Experiment(**exp_dict), needs_bits, needs_values, self.wid)
+    def prepare(self, site: str, needs_bits: bool, needs_values: bool) -> common.Reply:
+        """Build the site's session (not timed: the next experiments are): (PATH, its path) or an error."""
+        return common.build_runner(self._engine(), site, needs_bits, needs_values)
+
+    def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> common.Reply:
+        return common.run_one(self._engine(), Experiment(**exp_dict), needs_bits, needs_values, self.wid)
 
     def pid(self) -> int:
         return os.getpid()
@@ -175,6 +178,8 @@ class _Slot:
     inflight: deque[tuple[Any, Experiment | None]] = field(default_factory=deque)  # None: a prepare call
     head_since: float = 0.0
     site_key: tuple[str, bool, bool] | None = None
+    paths: dict[str, str] = field(default_factory=dict)  # site -> execution path, as prepare reported it
+    preparing: dict[Any, str] = field(default_factory=dict)  # prepare call -> its site
 
 
 class RayExecutor:
@@ -268,8 +273,8 @@ class RayExecutor:
         if msg[0] == "missing":
             slot.setup_ref = slot.actor.setup.remote(self._files, self._ship())
             return
-        if msg[0] == "fatal":
-            raise OnnxfiError(f"worker failed to start: {msg[1]}")
+        if msg[0] != "ready":
+            common.unwrap(msg)  # raises OnnxfiError or InternalError
         _, clean, slot.pid, slot.node = msg
         slot.setup_ref, slot.ready = None, True
         slot.golden_time = float(clean.get("golden_time_s", 0.0))
@@ -343,8 +348,7 @@ class RayExecutor:
                 elif s.inflight:
                     refs[s.inflight[0][0]] = s  # results come in order: only the oldest matters
             if not any(s.inflight for s in self._slots) and not chunks:
-                # a bug, not a user error
-                raise RuntimeError(f"executor lost track of {len(remaining)} experiments")
+                raise InternalError(f"Ray executor lost track of {len(remaining)} experiments")
             stalled = time.monotonic() - last_progress > self.start_timeout_s
             if stalled and not any(s.ready for s in self._slots):
                 raise OnnxfiError(f"no Ray worker came back in {self.start_timeout_s:g} s after losing them "
@@ -367,7 +371,8 @@ class RayExecutor:
                 if head is not None and now - slot.head_since > limit:
                     slot.inflight.popleft()
                     remaining.discard(head.id)
-                    yield crash_row(head, common.timeout_reason(limit, self.timeout_factor), slot.wid)
+                    yield crash_row(head, common.timeout_reason(limit, self.timeout_factor), slot.wid,
+                                    path=slot.paths.get(head.site))
                     self._requeue(slot, chunks)
                     self._replace(slot)
 
@@ -390,7 +395,9 @@ class RayExecutor:
                 slot.head_since = time.monotonic()
             if slot.site_key != (exp.site, bits, values):
                 slot.site_key = (exp.site, bits, values)
-                slot.inflight.append((slot.actor.prepare.remote(exp.site, bits, values), None))
+                ref = slot.actor.prepare.remote(exp.site, bits, values)
+                slot.preparing[ref] = exp.site
+                slot.inflight.append((ref, None))
             slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values), exp))
 
     def _collect(self, slot: _Slot, remaining: set[int], attempts: common.Attempts,
@@ -402,17 +409,21 @@ class RayExecutor:
             if not ready:
                 return
             try:
-                row = ray.get(ref)
+                reply = ray.get(ref)
             except ray.exceptions.RayError as e:
                 yield from self._lost(slot, e, remaining, attempts, chunks)
                 return
             slot.inflight.popleft()
             slot.head_since = time.monotonic()
-            if exp is None:
+            value = common.unwrap(reply)  # an error that is not an outcome stops the run here
+            if exp is None:  # a prepare call: the site's execution path
+                site = slot.preparing.pop(ref, None)
+                if site is not None:
+                    slot.paths[site] = value
                 continue
             if exp.id in remaining:  # never twice
                 remaining.discard(exp.id)
-                yield row
+                yield value
 
     def _lost(self, slot: _Slot, err: Exception, remaining: set[int], attempts: common.Attempts,
               chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:
@@ -422,7 +433,8 @@ class RayExecutor:
             if not attempts.retry(n):
                 slot.inflight = deque(x for x in slot.inflight if x[1] is not culprit)
                 remaining.discard(culprit.id)
-                yield crash_row(culprit, attempts.reason(n, common.error_text(err)), slot.wid)
+                yield crash_row(culprit, attempts.reason(n, common.error_text(err)), slot.wid,
+                                path=slot.paths.get(culprit.site))
         self._requeue(slot, chunks)
         self._replace(slot)
 

@@ -287,7 +287,7 @@ def _plot_layers(figs: _Figures, layers: Sequence[dict[str, Any]], conf_pct: int
     hi = max([e["sdc1"]["hi"] for e in top] + [e["due"]["hi"] for e in top] + [0.05])
     ax.set_xlim(0, min(1.0, hi * 1.05))
     _pct_axis(ax.xaxis)
-    ax.set_xlabel(f"rate per fault in the layer ({conf_pct}% Wilson interval)")
+    ax.set_xlabel(f"rate per fault in the layer ({conf_pct}% interval)")
     ax.legend(loc="lower right")
     ax.grid(axis="y", visible=False)
     return figs.svg(fig, "per-layer vulnerability", f"Layers by SDC-1 rate, top {len(top)} of {len(layers)}; "
@@ -448,7 +448,7 @@ def _plot_compare_layers(figs: _Figures, before: _Campaign, after: _Campaign, co
     ax.set_yticks(y, [_label(e["key"]) for e in top])
     ax.set_ylim(-0.7, len(top) - 0.3)
     _pct_axis(ax.xaxis)
-    ax.set_xlabel(f"SDC-1 rate ({conf_pct}% Wilson interval)")
+    ax.set_xlabel(f"SDC-1 rate ({conf_pct}% interval)")
     ax.legend(loc="lower right")
     ax.grid(axis="y", visible=False)
     return figs.svg(fig, "per-layer before and after hardening",
@@ -456,6 +456,13 @@ def _plot_compare_layers(figs: _Figures, before: _Campaign, after: _Campaign, co
 
 
 # --------------------------------------------------------------------------------------- sections
+
+
+_DESIGNS = {
+    "proportional": "every fault of the space equally likely; the sample rate is the model's rate",
+    "per-stratum": "equal faults per (site, bit) stratum; rates re-weighted by stratum population",
+    "adaptive": "Neyman allocation over bits in rounds; rates re-weighted by stratum population",
+}
 
 
 @dataclass
@@ -471,11 +478,12 @@ def _conf_pct(camp: _Campaign) -> int:
 
 def _headline(camp: _Campaign) -> str:
     s, clean = camp.summary, camp.clean
-    w = s["rates_weighted"]
+    prog = s.get("progress") or {}
+    per = (s.get("per_inference") or {}).get("sdc1")
     cards = [
-        ("experiments", f"{s['experiments']:,} of {s['planned']:,}"),
-        ("SDC-1", _pct(s["rates"]["sdc1"])),
-        ("SDC-1, population-weighted", _pct(w.get("sdc1"))),
+        ("experiments in the rates", f"{prog.get('used', s['experiments']):,} of {s['planned']:,}"),
+        (f"SDC-1 per fault ({s.get('design', camp.plan.design)} design)", _pct(s["rates"]["sdc1"])),
+        ("SDC-1 per inference", _pct(per)),
         ("critical", _pct(s["rates"]["critical"])),
         ("DUE (NaN/Inf)", _pct(s["rates"]["due"])),
         (f"clean {clean.get('metric') or 'metric'}", _fmt(clean.get("value"))),
@@ -510,21 +518,28 @@ def _summary_section(camp: _Campaign) -> _Section:
         ("fault space", f"{plan.population:,} faults in {len(plan.strata):,} strata (site × bit × fault model)"),
     ]
     warn = ""
-    if camp.summary["experiments"] < camp.summary["planned"]:
-        warn = (f'<p class="warn">Partial campaign: {camp.summary["experiments"]:,} of '
-                f'{camp.summary["planned"]:,} planned experiments are stored (interrupted or stopped early). '
-                "Rates and intervals cover the stored ones.</p>")
+    prog = camp.summary.get("progress") or {}
+    if not prog.get("complete", camp.summary["experiments"] >= camp.summary["planned"]):
+        left = (f' {prog["partial_rows"]:,} stored experiments of unfinished rounds are left out of the rates.'
+                if prog.get("partial_rows") else "")
+        warn = (f'<p class="warn">Partial campaign (interrupted or stopped early): {prog.get("rounds_complete", 0)} '
+                f'of {prog.get("rounds", 0)} rounds complete; the rates use {prog.get("used", 0):,} of '
+                f'{camp.summary["planned"]:,} planned experiments '
+                f'({100 * float(prog.get("fraction", 0.0)):.1f}%). Each round samples the whole fault space, '
+                f"so the rates estimate the model's, with wider intervals.{left}</p>")
     return _Section("summary", "Model", warn + _kv(pairs))
 
 
 def _repro_section(camp: _Campaign) -> _Section:
     plan, cfg = camp.plan, camp.config
-    w = camp.summary["rates_weighted"]
+    sampled = len({(r["site"], r["bit"]) for r in camp.rows})
+    total = len({(st.site, st.bit) for st in plan.strata})
     pairs: list[tuple[str, Any]] = [
         ("seed", plan.seed),
+        ("design", f"{plan.design} ({_DESIGNS.get(plan.design, '')})"),
         ("sampling", f"{plan.mode}: {plan.requested:,} requested, {len(plan.experiments):,} planned "
                      f"(margin {_fmt(plan.margin)}, confidence {plan.confidence:g}, p {plan.p:g})"),
-        ("strata sampled", f"{w.get('strata_sampled', 0):,} of {w.get('strata_total', 0):,}"),
+        ("(site, bit) strata sampled", f"{sampled:,} of {total:,}"),
         ("execution paths", ", ".join(f"{p} {n:,}" for p, n in (camp.summary.get("paths") or {}).items()) or "–"),
         ("target", plan.target),
         ("fault models", ", ".join(plan.faults)),
@@ -549,14 +564,22 @@ def _repro_section(camp: _Campaign) -> _Section:
 def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
     s = camp.summary
     critical = camp.plan.options.get("critical", camp.config.get("critical", 0.01))
-    rows = [(FLAG_DESCRIPTIONS[k].format(critical=critical), s["rates"][k]["k"], _pct(s["rates"][k]),
-             _pct(s["rates_weighted"].get(k))) for k in FLAGS]
-    table = _table(["outcome", "count", f"rate [{_conf_pct(camp)}% CI]", "population-weighted [CI]"], rows)
+    raw = s.get("rates_raw", s["rates"])
+    rows = [(FLAG_DESCRIPTIONS[k].format(critical=critical), f'{s["rates"][k]["k"]}/{s["rates"][k]["n"]}',
+             _pct(s["rates"][k]), _pct(raw[k])) for k in FLAGS]
+    table = _table(["outcome", "sampled k/n", f"per fault, model's rate [{_conf_pct(camp)}% CI]",
+                    "raw sample rate [CI]"], rows)
+    per = (s.get("per_inference") or {}).get("sdc1")
     chart = _plot_outcomes(figs, s["outcomes"]) if s["experiments"] else "<p>No experiment stored yet.</p>"
     counts = ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
     note = (f"<p>Exclusive outcomes: {_e(counts or 'none')}. Flags overlap (a critical fault is also an SDC-1), "
-            "so the rates need not add up. Population-weighted rates weight each (site, bit) stratum by its "
-            "share of the fault space.</p>")
+            "so the rates need not add up. The model's rates estimate, for one fault drawn uniformly from the "
+            f"fault space, the chance of each outcome ({_e(s.get('design', camp.plan.design))} design, "
+            f"{_e(s['rates']['sdc1'].get('method', 'wilson'))} intervals, complete rounds only); the raw sample "
+            "rate is k/n over every stored experiment, which a non-proportional design tilts.</p>")
+    if per:
+        note += (f"<p>Per inference: a fault changes the top-1 decision of {_e(_pct(per))} of eval inferences "
+                 "(the mean over faults of the fraction of inferences changed).</p>")
     errors = Counter((r["outcome"], r["error"]) for r in camp.rows if r["error"])
     if errors:
         err_rows = [(outcome, n, _code(err)) for (outcome, err), n in errors.most_common(10)]
@@ -667,7 +690,7 @@ def _compare_section(camp: _Campaign, other: _Campaign | None, note: str | None,
     if len(camp.plan.experiments) != len(other.plan.experiments):
         plan_note = "<p class='warn'>The two campaigns have different plans; compare rates, not experiments.</p>"
     intro = (f"<p>Before: {_code(camp.path)}; after: {_code(other.path)}. Same fault plan on both models; "
-             f"{conf}% Wilson intervals. The clean run time is one timing of the whole eval set, a rough guide "
+             f"per-fault rates over the fault space, {conf}% intervals. The clean run time is one timing of the whole eval set, a rough guide "
              "only: see the runtime comparison for measured overhead.</p>")
     charts = ""
     if b["bits"] and a["bits"]:

@@ -1,0 +1,387 @@
+"""Which model output is scored, and how it is read: evidence (labels on the clean run) or shape rules.
+
+:func:`choose_output` is the one place every command picks the output whose decisions are scored
+(``analyze``/``gate`` through the engine, ``run``, ``harden``, ``compare``):
+
+1. ``--output NAME`` wins. An unknown name is an :class:`OnnxfiError` listing the outputs with shapes.
+2. With labels, every output whose shape can carry them is scored against them on the clean run, and
+   the best agreement wins (evidence, not position). Labels ``[N]`` / ``[N, 1]`` (class ids) fit class
+   scores ``[N, C]`` / ``[N, C, 1, 1]`` with every label below C, and integer class ids ``[N]``. Label
+   maps ``[N, H, W]`` (or ``[N, 1, H, W]``) fit segmentation scores ``[N, C, H, W]`` (NCHW) or
+   ``[N, H, W, C]`` (NHWC) with C >= 2
+   above every label, a one-channel output ``[N, 1, H, W]`` / ``[N, H, W, 1]`` / ``[N, H, W]`` as a binary
+   mask when the labels are 0/1 (threshold: :func:`onnxfi.metrics.mask_threshold`, 0.5 when the clean
+   values lie in [0, 1], else 0 for logits) and an integer label map of the labels' shape. Label ids
+   that are negative or 255 are "ignore" pixels. The score is the task metric on the clean run:
+   accuracy for class ids, mIoU for label maps. The choice and the runner-up are named with their
+   scores in ``reason``. When the runner-up is within :data:`TIE_MARGIN` of the best and decides
+   differently on some sample, the choice is ambiguous: an :class:`OnnxfiError` asks for ``--output``.
+   Outputs that make the same decisions on every sample (logits and their softmax, scores and their
+   argmax) are equivalent: scores are kept over masks over ids, then the earlier output.
+3. Without labels (or for a single output that no labels fit), the shape rules of
+   :func:`onnxfi.metrics.infer_layout` read each output; a single output is always the one. Of several,
+   the outputs whose values are probabilities (rows of class scores summing to 1, or a mask in [0, 1])
+   come first, then any other output that makes decisions (class scores, segmentation scores, ids,
+   label maps); raw outputs are never picked. Two in the first such group that decide differently, or
+   none at all, is an :class:`OnnxfiError` asking for ``--output``.
+
+``task`` (``--task``) restricts the reading to one family (classification, segmentation, regression).
+:func:`plausibility` turns a clean metric at or below chance into a warning for the commands to print.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxfi import metrics
+from onnxfi.bits import is_float_dtype
+from onnxfi.errors import OnnxfiError
+
+__all__ = ["TIE_MARGIN", "OutputChoice", "choose_output", "describe_outputs", "describe_shapes", "plausibility"]
+
+# Two candidates whose label scores differ by less than this (absolute, accuracy or mIoU) tie.
+TIE_MARGIN = 0.01
+
+# Preference among outputs that make the same decisions: the richest reading first.
+_RANK = {"classes": 0, "nchw": 0, "nhwc": 0, "mask-nchw": 1, "mask-nhwc": 1, "mask": 1, "ids": 2, "labelmap": 2}
+
+
+@dataclass(frozen=True)
+class OutputChoice:
+    """The scored output: its name, task and layout (:data:`onnxfi.metrics.LAYOUTS`), why it was chosen,
+    the runner-up, and the label score of every output that was scored (``metric`` names the score)."""
+
+    name: str
+    task: str
+    layout: str
+    reason: str
+    runner_up: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    metric: str | None = None
+    num_classes: int | None = None
+    outputs: str = ""  # every output with its shape, as errors and warnings list them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "layout": self.layout, "reason": self.reason,
+                "runner_up": self.runner_up, "metric": self.metric,
+                "scores": {k: _num(v) for k, v in self.scores.items()}}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    layout: str
+    order: int
+    score: float = math.nan
+    num_classes: int | None = None
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _samples(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> int | None:
+    if labels is not None and np.ndim(labels):
+        return int(np.shape(labels)[0])
+    firsts = Counter(int(np.shape(a)[0]) for a in outputs.values() if np.ndim(a))
+    return firsts.most_common(1)[0][0] if firsts else None
+
+
+def describe_outputs(outputs: Mapping[str, np.ndarray], samples: int | None = None) -> str:
+    """``"boxes [N,4], scores [N,2]"``: every output with its shape, the sample axis written N."""
+    items = []
+    for name, arr in outputs.items():
+        dims: list[object] = list(np.shape(arr))
+        if dims and samples is not None and dims[0] == samples:
+            dims[0] = "N"
+        items.append((name, dims))
+    return describe_shapes(items)
+
+
+def describe_shapes(items: Iterable[tuple[str, Sequence[object] | None]]) -> str:
+    """``"boxes [N,4], scores [N,2]"`` from (name, shape) pairs, e.g. a model's declared outputs (an unknown
+    shape is ``[?]``)."""
+    return ", ".join(f"{name} [{','.join(map(str, shape)) if shape is not None else '?'}]" for name, shape in items)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "nan"
+
+
+# ---------------------------------------------------------------------------------------- with labels
+
+
+def _labels(labels: np.ndarray) -> np.ndarray | None:
+    """Labels as int64 class ids ``[N]`` or label maps ``[N, H, W]``; None when they are not class ids
+    (regression targets, other shapes)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "biuf" or arr.ndim == 0:
+        return None
+    if (arr.ndim == 2 or arr.ndim == 4) and arr.shape[1] == 1:  # [N, 1] ids, [N, 1, H, W] maps (as metrics reads them)
+        arr = arr[:, 0]
+    if arr.ndim not in (1, 3):
+        return None
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            return None
+    return arr.astype(np.int64)
+
+
+def _valid(labels: np.ndarray) -> np.ndarray:
+    """Label ids that are not "ignore" (negative, or 255 in a label map)."""
+    keep = labels >= 0
+    if labels.ndim == 3:
+        keep &= labels != metrics.IGNORE_ID
+    return labels[keep]
+
+
+def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None) -> str | None:
+    """The layout in which ``arr`` carries ``labels`` (see the module docstring), or None."""
+    a = np.asarray(arr)
+    is_int = a.dtype.kind in "biu"
+    is_float = is_float_dtype(a.dtype)
+    n = labels.shape[0]
+    if a.ndim == 0 or a.shape[0] != n:
+        return None
+    valid = _valid(labels)
+    top = int(valid.max()) if valid.size else -1
+    layout: str | None = None
+    if labels.ndim == 1:
+        if is_float and ((a.ndim == 2 and a.shape[1] >= 2) or (a.ndim == 4 and a.shape[1] >= 2 and a.shape[2:] == (1, 1))):
+            layout = "classes" if top < a.shape[1] and valid.size == labels.size else None
+        elif is_int and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+            layout = "ids"
+    else:
+        hw = labels.shape[1:]
+        if a.shape in ((n, *hw), (n, 1, *hw), (n, *hw, 1)):
+            if is_int:
+                layout = "labelmap"
+            elif is_float and top <= 1:
+                layout = "mask" if a.ndim == 3 else ("mask-nchw" if a.shape[1] == 1 else "mask-nhwc")
+        elif is_float and a.ndim == 4:
+            nchw = a.shape[2:] == hw and a.shape[1] >= 2
+            nhwc = a.shape[1:3] == hw and a.shape[3] >= 2
+            if nchw and nhwc:  # [N, C, C, C]: the shape rules decide
+                nchw = metrics.infer_layout(a) == "nchw"
+                nhwc = not nchw
+            if nchw and top < a.shape[1]:
+                layout = "nchw"
+            elif nhwc and top < a.shape[3]:
+                layout = "nhwc"
+    if layout is not None and task is not None and metrics.layout_task(layout) != task:
+        return None
+    return layout
+
+
+def _score(arr: np.ndarray, layout: str, labels: np.ndarray) -> tuple[float, int | None]:
+    """(the task metric of ``arr`` read as ``layout`` against ``labels`` on the clean run, class count)."""
+    threshold = metrics.mask_threshold(arr) if layout in metrics.MASK_LAYOUTS else None
+    with np.errstate(invalid="ignore"):
+        pred = metrics.decisions(arr, layout, threshold)
+    if labels.ndim == 1:
+        k = metrics.layout_classes(arr, layout) or metrics.label_map_classes(labels)
+        return (float(np.mean(pred == labels)) if labels.size else math.nan), k
+    k = metrics.layout_classes(arr, layout) or metrics.label_map_classes(pred, labels)
+    return metrics.miou(pred, labels, k), k
+
+
+# ---------------------------------------------------------------------------------------- the choice
+
+
+def _decisions(arr: np.ndarray, layout: str) -> np.ndarray:
+    threshold = metrics.mask_threshold(arr) if layout in metrics.MASK_LAYOUTS else None
+    with np.errstate(invalid="ignore"):
+        return metrics.decisions(arr, layout, threshold)
+
+
+def _same_decisions(outputs: Mapping[str, np.ndarray], a: _Candidate, b: _Candidate) -> bool:
+    da, db = _decisions(outputs[a.name], a.layout), _decisions(outputs[b.name], b.layout)
+    return da.shape == db.shape and bool(np.array_equal(da, db))
+
+
+def _pick(
+    outputs: Mapping[str, np.ndarray], ranked: list[_Candidate], close: list[_Candidate], listing: str,
+    what: Callable[[_Candidate, _Candidate], str],
+) -> tuple[_Candidate, list[_Candidate]]:
+    """The best of ``ranked`` (best first) and its equivalents; ``close`` are those that tie with it. Ties
+    that decide the same on every sample are equivalent (the richest reading wins); any other is an error
+    (``what(a, b)`` says why the two tie)."""
+    best = ranked[0]
+    for c in close:
+        if c is not best and not _same_decisions(outputs, best, c):
+            raise OnnxfiError(
+                f"cannot tell which output to score: {best.name!r} and {c.name!r} {what(best, c)}, and they "
+                f"decide differently; outputs: {listing}; choose one with --output NAME"
+            )
+    same = sorted([best, *[c for c in close if c is not best]], key=lambda c: (_RANK.get(c.layout, 3), c.order))
+    return same[0], same[1:]
+
+
+def choose_output(
+    outputs: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    requested: str | None = None,
+    task: str | None = None,
+) -> OutputChoice:
+    """The output to score, from the clean ``outputs`` over the eval data (see the module docstring)."""
+    if not outputs:
+        raise OnnxfiError("the model has no outputs to score")
+    if task is not None and task not in ("classification", "segmentation", "regression"):
+        raise OnnxfiError(f"unknown task {task!r} (use classification, segmentation or regression)")
+    names = list(outputs)
+    arrays = {k: np.asarray(v) for k, v in outputs.items()}
+    samples = _samples(arrays, labels)
+    listing = describe_outputs(arrays, samples)
+    ids = _labels(labels) if labels is not None else None
+    if requested is not None:
+        return _requested(arrays, requested, ids, task, listing)
+    fits: list[_Candidate] = []
+    if ids is not None:
+        for i, name in enumerate(names):
+            layout = _label_layout(arrays[name], ids, task)
+            if layout is not None:
+                score, k = _score(arrays[name], layout, ids)
+                fits.append(_Candidate(name, layout, i, score, k))
+    if fits and ids is not None:
+        return _by_labels(arrays, fits, ids, listing)
+    if labels is not None and len(names) > 1:
+        raise OnnxfiError(
+            f"labels of shape {list(np.shape(labels))} fit no output (class scores [N, C] with C above every "
+            f"label, class ids [N], or segmentation scores / a mask / a label map of the labels' [N, H, W]); "
+            f"outputs: {listing}; choose one with --output NAME"
+        )
+    why = f"; labels of shape {list(np.shape(labels))} fit it in no layout" if labels is not None else ""
+    return _by_shape(arrays, task, listing, why)
+
+
+def _requested(
+    arrays: Mapping[str, np.ndarray], name: str, ids: np.ndarray | None, task: str | None, listing: str
+) -> OutputChoice:
+    if name not in arrays:
+        raise OnnxfiError(f"--output {name!r} is not a model output; outputs: {listing}")
+    arr = arrays[name]
+    fit = _label_layout(arr, ids, task) if ids is not None else None
+    if fit is not None and ids is not None:
+        score, k = _score(arr, fit, ids)
+        return OutputChoice(name, metrics.layout_task(fit), fit, f"--output {name}", None, {name: score},
+                            _metric(ids), k, listing)
+    try:
+        layout = metrics.infer_layout(arr, task)
+    except OnnxfiError as e:
+        raise OnnxfiError(f"--output {name}: {e}") from None
+    return OutputChoice(name, metrics.layout_task(layout), layout, f"--output {name}", None, {}, None,
+                        metrics.layout_classes(arr, layout), listing)
+
+
+def _metric(ids: np.ndarray) -> str:
+    return "accuracy" if ids.ndim == 1 else "miou"
+
+
+def _by_labels(
+    arrays: Mapping[str, np.ndarray], fits: list[_Candidate], ids: np.ndarray, listing: str
+) -> OutputChoice:
+    metric = _metric(ids)
+    key = {c.name: (c.score if math.isfinite(c.score) else -1.0) for c in fits}
+    ranked = sorted(fits, key=lambda c: (-key[c.name], c.order))
+    top = key[ranked[0].name]
+    close = [c for c in ranked if top - key[c.name] < TIE_MARGIN]
+    best, same = _pick(arrays, ranked, close, listing, lambda a, b: (
+        f"agree with the labels within {TIE_MARGIN} ({metric} {_fmt(a.score)} and {_fmt(b.score)})"))
+    others = [c for c in ranked if c is not best]
+    runner = others[0] if others else None
+    scores = {c.name: c.score for c in fits}
+    if same:
+        twins = ", ".join(repr(c.name) for c in same)
+        reason = (f"{best.name!r} ({best.layout}) and {twins} make the same decisions on every sample "
+                  f"({metric} {_fmt(best.score)}); {best.name!r} is the richer reading")
+        rest = [c for c in others if c not in same]
+        if rest:
+            reason += f"; next {rest[0].name!r} {metric} {_fmt(rest[0].score)}"
+    elif runner is not None:
+        reason = (f"best agreement with the labels: {best.name!r} ({best.layout}) {metric} {_fmt(best.score)}; "
+                  f"runner-up {runner.name!r} {_fmt(runner.score)}")
+    else:
+        reason = (f"the only output that can carry labels of shape {list(ids.shape)}: {best.name!r} "
+                  f"({best.layout}) {metric} {_fmt(best.score)}")
+    return OutputChoice(best.name, metrics.layout_task(best.layout), best.layout, reason,
+                        runner.name if runner else None, scores, metric, best.num_classes, listing)
+
+
+def _probabilities(arr: np.ndarray, layout: str) -> bool:
+    if layout in metrics.MASK_LAYOUTS:
+        return True  # the shape rules read a one-channel output as a mask only when it lies in [0, 1]
+    if layout in ("classes", "nchw"):
+        return metrics.is_probability(arr, axis=1)
+    if layout == "nhwc":
+        return metrics.is_probability(arr, axis=3)
+    return False
+
+
+def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, why: str) -> OutputChoice:
+    names = list(arrays)
+    if len(names) == 1:
+        name = names[0]
+        layout = metrics.infer_layout(arrays[name], task)
+        return OutputChoice(name, metrics.layout_task(layout), layout, f"the model's only output{why}", None, {},
+                            None, metrics.layout_classes(arrays[name], layout), listing)
+    tiers: list[tuple[int, _Candidate]] = []
+    for i, name in enumerate(names):
+        try:
+            layout = metrics.infer_layout(arrays[name], task)
+        except OnnxfiError:
+            continue  # this output cannot be read as the forced task
+        if layout == "raw" and task != "regression":
+            continue
+        tier = 0 if _probabilities(arrays[name], layout) else 1
+        tiers.append((tier, _Candidate(name, layout, i, num_classes=metrics.layout_classes(arrays[name], layout))))
+    if not tiers:
+        raise OnnxfiError(
+            f"no output looks like class scores, segmentation scores, a mask or class ids; outputs: {listing}; "
+            "choose one with --output NAME"
+        )
+    tiers.sort(key=lambda tc: (tc[0], tc[1].order))
+    top = tiers[0][0]
+    group = [c for t, c in tiers if t == top]
+    if task == "regression":
+        what = "are both raw outputs (--task regression)"
+        if len(group) > 1:
+            raise OnnxfiError(f"cannot tell which output to score: {group[0].name!r} and {group[1].name!r} {what}; "
+                              f"outputs: {listing}; choose one with --output NAME")
+    kind = "are both probabilities" if top == 0 else "both make decisions"
+    best, same = _pick(arrays, group, group, listing, lambda a, b: f"{kind} (no labels to tell them apart)")
+    if same:
+        reason = (f"{best.name!r} ({best.layout}) and {', '.join(repr(c.name) for c in same)} make the same "
+                  f"decisions on every sample (no labels); {best.name!r} is the richer reading")
+    else:
+        kind = "whose values are probabilities" if top == 0 else "that makes decisions"
+        reason = f"the only output {kind} ({best.layout}; no labels)"
+    runner = next((c for _, c in tiers if c is not best), None)
+    return OutputChoice(best.name, metrics.layout_task(best.layout), best.layout, reason,
+                        runner.name if runner else None, {}, None, best.num_classes, listing)
+
+
+# ---------------------------------------------------------------------------------------- warning
+
+
+def plausibility(choice: OutputChoice, clean_value: float, num_classes: int | None = None) -> str | None:
+    """A warning when the clean metric against the labels is at or below chance (1 / classes), or not a
+    number: the sign of scoring the wrong output. None when it looks plausible or there are no labels
+    (a metric against the model's own output says nothing here)."""
+    if choice.metric is None:
+        return None
+    k = num_classes if num_classes is not None else choice.num_classes
+    where = f"on output {choice.name!r}: is --output right? outputs: {choice.outputs}"
+    if not math.isfinite(clean_value):
+        return f"clean {choice.metric} is {clean_value} {where}"
+    if k is None or k < 2:
+        return None
+    chance = 1.0 / k
+    if clean_value <= chance:
+        return f"{choice.metric} {clean_value:.4f} is at or below chance ({chance:.4g}) {where}"
+    return None
