@@ -29,6 +29,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxfi import metrics
+from onnxfi.bits import is_float_dtype
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, ProviderError, first_line
 from onnxfi.faults import inject_element
@@ -353,7 +354,7 @@ def compare_outputs(
         max_rel = float(np.max(reld)) if reld.size else 0.0
         mean_abs = float(np.mean(finite_abs)) if finite_abs.size else (0.0 if not absd.size else np.inf)
         top1 = None
-        if rf.ndim == 2 and rf.shape[1] > 1 and rf.dtype.kind == "f":
+        if rf.ndim == 2 and rf.shape[1] > 1 and is_float_dtype(rf.dtype):
             top1 = float(np.mean(metrics.top1(of) == metrics.top1(rf)))
         diffs.append(OutputDiff(name, tuple(o.shape), tuple(r.shape), a_t, r_t, max_abs, max_rel, mean_abs, mism,
                                 int(r.size), mism == 0, top1))

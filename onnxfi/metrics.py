@@ -565,7 +565,7 @@ def _label_map(x: ArrayLike, name: str) -> tuple[IntArray, int | None]:
 
 def _label_map_values(arr: NDArray[Any]) -> IntArray:
     """Class ids as int64; float entries that are not whole finite numbers (e.g. after a fault) become -1."""
-    if arr.dtype.kind == "f":
+    if is_float_dtype(arr.dtype):
         a = arr.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(a) & (a == np.round(a)) & (np.abs(a) < _MAX_LABEL)

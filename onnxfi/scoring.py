@@ -127,7 +127,8 @@ def _labels(labels: np.ndarray) -> np.ndarray | None:
         arr = arr[:, 0]
     if arr.ndim not in (1, 3):
         return None
-    if arr.dtype.kind == "f":
+    if is_float_dtype(arr.dtype):
+        arr = arr.astype(np.float64)
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             return None
     return arr.astype(np.int64)

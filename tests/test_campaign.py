@@ -170,6 +170,23 @@ def test_kill9_then_resume_gives_the_rows_of_an_uninterrupted_run(tmp_path: Path
     assert victim.returncode == -signal.SIGKILL
     partial = _count(a)
     assert 0 < partial < FAULTS
+    # the killed campaign's summary: only complete rounds (each a sample of the whole space) are in the rates,
+    # and it says how much of the plan ran
+    with Store(a) as sa:
+        plan = Plan.from_dict(sa.meta("plan"))
+        killed_rows = list(sa.rows())
+    s = aggregate(plan, killed_rows)
+    by_round = Counter(e.round for e in plan.experiments)
+    stored_round = Counter(plan.experiments[r["id"]].round for r in killed_rows)
+    complete = {r for r, n in by_round.items() if stored_round[r] == n}
+    used = [r for r in killed_rows if plan.experiments[r["id"]].round in complete]
+    prog = s["progress"]
+    assert prog["complete"] is False and prog["stored"] == partial and prog["planned"] == FAULTS
+    assert prog["used"] == len(used) and prog["partial_rows"] == partial - len(used)
+    assert prog["rounds_complete"] == len(complete) and prog["rounds"] == len(by_round)
+    assert s["rates"]["sdc1"]["n"] == len(used) and s["rates"]["sdc1"]["k"] == sum(r["sdc1"] for r in used)
+    shown = subprocess.run(cli + ["results", str(a)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0 and f"of {FAULTS:,} planned experiments" in " ".join(shown.stdout.split())
     # ... then `onnxfi analyze ... --resume` to completion
     resumed = subprocess.run(cli + _analyze_args(a, data, "--resume"), capture_output=True, text=True,
                              cwd=tmp_path, timeout=300)

@@ -4,9 +4,9 @@ Naive = per fault, the whole model rewritten with the fault and a new ONNX Runti
 path must give the same outcome for every experiment. Metrics that only depend on decisions (accuracy,
 agreement, mIoU) must be equal; metrics computed from raw output values may differ at the level of one
 unit in the last place of the outputs, because ONNX Runtime optimizes a cut graph and a whole graph
-differently (see ../shared/PERFORMANCE.md, "Pitfalls"); for activation faults the naive path even
-compares a model with a fault node (which blocks fusions around the site) against the original model.
-Absolute errors are compared within 2e-5; relative errors are not compared (they divide ulp noise by
+differently (see ../shared/PERFORMANCE.md, "Pitfalls"). (The naive path classifies an activation fault
+against the same model with an identity fault node, so the fusions a fault node blocks are blocked in its
+golden too.) Absolute errors are compared within 2e-5; relative errors are not compared (they divide ulp noise by
 near-zero golden outputs).
 """
 

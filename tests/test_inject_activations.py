@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from conftest import (
     from_int_words,
@@ -34,7 +35,7 @@ from onnxfi.errors import FaultError, SiteError
 from onnxfi.faults import BitFlip, BurstFlip, Fault, RandomValue, SetValue, StuckAt, Zero
 from onnxfi.inject import inject
 from onnxfi.model import load_model
-from onnxfi.passes import ExposeValues, InsertActivationFault
+from onnxfi.passes import ExposeValues, InsertActivationFault, required_opset, upgrade_opset
 from onnxfi.sites import enumerate_sites
 
 F, F16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
@@ -353,6 +354,125 @@ def test_rewritten_graph(
     assert [o.name for o in proto.graph.output] == [o.name for o in src.graph.output]
     assert {o.domain or "": o.version for o in proto.opset_import}[""] == opset
     onnx.checker.check_model(proto)
+
+
+# --------------------------------------------------------------------------- identity fault nodes
+# The naive path's golden for an activation fault: the same fault nodes, doing nothing (a fault node
+# stops ONNX Runtime fusing the site's producer and consumers, so the original model rounds differently).
+
+
+def specials_model() -> onnx.ModelProto:
+    """x[N,8] float32 -> Neg -> c -> Neg -> y: the site holds NaN payloads, infinities, -0 and subnormals."""
+    return make_model(
+        [oh.make_node("Neg", ["x"], ["c"], name="neg0"), oh.make_node("Neg", ["c"], ["y"], name="neg1")],
+        [vi("x", F, ["N", 8])], [vi("y", F, ["N", 8])],
+    )
+
+
+def _specials(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    w = np.array([0x7FC00001, 0xFF800123, 0x7F800000, 0xFF800000, 0x80000000, 0x00000001, 0x807FFFFF, 0x3F800000],
+                 dtype=np.uint32)
+    return {"x": np.stack([np.roll(w, i) for i in range(BATCH)]).view(np.float32)}
+
+
+IDENTITY_CASES = {
+    **{k: CASES[k] for k in ("conv_f32", "quant_i8", "quant_u8", "reduce_f32", "relu_f16", "cast_i64")},
+    "specials_f32": Case(specials_model, "c", np.dtype(np.float32), F, _specials),
+}
+
+
+def pass_model(path: Path, site: str, flat: int, fault: Fault, image: int | None,
+               identity: bool) -> tuple[onnx.ModelProto, InsertActivationFault]:
+    """The model at ``path`` with the fault pass applied directly (``identity``: the do-nothing nodes)."""
+    lm = load_model(path)
+    s = enumerate_sites(lm.model, lm.value_shapes).get(site)
+    p = InsertActivationFault(s, flat, fault, image, np.random.default_rng(0), identity=identity)
+    model = upgrade_opset(lm.model, required_opset(s, p.fault))
+    p(model)
+    return ir.to_proto(model), p
+
+
+def node_signature(proto: onnx.ModelProto) -> list[tuple[str, str, list[str]]]:
+    """Each node's op, domain and attributes (what ONNX Runtime's optimizers see of its structure)."""
+    return [(n.op_type, n.domain, [str(a) for a in n.attribute]) for n in proto.graph.node]
+
+
+def _identity_matrix() -> list:
+    params = []
+    for case_name, case in IDENTITY_CASES.items():
+        for fault_name in ("flip_top", "flip_multi", "burst", "stuck0", "stuck1", "value", "zero"):
+            for image in ([None, 1] if case.batched else [None]):
+                tag = "all_images" if image is None else f"image{image}"
+                params.append(pytest.param(case_name, fault_name, image, id=f"{case_name}-{fault_name}-{tag}"))
+    return params
+
+
+@pytest.mark.parametrize(("case_name", "fault_name", "image"), _identity_matrix())
+def test_identity_fault_is_bit_exact(tmp_path: Path, case_name: str, fault_name: str, image: int | None) -> None:
+    """The identity fault node: every output and the site itself bit for bit the original model's, and
+    the node sequence (ops, domains, attributes) exactly the faulty model's."""
+    case = IDENTITY_CASES[case_name]
+    path = save(case.build(), tmp_path / "m.onnx")
+    feeds = case.feeds(np.random.default_rng(99))
+    fault = FAULTS[fault_name](8 * case.np_dtype.itemsize)
+    original = onnx.load_model(str(path))
+    ident, pi = pass_model(path, case.site, 1, fault, image, identity=True)
+    faulty, pf = pass_model(path, case.site, 1, fault, image, identity=False)
+    assert pi.structure == pf.structure
+    assert node_signature(ident) == node_signature(faulty)
+    assert len(ident.graph.node) > len(original.graph.node)  # the nodes are there, doing nothing
+    want, got = ort_run(original, feeds), ort_run(ident, feeds)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(words(got[name]), words(want[name]))
+    np.testing.assert_array_equal(words(run_site(ident, case, feeds)), words(run_site(original, case, feeds)))
+    # and the faulty twin does change the site (the identity is not identity by accident of the masks)
+    if fault_name.startswith(("flip", "burst")):
+        assert not np.array_equal(words(run_site(faulty, case, feeds)), words(run_site(original, case, feeds)))
+
+
+def test_identity_fault_survives_onnxruntime_optimization(tmp_path: Path) -> None:
+    """After ONNX Runtime's full optimization the identity and the faulty model are still the same graph
+    (no optimizer folds a do-nothing node away and fuses around the site again)."""
+    path = save(conv_model(), tmp_path / "m.onnx")
+    for fault in (BitFlip((30,)), StuckAt((3,), 0), StuckAt((3,), 1), SetValue(2.0)):
+        ops = []
+        for identity in (False, True):
+            proto, _ = pass_model(path, "c", 5, fault, None, identity)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            so.optimized_model_filepath = str(tmp_path / f"opt_{identity}.onnx")
+            ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+            opt = onnx.load_model(so.optimized_model_filepath)
+            ops.append([(n.op_type, n.domain) for n in opt.graph.node])
+        assert ops[0] == ops[1], fault
+        assert {"BitwiseXor", "BitwiseAnd", "BitwiseOr", "Where"} & {op for op, _ in ops[1]}, fault
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (BitFlip((0,)), BitFlip((3, 30)), True),
+        (BitFlip((0,)), BurstFlip(4, 3), True),
+        (StuckAt((1,), 0), StuckAt((2, 5), 0), True),
+        (StuckAt((1,), 1), StuckAt((2, 5), 1), True),
+        (SetValue(3.0), Zero(), True),
+        (SetValue(3.0), RandomValue(0.0, 1.0), True),
+        (BitFlip((0,)), StuckAt((0,), 1), False),
+        (StuckAt((1,), 0), StuckAt((1,), 1), False),
+        (BitFlip((0,)), SetValue(1.0), False),
+    ],
+)
+def test_identity_structure(tmp_path: Path, a: Fault, b: Fault, same: bool) -> None:
+    """Equal ``structure`` exactly when the two faults insert the same node sequence, so one identity
+    model per structure is the golden of all of a site's faults with that structure."""
+    path = save(conv_model(), tmp_path / "m.onnx")
+    pa, qa = pass_model(path, "c", 3, a, None, identity=False)
+    pb, qb = pass_model(path, "c", 17, b, None, identity=False)
+    assert (qa.structure == qb.structure) is same
+    assert (node_signature(pa) == node_signature(pb)) is same
 
 
 def test_insert_pass_rejects_weights_and_unknown_shapes(tmp_path: Path) -> None:

@@ -44,11 +44,6 @@ class Context:
         if cfg.output is not None and cfg.output not in self.output_names:  # before running the model
             shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())
             raise OnnxfiError(f"--output {cfg.output!r} is not a model output; outputs: {shapes}")
-        # The scored output and how it is read, chosen once per worker from the clean run over the eval data
-        # (onnxfi.scoring: the same model and data give every worker the same choice).
-        clean = concat_batches(run_chunks(self.session(self.loaded.model), self.data, self.output_names, cfg.batch))
-        self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task)
-        self.primary = self.choice.name
         self.prefix_runs = 0  # fault-free prefix runs made (sites that expose the same values share one)
         self._proto: onnx.ModelProto | None = None
         self._model_bytes: bytes | None = None
@@ -56,6 +51,11 @@ class Context:
         self._prefixes: OrderedDict[tuple[str, ...], tuple[Chunks, int]] = OrderedDict()
         self._model_outputs: Chunks | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
+        # The scored output and how it is read, chosen once per worker from the clean run over the eval data
+        # (onnxfi.scoring: the same model and data give every worker the same choice); the run is kept.
+        clean = concat_batches(self.model_outputs())
+        self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task)
+        self.primary = self.choice.name
 
     def session(self, model: ir.Model | bytes, threads: int | None = None) -> Any:
         """A session on the configured provider (``threads`` overrides the configured thread count)."""

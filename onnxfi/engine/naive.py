@@ -1,7 +1,9 @@
 """The whole-model rebuild paths: per fault, a model with the fault written into it and a new session.
 
 ``NaiveRunner`` is the reference every fast path is tested against (weights rewritten bit-exactly,
-activations through an inserted fault node). ``RebuildRunner`` is the fallback for weight sites no
+activations through an inserted fault node, classified against the same model with the same fault
+nodes made identities: a fault node blocks ONNX Runtime's fusions around its site, so the original
+model's outputs differ from it by rounding even where the fault changes nothing). ``RebuildRunner`` is the fallback for weight sites no
 faster path can take (weights inside If/Loop subgraphs, cuts that differ from the whole model beyond
 rounding): it reuses one loaded model and only rewrites the weight before each session build."""
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import onnx_ir as ir
 
 from onnxfi.engine.base import Outputs, Result, Runner
 from onnxfi.engine.context import Context
@@ -24,7 +27,11 @@ __all__ = ["NaiveRunner", "RebuildRunner"]
 
 
 class NaiveRunner(Runner):
-    """Reference path: per fault, the model loaded again, the fault baked in, a new session."""
+    """Reference path: per fault, the model loaded again, the fault baked in, a new session.
+
+    ``golden`` is the original model's outputs (the golden of weight faults); an activation fault is
+    classified against the outputs of the model with an identity fault node of the same structure
+    (see :class:`InsertActivationFault`), computed once per structure and kept in ``identity_golden``."""
 
     path = "naive"
 
@@ -35,23 +42,32 @@ class NaiveRunner(Runner):
         t0 = time.perf_counter()
         self.golden = ctx.run_all(session)
         self.golden_time = time.perf_counter() - t0
+        self.identity_golden: dict[tuple[str, ...], Outputs] = {}
+
+    def _activation_model(self, exp: Experiment, identity: bool) -> tuple[ir.Model, InsertActivationFault]:
+        """The model with ``exp``'s fault node after the site (doing nothing when ``identity``)."""
+        loaded = load_model(self.ctx.cfg.model_path, self.ctx.cfg.input_shapes, check=False)
+        site = enumerate_sites(loaded.model, loaded.value_shapes).get(self.site.name)
+        p = InsertActivationFault(site, exp.index, exp.fault_obj(), None, np.random.default_rng(exp.seed), identity)
+        model = upgrade_opset(loaded.model, required_opset(site, p.fault))
+        p(model)
+        return model, p
 
     def result(self, exp: Experiment) -> Result:
-        cfg = self.ctx.cfg
-        fault = exp.fault_obj()
-        rng = np.random.default_rng(exp.seed)
-        loaded = load_model(cfg.model_path, cfg.input_shapes, check=False)
+        if self.site.kind != "weight":
+            model, p = self._activation_model(exp, identity=False)
+            out = self.ctx.run_all(self.ctx.session(model))  # first: a failure here is the fault's (a crash)
+            golden = self.identity_golden.get(p.structure)
+            if golden is None:
+                golden = self.ctx.run_all(self.ctx.session(self._activation_model(exp, identity=True)[0]))
+                self.identity_golden[p.structure] = golden
+            return Result(out, golden, self.path)
+        loaded = load_model(self.ctx.cfg.model_path, self.ctx.cfg.input_shapes, check=False)
         index = enumerate_sites(loaded.model, loaded.value_shapes)
         site = index.get(self.site.name)
-        if site.kind == "weight":
-            arr = inject_element(index.weight_array(site), exp.index, fault, rng)
-            index.set_weight_array(site, arr)
-            model = loaded.model
-        else:
-            p = InsertActivationFault(site, exp.index, fault, None, rng)
-            model = upgrade_opset(loaded.model, required_opset(site, p.fault))
-            p(model)
-        return Result(self.ctx.run_all(self.ctx.session(model)), self.golden, self.path)
+        arr = inject_element(index.weight_array(site), exp.index, exp.fault_obj(), np.random.default_rng(exp.seed))
+        index.set_weight_array(site, arr)
+        return Result(self.ctx.run_all(self.ctx.session(loaded.model)), self.golden, self.path)
 
 
 class RebuildRunner(Runner):

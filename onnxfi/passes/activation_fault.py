@@ -4,6 +4,11 @@ Bit faults reinterpret the tensor as unsigned words and apply ``((w & AND) | OR)
 ``BitCast`` (opset 26) for float types, the ``Bitwise*`` ops (opset 18) directly for integers.
 Value faults use ``Where``/``ScatterND`` and need no new opset. For a batched activation the fault
 hits the same per-image element of every image, or only image ``K`` when ``image`` is given.
+
+``identity=True`` inserts the same nodes doing nothing (masks ``AND`` all ones, ``OR``/``XOR`` zero, a
+``Where`` that selects no element, a ``ScatterND`` with no index): the golden of a faulty run must come
+from this graph, because a fault node stops ONNX Runtime fusing its producer with its consumers (Conv +
+Relu, ...) and the fused and unfused graphs round differently.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class InsertActivationFault(ir.passes.InPlacePass):
 
     ``flat_index`` addresses one image's tensor for batched sites (the whole tensor otherwise). The
     faulted value keeps the original name, so graph outputs and their names stay as they were.
+
+    With ``identity`` the pass inserts the nodes of ``fault`` but makes them leave every bit unchanged.
+    ``structure`` is the same for every fault that inserts the same node sequence at a site, so one
+    identity model per (site, image, structure) is the golden of all of them.
     """
 
     def __init__(
@@ -51,6 +60,7 @@ class InsertActivationFault(ir.passes.InPlacePass):
         fault: Fault,
         image: int | None = None,
         rng: np.random.Generator | None = None,
+        identity: bool = False,
     ) -> None:
         super().__init__()
         if site.kind != "activation":
@@ -76,7 +86,13 @@ class InsertActivationFault(ir.passes.InPlacePass):
         if isinstance(fault, RandomValue):  # draw once, now: the node then applies a fixed value
             fault = SetValue(float(fault.draw(rng or np.random.default_rng(0), (1,), self.info.numpy)[0]))
         self.site, self.flat_index, self.fault, self.image = site, flat_index, fault, image
-        self.shape = shape
+        self.shape, self.identity = shape, identity
+        self.structure: tuple[str, ...] = ("value",)
+        if isinstance(fault, BitFault):
+            m = fault.masks(self.info)
+            self.structure = tuple(op for op, on in [
+                ("and", m.and_mask != (1 << self.info.bits) - 1), ("or", m.or_mask != 0), ("xor", m.xor_mask != 0)
+            ] if on)
 
     def _coords(self) -> np.ndarray:
         coords: list[int] = [int(c) for c in np.unravel_index(self.flat_index, self.shape)] if self.shape else []
@@ -111,7 +127,7 @@ class InsertActivationFault(ir.passes.InPlacePass):
             full = (1 << info.bits) - 1
 
             def masks_const(tag: str, value: int, identity: int) -> ir.Value:
-                word = np.array(value, dtype=info.word).view(word_np)
+                word = np.array(identity if self.identity else value, dtype=info.word).view(word_np)
                 if per_image:
                     arr = np.full((1, *self.shape), identity, dtype=info.word).view(word_np)
                     arr.reshape(-1)[self.flat_index] = word
@@ -125,12 +141,10 @@ class InsertActivationFault(ir.passes.InPlacePass):
                 coords = _const(f"{p}_coords", self._coords())
                 target = node("GatherND", [words, coords])
             cur = target
-            if m.and_mask != full:
-                cur = node("BitwiseAnd", [cur, masks_const("and", m.and_mask, full)])
-            if m.or_mask:
-                cur = node("BitwiseOr", [cur, masks_const("or", m.or_mask, 0)])
-            if m.xor_mask:
-                cur = node("BitwiseXor", [cur, masks_const("xor", m.xor_mask, 0)])
+            mask_and_identity = {"and": (m.and_mask, full), "or": (m.or_mask, 0), "xor": (m.xor_mask, 0)}
+            for tag in self.structure:
+                op = f"Bitwise{tag.capitalize()}"
+                cur = node(op, [cur, masks_const(tag, *mask_and_identity[tag])])
             if not per_image:
                 cur = node("ScatterND", [words, coords, cur])
             if is_float:
@@ -142,11 +156,14 @@ class InsertActivationFault(ir.passes.InPlacePass):
             value = self.fault.apply(np.zeros(1, dtype=info.numpy))
             if per_image:
                 where = np.zeros((1, *self.shape), dtype=bool)
-                where.reshape(-1)[self.flat_index] = True
+                where.reshape(-1)[self.flat_index] = not self.identity
                 node("Where", [_const(f"{p}_where", where), _const(f"{p}_value", value.reshape(()),
                                self.site.dtype), x], out=faulty)
             else:
-                coords = _const(f"{p}_coords", self._coords())
+                coords_np = self._coords()
+                if self.identity:  # no index: ScatterND writes nothing
+                    coords_np, value = coords_np[:0], value[:0]
+                coords = _const(f"{p}_coords", coords_np)
                 node("ScatterND", [x, coords, _const(f"{p}_value", value, self.site.dtype)], out=faulty)
 
         for n in nodes:
