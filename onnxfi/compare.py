@@ -641,11 +641,12 @@ def _fault_campaign(
         for rep, b in active:
             try:
                 faulty = _run_batched(b.load(proto, serialized), sub, out_names, batch)
+            except Exception as e:  # the runtime rejected or crashed on the faulty model: a crash outcome
+                row = crash_row(exp, _error_text(e), None)
+            else:  # classifying is onnxfi's own code: an error there is a bug, never an outcome
                 result_ = classify(golden[rep.name], faulty, primary, metrics.layout_task(layout), sub.labels,
                                    critical, layout=layout)
                 row = experiment_row(exp, result_, time_s=None, worker=None)
-            except Exception as e:  # the runtime rejected or crashed on the faulty model
-                row = crash_row(exp, _error_text(e), None)
             outcomes[rep.name] = row["outcome"]
             counts[rep.name][row["outcome"]] += 1
             for k in flags[rep.name]:

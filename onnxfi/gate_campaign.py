@@ -108,6 +108,8 @@ def run_gate(
         rows = list(store.rows())
         # the checks read one-sided bounds at cfg.confidence: the summary's two-sided intervals at 2c - 1
         summary = aggregate(result.plan, rows, summary_confidence(cfg.confidence))
+        if (result.clean or {}).get("warning"):
+            warnings.append(str(result.clean["warning"]))
         crashes = [r for r in rows if r["crash"]]
         if crashes:
             warnings.append(f"{len(crashes)} experiment(s) crashed, e.g. #{crashes[0]['id']}: {crashes[0]['error']}")

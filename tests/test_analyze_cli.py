@@ -404,3 +404,16 @@ def test_sites_of_unknown_shape_are_left_out_with_a_note(tmp_path: Path, capsys:
     assert "left out 6 site(s)" in out and "Resize_output_0" in out
     with Store(tmp_path / "s.db") as store:
         assert "Resize" not in " ".join(r["site"] for r in store.rows())
+
+
+def test_path_note_names_fallbacks_per_site_kind_and_is_silent_on_fast_paths() -> None:
+    from onnxfi.commands.analyze import path_note
+
+    fast = [{"kind": "weight", "path": "cone-split"}, {"kind": "weight", "path": "cone+baked"},
+            {"kind": "activation", "path": "cone+shortcut"}]
+    assert path_note(fast) is None
+    mixed = fast + [{"kind": "weight", "path": "rebuild"}, {"kind": "weight", "path": "rebuild"},
+                    {"kind": "activation", "path": "port"}]
+    note = path_note(mixed)
+    assert note is not None
+    assert "activation: cone 1, port 1" in note and "weight: rebuild 2, cone-split 1, cone 1" in note

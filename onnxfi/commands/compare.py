@@ -161,7 +161,8 @@ def print_result(res: CompareResult) -> None:
     if ran:
         plan = res.plan
         ft = Table(title=f"Same {plan.get('requested')} weight bit flips on each runtime (bits {_bits(plan.get('bits'))}, "
-                   f"seed {plan.get('seed')}, first {res.fault_samples} samples; 95% Wilson intervals)",
+                   f"seed {plan.get('seed')}, first {res.fault_samples} samples; every weight fault equally likely, so k/n "
+                   "is the model's rate; 95% Wilson intervals)",
                    title_justify="left", show_edge=False, header_style="bold")
         ft.add_column("outcome")
         for r in ran:

@@ -113,8 +113,10 @@ def _error_reply(e: BaseException, where: str) -> Reply:
 def startup_error(e: BaseException) -> Reply:
     """The reply of a worker whose engine cannot start: the user's input (an OnnxfiError, or ONNX Runtime
     refusing the fault-free model or data) is a user error, anything else a bug."""
-    if isinstance(e, OnnxfiError) or is_runtime_failure(e):
-        return (USER_ERROR, f"worker failed to start: {first_line(e)}")
+    if isinstance(e, OnnxfiError):  # the user's input, said as the parent would say it
+        return (USER_ERROR, first_line(e))
+    if is_runtime_failure(e):
+        return (USER_ERROR, f"ONNX Runtime cannot run the fault-free model on this data: {first_line(e)}")
     return _error_reply(e, "starting a worker")
 
 

@@ -510,6 +510,7 @@ def _summary_section(camp: _Campaign) -> _Section:
         ("sha256", _code(plan.model_sha256)),
         ("task", clean.get("task")),
         ("decision output", _code(clean.get("primary_output", "–"))),
+        ("why this output", (clean.get("output_choice") or {}).get("reason")),
         (f"clean {clean.get('metric') or 'metric'}", clean.get("value")),
         ("eval data", _code(clean.get("data") or "seeded random inputs")),
         ("samples", clean.get("samples")),
@@ -527,6 +528,8 @@ def _summary_section(camp: _Campaign) -> _Section:
                 f'{camp.summary["planned"]:,} planned experiments '
                 f'({100 * float(prog.get("fraction", 0.0)):.1f}%). Each round samples the whole fault space, '
                 f"so the rates estimate the model's, with wider intervals.{left}</p>")
+    if clean.get("warning"):
+        warn += f'<p class="warn">{_e(clean["warning"])}</p>'
     return _Section("summary", "Model", warn + _kv(pairs))
 
 
