@@ -6,15 +6,23 @@ OUT ?= out
 DEMO_MODEL ?= digits_cnn
 DEMO_DATA ?= model_zoo/data/digits_eval.npz
 
-.PHONY: install demo test lint typecheck clean bench sysdeps
+# ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu, NVIDIA); exactly one is installed. Defaults to
+# the one .venv was made with: `make install RUNTIME=gpu` switches (uninstalling the other first).
+RUNTIME ?= $(if $(wildcard $(VENV)/.installed-gpu),gpu,cpu)
+OTHER_RUNTIME := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
+STAMP := $(VENV)/.installed-$(RUNTIME)
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: install demo test lint typecheck clean bench sysdeps check-install
+
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	$(PY) -m pip uninstall -q -y $(OTHER_RUNTIME) 2>/dev/null || true
+	$(PY) -m pip install -q -e '.[$(RUNTIME),dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 demo: install
 	@mkdir -p $(OUT)
@@ -45,6 +53,13 @@ test: install sysdeps lint typecheck
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache
+
+# A new user's install (issue 15): a fresh venv in a temp folder, `pip install .` from a copy of this checkout,
+# then every command of the README's quick tour as written, from an empty temp folder; also checks that the
+# plain install names the missing runtime in one line and that `.[gpu]` would install onnxruntime-gpu alone.
+# Not part of `make test`: it installs from the package index (about 1.5 min on 2 cores with a warm pip cache).
+check-install:
+	PYTHON=$(PYTHON) bash scripts/check_install.sh
 
 # Benchmark (issue 5): one weight campaign plan run by naive rebuilds, onnxfi and PyTorchFI; see bench/README.md.
 # torch and pytorchfi live in .venv-bench so .venv stays small; torch==2.13.0 is the local CPU wheel,

@@ -1,29 +1,98 @@
-"""onnxfi: fault injection and hardening for any ONNX model."""
+"""onnxfi: fault injection and hardening for any ONNX model.
+
+The Python API (docs/python-api.md): :func:`analyze` (a fault campaign), :func:`sites`, :func:`inject`,
+:func:`harden`, :func:`gate` and :func:`compare`, from :mod:`onnxfi.api`. Every exported name loads on first
+use, so ``import onnxfi`` stays light (the engine, ONNX and ONNX Runtime load with the first call).
+
+``onnxfi.inject``, ``onnxfi.harden``, ``onnxfi.gate``, ``onnxfi.compare`` and ``onnxfi.sites`` are the API
+functions, although library modules of the same names exist: importing such a module (``from onnxfi.harden
+import HardenOptions``) leaves the package attribute the function.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from onnxfi.errors import OnnxfiError
-from onnxfi.faults import BitFlip, BurstFlip, Fault, RandomValue, SetValue, StuckAt, Zero, parse_fault
-from onnxfi.model import LoadedModel, load_model, save_model
-from onnxfi.sites import Site, SiteIndex, enumerate_sites
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BitFlip",
-    "BurstFlip",
-    "Fault",
-    "LoadedModel",
-    "OnnxfiError",
-    "RandomValue",
-    "SetValue",
-    "Site",
-    "SiteIndex",
-    "StuckAt",
-    "Zero",
-    "__version__",
-    "enumerate_sites",
-    "load_model",
-    "parse_fault",
-    "save_model",
-]
+# exported name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("analyze", "sites", "inject", "harden", "gate", "compare", "CampaignReport",
+                     "InjectionResult", "HardeningReport", "ModelLike", "DataLike"), "onnxfi.api"),
+    **dict.fromkeys(("BitFlip", "BurstFlip", "Fault", "RandomValue", "SetValue", "StuckAt", "Zero", "parse_fault"),
+                    "onnxfi.faults"),
+    **dict.fromkeys(("LoadedModel", "load_model", "save_model"), "onnxfi.model"),
+    **dict.fromkeys(("Site", "SiteIndex", "enumerate_sites"), "onnxfi.sites"),
+    **dict.fromkeys(("Plan", "Experiment"), "onnxfi.plan"),
+    "Rate": "onnxfi.stats",
+    "GateConfig": "onnxfi.gate",
+    "GateResult": "onnxfi.gate",
+    "CompareResult": "onnxfi.compare",
+}
+# API functions named like a library module: the function stays the package attribute when the module loads
+_SHADOWED = frozenset({"sites", "inject", "harden", "gate", "compare"})
+
+__all__ = ["OnnxfiError", "__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from onnxfi.api import CampaignReport as CampaignReport
+    from onnxfi.api import DataLike as DataLike
+    from onnxfi.api import HardeningReport as HardeningReport
+    from onnxfi.api import InjectionResult as InjectionResult
+    from onnxfi.api import ModelLike as ModelLike
+    from onnxfi.api import analyze as analyze
+    from onnxfi.api import compare as compare
+    from onnxfi.api import gate as gate
+    from onnxfi.api import harden as harden
+    from onnxfi.api import inject as inject
+    from onnxfi.api import sites as sites
+    from onnxfi.compare import CompareResult as CompareResult
+    from onnxfi.faults import BitFlip as BitFlip
+    from onnxfi.faults import BurstFlip as BurstFlip
+    from onnxfi.faults import Fault as Fault
+    from onnxfi.faults import RandomValue as RandomValue
+    from onnxfi.faults import SetValue as SetValue
+    from onnxfi.faults import StuckAt as StuckAt
+    from onnxfi.faults import Zero as Zero
+    from onnxfi.faults import parse_fault as parse_fault
+    from onnxfi.gate import GateConfig as GateConfig
+    from onnxfi.gate import GateResult as GateResult
+    from onnxfi.model import LoadedModel as LoadedModel
+    from onnxfi.model import load_model as load_model
+    from onnxfi.model import save_model as save_model
+    from onnxfi.plan import Experiment as Experiment
+    from onnxfi.plan import Plan as Plan
+    from onnxfi.sites import Site as Site
+    from onnxfi.sites import SiteIndex as SiteIndex
+    from onnxfi.sites import enumerate_sites as enumerate_sites
+    from onnxfi.stats import Rate as Rate
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxfi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package module: importing a library module named like an API function keeps the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return  # the import system binds a loaded submodule on its package; sys.modules still holds it
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

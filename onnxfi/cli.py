@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import pkgutil
 import sys
 import traceback
@@ -45,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# onnxruntime is an extra (two distributions of one module that must not be installed together): say which
+_NO_RUNTIME = ("ONNX Runtime is not installed: pip install 'onnxfi[cpu]' (or 'onnxfi[gpu]' for NVIDIA GPUs; "
+               "one of the two, not both)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if importlib.util.find_spec("onnxruntime") is None:
+        print(f"onnxfi: error: {_NO_RUNTIME}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     func = getattr(args, "func", None)

@@ -615,7 +615,7 @@ def _fault_campaign(
     result.plan = {k: v for k, v in plan.to_dict().items() if k not in ("experiments", "strata", "options")}
     m = min(data.size, fault_samples) if fault_samples else data.size
     result.fault_samples = m
-    sub = Dataset(data.batch(0, m), None if data.labels is None else data.labels[:m], data.source)
+    sub = data.head(m)  # along each input's sample axis
     golden: dict[str, dict[str, np.ndarray]] = {}
     for rep, b in runners:
         try:

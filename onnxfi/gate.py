@@ -72,7 +72,7 @@ __all__ = [
 GATE_SCHEMA = "onnxfi.gate/1"
 _BASELINE_SCHEMAS = ("onnxfi.gate/1", "onnxfi.analyze/1", "onnxfi.results/1")
 
-_GATE_KEYS = {"model", "data", "samples", "provider", "threads", "workers", "db", "plan", "thresholds",
+_GATE_KEYS = {"model", "data", "data_loader", "samples", "provider", "threads", "workers", "db", "plan", "thresholds",
               "layers", "baseline", "clean_reference", "input_shapes", "output", "task", "batch", "mode"}
 _PLAN_KEYS = {"target", "bits", "faults", "margin", "confidence", "p", "seed", "sites", "ops", "fault", "critical",
               "design", "per_stratum"}
@@ -125,6 +125,7 @@ class GateConfig:
     source: str
     model: str | None = None
     data: str | None = None
+    data_loader: str | None = None  # PATH.py[:FUNC] (onnxfi.data.load_loader), PATH absolute; exclusive with data
     samples: int = 16
     provider: str = "cpu"
     threads: int | None = None
@@ -309,6 +310,15 @@ def _path(v: Any, where: str, base: Path) -> str:
     return text if bare and not candidate.exists() else os.path.normpath(candidate)  # a bare name: a zoo model
 
 
+def _loader_path(v: Any, where: str, base: Path) -> str:
+    """``PATH.py[:FUNC]`` with PATH made absolute against ``base`` (the config's folder); FUNC kept."""
+    text = _str(v, where)
+    head, sep, tail = text.rpartition(":")
+    path, func = (head, sep + tail) if sep and head.endswith(".py") else (text, "")
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else os.path.normpath(base / p)) + func
+
+
 def _plan_spec(table: Any, where: str) -> PlanSpec:
     if not isinstance(table, dict):
         raise OnnxfiError(f"{where} must be a table")
@@ -395,6 +405,8 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
             Path(_path(bt["file"], "[gate.baseline].file", base)), _rate_limits(bt, "[gate.baseline]"),
             _float(bt["clean_drop"], "[gate.baseline].clean_drop") if "clean_drop" in bt else None,
         )
+    if "data" in table and "data_loader" in table:
+        raise OnnxfiError(f"{w}: data and data_loader both give the eval data: use one")
     shapes: dict[str, tuple[int, ...]] = {}
     for name, dims in (table.get("input_shapes") or {}).items():
         if not isinstance(dims, list) or not all(isinstance(d, int) and d > 0 for d in dims):
@@ -404,6 +416,7 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
         source=source,
         model=_path(table["model"], f"{w}.model", base) if "model" in table else None,
         data=_path(table["data"], f"{w}.data", base) if "data" in table else None,
+        data_loader=_loader_path(table["data_loader"], f"{w}.data_loader", base) if "data_loader" in table else None,
         samples=_int(table.get("samples", 16), f"{w}.samples", 1),
         provider=_str(table.get("provider", "cpu"), f"{w}.provider"),
         threads=_int(table["threads"], f"{w}.threads", 1) if "threads" in table else None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxfi.campaign import run_campaign
-from onnxfi.data import load_data
+from onnxfi.data import make_dataset
 from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.gate import (
@@ -46,11 +46,13 @@ def run_gate(
     fresh: bool = False,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     data_path: str | None = None,
+    data_loader: str | None = None,
 ) -> GateResult:
     """Plan the configured campaign, run what the store does not already hold, and evaluate the checks.
 
     The store at ``db_path`` is reused when it holds the same plan (same model hash, seed, sites, bits)
-    and settings; otherwise it is replaced. ``data_path`` is the eval data (None: seeded random inputs).
+    and settings; otherwise it is replaced. ``data_path`` is the eval data (None: seeded random inputs), or
+    ``data_loader`` a data-loader script (``PATH.py:FUNC``, see :func:`onnxfi.data.load_loader`).
     """
     t0 = time.perf_counter()
     if not cfg.has_checks():
@@ -61,8 +63,9 @@ def run_gate(
         raise OnnxfiError(f"{cfg.source}: clean_drop needs a reference value: set clean_reference or [gate.baseline]")
     spec = cfg.plan
     loaded = load_model(model_path, dict(cfg.input_shapes))
-    if needs_labels(cfg) and (data_path is None or load_data(data_path, loaded.inputs()).labels is None):
-        raise unlabelled_error(cfg, data_path)
+    given = data_path or data_loader
+    if needs_labels(cfg) and (not given or make_dataset(loaded.inputs(), data_path, data_loader).labels is None):
+        raise unlabelled_error(cfg, given)
     sites = enumerate_sites(loaded.model, loaded.value_shapes)
     chosen = sites.select(spec.target, spec.sites, list(spec.ops) or None)
     margin = spec.margin if spec.faults is None and spec.per_stratum is None else None
@@ -71,11 +74,12 @@ def run_gate(
     plan = make_plan(
         model_path, chosen, list(spec.fault), parse_bits(spec.bits), spec.faults, margin, spec.confidence,
         spec.p, spec.seed, spec.target, design=spec.design, per_stratum=spec.per_stratum,
-        options={"critical": spec.critical, "data": data_path, "sites_regex": spec.sites,
+        options={"critical": spec.critical, "data": given, "sites_regex": spec.sites,
                  "ops": ",".join(spec.ops) or None},
     )
     ecfg = EngineConfig(
-        model_path=model_path, input_shapes=dict(cfg.input_shapes), data_path=data_path, samples=cfg.samples,
+        model_path=model_path, input_shapes=dict(cfg.input_shapes), data_path=data_path, data_loader=data_loader,
+        samples=cfg.samples,
         data_seed=spec.seed, provider=cfg.provider, threads=cfg.threads, batch=cfg.batch, output=cfg.output,
         task=cfg.task, critical=spec.critical,
     )

@@ -166,10 +166,8 @@ def run_outputs(
 
 def _session_inputs(session: Any, data: Dataset, limit: int | None = None) -> Dataset:
     """``data`` restricted to the inputs ``session`` takes and to its first ``limit`` samples (no copies)."""
-    names = {i.name for i in session.get_inputs()}
-    n = data.size if limit is None else min(data.size, limit)
-    feeds = {k: (v[:n] if v.ndim else v) for k, v in data.feeds.items() if k in names}
-    return Dataset(feeds, data.labels, data.source)
+    data = data.select(i.name for i in session.get_inputs())
+    return data if limit is None or limit >= data.size else data.head(limit)  # along each input's sample axis
 
 
 def _decisions(output: np.ndarray, choice: OutputChoice, reference: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 Conventions used throughout:
 
 * Classification scores are ``[N, C]`` (``[N, C, 1, 1]`` is accepted and flattened); labels are ``[N]``
-  (or ``[N, 1]``) integer class ids in ``[0, C)``.
+  (or ``[N, 1]``) integer class ids in ``[0, C)``, or ``[N, C]`` one-hot / probability rows, read as the
+  class ids of their argmax (:func:`class_ids`).
 * NaN handling of the ranking functions follows ``np.argmax``: NaN counts as larger than every number
   (``+inf`` included), ties go to the lowest index, and among several NaN the first one wins. ``top1``,
   ``topk_indices`` and ``topk_contains`` all use this one order, so a corrupted row never crashes and
@@ -42,6 +43,8 @@ __all__ = [
     "decisions",
     "layout_classes",
     "label_map_classes",
+    "label_rows",
+    "class_ids",
     "IGNORE_ID",
     "softmax",
     "is_probability",
@@ -130,22 +133,58 @@ def _same_shape(a: NDArray[Any], b: NDArray[Any], what: str) -> None:
         raise OnnxfiError(f"{what}: shapes differ ({list(a.shape)} vs {list(b.shape)})")
 
 
-def _labels(labels: ArrayLike, n: int, num_classes: int, name: str = "labels") -> IntArray:
-    """Class ids as int64 ``[N]``, validated against ``[0, num_classes)``."""
+def label_rows(labels: ArrayLike, atol: float = 1e-3) -> Literal["one-hot", "probabilities"] | None:
+    """What ``[N, C]`` labels (``C >= 2``) hold per row: ``"one-hot"`` (one 1, zeros elsewhere),
+    ``"probabilities"`` (finite, non-negative, summing to 1 within ``atol``), else None (any other shape
+    or values: class ids, multi-label targets, regression targets)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "biuf" and is_float_dtype(arr.dtype):
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "biuf" or arr.ndim != 2 or arr.shape[1] < 2 or arr.shape[0] == 0:
+        return None
+    a = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(a)) or a.min() < 0 or not np.all(np.abs(a.sum(axis=1) - 1.0) <= atol):
+        return None
+    return "one-hot" if bool(np.all((a == 0) | (a == 1))) else "probabilities"
+
+
+def class_ids(labels: ArrayLike, num_classes: int | None = None, name: str = "labels") -> IntArray:
+    """Class ids as int64 ``[N]`` from ids ``[N]`` / ``[N, 1]`` (whole numbers) or one-hot / probability
+    rows ``[N, C]`` (:func:`label_rows`; the argmax of each row, first tie wins). With ``num_classes``,
+    rows must have that many columns and every id must lie in ``[0, num_classes)``; an error names the range."""
     arr = _numeric(labels, name)
+    if arr.ndim == 2 and arr.shape[1] >= 2:
+        rows = label_rows(arr)
+        if rows is None:
+            raise OnnxfiError(f"{name}: shape {list(arr.shape)} is neither class ids [N] nor one-hot or "
+                              "probability rows [N, C] (non-negative, each row summing to 1)")
+        if num_classes is not None and arr.shape[1] != num_classes:
+            raise OnnxfiError(f"{name}: {rows} rows over {arr.shape[1]} classes, but the scores have "
+                              f"{num_classes} classes")
+        out: IntArray = np.argmax(arr, axis=1).astype(np.int64)
+        return out
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise OnnxfiError(f"{name}: expected {n} class ids (shape [{n}]), got shape {list(arr.shape)}")
+    if arr.ndim != 1:
+        raise OnnxfiError(f"{name}: expected class ids of shape [N], got shape {list(arr.shape)}")
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)) or np.any(np.abs(arr) > _MAX_LABEL):
             raise OnnxfiError(f"{name}: class ids must be whole numbers")
     out = arr.astype(np.int64)
-    if out.size and (out.min() < 0 or out.max() >= num_classes):
+    if num_classes is not None and out.size and (out.min() < 0 or out.max() >= num_classes):
         raise OnnxfiError(
-            f"{name}: class ids must lie in [0, {num_classes}), got range [{out.min()}, {out.max()}]"
+            f"{name}: class ids must lie in [0, {num_classes}) (the scores have {num_classes} classes), "
+            f"got range [{out.min()}, {out.max()}]"
         )
     return out
+
+
+def _labels(labels: ArrayLike, n: int, num_classes: int, name: str = "labels") -> IntArray:
+    """Class ids as int64 ``[N]`` (:func:`class_ids`), validated against ``n`` samples and ``[0, num_classes)``."""
+    shape = list(np.shape(labels))
+    if not shape or shape[0] != n:
+        raise OnnxfiError(f"{name}: expected {n} class ids (shape [{n}]), got shape {shape}")
+    return class_ids(labels, num_classes, name)
 
 
 def _positive_int(value: int, name: str) -> int:

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import google.protobuf.message
 import numpy as np
 import onnx
 import onnx.external_data_helper
@@ -121,15 +120,21 @@ def _dim(d: object) -> int | str | None:
     return None if value is None else str(value)
 
 
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<open>\[?)(?P<dims>\d+(?:[x,]\d+)*)(?P<close>\]?)$")
+_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<open>\[?)(?P<dims>(?:\d+|\?|N)(?:[x,](?:\d+|\?|N))*)(?P<close>\]?)$")
+DYNAMIC_DIM = -1  # a dim that --input-shape leaves dynamic (``?`` or ``N``): the model's own dim stays
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``, or Polygraphy's ``NAME:[1,3,224,224]``)."""
+    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``, or Polygraphy's ``NAME:[1,3,224,224]``).
+
+    ``?`` or ``N`` leaves a dim as the model has it (``x:Nx3x48x192``: any batch); it comes back as
+    :data:`DYNAMIC_DIM` (-1), the value ONNX exporters write for a dynamic dim."""
     m = _SHAPE_RE.match(text.strip())
     if not m or bool(m.group("open")) != bool(m.group("close")):
-        raise OnnxfiError(f"bad --input-shape {text!r}: use NAME:1x3x224x224")
-    dims = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
+        raise OnnxfiError(f"bad --input-shape {text!r}: use NAME:1x3x224x224 (? or N leaves a dim dynamic)")
+    dims = tuple(DYNAMIC_DIM if d in ("?", "N") else int(d) for d in re.split(r"[x,]", m.group("dims")))
+    if any(d == 0 for d in dims):
+        raise OnnxfiError(f"bad --input-shape {text!r}: a dim of size 0 (use ? or N to leave it dynamic)")
     return m.group("name"), dims
 
 
@@ -237,6 +242,19 @@ def _first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
+def _not_onnx_reason(path: Path, e: BaseException) -> str:
+    """Why a file did not parse as an ONNX ModelProto, in a few words (the parser's own text is long)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        head = b""
+    if not head:
+        return "empty file"
+    kind = "looks like JSON; " if head[:1] in (b"{", b"[") else ""
+    return f"{kind}{type(e).__name__}: {_first_line(e)[:160]}"
+
+
 def _dynamic_placeholders(proto: onnx.ModelProto) -> None:
     """Input and output dims written as -1 or 0 (PaddlePaddle and some TensorFlow exports) mean "any
     size": make them symbolic (``NAME_dI``) so shape overrides, batch detection and data see them as the
@@ -265,13 +283,20 @@ def _apply_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, 
             )
         if tt.HasField("shape"):
             for i, (d, want) in enumerate(zip(tt.shape.dim, dims)):
+                if want < 0:  # ? or N (parse_input_shape's DYNAMIC_DIM): the model's dim stays as it is
+                    continue
                 if d.HasField("dim_value") and d.dim_value != want:
                     raise OnnxfiError(
                         f"--input-shape {name}: dim {i} is fixed to {d.dim_value} in the model, not {want}"
                     )
-        tt.ClearField("shape")
-        for want in dims:
-            tt.shape.dim.add().dim_value = want
+                d.dim_value = want  # dim_value and dim_param are one oneof: setting it drops the symbol
+        else:
+            for i, want in enumerate(dims):
+                d = tt.shape.dim.add()
+                if want > 0:
+                    d.dim_value = want
+                else:
+                    d.dim_param = f"{name}_d{i}"
 
 
 _PROBE_BATCHES = (7, 11)
@@ -357,13 +382,15 @@ def load_model(
     if not p.is_file():
         raise ModelLoadError(f"not a file: {p}")
     try:
+        # onnx picks the format from the suffix (.json, .onnxtxt, .textproto: text formats; else binary)
         proto = onnx.load_model(str(p), load_external_data=False)
-    except (google.protobuf.message.DecodeError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"{p}: not a valid ONNX file ({_first_line(e)})") from None
     except OSError as e:
         raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # protobuf DecodeError, json_format/text_format ParseError, ...
+        raise ModelLoadError(f"{p} is not an ONNX model ({_not_onnx_reason(p, e)})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
-        raise ModelLoadError(f"{p}: not an ONNX model (no graph); truncated or another file type?")
+        what = "empty file" if p.stat().st_size == 0 else "no graph; truncated or another file type?"
+        raise ModelLoadError(f"{p} is not an ONNX model ({what})")
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     if "ai.onnx" in opsets:
         v = opsets["ai.onnx"]

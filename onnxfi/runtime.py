@@ -146,11 +146,26 @@ class _Batched(Protocol):
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]: ...
 
 
+def _sample_axis(arrays: Sequence[np.ndarray]) -> int:
+    """The axis per-batch arrays are joined along: the one axis where their lengths differ (a shorter last
+    batch: axis 1 of an RNN state [layers, N, hidden]), else axis 0."""
+    shapes = {a.shape for a in arrays}
+    ranks = {len(s) for s in shapes}
+    if len(ranks) == 1 and len(shapes) > 1:
+        differ = [i for i in range(ranks.pop()) if len({s[i] for s in shapes}) > 1]
+        if len(differ) == 1:
+            return differ[0]
+    return 0
+
+
 def concat_batches(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-batch outputs joined along the sample axis; a 0-d output (no sample axis) is taken from the first."""
     first = chunks[0]
-    return {k: (np.concatenate([np.asarray(c[k]) for c in chunks]) if len(chunks) > 1 and np.ndim(first[k])
-                else np.asarray(first[k])) for k in first}
+    out: dict[str, np.ndarray] = {}
+    for k in first:
+        parts = [np.asarray(c[k]) for c in chunks]
+        out[k] = np.concatenate(parts, axis=_sample_axis(parts)) if len(parts) > 1 and parts[0].ndim else parts[0]
+    return out
 
 
 def run_chunks(

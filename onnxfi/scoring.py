@@ -18,12 +18,19 @@
    differently on some sample, the choice is ambiguous: an :class:`OnnxfiError` asks for ``--output``.
    Outputs that make the same decisions on every sample (logits and their softmax, scores and their
    argmax) are equivalent: scores are kept over masks over ids, then the earlier output.
+   Labels ``[N, C]`` of one-hot or probability rows are read as the class ids of their argmax (said in
+   ``reason``); they fit class scores with exactly C classes.
+   Labels that fit no reading of the output (class ids outside ``[0, C)``, rows that are neither one-hot
+   nor probabilities, label maps of another size) are an :class:`OnnxfiError` saying why, unless the
+   output is read as raw values (regression), which labels do not score.
 3. Without labels (or for a single output that no labels fit), the shape rules of
    :func:`onnxfi.metrics.infer_layout` read each output; a single output is always the one. Of several,
    the outputs whose values are probabilities (rows of class scores summing to 1, or a mask in [0, 1])
    come first, then any other output that makes decisions (class scores, segmentation scores, ids,
    label maps); raw outputs are never picked. Two in the first such group that decide differently, or
-   none at all, is an :class:`OnnxfiError` asking for ``--output``.
+   none at all, is an :class:`OnnxfiError` asking for ``--output``, unless only raw outputs exist and exactly
+   one of them holds the samples on its first axis (the others are states, e.g. an RNN's ``[layers, N, H]``):
+   that one is read as raw values (regression).
 
 ``task`` (``--task``) restricts the reading to one family (classification, segmentation, regression).
 :func:`plausibility` turns a clean metric at or below chance into a warning for the commands to print.
@@ -34,7 +41,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,10 +126,12 @@ def _fmt(x: float) -> str:
 
 def _labels(labels: np.ndarray) -> np.ndarray | None:
     """Labels as int64 class ids ``[N]`` or label maps ``[N, H, W]``; None when they are not class ids
-    (regression targets, other shapes)."""
+    (regression targets, other shapes). One-hot or probability rows ``[N, C]`` give their argmax."""
     arr = np.asarray(labels)
     if arr.dtype.kind not in "biuf" or arr.ndim == 0:
         return None
+    if metrics.label_rows(arr) is not None:
+        return metrics.class_ids(arr)
     if (arr.ndim == 2 or arr.ndim == 4) and arr.shape[1] == 1:  # [N, 1] ids, [N, 1, H, W] maps (as metrics reads them)
         arr = arr[:, 0]
     if arr.ndim not in (1, 3):
@@ -142,8 +151,9 @@ def _valid(labels: np.ndarray) -> np.ndarray:
     return labels[keep]
 
 
-def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None) -> str | None:
-    """The layout in which ``arr`` carries ``labels`` (see the module docstring), or None."""
+def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None, rows: int | None = None) -> str | None:
+    """The layout in which ``arr`` carries ``labels`` (see the module docstring), or None. ``rows``: the
+    labels came as one-hot / probability rows over that many classes."""
     a = np.asarray(arr)
     is_int = a.dtype.kind in "biu"
     is_float = is_float_dtype(a.dtype)
@@ -153,7 +163,10 @@ def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None) -> str 
     valid = _valid(labels)
     top = int(valid.max()) if valid.size else -1
     layout: str | None = None
-    if labels.ndim == 1:
+    if labels.ndim == 1 and rows is not None:  # one-hot / probability rows: class scores of the same C
+        if is_float and a.ndim in (2, 4) and a.shape[1] == rows and a.shape[2:] in ((), (1, 1)):
+            layout = "classes" if top < a.shape[1] and valid.size == labels.size else None
+    elif labels.ndim == 1:
         if is_float and ((a.ndim == 2 and a.shape[1] >= 2) or (a.ndim == 4 and a.shape[1] >= 2 and a.shape[2:] == (1, 1))):
             layout = "classes" if top < a.shape[1] and valid.size == labels.size else None
         elif is_int and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
@@ -229,45 +242,95 @@ def choose_output(
     labels: np.ndarray | None,
     requested: str | None = None,
     task: str | None = None,
+    samples: int | None = None,
 ) -> OutputChoice:
-    """The output to score, from the clean ``outputs`` over the eval data (see the module docstring)."""
+    """The output to score, from the clean ``outputs`` over the eval data (see the module docstring);
+    ``samples``, the eval data's sample count, tells per-sample outputs from states."""
     if not outputs:
         raise OnnxfiError("the model has no outputs to score")
     if task is not None and task not in ("classification", "segmentation", "regression"):
         raise OnnxfiError(f"unknown task {task!r} (use classification, segmentation or regression)")
     names = list(outputs)
     arrays = {k: np.asarray(v) for k, v in outputs.items()}
-    samples = _samples(arrays, labels)
+    samples = samples if samples is not None else _samples(arrays, labels)
     listing = describe_outputs(arrays, samples)
     ids = _labels(labels) if labels is not None else None
+    kind = metrics.label_rows(labels) if labels is not None else None
+    rows = int(np.shape(labels)[1]) if kind is not None and labels is not None else None
     if requested is not None:
-        return _requested(arrays, requested, ids, task, listing)
-    fits: list[_Candidate] = []
-    if ids is not None:
-        for i, name in enumerate(names):
-            layout = _label_layout(arrays[name], ids, task)
-            if layout is not None:
-                score, k = _score(arrays[name], layout, ids)
-                fits.append(_Candidate(name, layout, i, score, k))
-    if fits and ids is not None:
-        return _by_labels(arrays, fits, ids, listing)
-    if labels is not None and len(names) > 1:
-        raise OnnxfiError(
-            f"labels of shape {list(np.shape(labels))} fit no output (class scores [N, C] with C above every "
-            f"label, class ids [N], or segmentation scores / a mask / a label map of the labels' [N, H, W]); "
-            f"outputs: {listing}; choose one with --output NAME"
-        )
-    why = f"; labels of shape {list(np.shape(labels))} fit it in no layout" if labels is not None else ""
-    return _by_shape(arrays, task, listing, why)
+        choice = _requested(arrays, requested, ids, task, listing, rows)
+    else:
+        fits: list[_Candidate] = []
+        if ids is not None:
+            for i, name in enumerate(names):
+                layout = _label_layout(arrays[name], ids, task, rows)
+                if layout is not None:
+                    score, k = _score(arrays[name], layout, ids)
+                    fits.append(_Candidate(name, layout, i, score, k))
+        if fits and ids is not None:
+            choice = _by_labels(arrays, fits, ids, listing)
+        elif labels is not None and len(names) > 1:
+            raise OnnxfiError(
+                f"labels of shape {list(np.shape(labels))}{_id_range(ids)} fit no output (class scores [N, C] "
+                f"with C above every label, class ids [N], or segmentation scores / a mask / a label map of the "
+                f"labels' [N, H, W]); outputs: {listing}; choose one with --output NAME"
+            )
+        else:
+            why = f"; labels of shape {list(np.shape(labels))} fit it in no layout" if labels is not None else ""
+            choice = _by_shape(arrays, task, listing, why, samples)
+    if labels is not None and choice.metric is None and choice.layout != "raw":
+        # labels that cannot score the output's decisions: say why now, not with a missing accuracy line
+        raise OnnxfiError(_misfit(choice, arrays[choice.name], labels, ids, rows))
+    if kind is not None and labels is not None and choice.metric is not None:
+        choice = replace(choice, reason=f"{choice.reason}; labels {list(np.shape(labels))} are {kind} rows, "
+                                        "read as class ids (argmax)")
+    return choice
+
+
+def _id_range(ids: np.ndarray | None) -> str:
+    """`` (class ids in [lo, hi])`` for class-id labels, else ``""``."""
+    if ids is None or ids.ndim != 1 or ids.size == 0:
+        return ""
+    return f" (class ids in [{int(ids.min())}, {int(ids.max())}])"
+
+
+def _misfit(choice: OutputChoice, arr: np.ndarray, labels: np.ndarray, ids: np.ndarray | None,
+            rows: int | None) -> str:
+    """One line on why ``labels`` cannot score ``choice``'s output as it reads (``choice.layout``)."""
+    head = f"labels of shape {list(np.shape(labels))} do not fit output {choice.name!r} ({choice.layout})"
+    tail = f"; outputs: {choice.outputs}"
+    k = metrics.layout_classes(arr, choice.layout)
+    if ids is None:
+        lab = np.asarray(labels)
+        if lab.ndim == 2 and lab.shape[1] >= 2:
+            why = ("their rows are neither one-hot nor probabilities (non-negative, summing to 1); give class "
+                   "ids [N]")
+        else:
+            why = "they are not whole class ids"
+        return f"{head}: {why}{tail}; --task regression if they are regression targets (not scored)"
+    if rows is not None and k is not None and rows != k:
+        return f"{head}: one-hot rows over {rows} classes, but the output has {k}{tail}"
+    if rows is not None:
+        return f"{head}: one-hot or probability rows score class scores [N, C] only; give class ids [N]{tail}"
+    valid = _valid(ids)
+    if ids.ndim == 1 and choice.layout == "classes" and k is not None:
+        return (f"{head}: class ids lie in [{int(ids.min())}, {int(ids.max())}], but the output has {k} classes, "
+                f"so ids must lie in [0, {k}){tail}")
+    if ids.ndim == 3 and k is not None and valid.size and int(valid.max()) >= k:
+        return (f"{head}: label ids reach {int(valid.max())}, but the output has {k} classes (ids in [0, {k}); "
+                f"negative or {metrics.IGNORE_ID} = ignore){tail}")
+    return (f"{head}: class ids [N] score class scores [N, C] or ids, label maps [N, H, W] score segmentation "
+            f"outputs of that size{tail}")
 
 
 def _requested(
-    arrays: Mapping[str, np.ndarray], name: str, ids: np.ndarray | None, task: str | None, listing: str
+    arrays: Mapping[str, np.ndarray], name: str, ids: np.ndarray | None, task: str | None, listing: str,
+    rows: int | None = None,
 ) -> OutputChoice:
     if name not in arrays:
         raise OnnxfiError(f"--output {name!r} is not a model output; outputs: {listing}")
     arr = arrays[name]
-    fit = _label_layout(arr, ids, task) if ids is not None else None
+    fit = _label_layout(arr, ids, task, rows) if ids is not None else None
     if fit is not None and ids is not None:
         score, k = _score(arr, fit, ids)
         return OutputChoice(name, metrics.layout_task(fit), fit, f"--output {name}", None, {name: score},
@@ -324,7 +387,8 @@ def _probabilities(arr: np.ndarray, layout: str) -> bool:
     return False
 
 
-def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, why: str) -> OutputChoice:
+def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, why: str,
+              samples: int | None = None) -> OutputChoice:
     names = list(arrays)
     if len(names) == 1:
         name = names[0]
@@ -341,6 +405,16 @@ def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, 
             continue
         tier = 0 if _probabilities(arrays[name], layout) else 1
         tiers.append((tier, _Candidate(name, layout, i, num_classes=metrics.layout_classes(arrays[name], layout))))
+    if not tiers and samples is not None and task in (None, "regression"):
+        # only raw outputs: one whose first axis holds the samples, the others states (an RNN's [layers, N, H])
+        per_sample = [n for n in names if np.ndim(arrays[n]) and np.shape(arrays[n])[0] == samples]
+        if len(per_sample) == 1:
+            name = per_sample[0]
+            layout = metrics.infer_layout(arrays[name], "regression")
+            return OutputChoice(name, metrics.layout_task(layout), layout,
+                                f"the only output with one row per sample ({samples}), read as raw values; "
+                                "the others do not hold the samples on their first axis (states)", None, {}, None,
+                                None, listing)
     if not tiers:
         raise OnnxfiError(
             f"no output looks like class scores, segmentation scores, a mask or class ids; outputs: {listing}; "

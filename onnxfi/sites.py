@@ -8,6 +8,7 @@ numeric node output of the main graph. Tensors that only feed shapes, axes or in
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -264,9 +265,35 @@ class SiteIndex:
         for s in self.sites:
             if s.name == name:
                 return s
-        close = [s.name for s in self.sites if name.lower() in s.name.lower()][:5]
+        close = self.suggest(name)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `onnxfi inspect` to list sites"
         raise SiteError(f"unknown site {name!r}{hint}")
+
+    def suggest(self, text: str, n: int = 3) -> list[str]:
+        """Site names close to ``text`` (a mistyped name or pattern): names that contain it, then the
+        closest spellings (difflib), best first."""
+        names = [s.name for s in self.sites]
+        low = text.lower()
+        out = [m for m in names if low and low in m.lower()][:n]
+        by_lower = {m.lower(): m for m in names}
+        for m in difflib.get_close_matches(low, list(by_lower), n=n, cutoff=0.6):
+            if by_lower[m] not in out:
+                out.append(by_lower[m])
+        return out[:n]
+
+    def pattern_hint(self, pattern: str | None) -> str:
+        """``""`` when the site pattern matches some site name; otherwise ``"; --sites 'X' matches no
+        site name; did you mean ...?"`` to append to a "nothing selected" error."""
+        if not pattern:
+            return ""
+        try:
+            if any(re.search(pattern, s.name) for s in self.sites):
+                return ""
+        except re.error:
+            return ""
+        close = self.suggest(re.sub(r"\\(.)", r"\1", pattern).strip("^$"))  # a typed name, regex-escaped or not
+        tail = f"did you mean {', '.join(close)}?" if close else "run `onnxfi inspect` to list sites"
+        return f"; --sites '{pattern}' matches no site name; {tail}"
 
     def select(
         self,

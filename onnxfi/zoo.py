@@ -1,16 +1,18 @@
 """The onnxfi model zoo: small ONNX models with committed eval subsets and recorded metrics.
 
-The zoo lives in the repository's ``model_zoo/`` folder (or the folder named by the
-``ONNXFI_ZOO`` environment variable). ``model_zoo/registry.json`` maps each model name to
-its ``.onnx`` file, task, input spec, eval subset (a pickle-free ``.npz`` with one array
-per model input plus ``labels``), metric and the metric value recorded by running the
-exported model with onnxruntime on that subset. Metrics come from :mod:`onnxfi.metrics`.
+The zoo is the folder named by the ``ONNXFI_ZOO`` environment variable, else the copy shipped inside
+an installed wheel (``onnxfi/_zoo/``, the repository's ``model_zoo/`` packaged as data), else the
+repository's ``model_zoo/`` folder (a source checkout or editable install). ``registry.json`` maps each
+model name to its ``.onnx`` file, task, input spec, eval subset (a pickle-free ``.npz`` with one array
+per model input plus ``labels``), metric and the metric value recorded by running the exported model
+with onnxruntime on that subset. Metrics come from :mod:`onnxfi.metrics`.
 
 This module never prints.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -72,12 +74,26 @@ class ZooEntry:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _candidates() -> tuple[Path, ...]:
+    """Where the zoo may be, in order: the wheel's package data, then the source checkout's folder."""
+    return (_PACKAGE / "_zoo", _PACKAGE.parent / "model_zoo")
+
+
 def zoo_dir() -> Path:
-    """The zoo folder: ``$ONNXFI_ZOO`` if set, else the repository's ``model_zoo/``."""
+    """The zoo folder: ``$ONNXFI_ZOO`` if set, else the first of the installed package data
+    (``onnxfi/_zoo``) and the repository's ``model_zoo/`` that holds a ``registry.json``; when neither
+    does, the repository's folder (so that the error names where a checkout keeps it)."""
     env = os.environ.get(ZOO_ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "model_zoo"
+    candidates = _candidates()
+    for folder in candidates:
+        if (folder / "registry.json").is_file():
+            return folder
+    return candidates[-1]
 
 
 def registry_path() -> Path:
@@ -129,8 +145,11 @@ def _load_registry() -> dict[str, ZooEntry]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
+        looked = (str(path) if os.environ.get(ZOO_ENV_VAR)
+                  else " or ".join(str(c / "registry.json") for c in _candidates()))
         raise OnnxfiError(
-            f"model zoo registry not found: {path} (set {ZOO_ENV_VAR} or run 'make zoo')"
+            f"model zoo registry not found: {looked} (reinstall onnxfi, set {ZOO_ENV_VAR} to a zoo folder, "
+            "or run 'make zoo' in a source checkout)"
         ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise OnnxfiError(f"cannot read model zoo registry {path}: {exc}") from exc
@@ -158,7 +177,9 @@ def get(name: str) -> ZooEntry:
         return registry[name]
     except KeyError:
         available = ", ".join(sorted(registry)) or "(none)"
-        raise OnnxfiError(f"unknown zoo model {name!r}; available: {available}") from None
+        close = difflib.get_close_matches(name, list(registry), n=3)
+        hint = f"did you mean {', '.join(close)}? (available: {available})" if close else f"available: {available}"
+        raise OnnxfiError(f"unknown zoo model {name!r}; {hint}") from None
 
 
 def model_path(name: str) -> Path:
@@ -180,7 +201,12 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
         registry = _load_registry()
     except OnnxfiError:
         return path
-    return registry[name].file if name in registry else path
+    if name in registry:
+        return registry[name].file
+    close = difflib.get_close_matches(name, list(registry), n=3)
+    if close and not path.exists():  # a mistyped zoo name, not a file: say which names come close
+        raise ModelLoadError(f"model file not found: {path}; did you mean zoo model {', '.join(close)}?")
+    return path
 
 
 def _zoo_name(spec: str | os.PathLike[str]) -> str | None:

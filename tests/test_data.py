@@ -126,9 +126,22 @@ def test_resolve_shape() -> None:
     dyn = InputSpec("img", ir.DataType.FLOAT, ("N", 3, "H", "W"))
     with pytest.raises(OnnxfiError, match="--input-shape img:") as ei:
         resolve_shape(dyn, batch=1)
-    assert "img:1x3x?x?" in str(ei.value)
+    assert "img:Nx3x?x?" in str(ei.value)  # N: the sample axis, sized by the sample count; ?: a size to give
     with pytest.raises(OnnxfiError, match="unknown shape"):
         resolve_shape(InputSpec("u", ir.DataType.FLOAT, None))
     with pytest.raises(OnnxfiError):
         random_data([dyn])
     assert random_data([dyn], overrides={"img": (2, 3, 5, 5)}).feeds["img"].shape == (2, 3, 5, 5)
+
+
+def test_resolve_shape_merges_dims_left_dynamic() -> None:
+    """--input-shape's ? or N (-1) keeps the model's dim: a fixed one as it is, the sample axis sized by
+    the batch, any other dynamic one still an error that names it."""
+    dyn = InputSpec("img", ir.DataType.FLOAT, ("N", 3, "H", "W"))
+    assert resolve_shape(dyn, {"img": (-1, 3, 48, 192)}, batch=5) == (5, 3, 48, 192)
+    assert resolve_shape(dyn, {"img": (-1, -1, 48, 192)}, batch=2) == (2, 3, 48, 192)
+    with pytest.raises(OnnxfiError, match=r"dynamic dims \[\?,3,\?,192\]"):
+        resolve_shape(dyn, {"img": (-1, 3, -1, 192)}, batch=2)
+    with pytest.raises(OnnxfiError, match="img:Nx3x"):
+        resolve_shape(dyn, {"img": (-1, 3, 48, 192)})  # no sample count to size N with
+    assert random_data([dyn], batch=3, overrides={"img": (-1, 3, 4, 4)}).feeds["img"].shape == (3, 3, 4, 4)

@@ -291,6 +291,15 @@ def test_input_shape_accepts_polygraphy_brackets() -> None:
     from onnxfi.model import parse_input_shape
 
     assert parse_input_shape("x:[1,3,48,192]") == parse_input_shape("x:1x3x48x192") == ("x", (1, 3, 48, 192))
-    for bad in ("x:[1,3", "x:1,3]", "x:", "x:1xy"):
+    for bad in ("x:[1,3", "x:1,3]", "x:", "x:1xy", "x:0x3", "x:1x3x??", "x:n"):
         with pytest.raises(OnnxfiError, match="bad --input-shape"):
             parse_input_shape(bad)
+
+
+def test_input_shape_question_mark_and_n_leave_dims_dynamic() -> None:
+    from onnxfi.model import DYNAMIC_DIM, parse_input_shape
+
+    assert DYNAMIC_DIM == -1
+    assert parse_input_shape("x:1x3x?x?") == ("x", (1, 3, -1, -1))
+    assert parse_input_shape("x:Nx3x48x192") == parse_input_shape("x:[N,3,48,192]") == ("x", (-1, 3, 48, 192))
+    assert parse_input_shape("a:b:?,4") == ("a:b", (-1, 4))  # a name with a colon: the last one splits

@@ -373,7 +373,7 @@ def test_user_errors(hostile_db: Path, tmp_path: Path, monkeypatch: pytest.Monke
     bad.write_text("{")
     assert main(["report", str(hostile_db), "-o", str(tmp_path / "x.html"), "--compare-json", str(bad)]) == 2
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    with pytest.raises(OnnxfiError, match=r"onnxfi\[plot\]"):
+    with pytest.raises(OnnxfiError, match=r"pip install .matplotlib"):
         render_report(hostile_db)
 
 

@@ -131,9 +131,13 @@ def test_outputs_that_decide_the_same_are_equivalent_and_scores_beat_ids() -> No
 def test_labels_that_fit_no_output_of_several_are_an_error() -> None:
     with pytest.raises(OnnxfiError, match=r"labels of shape \[8, 5, 5\] fit no output.*--output NAME"):
         choose_output(_clean(), np.zeros((N, 5, 5), dtype=np.int64))
-    # a single output keeps working: labels that do not fit it leave the shape rules to read it
-    only = choose_output({"y": X}, np.zeros((N, 5, 5), dtype=np.int64))
-    assert only.name == "y" and only.layout == "classes" and "fit it in no layout" in only.reason
+    # a single output that makes decisions: labels that cannot score it are an error saying why (the
+    # accuracy line would otherwise be missing without a word)
+    with pytest.raises(OnnxfiError, match=r"labels of shape \[8, 5, 5\] do not fit output 'y' \(classes\)"):
+        choose_output({"y": X}, np.zeros((N, 5, 5), dtype=np.int64))
+    # read as regression (raw values) labels score nothing, and the shape rules read it
+    only = choose_output({"y": X}, np.zeros((N, 5, 5), dtype=np.int64), task="regression")
+    assert only.name == "y" and only.layout == "raw" and "fit it in no layout" in only.reason
 
 
 # ------------------------------------------------------------------------------------ without labels

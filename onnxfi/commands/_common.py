@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ import onnx_ir as ir
 from rich.console import Console
 
 from onnxfi.bits import FAULT_DTYPES
+from onnxfi.data import resolve_loader_spec
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import LoadedModel, load_model, parse_input_shape
 from onnxfi.sites import SiteIndex, enumerate_sites
@@ -21,10 +21,12 @@ __all__ = [
     "add_model_args",
     "load_from_args",
     "input_shapes_from_args",
+    "add_data_loader_arg",
+    "data_loader_from_args",
+    "DATA_LOADER_HELP",
     "resolve_model_arg",
     "stdout",
     "stderr",
-    "print_json",
     "fmt_int",
     "fmt_value",
     "dtype_name",
@@ -45,7 +47,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="path to a .onnx file, or a model_zoo name")
     p.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME:DIMS",
-        help="fix a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+        help="fix a dynamic input, e.g. input:1x3x224x224; ? or N leaves a dim dynamic (x:Nx3x48x192) "
+        "(repeatable)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the ONNX checker (shape inference still runs)")
 
@@ -56,6 +59,30 @@ def resolve_model_arg(spec: str) -> str:
     except ImportError:
         return spec
     return str(zoo.resolve_model(spec))
+
+
+DATA_LOADER_HELP = (
+    "Python data loader instead of an .npz: FUNC (default load_data) in PATH.py yields feed dicts "
+    "{input name: array} (+ optional 'labels'); they are joined along each input's sample axis, and inputs of "
+    "shape [] (e.g. a sample rate) go whole to every run. It runs here and in every worker: it must give the "
+    "same data every time (seed any randomness)"
+)
+
+
+def add_data_loader_arg(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--data-loader PATH.py[:FUNC]`` (Polygraphy's style; exclusive with the command's .npz option)."""
+    p.add_argument("--data-loader", metavar="PATH.py[:FUNC]", help=DATA_LOADER_HELP + what)
+
+
+def data_loader_from_args(args: argparse.Namespace, npz_option: str = "data") -> str | None:
+    """``--data-loader`` checked and made absolute (workers import it themselves), or None; given with
+    the command's .npz option (``--data``, ``--calib``) it is an error."""
+    spec = getattr(args, "data_loader", None)
+    if not spec:
+        return None
+    if getattr(args, npz_option, None):
+        raise OnnxfiError(f"--{npz_option} and --data-loader both give the data: use one")
+    return resolve_loader_spec(spec)
 
 
 def input_shapes_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -71,13 +98,6 @@ def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, SiteIndex]:
         resolve_model_arg(args.model), input_shapes_from_args(args), check=not getattr(args, "no_check", False)
     )
     return loaded, enumerate_sites(loaded.model, loaded.value_shapes)
-
-
-def print_json(obj: Any) -> None:
-    try:
-        sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-    except ValueError as e:
-        raise OnnxfiError(f"cannot write JSON: {e}") from None
 
 
 def fmt_int(n: int | None) -> str:

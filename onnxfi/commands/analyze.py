@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,16 @@ from rich.table import Table
 
 from onnxfi.campaign import CampaignResult, matched_plan, run_campaign
 from onnxfi.commands._common import (
+    add_data_loader_arg,
     add_model_args,
+    data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
     resolve_model_arg,
     stdout,
 )
+from onnxfi.commands._json import SCHEMAS, STDOUT, add_json_arg, json_command, write_json
+from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS
@@ -64,6 +67,7 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--data", help=".npz eval data (inputs + optional labels); default: the zoo model's eval "
                    "set, else seeded random inputs")
+    add_data_loader_arg(p)
     p.add_argument("--samples", type=int, default=16, help="random inputs when no data (default 16)")
     p.add_argument("--target", choices=["weights", "activations", "all"], default="weights")
     size = p.add_mutually_exclusive_group()
@@ -87,10 +91,10 @@ def register(sub: Any) -> None:
                    help="fault model: flip (default), stuck-0, stuck-1, burst:K, value:V, random:LO,HI, zero; "
                    "repeat for a mix")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--db", help="SQLite results file (default: next to --json, else ./<model>.onnxfi.db)")
+    p.add_argument("--db", help="SQLite results file (default: next to --json FILE, else ./<model>.onnxfi.db)")
     p.add_argument("--resume", action="store_true", help="continue the campaign stored in --db")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --db")
-    p.add_argument("--json", metavar="FILE", help="write the summary as JSON")
+    add_json_arg(p, "the plan header, clean run and summary")
     p.add_argument("--early-stop", action="store_true", help="stop once the SDC-1 interval is within --margin")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; ORT already uses the cores)")
     p.add_argument("--threads", type=int, help="ORT intra-op threads per worker")
@@ -157,7 +161,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     cols = ["outcome", "count", "rate [CI]"] if self_weighting else ["outcome", "sampled k/n", "rate [CI]",
                                                                       "raw sample rate (tilted)"]
     for col in cols:
-        t.add_column(col)
+        t.add_column(col, **KEEP)
     critical = plan.options.get("critical", 0.01)
     for key in FLAGS:
         r = rates[key]
@@ -180,22 +184,33 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
                         if prog.get("partial_rows") else "") + "[/yellow]")
     stdout.print("outcome counts: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
                  + f"; images whose decision changed, mean per experiment: {100 * s['images_changed_mean']:.2f}%")
-    lt = Table(title=f"Layers by SDC-1 rate (top {min(top, len(s['layers']))} of {len(s['layers'])})",
-               title_justify="left", show_edge=False, header_style="bold")
-    for col in ("#", "site", "n", "SDC-1 [CI]", "DUE [CI]", "critical"):
-        lt.add_column(col)
-    for i, e in enumerate(s["layers"][:top], 1):
-        lt.add_row(str(i), str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), f"{100 * e['critical']['rate']:.1f}%")
-    stdout.print(lt)
+    layers = s["layers"][:top]
+
+    def layer_table(names: list[str]) -> Table:
+        lt = Table(title=f"Layers by SDC-1 rate (top {min(top, len(s['layers']))} of {len(s['layers'])})",
+                   title_justify="left", show_edge=False, header_style="bold")
+        for col in ("#", "site", "n", "SDC-1 [CI]", "DUE [CI]", "critical"):
+            lt.add_column(col, **KEEP)
+        for i, (name, e) in enumerate(zip(names, layers), 1):
+            lt.add_row(str(i), escape(name), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]),
+                       f"{100 * e['critical']['rate']:.1f}%")
+        return lt
+
+    stdout.print(fit_names(layer_table, [str(e["key"]) for e in layers], stdout))
     if s["bits"]:
-        bt = Table(title="Bits (bit 0 = LSB; fp32: 31 sign, 30-23 exponent)", title_justify="left",
-                   show_edge=False, header_style="bold")
-        for col in ("bit", "n", "SDC-1 [CI]", "DUE [CI]", "profile"):
-            bt.add_column(col)
-        for e in s["bits"]:
-            bar = "#" * int(round(30 * max(e["sdc1"]["rate"], e["due"]["rate"])))
-            bt.add_row(str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), bar)
-        stdout.print(bt)
+        def bit_table(scale: int) -> Table:
+            bt = Table(title="Bits (bit 0 = LSB; fp32: 31 sign, 30-23 exponent)", title_justify="left",
+                       show_edge=False, header_style="bold")
+            for col in ("bit", "n", "SDC-1 [CI]", "DUE [CI]", "profile"):
+                bt.add_column(col, **KEEP)
+            for e in s["bits"]:
+                bar = "#" * int(round(scale * max(e["sdc1"]["rate"], e["due"]["rate"])))
+                bt.add_row(str(e["key"]), str(e["n"]), _pct(e["sdc1"]), _pct(e["due"]), bar)
+            return bt
+
+        bt = bit_table(30)
+        excess = table_width(bt, stdout) - stdout.width
+        stdout.print(bit_table(max(5, 30 - excess)) if excess > 0 else bt)  # a shorter bar, not a wrapped one
     _print_layer_bit(s, top)
     if clean:
         stdout.print(f"clean {clean.get('metric')}: {clean.get('value', float('nan')):.4f} on {clean.get('samples')} "
@@ -227,6 +242,8 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
     bits = sorted({b for _, b in cells}, reverse=True)
     layers = [str(e["key"]) for e in s["layers"] if any((str(e["key"]), b) in cells for b in bits)][:top]
     site_w = min(28, max(8, *(len(ly) for ly in layers)))
+    names = short_names(layers, site_w)  # from the middle, distinct names kept distinct
+    site_w = max(site_w, *(len(n) for n in names))
     fit = max(4, (stdout.width - site_w - 1) // 4)  # 3 digits and a space per bit
     total = len(bits)
     shown = min(total, fit, 32)
@@ -236,10 +253,10 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
     note = "" if shown == total else f"; the {shown} most damaging of {total} bits"
     t = Table(title=f"Layer x bit: SDC-1 or DUE rate, % (- = not sampled; rows: top layers{note})",
               title_justify="left", box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
-    t.add_column("site", overflow="ellipsis", no_wrap=True, min_width=site_w, max_width=site_w)
+    t.add_column("site", min_width=site_w, max_width=site_w, **KEEP)
     for b in bits:
         t.add_column(str(b), justify="right", min_width=3, no_wrap=True)
-    for layer in layers:
+    for layer, name in zip(layers, names):
         row = []
         for b in bits:
             e = cells.get((layer, b))
@@ -249,7 +266,7 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
                 pct = 100 * e["rate"]
                 style = "bold red" if pct >= 50 else ("yellow" if pct >= 10 else "dim")
                 row.append(f"[{style}]{pct:.0f}[/{style}]")
-        t.add_row(layer, *row)
+        t.add_row(escape(name), *row)
     stdout.print(t)
 
 
@@ -278,7 +295,7 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
               f"fault space, {a.get('design', plan.design)} design, {conf}% intervals)",
               title_justify="left", show_edge=False, header_style="bold")
     for col in ("rate", Path(cfg.model_path).name, Path(other_path).name, "ratio", "intervals"):
-        t.add_column(col)
+        t.add_column(escape(col), **KEEP)
     for key in FLAGS:
         ra, rb = a["rates"][key], b["rates"][key]
         ratio = f"{ra['rate'] / rb['rate']:.1f}x" if rb["rate"] > 0 else ("-" if ra["rate"] == 0 else "inf")
@@ -291,12 +308,18 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
     return {"model": other_path, "db": str(other_db), "clean": other.clean, "summary": other.summary}
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise OnnxfiError("--workers must be at least 1")
+    if args.html:  # before the campaign: matplotlib and a writable path, not an error after an hour of it
+        from onnxfi.report.html import preflight
+
+        preflight(args.html)
     model_path = resolve_model_arg(args.model)
     db_path = Path(args.db) if args.db else (
-        Path(args.json).with_suffix(".db") if args.json else Path(f"{Path(model_path).stem}.onnxfi.db"))
+        Path(args.json).with_suffix(".db") if args.json and args.json != STDOUT
+        else Path(f"{Path(model_path).stem}.onnxfi.db"))
     if db_path.exists() and not args.resume:
         if not args.overwrite:
             raise OnnxfiError(f"{db_path} exists: use --resume to continue it, --overwrite to replace it, or --db")
@@ -305,10 +328,11 @@ def run(args: argparse.Namespace) -> int:
             Path(str(db_path) + suffix).unlink(missing_ok=True)
     if args.resume and not db_path.exists():
         raise OnnxfiError(f"--resume: {db_path} does not exist")
-    data = args.data or _default_data(args.model)
+    loader = data_loader_from_args(args)
+    data = args.data or (None if loader else _default_data(args.model))
     cfg = EngineConfig(
         model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
-        data_path=data, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
+        data_path=data, data_loader=loader, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
         mode=args.mode, cache_mb=args.cache_mb, verify=args.verify,
     )
@@ -333,7 +357,8 @@ def run(args: argparse.Namespace) -> int:
             ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
             chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
             if not chosen:
-                raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)")
+                raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)"
+                                  + sites.pattern_hint(args.sites))
             design = args.design or ("per-stratum" if args.per_stratum else "proportional")
             if args.per_stratum is not None and design != "per-stratum":
                 raise OnnxfiError(f"--per-stratum is the per-stratum design's size, not {design}'s")
@@ -345,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             plan = make_plan(
                 model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
                 args.confidence, args.p, args.seed, args.target, design=design, per_stratum=args.per_stratum,
-                options={"critical": args.critical, "data": data, "sites_regex": args.sites, "ops": args.ops},
+                options={"critical": args.critical, "data": data or loader, "sites_regex": args.sites, "ops": args.ops},
             )
         left_out = plan.options.get("left_out_unknown_shape")
         if left_out:
@@ -359,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments{grows} "
                      f"({plan.design} design, {plan.mode}, {rounds} round{'s' if rounds != 1 else ''}; fault space "
                      f"{plan.population:,}; {len(plan.strata)} strata over {len({s.site for s in plan.strata})} "
-                     f"sites), seed {plan.seed}, data {cfg.data_path or 'random'}")
+                     f"sites), seed {plan.seed}, data {cfg.data_path or cfg.data_loader or 'random'}")
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("SDC-1 {task.fields[sdc]}"), TimeElapsedColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=stdout, transient=False) as prog:
@@ -383,15 +408,13 @@ def run(args: argparse.Namespace) -> int:
         note = path_note(list(store.rows()))
         if note:
             stdout.print(escape(note), style="yellow")
-        doc = {"schema": "onnxfi.analyze/1", "model": cfg.model_path, "db": str(db_path),
+        doc = {"schema": SCHEMAS["analyze"], "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
                "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}
         if args.compare and not result.interrupted:
             other = _run_compare(args, plan, other_plan, cfg, db_path, store, result)
             doc["compare"] = other
-        if args.json:
-            Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
-            stdout.print(f"wrote {args.json}")
+        write_json(args.json, doc)
         if args.html:
             from onnxfi.report.html import write_report
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from onnxfi.commands._common import (
+    add_data_loader_arg,
     add_model_args,
+    data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
     resolve_model_arg,
     stderr,
     stdout,
 )
+from onnxfi.commands._json import add_json_arg, json_command, write_json
+from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
 from onnxfi.compare import (
     Backend,
     CompareResult,
@@ -28,7 +31,7 @@ from onnxfi.compare import (
     parse_tolerance,
     run_compare,
 )
-from onnxfi.data import load_data, random_data
+from onnxfi.data import make_dataset
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
 from onnxfi.plan import parse_bits
@@ -69,6 +72,7 @@ def register(sub: Any) -> None:
                    help="runtimes to compare (default cpu,reference; 'all' = every available one)")
     p.add_argument("--reference", metavar="NAME", help="runtime the others are compared with (default: the first)")
     p.add_argument("--data", help=".npz inputs (default: the zoo model's eval set, else seeded random inputs)")
+    add_data_loader_arg(p)
     p.add_argument("--samples", type=int, default=16, help="random inputs when there is no data (default 16)")
     p.add_argument("--atol", action="append", metavar="[OUTPUT:]VALUE", help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", action="append", metavar="[OUTPUT:]VALUE", help="relative tolerance (default 1e-4)")
@@ -91,7 +95,7 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads for every runtime")
     p.add_argument("--skip-unavailable", action="store_true",
                    help="name an unavailable runtime but do not make it an error")
-    p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    add_json_arg(p, "the comparison")
     p.set_defaults(func=run)
 
 
@@ -131,29 +135,54 @@ def _fmt_err(x: float) -> str:
 
 
 def print_result(res: CompareResult) -> None:
-    t = Table(title=f"Outputs vs {res.reference} ({res.samples} samples; atol {res.atol}, rtol {res.rtol})",
-              title_justify="left", show_edge=False, header_style="bold")
-    for col in ("runtime", "output", "max abs", "max rel", "mismatched", "top-1 agree", "median ms", "p90 ms", "result"):
-        t.add_column(col)
+    # rows: runtime, output (a model output's name, or a note), the four numbers, median ms, p90 ms, result
+    rows: list[tuple[str, str | None, list[str], str, str, str]] = []  # output None: "-" (no output compared)
     for r in res.runtimes:
         lat = r.latency
         med = f"{lat.median_ms:.3f}" if lat else "-"
         p90 = f"{lat.p90_ms:.3f}" if lat else "-"
         if not r.available:
-            t.add_row(r.name, "-", "-", "-", "-", "-", "-", "-", f"[yellow]unavailable: {escape(r.reason)}[/yellow]")
+            rows.append((r.name, None, ["-"] * 4, "-", "-", f"[yellow]unavailable: {escape(r.reason)}[/yellow]"))
             continue
         if r.error:
-            t.add_row(r.name, "-", "-", "-", "-", "-", med, p90, f"[bold red]ERROR: {escape(r.error)}[/bold red]")
+            rows.append((r.name, None, ["-"] * 4, med, p90, f"[bold red]ERROR: {escape(r.error)}[/bold red]"))
             continue
         if r.is_reference:
-            t.add_row(r.name, "(reference)", "-", "-", "-", "-", med, p90, "")
+            rows.append((r.name, "", ["-"] * 4, med, p90, ""))  # "": the reference itself
             continue
         for i, d in enumerate(r.outputs):
-            res_txt = "[green]match[/green]" if d.passed else f"[bold red]MISMATCH[/bold red]{' (' + d.note + ')' if d.note else ''}"
+            res_txt = "[green]match[/green]" if d.passed else f"[bold red]MISMATCH[/bold red]{' (' + escape(d.note) + ')' if d.note else ''}"
             top1 = f"{100 * d.top1_agreement:.2f}%" if d.top1_agreement is not None else "-"
-            t.add_row(r.name if i == 0 else "", d.name, _fmt_err(d.max_abs), _fmt_err(d.max_rel),
-                      f"{d.mismatches}/{d.elements}", top1, med if i == 0 else "", p90 if i == 0 else "", res_txt)
-    stdout.print(t)
+            rows.append((r.name if i == 0 else "", d.name, [_fmt_err(d.max_abs), _fmt_err(d.max_rel),
+                         f"{d.mismatches}/{d.elements}", top1], med if i == 0 else "", p90 if i == 0 else "", res_txt))
+
+    def make(names: list[str], latency: bool = True) -> Table:
+        t = Table(title=f"Outputs vs {res.reference} ({res.samples} samples; atol {res.atol}, rtol {res.rtol})",
+                  title_justify="left", show_edge=False, header_style="bold", collapse_padding=not latency)
+        t.add_column("runtime", **KEEP)
+        t.add_column("output", **KEEP)
+        for col in ("max abs", "max rel", "mismatched", "top-1 agree", *(("median ms", "p90 ms") if latency else ())):
+            t.add_column(col, **NUMBER)
+        t.add_column("result", **KEEP)
+        named = iter(names)
+        for runtime, output, numbers, med, p90, result in rows:
+            out = "-" if output is None else "(reference)" if not output else escape(next(named))
+            t.add_row(escape(runtime), out, *numbers, *((med, p90) if latency else ()), result)
+        return t
+
+    names = [o for _, o, *_ in rows if o]
+    t = fit_names(make, names, stdout)
+    if table_width(t, stdout) > stdout.width:  # a narrow terminal: latency in a table of its own
+        stdout.print(fit_names(lambda n: make(n, latency=False), names, stdout))
+        lt = Table(title="Latency", title_justify="left", show_edge=False, header_style="bold")
+        for col in ("runtime", "median ms", "p90 ms"):
+            lt.add_column(col, **NUMBER)
+        for runtime, _, _, med, p90, _ in rows:
+            if runtime:
+                lt.add_row(escape(runtime), med, p90)
+        stdout.print(lt)
+    else:
+        stdout.print(t)
     lat_batch = next((r.latency.batch for r in res.runtimes if r.latency), None)
     if lat_batch is not None:
         stdout.print(f"latency: batch {lat_batch}, runs per runtime {next(r.latency.runs for r in res.runtimes if r.latency)}")
@@ -164,9 +193,9 @@ def print_result(res: CompareResult) -> None:
                    f"seed {plan.get('seed')}, first {res.fault_samples} samples; every weight fault equally likely, so k/n "
                    "is the model's rate; 95% Wilson intervals)",
                    title_justify="left", show_edge=False, header_style="bold")
-        ft.add_column("outcome")
+        ft.add_column("outcome", **KEEP)
         for r in ran:
-            ft.add_column(r.name)
+            ft.add_column(escape(r.name), **KEEP)
         for key in OUTCOMES:
             ft.add_row(key, *[str(r.outcomes.get(key, 0)) for r in ran])
         for key in ("sdc1", "critical", "due"):
@@ -193,6 +222,7 @@ def print_result(res: CompareResult) -> None:
         stdout.print(f"[bold green]MATCH[/bold green]: every runtime agrees with {res.reference} within tolerance")
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     for name in ("repeat", "latency_batch", "batch", "fault_samples"):
         if getattr(args, name) < 1:
@@ -207,13 +237,16 @@ def run(args: argparse.Namespace) -> int:
     model_path = str(resolve_model_arg(args.model))
     loaded, _ = load_from_args(args)
     specs = loaded.inputs()
-    data_path = args.data or default_data(args.model)
-    data = (load_data(data_path, specs) if data_path
-            else random_data(specs, seed=args.seed, batch=args.samples, overrides=input_shapes_from_args(args)))
+    loader = data_loader_from_args(args)
+    data_path = args.data or (None if loader else default_data(args.model))
+    data = make_dataset(specs, data_path, loader, seed=args.seed, samples=args.samples,
+                        overrides=input_shapes_from_args(args))
     batch = args.batch
     for s in specs:  # a model with a fixed batch dimension takes exactly that many samples per run
-        if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0:
-            batch = min(batch, s.shape[0])
+        ax = data.axis(s.name)  # the input's sample axis (onnxfi.data.sample_axes), None: taken whole
+        fixed = s.shape[ax] if s.shape and ax is not None else None
+        if isinstance(fixed, int) and fixed > 0:
+            batch = min(batch, fixed)
     names = ", ".join(b.name for b in backends)
     stdout.print(f"[bold]compare[/bold] {Path(model_path).name} on {names}; data {data.source} ({data.size} samples)")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -233,9 +266,7 @@ def run(args: argparse.Namespace) -> int:
     print_result(res)
     if res.warning:
         stderr.print(f"[yellow]warning:[/yellow] {escape(res.warning)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2, default=str))
-        stdout.print(f"wrote {args.json}")
+    write_json(args.json, res.to_dict())
     missing = res.unavailable
     if missing and not args.skip_unavailable:
         raise OnnxfiError(f"runtime(s) not available: {', '.join(r.name for r in missing)} (reasons in the table; "

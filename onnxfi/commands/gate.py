@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from dataclasses import replace
@@ -14,7 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from onnxfi.commands._common import resolve_model_arg, stderr, stdout
+from onnxfi.commands._common import (
+    add_data_loader_arg,
+    data_loader_from_args,
+    resolve_model_arg,
+    stderr,
+    stdout,
+)
+from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.errors import OnnxfiError
 from onnxfi.gate import GateResult, find_config, load_config, write_junit
 from onnxfi.gate_campaign import run_gate
@@ -29,8 +35,9 @@ _EXAMPLES = """examples:
   onnxfi gate model.onnx --baseline main-gate.json        fail on a regression against a previous --json
 
 config (onnxfi.toml [gate], or pyproject.toml [tool.onnxfi.gate]; paths relative to that file):
-  [gate]             model, data (.npz), db (results store, reused when the plan is unchanged), provider,
-                     output (the model output scored; default: chosen from labels and shapes), task
+  [gate]             model, data (.npz) or data_loader ("feeds.py:load_data"), db (results store, reused when
+                     the plan is unchanged), provider, output (the model output scored; default: chosen from
+                     labels and shapes), task
   [gate.plan]        target, bits = "23-30", faults = 300 (or margin/confidence), seed, sites, ops, fault, critical,
                      design = "proportional" (default: every fault equally likely) | "per-stratum" | "adaptive"
   [gate.thresholds]  sdc1 / sdc5 / critical / due / crash = max per-fault rate; sdc1_per_inference = max fraction
@@ -59,12 +66,13 @@ def register(sub: Any) -> None:
                    "else ./pyproject.toml)")
     p.add_argument("--data", help=".npz eval data (default: the config's, else the zoo model's eval set, else "
                    "seeded random inputs)")
+    add_data_loader_arg(p, " (default: the config's data_loader)")
     p.add_argument("--db", help="results store; {model} is replaced by the model's file stem (default: the config's "
                    "db, else .onnxfi/gate-{model}.db)")
     p.add_argument("--fresh", action="store_true", help="ignore stored results and rerun every experiment")
     p.add_argument("--baseline", metavar="FILE", help="previous gate/analyze --json report (replaces the config's "
                    "[gate.baseline] file; the deltas still come from the config)")
-    p.add_argument("--json", metavar="FILE", help="write the verdict, checks and summary as JSON (a baseline later)")
+    add_json_arg(p, "the verdict, checks and summary (a baseline later)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per check")
     p.add_argument("--workers", type=int, help="worker processes (default: the config's, else 1)")
     p.set_defaults(func=run)
@@ -106,6 +114,7 @@ def print_result(res: GateResult) -> None:
             stdout.print("  interrupted before every experiment ran")
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -134,13 +143,14 @@ def _run(args: argparse.Namespace) -> int:
     model_path = resolve_model_arg(model_arg)
     if not Path(model_path).is_file():
         raise OnnxfiError(f"model not found: {model_arg}")
-    data = args.data or cfg.data or default_data(model_arg)
+    loader = data_loader_from_args(args) or (None if args.data else cfg.data_loader)
+    data = args.data or (None if loader else cfg.data or default_data(model_arg))
     db = (args.db or cfg.db or str(Path(".onnxfi") / "gate-{model}.db")).replace("{model}", Path(model_path).stem)
     spec = cfg.plan
     size = (f"{spec.faults} faults" if spec.faults else f"{spec.per_stratum} per stratum" if spec.per_stratum
             else f"margin {spec.margin or 0.05} at {spec.confidence}")
     stdout.print(f"[bold]gate[/bold] {Path(model_path).name} ({cfg_path}): {spec.target}, {spec.design} design, {size}, "
-                 f"bits {spec.bits or 'all'}, seed {spec.seed}, data {data or 'random inputs'}")
+                 f"bits {spec.bits or 'all'}, seed {spec.seed}, data {data or loader or 'random inputs'}")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=stdout, transient=True) as prog:
         task = prog.add_task("faults", total=None)
@@ -148,14 +158,12 @@ def _run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int, live: dict[str, Any]) -> None:
             prog.update(task, completed=done, total=total)
 
-        res = run_gate(model_path, cfg, db, fresh=args.fresh, progress=progress, data_path=data)
-    if not data:
+        res = run_gate(model_path, cfg, db, fresh=args.fresh, progress=progress, data_path=data, data_loader=loader)
+    if not data and not loader:
         res.warnings.append("no data: seeded random inputs, so the clean metric is agreement with the model itself")
     stdout.print(f"{res.summary['experiments']} experiments: {res.executed} run, {res.reused} reused from {res.db}")
     print_result(res)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2, default=str))
-        stdout.print(f"wrote {args.json}")
+    write_json(args.json, res.to_dict())
     if args.junit:
         write_junit(res, args.junit)
         stdout.print(f"wrote {args.junit}")

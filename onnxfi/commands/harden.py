@@ -11,14 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxfi.commands._common import (
+    add_data_loader_arg,
     add_model_args,
+    data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
-    print_json,
     stderr,
     stdout,
 )
-from onnxfi.data import Dataset, load_data, random_data
+from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
+from onnxfi.data import Dataset, load_data, load_loader, random_data
 from onnxfi.errors import OnnxfiError
 from onnxfi.harden import (
     DATA_METHODS,
@@ -43,7 +45,7 @@ _EXAMPLES = """methods (composed in the order given):
 """ + "".join(f"  {name:<10} {text}\n" for name, text in METHODS.items()) + """
 examples:
   onnxfi harden model.onnx --method ranger --calib calib.npz -o hardened.onnx
-  onnxfi harden model.onnx --method relumax,protect --calib calib.npz -o hardened.onnx --json
+  onnxfi harden model.onnx --method relumax,protect --calib calib.npz -o hardened.onnx --json harden.json
   onnxfi harden model.onnx --method ranger --percentile 99.99 --calib calib.npz -o out.onnx
   onnxfi harden model.onnx --method clipact --search --calib calib.npz -o out.onnx
   onnxfi harden model.onnx --method protect --level 2 --eval eval.npz -o out.onnx   (no calibration)
@@ -51,7 +53,8 @@ examples:
   onnxfi harden digits_cnn --method ranger -o out.onnx                 (zoo name: its eval data calibrates)
   onnxfi harden detector.onnx --method ranger --calib calib.npz -o out.onnx --output scores
 
-Calibration data is an .npz with one array per input name (+ optional `labels`). Without --calib, a zoo
+Calibration data is an .npz with one array per input name (+ optional `labels`), or --data-loader
+PATH.py[:FUNC] (feed dicts from a Python function, as for run and analyze). Without either, a zoo
 model uses its eval data and any other model seeded random inputs (weak bounds: a warning says so).
 The report compares the hardened model with the original on the same data (--eval, else the calibration
 data): accuracy (mIoU for label maps) against labels when there are labels, else top-1 agreement with the
@@ -80,6 +83,7 @@ def register(sub: Any) -> None:
     p.add_argument("--task", choices=["classification", "segmentation", "regression"],
                    help="read the scored output as this task (default: from the labels' shape, else the output's)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
+    add_data_loader_arg(p, "; here it serves as --calib (and as the comparison data unless --eval)")
     p.add_argument("--eval", metavar="DATA.npz", help="data for the accuracy comparison (default: the calibration data)")
     p.add_argument("--percentile", type=float, metavar="P",
                    help="ranger: upper bound = P-th percentile of each activation instead of its max")
@@ -96,7 +100,7 @@ def register(sub: Any) -> None:
     p.add_argument("--provider", default="cpu", help="execution provider: cpu, cuda, ...")
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's choice)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.onnx.data")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_arg(p, "every change, skip and the comparison")
     p.set_defaults(func=run)
 
 
@@ -104,6 +108,9 @@ def _calibration(
     args: argparse.Namespace, loaded: LoadedModel, methods: list[str], warnings: list[str]
 ) -> Dataset:
     specs = loaded.inputs()
+    loader = data_loader_from_args(args, "calib")
+    if loader:
+        return load_loader(loader, specs)
     if args.calib:
         return load_data(args.calib, specs)
     zoo_data = default_data(args.model)
@@ -130,6 +137,7 @@ def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
             raise OnnxfiError(f"--{option.replace('_', '-')} applies to {method}; add it to --method")
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
     _check_options(args, methods)
@@ -179,14 +187,10 @@ def run(args: argparse.Namespace) -> int:
         **result.to_dict(),
         "comparison": effect.to_dict(),
     }
-    if args.json:
-        print_json(report)
-        if effect.warning:
-            stderr.print(f"[yellow]warning:[/yellow] {escape(effect.warning)}")
-        return 0
     for w in warnings:
         stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
     _print(loaded, out, methods, calib, result, effect, args.provider)
+    write_json(args.json, {"schema": SCHEMAS["harden"], **report})
     return 0
 
 

@@ -13,16 +13,16 @@ from onnxfi.commands._common import (
     fmt_value,
     input_shapes_from_args,
     load_from_args,
-    print_json,
     stdout,
 )
+from onnxfi.commands._json import SCHEMAS, add_json_arg, check_model_output, json_command, write_json
 from onnxfi.data import load_data, random_data
 from onnxfi.errors import OnnxfiError
 from onnxfi.faults import parse_fault
 from onnxfi.inject import Injection, inject
 from onnxfi.model import LoadedModel, save_model
 from onnxfi.passes import ExposeValues
-from onnxfi.plan import Experiment, Plan
+from onnxfi.plan import Plan, file_sha256
 from onnxfi.runtime import make_session
 from onnxfi.store import Store
 
@@ -55,13 +55,15 @@ def register(sub: Any) -> None:
     p.add_argument("--from-plan", metavar="PLAN", help="take site, index and fault from a campaign plan "
                    "(the .plan.json beside an analyze DB, or the DB itself)")
     p.add_argument("--experiment", type=int, help="experiment id in --from-plan")
+    p.add_argument("--other-model", action="store_true",
+                   help="--from-plan: inject into MODEL even though it is not the file the plan was made for")
     p.add_argument("--bit", action="append", type=int, default=[], help="bit position (repeatable)")
     p.add_argument("--fault", default="flip", help="fault model (default: flip)")
     p.add_argument("--image", type=int, help="activation faults: only this image of the batch")
     p.add_argument("--seed", type=int, default=0, help="seed for random:LO,HI and for sample inputs")
     p.add_argument("--data", help=".npz inputs used to show an activation's value before and after")
     p.add_argument("-o", "--output", required=True, help="where to write the faulty model")
-    p.add_argument("--json", action="store_true", help="print the injection record as JSON")
+    add_json_arg(p, "the injection record")
     p.set_defaults(func=run)
 
 
@@ -91,26 +93,43 @@ def _activation_preview(
     return old[0], new[0], f"image {img} of {data.source}"
 
 
-def _plan_experiment(path: str, exp_id: int) -> Experiment:
+def _load_plan(path: str) -> Plan:
     p = Path(path)
     if p.suffix == ".json" or not p.is_file():
-        return Plan.load(p).experiment(exp_id)
+        return Plan.load(p)
     with Store(p) as store:
         d = store.meta("plan")
     if d is None:
         raise OnnxfiError(f"{p}: no campaign plan in it")
-    return Plan.from_dict(d).experiment(exp_id)
+    return Plan.from_dict(d)
 
 
+def _check_plan_model(plan: Plan, loaded: LoadedModel, plan_path: str) -> None:
+    """The plan's sites, indices and seeds describe one model file: refuse another (its hash differs)."""
+    if not plan.model_sha256:
+        return
+    mine = file_sha256(loaded.path)
+    if mine != plan.model_sha256:
+        raise OnnxfiError(
+            f"{loaded.path} (sha256 {mine[:12]}) is not the model of plan {plan_path} "
+            f"({plan.model}, sha256 {plan.model_sha256[:12]}); give that model, or --other-model to inject anyway"
+        )
+
+
+@json_command
 def run(args: argparse.Namespace) -> int:
     out_path = Path(args.output)
+    check_model_output(args.output)
     if out_path.exists() and out_path.is_dir():
         raise OnnxfiError(f"-o {out_path} is a directory")
     loaded, sites = load_from_args(args)
     if args.from_plan:
         if args.experiment is None:
             raise OnnxfiError("--from-plan needs --experiment ID")
-        exp = _plan_experiment(args.from_plan, args.experiment)
+        plan = _load_plan(args.from_plan)
+        if not args.other_model:
+            _check_plan_model(plan, loaded, args.from_plan)
+        exp = plan.experiment(args.experiment)
         site_name, index, fault = exp.site, exp.index, exp.fault_obj()
         rng = np.random.default_rng(exp.seed)
     else:
@@ -129,9 +148,6 @@ def run(args: argparse.Namespace) -> int:
             result.old_value, result.new_value = preview[0], preview[1]
     written = save_model(result.model, out_path, external_data=loaded.has_external_data)
     record = result.to_dict() | {"output": [str(w) for w in written]}
-    if args.json:
-        print_json(record)
-        return 0
     s = result.site
     coords = ",".join(map(str, result.coords))
     stdout.print(f"site      {s.name} ({s.kind}, {s.dtype_name}, shape {s.shape_text()})")
@@ -149,4 +165,5 @@ def run(args: argparse.Namespace) -> int:
                      + (f"; model converted opset {result.opset_from} -> {result.opset_to}"
                         if result.opset_to else ""))
     stdout.print(f"wrote     {', '.join(str(w) for w in written)}")
+    write_json(args.json, {"schema": SCHEMAS["inject"], **record})
     return 0

@@ -6,9 +6,12 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
-from onnxfi.commands._common import add_model_args, dtype_name, fmt_int, load_from_args, print_json, stdout
+from onnxfi.commands._common import add_model_args, dtype_name, fmt_int, load_from_args, stdout
+from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
+from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
 from onnxfi.model import LoadedModel
 from onnxfi.sites import Site, SiteIndex
 
@@ -17,7 +20,7 @@ __all__ = ["register", "run", "summary"]
 _EXAMPLES = """examples:
   onnxfi inspect model.onnx
   onnxfi inspect model.onnx --weights --all
-  onnxfi inspect model.onnx --input-shape input:1x3x224x224 --json > sites.json
+  onnxfi inspect model.onnx --input-shape input:1x3x224x224 --json sites.json
   onnxfi inspect digits_cnn                 (a model_zoo name)
 """
 
@@ -37,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--include-structure", action="store_true",
                    help="also list tensors that only hold shapes, axes or indices")
     p.add_argument("--all", action="store_true", help="list every site (default: first 50 of each kind)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_json_arg(p, "the model summary and its sites")
     p.set_defaults(func=run)
 
 
@@ -74,34 +77,51 @@ def summary(loaded: LoadedModel, sites: SiteIndex, chosen: list[Site]) -> dict[s
 
 
 def _site_table(title: str, rows: list[Site], limit: int | None) -> Table:
-    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
-    for col, just in [("site", "left"), ("op(s)", "left"), ("dtype", "left"), ("shape", "left"),
-                      ("elements", "right"), ("bits", "right"), ("fault space", "right"), ("where", "left")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
     shown = rows if limit is None else rows[:limit]
-    for s in shown:
-        where = s.storage if s.kind == "weight" else "per image" if s.batched else "whole tensor"
-        if s.graph:
-            where += f" in {s.graph}"
-        if s.external:
-            where += " (external)"
-        if s.structural:
-            where += " [structure]"
-        t.add_row(s.name, ",".join(s.ops) or "(unused)", s.dtype_name, s.shape_text(), fmt_int(s.elements),
-                  str(s.bits), fmt_int(s.fault_space), where)
-    if limit is not None and len(rows) > limit:
-        t.caption = f"... {len(rows) - limit} more (use --all)"
+    more = f"... {len(rows) - limit} more (use --all)" if limit is not None and len(rows) > limit else None
+
+    def make(names: list[str], narrow: bool = False) -> Table:
+        t = Table(title=title, title_justify="left", show_edge=False, header_style="bold",
+                  collapse_padding=narrow, pad_edge=not narrow)
+        cols = [("site", "left", KEEP), ("op(s)", "left", KEEP), ("dtype", "left", NUMBER), ("shape", "left", KEEP),
+                ("elements", "right", NUMBER), ("bits", "right", NUMBER), ("fault space", "right", NUMBER),
+                ("where", "left", KEEP)]
+        if narrow:  # both follow from the others: elements x the dtype's bits
+            cols = [c for c in cols if c[0] not in ("bits", "fault space")]
+        for col, just, opts in cols:
+            t.add_column(col, justify=just, **opts)  # type: ignore[arg-type]
+        for name, s in zip(names, shown):
+            where = s.storage if s.kind == "weight" else "per image" if s.batched else "whole tensor"
+            if s.graph:
+                where += f" in {s.graph}"
+            if s.external:
+                where += " (external)"
+            if s.structural:
+                where += " [structure]"
+            cells = [escape(name), ",".join(s.ops) or "(unused)", s.dtype_name, s.shape_text(), fmt_int(s.elements)]
+            if not narrow:
+                cells += [str(s.bits), fmt_int(s.fault_space)]
+            t.add_row(*cells, escape(where))
+        notes = ([more] if more else []) + (["narrow terminal: bits and fault space left out (--json has them)"]
+                                            if narrow else [])
+        t.caption = "; ".join(notes) or None
+        return t
+
+    # long names are shortened from the middle to the width the other columns leave (distinct stay distinct);
+    # a terminal too narrow even then loses the two columns that follow from the others
+    names = [s.name for s in shown]
+    t = fit_names(make, names, stdout)
+    if table_width(t, stdout) > stdout.width:
+        t = fit_names(lambda n: make(n, narrow=True), names, stdout)
     return t
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     loaded, sites = load_from_args(args)
     kind = "weights" if args.weights else "activations" if args.activations else "all"
     chosen = sites.select(kind, args.sites, include_structure=args.include_structure)
     info = summary(loaded, sites, chosen)
-    if args.json:
-        print_json(info)
-        return 0
     out = stdout
     out.print(f"[bold]{info['model']}[/bold]  producer: {info['producer']}  ir_version: {info['ir_version']}  "
               f"opsets: {', '.join(f'{k} {v}' for k, v in info['opsets'].items())}  nodes: {info['nodes']}"
@@ -127,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
     if info["structure_tensors"] and not args.include_structure:
         out.print(f"[dim]{info['structure_tensors']} structure tensors (shapes, axes, indices) not listed; "
                   "--include-structure lists them[/dim]")
+    if args.sites and sites.pattern_hint(args.sites):
+        out.print(f"[yellow]{sites.pattern_hint(args.sites).removeprefix('; ')}[/yellow]", markup=True)
     if sites.skipped:
         out.print(f"[dim]not fault sites (non-numeric): {', '.join(sites.skipped[:10])}[/dim]")
     for w in loaded.warnings:
         out.print(f"[yellow]warning: {w}[/yellow]")
+    write_json(args.json, {"schema": SCHEMAS["inspect"], **info})
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxfi.commands._common import stdout
+from onnxfi.errors import OnnxfiError
 from onnxfi.report.html import write_report
 
 __all__ = ["register", "run"]
@@ -31,6 +32,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.db).with_suffix(".html")
+    if out.suffix.lower() == ".json":
+        raise OnnxfiError(f"-o {out}: the report is an HTML page; name it .html (JSON documents: docs/json.md)")
     written = write_report(args.db, out, args.compare_json)
     stdout.print(f"wrote {written}")
     return 0

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from onnxfi.commands._common import stdout
+from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.outcomes import ROW_FIELDS
 from onnxfi.store import load_campaign
 from onnxfi.summary import aggregate
@@ -21,16 +22,17 @@ def register(sub: Any) -> None:
         "results", help="export or summarise a campaign database",
         description="Read the SQLite file written by `onnxfi analyze`.",
         epilog="examples:\n  onnxfi results run.db              summary tables\n"
-               "  onnxfi results run.db --csv > rows.csv\n  onnxfi results run.db --json > rows.json\n",
+               "  onnxfi results run.db --csv > rows.csv\n  onnxfi results run.db --json rows.json\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("db", metavar="DB")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="one CSV row per experiment to stdout")
-    fmt.add_argument("--json", action="store_true", help="campaign metadata, summary and rows as JSON")
+    add_json_arg(fmt, "the campaign metadata, summary and rows")
     p.set_defaults(func=run)
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     camp = load_campaign(args.db)
     plan, rows = camp.plan, camp.rows
@@ -41,13 +43,12 @@ def run(args: argparse.Namespace) -> int:
             w.writerow([json.dumps(r[k]) if k == "metrics" else r[k] for k in ROW_FIELDS])
         return 0
     summary = aggregate(plan, rows)
-    if args.json:
-        doc = {"schema": "onnxfi.results/1", "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"},
-               "versions": camp.versions or None, "clean": camp.clean or None, "summary": summary, "rows": rows}
-        sys.stdout.write(json.dumps(doc, default=str) + "\n")
-        return 0
     from onnxfi.commands.analyze import print_summary
 
     stdout.print(f"{camp.path}: {len(rows)} of {len(plan.experiments)} experiments of {plan.model}")
     print_summary(plan, camp.clean, summary)
+    write_json(args.json, {"schema": SCHEMAS["results"],
+                           "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"},
+                           "versions": camp.versions or None, "clean": camp.clean or None, "summary": summary,
+                           "rows": rows})
     return 0

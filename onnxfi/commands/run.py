@@ -12,14 +12,16 @@ from rich.table import Table
 from onnxfi import metrics
 from onnxfi.bits import is_float_dtype
 from onnxfi.commands._common import (
+    add_data_loader_arg,
     add_model_args,
+    data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
-    print_json,
     stderr,
     stdout,
 )
-from onnxfi.data import Dataset, load_data, random_data
+from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
+from onnxfi.data import Dataset, make_dataset
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import task_metric
 from onnxfi.runtime import concat_batches, make_session, run_session
@@ -30,7 +32,8 @@ __all__ = ["register", "run", "label_scores"]
 _EXAMPLES = """examples:
   onnxfi run model.onnx                         seeded random inputs from the input spec
   onnxfi run model.onnx --data eval.npz         one array per input name (+ optional `labels`)
-  onnxfi run model.onnx --provider cuda --repeat 20 --json
+  onnxfi run vad.onnx --data-loader feeds.py    feed dicts from load_data() in feeds.py (any inputs)
+  onnxfi run model.onnx --provider cuda --repeat 20 --json run.json
   onnxfi run detector.onnx --data eval.npz --output scores   score the labels on this output
 
 With labels, the output they are scored on is the one that agrees best with them (onnxfi.scoring:
@@ -47,6 +50,7 @@ def register(sub: Any) -> None:
     )
     add_model_args(p)
     p.add_argument("--data", help=".npz file with inputs (and optional labels)")
+    add_data_loader_arg(p)
     p.add_argument("--provider", default="cpu", help="execution provider: cpu, cuda, tensorrt, openvino, ...")
     p.add_argument("--batch", type=int, default=64, help="samples per run (default 64)")
     p.add_argument("--samples", type=int, default=1, help="random inputs: how many samples (default 1)")
@@ -57,7 +61,7 @@ def register(sub: Any) -> None:
                    "agrees best with them)")
     p.add_argument("--task", choices=["classification", "segmentation", "regression"],
                    help="read the scored output as this task (default: from the labels' shape)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_arg(p, "the outputs, latency and scores")
     p.set_defaults(func=run)
 
 
@@ -91,15 +95,14 @@ def _summary(name: str, arr: np.ndarray) -> dict[str, Any]:
     }
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.repeat < 1 or args.samples < 1:
         raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
     loaded, _ = load_from_args(args)
     specs = loaded.inputs()
-    data: Dataset = (
-        load_data(args.data, specs) if args.data
-        else random_data(specs, seed=args.seed, batch=args.samples, overrides=input_shapes_from_args(args))
-    )
+    data: Dataset = make_dataset(specs, args.data, data_loader_from_args(args), seed=args.seed, samples=args.samples,
+                                 overrides=input_shapes_from_args(args))
     session = make_session(loaded.model, provider=args.provider, threads=args.threads)
     n = max(1, data.size)
     # the first batch is the timed one; the rest run once, each through run_session for its one-line errors
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     }
     warning = None
     if data.labels is not None or args.output is not None:
-        choice = choose_output(outputs, data.labels, args.output, args.task)
+        choice = choose_output(outputs, data.labels, args.output, args.task, samples=data.size)
         result["output_choice"] = choice.to_dict()
         if data.labels is not None:
             scores = label_scores(outputs, data.labels, choice)
@@ -126,11 +129,6 @@ def run(args: argparse.Namespace) -> int:
             name = next(iter(scores), None)
             warning = plausibility(choice, scores[name]) if name is not None else None
         result["warning"] = warning
-    if args.json:
-        print_json(result)
-        if warning:
-            stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-        return 0
     stdout.print(f"[bold]{result['model']}[/bold] on {args.provider}: {n} samples from {data.source}")
     t = Table(show_edge=False, header_style="bold")
     for col in ("output", "dtype", "shape", "min", "max", "mean", "NaN/Inf"):
@@ -150,4 +148,5 @@ def run(args: argparse.Namespace) -> int:
             stdout.print(f"{key.replace('_', ' ')}  {result[key]:.4f} ({n} labelled samples)")
     if warning:
         stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    write_json(args.json, {"schema": SCHEMAS["run"], **result})
     return 0

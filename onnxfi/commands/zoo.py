@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxfi import zoo
+from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 
 __all__ = ["register", "run"]
 
@@ -28,13 +28,13 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="zoo_action", metavar="ACTION")
     p_list = actions.add_parser("list", help="table of the zoo models and their recorded metrics")
-    p_list.add_argument("--json", action="store_true", help="print the registry entries as JSON")
+    add_json_arg(p_list, "the registry entries")
     p_path = actions.add_parser("path", help="print the .onnx path of a zoo model")
     p_path.add_argument("name", metavar="NAME")
     p_path.add_argument("--data", action="store_true", help="print the eval subset (.npz) path instead")
     p_eval = actions.add_parser("eval", help="measure a zoo model's clean metric with onnxruntime")
     p_eval.add_argument("name", metavar="NAME")
-    p_eval.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_arg(p_eval, "the measured and recorded metrics")
     p_eval.add_argument(
         "--provider",
         action="append",
@@ -67,9 +67,6 @@ _SHORT = {"pytorch": "torch", "tensorflow": "tf/keras", "paddlepaddle": "paddle"
 
 def _list(args: argparse.Namespace, console: Console) -> int:
     items = zoo.entries()
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps([_entry_json(e) for e in items], indent=2) + "\n")
-        return 0
     table = Table(title=f"onnxfi model zoo ({zoo.zoo_dir()})", box=box.SIMPLE_HEAD)
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("input", no_wrap=True)
@@ -87,14 +84,13 @@ def _list(args: argparse.Namespace, console: Console) -> int:
         framework = e.framework.split(" ")[0]
         table.add_row(e.name, spec, f"{e.metric} {e.value:.4f}", size, _SHORT.get(framework, framework))
     console.print(table)
+    write_json(getattr(args, "json", None), {"schema": SCHEMAS["zoo list"], "zoo": str(zoo.zoo_dir()),
+                           "models": [_entry_json(e) for e in items]})
     return 0
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
     result = zoo.evaluate(args.name, providers=args.providers)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return 0
     table = Table(title=f"{result['name']} ({result['task']}, {result['samples']} samples)")
     table.add_column("metric")
     table.add_column("measured", justify="right")
@@ -111,9 +107,11 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
             table.add_row(key, f"{value:.4f}", "", "")
     console.print(table)
     console.print(f"providers: {', '.join(result['providers'])}")
+    write_json(args.json, {"schema": SCHEMAS["zoo eval"], **result})
     return 0
 
 
+@json_command
 def run(args: argparse.Namespace) -> int:
     """Run ``onnxfi zoo ...``; returns the exit code (errors raise :class:`onnxfi.errors.OnnxfiError`)."""
     console = Console()

@@ -20,6 +20,9 @@ class EngineConfig:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     check: bool = True
     data_path: str | None = None
+    # a data-loader script, absolute "PATH.py:FUNC" (onnxfi.data.load_loader): each worker imports and calls
+    # it itself, so it must give the same data every time; exclusive with data_path
+    data_loader: str | None = None
     samples: int = 16
     data_seed: int = 0
     provider: str = "cpu"

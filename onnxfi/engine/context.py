@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxfi.cut import CutError
-from onnxfi.data import Dataset, load_data, random_data
+from onnxfi.data import Dataset, make_dataset
 from onnxfi.engine.config import EngineConfig
 from onnxfi.engine.rounding import noise_bounds
 from onnxfi.errors import OnnxfiError
@@ -36,10 +36,8 @@ class Context:
         self.loaded: LoadedModel = load_model(cfg.model_path, cfg.input_shapes, check=cfg.check)
         self.index: SiteIndex = enumerate_sites(self.loaded.model, self.loaded.value_shapes)
         specs = self.loaded.inputs()
-        self.data: Dataset = (
-            load_data(cfg.data_path, specs) if cfg.data_path
-            else random_data(specs, seed=cfg.data_seed, batch=cfg.samples, overrides=cfg.input_shapes)
-        )
+        self.data: Dataset = make_dataset(specs, cfg.data_path, cfg.data_loader, seed=cfg.data_seed,
+                                          samples=cfg.samples, overrides=cfg.input_shapes)
         self.output_names: list[str] = [o.name for o in self.loaded.outputs()]
         if cfg.output is not None and cfg.output not in self.output_names:  # before running the model
             shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())
@@ -54,7 +52,8 @@ class Context:
         # The scored output and how it is read, chosen once per worker from the clean run over the eval data
         # (onnxfi.scoring: the same model and data give every worker the same choice); the run is kept.
         clean = concat_batches(self.model_outputs())
-        self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task)
+        self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task,
+                                                   samples=self.data.size)
         self.primary = self.choice.name
 
     def session(self, model: ir.Model | bytes, threads: int | None = None) -> Any:

@@ -11,8 +11,10 @@ it, :meth:`LocalExecutor.run` raises it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,9 @@ __all__ = ["LocalExecutor", "default_workers"]
 
 
 def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it (stores what finished, stops the
+    # workers); a worker ignores it, so it prints no KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         engine = Engine(cfg)
         conn.send(("ready", engine.clean_summary()))
@@ -96,7 +101,8 @@ class LocalExecutor:
         wid = self._next_id
         self._next_id += 1
         proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid), daemon=True)
-        proc.start()
+        with _sigint_ignored():  # the child inherits it: a Ctrl-C while it imports is the parent's alone
+            proc.start()
         child.close()
         try:
             msg: Any = parent.recv() if parent.poll(600) else (common.USER_ERROR, "worker did not start in 600 s")
@@ -218,6 +224,21 @@ class LocalExecutor:
                     if not w.queue and chunks:
                         w.queue = chunks.popleft()
                     self._send_next(w, flags)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker process starts (a spawned Python keeps an inherited "ignore" until
+    :func:`_worker_main` sets it for good). Only the main thread may set handlers; elsewhere, no change."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def default_workers() -> int:

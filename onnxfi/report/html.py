@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["render_report", "write_report", "inline_svg", "CSP"]
+__all__ = ["render_report", "write_report", "preflight", "inline_svg", "CSP"]
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -208,15 +208,37 @@ def inline_svg(svg: str, prefix: str, alt: str) -> str:
     return svg.strip()
 
 
+def _matplotlib_figure() -> type[Figure]:
+    """matplotlib's Figure class; a one-line error when matplotlib (a core dependency) cannot be imported."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise OnnxfiError(
+            f"the HTML report needs matplotlib, a dependency of onnxfi that does not import here ({e}): "
+            "pip install 'matplotlib>=3.7'"
+        ) from None
+    return Figure
+
+
+def preflight(out_path: str | os.PathLike[str]) -> None:
+    """Raise the one-line :class:`OnnxfiError` that :func:`write_report` would raise at the end: matplotlib
+    missing, ``out_path`` a folder, its folder missing or not writable. Called before a campaign runs."""
+    _matplotlib_figure()
+    out = Path(out_path)
+    folder = out.parent
+    if out.is_dir():
+        raise OnnxfiError(f"cannot write the HTML report {out}: it is a folder")
+    if not folder.is_dir():
+        raise OnnxfiError(f"cannot write the HTML report {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise OnnxfiError(f"cannot write the HTML report {out}: permission denied")
+
+
 class _Figures:
     """Builds matplotlib figures (no pyplot, no GUI backend) and turns them into inline SVG."""
 
     def __init__(self) -> None:
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise OnnxfiError("the HTML report needs matplotlib: pip install 'onnxfi[plot]'") from None
-        self._figure = Figure
+        self._figure = _matplotlib_figure()
         self.count = 0
 
     def new(self, width: float, height: float) -> Figure:
