@@ -53,6 +53,7 @@ from onnxfi.harden import (
 from onnxfi.harden import harden as _harden_model
 from onnxfi.inject import Injection
 from onnxfi.inject import inject as _inject_fault
+from onnxfi.jsonvalues import jsonable
 from onnxfi.model import LoadedModel, load_model, save_model
 from onnxfi.outcomes import FLAGS
 from onnxfi.plan import Experiment, Plan, complete_rounds, file_sha256, make_plan, parse_bits
@@ -221,23 +222,6 @@ def _choice(name: str, value: str | None, allowed: Sequence[str]) -> None:
         raise OnnxfiError(f"unknown {name} {value!r}: use one of {', '.join(allowed)}")
 
 
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON values (docs/json.md): numpy values as numbers and lists, NaN/Inf as None."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return str(obj)
-
-
 def _remove_db(db: Path) -> None:
     """A campaign database and the files :func:`analyze` writes beside it."""
     for suffix in ("", "-wal", "-shm", ".plan.json", ".model.onnx", ".data.npz"):
@@ -348,7 +332,7 @@ class CampaignReport:
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """:meth:`to_dict` as standard JSON text (non-finite numbers as null), also written to ``path`` when given."""
-        text = json.dumps(_jsonable(self.to_dict()), indent=2, allow_nan=False)
+        text = json.dumps(jsonable(self.to_dict()), indent=2, allow_nan=False)
         if path is not None:
             Path(path).write_text(text)
         return text

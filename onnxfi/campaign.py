@@ -100,6 +100,7 @@ def run_campaign(
     min_timeout_s: float = 30.0,
     executor: str = "local",
     address: str | None = None,
+    max_attempts: int | None = None,
 ) -> CampaignResult:
     """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known.
 
@@ -113,7 +114,7 @@ def run_campaign(
     ``live["headline"]``, the headline SDC-1 estimate as of the last complete round (None before one).
     """
     runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
-                           min_timeout_s=min_timeout_s)
+                           min_timeout_s=min_timeout_s, max_attempts=max_attempts)
     if resume:
         stored = store.meta("plan")
         if stored is None:

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
-import math
 import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from onnxfi.compare import COMPARE_SCHEMA
 from onnxfi.errors import InternalError, OnnxfiError
 from onnxfi.gate import GATE_SCHEMA
+from onnxfi.jsonvalues import jsonable
 
 __all__ = ["SCHEMAS", "STDOUT", "add_json_arg", "write_json", "json_command", "jsonable", "check_model_output"]
 
@@ -73,28 +70,6 @@ def add_json_arg(parser: argparse._ActionsContainer, what: str) -> None:
         help=f"write {what} as JSON to FILE; '-' or no FILE: to stdout, with everything else on stderr "
         "(keys: docs/json.md)",
     )
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON values: numpy scalars and arrays as numbers and lists, NaN/Inf as None, paths as text."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(dataclasses.asdict(obj))
-    return str(obj)
 
 
 def write_json(target: str | None, doc: Mapping[str, Any]) -> None:

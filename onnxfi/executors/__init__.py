@@ -45,19 +45,24 @@ def make_executor(
     address: str | None = None,
     timeout_factor: float = 10.0,
     min_timeout_s: float = 30.0,
+    max_attempts: int | None = None,
 ) -> Executor:
     """``local``: worker processes here; ``ray``: Ray actors (``address`` of a cluster, else a local one).
 
-    Ray is imported only for ``ray`` (the optional extra ``onnxfi[ray]``)."""
+    Ray is imported only for ``ray`` (the optional extra ``onnxfi[ray]``). ``max_attempts``: how many
+    worker deaths an experiment may be charged before it is stored as ``crash`` (default
+    :data:`onnxfi.executors._common.MAX_ATTEMPTS`)."""
+    retry = {} if max_attempts is None else {"max_attempts": max_attempts}
     if name == "local":
         if address:
             raise OnnxfiError("--address needs --executor ray")
-        return LocalExecutor(cfg, workers=workers, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s)
+        return LocalExecutor(cfg, workers=workers, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s,
+                             **retry)
     if name == "ray":
         if importlib.util.find_spec("ray") is None:
             raise OnnxfiError("--executor ray needs Ray: pip install 'onnxfi[ray]'")
         from onnxfi.executors.ray import RayExecutor
 
         return RayExecutor(cfg, workers=workers, address=address, timeout_factor=timeout_factor,
-                           min_timeout_s=min_timeout_s)
+                           min_timeout_s=min_timeout_s, **retry)
     raise OnnxfiError(f"unknown executor {name!r} (available: {', '.join(EXECUTORS)})")
