@@ -46,7 +46,7 @@ def _site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
     flags: dict[str, list[bool]] = defaultdict(lambda: [False, False])
     for e in plan.experiments:
         f = flags[e.site]
-        if isinstance(e.fault_obj(), BitFault):
+        if e.fault.get("kind") == "ber" or isinstance(e.fault_obj(), BitFault):
             f[0] = True
         else:
             f[1] = True
@@ -68,7 +68,9 @@ def matched_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int,
     mine = load_model(plan.model, input_shapes or {}, check=False)
     my_index = {s.name: s for s in enumerate_sites(mine.model, mine.value_shapes)}
     bad = []
-    for name in sorted({e.site for e in plan.experiments}):
+    names = {e.site for e in plan.experiments if e.fault.get("kind") != "ber"}
+    names.update(n for e in plan.experiments if e.fault.get("kind") == "ber" for n in e.fault.get("sites", []))
+    for name in sorted(names):
         a, b = my_index.get(name), index.get(name)
         if b is None:
             bad.append(f"{name} (missing)")
@@ -138,6 +140,8 @@ def run_campaign(
     def margin_met() -> bool:
         """At a round's end: the headline SDC-1 estimate (complete rounds only) and whether it is within margin."""
         flush()
+        if plan.fault_model == "ber":  # no single rate: the summary is per bit error rate
+            return False
         h = headline(plan, store.rows())
         live["headline"] = h
         return plan.margin is not None and h["n"] > 0 and _half_width(h) <= plan.margin

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
-    "classify", "task_metric", "load_metric", "experiment_row", "crash_row",
+    "classify", "task_metric", "load_metric", "experiment_row", "crash_row", "fault_spec",
 ]
 
 # exclusive outcomes, least to most severe
@@ -58,7 +58,7 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
 # one stored row per experiment; ``path`` is how the engine executed it (see onnxfi.engine.paths)
 ROW_FIELDS = (
     "id", "site", "kind", "idx", "bit", "fault", "outcome", "masked", "sdc1", "sdc5", "critical", "due",
-    "crash", "images_changed", "metrics", "time_s", "worker", "error", "path",
+    "crash", "images_changed", "metrics", "time_s", "worker", "error", "path", "image",
 )
 
 
@@ -69,9 +69,16 @@ def experiment_row(
     """The stored row of one experiment: its address, ``result`` (from :func:`classify`) and bookkeeping."""
     row = dict(result)
     row.update({"id": exp.id, "site": exp.site, "kind": exp.kind, "idx": exp.index, "bit": exp.bit,
-                "fault": exp.fault_obj().spec(), "time_s": time_s, "worker": worker, "error": error,
+                "fault": fault_spec(exp), "image": exp.image, "time_s": time_s, "worker": worker, "error": error,
                 "path": path if path is not None else row.get("path")})
     return row
+
+
+def fault_spec(exp: Experiment) -> str:
+    """The stored text of ``exp``'s fault: its spec (``flip:30``), or ``ber:RATE`` for a fault-rate draw."""
+    if exp.fault.get("kind") == "ber":
+        return f"ber:{float(exp.fault['rate']):g}"
+    return exp.fault_obj().spec()
 
 
 def crash_row(exp: Experiment, reason: str, worker: int | None, path: str | None = None) -> dict[str, Any]:

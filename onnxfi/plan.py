@@ -45,6 +45,9 @@ __all__ = [
     "Stratum",
     "Plan",
     "DESIGNS",
+    "FAULT_MODELS",
+    "BER_SITE",
+    "space_index",
     "make_plan",
     "extend_plan",
     "default_rounds",
@@ -65,6 +68,11 @@ __all__ = [
 
 PLAN_VERSION = 2
 DESIGNS = ("proportional", "per-stratum", "adaptive")
+# persistent: one fault that stays for the whole eval set (a weight in memory, an activation element in
+# every inference); transient: one fault in one inference; ber: every selected bit flips with a probability
+FAULT_MODELS = ("persistent", "transient", "ber")
+# the site of a fault-rate experiment (its flips span many sites)
+BER_SITE = "*"
 # plans stored before designs existed allocated equally per stratum
 _LEGACY_DESIGN = "per-stratum"
 # default rounds: one per ~50 experiments, at most 20, so a campaign stopped early has complete rounds
@@ -80,7 +88,11 @@ _STEP_FRACTION = 0.05
 
 @dataclass(frozen=True)
 class Experiment:
-    """One fault: ``fault`` at element ``index`` of ``site`` (per image for batched activations)."""
+    """One fault: ``fault`` at element ``index`` of ``site`` (per image for batched activations).
+
+    ``image``: for a transient fault, the one eval sample whose inference it hits (None: every sample,
+    for the whole run). A fault-rate experiment (``fault["kind"] == "ber"``) has ``site`` :data:`BER_SITE`
+    and draws its flips from its seed (:mod:`onnxfi.ber`)."""
 
     id: int
     site: str
@@ -90,6 +102,7 @@ class Experiment:
     fault: dict[str, Any]
     seed: int
     round: int = 0
+    image: int | None = None
 
     def fault_obj(self) -> Fault:
         return fault_from_dict(self.fault)
@@ -126,6 +139,7 @@ class Plan:
     options: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
     design: str = "proportional"
+    fault_model: str = "persistent"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -143,6 +157,8 @@ class Plan:
             raise OnnxfiError(f"not an onnxfi plan ({e})") from None
         if plan.design not in DESIGNS:
             raise OnnxfiError(f"not an onnxfi plan (unknown design {plan.design!r})")
+        if plan.fault_model not in FAULT_MODELS:
+            raise OnnxfiError(f"not an onnxfi plan (unknown fault model {plan.fault_model!r})")
         return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -511,12 +527,14 @@ def _resolve_design(design: str | None, per_stratum: int | None) -> str:
 
 def _experiments(
     keys: Sequence[tuple[str, str, int | None, Fault]], strata: np.ndarray, index: np.ndarray, seeds: np.ndarray,
-    rounds: np.ndarray, first_id: int, first_round: int,
+    rounds: np.ndarray, first_id: int, first_round: int, per_image: np.ndarray | None = None,
 ) -> list[Experiment]:
     """Experiments in round-major order, grouped by stratum (so by site) and sorted by index within a round.
 
     ``keys[h]`` is stratum h's (site name, site kind, bit, fault template); rounds are renumbered from
-    ``first_round`` without gaps.
+    ``first_round`` without gaps. With ``per_image`` (a transient plan: stratum h's elements per image),
+    ``index`` runs over (image, element) and is split into ``image`` and the element ``index``, so a
+    round's experiments of one site come sorted by image.
     """
     if len(strata) == 0:
         return []
@@ -529,9 +547,39 @@ def _experiments(
         name, kind, bit, tmpl = keys[h]
         if h not in faults:
             faults[h] = (_with_bit(tmpl, bit) if bit is not None else tmpl).to_dict()
-        out.append(Experiment(new_id, name, kind, int(index[j]), bit, dict(faults[h]), int(seeds[j]),
-                              first_round + int(dense[j])))
+        idx, image = int(index[j]), None
+        if per_image is not None:
+            image, idx = divmod(idx, int(per_image[h]))
+        out.append(Experiment(new_id, name, kind, idx, bit, dict(faults[h]), int(seeds[j]),
+                              first_round + int(dense[j]), image))
     return out
+
+
+def space_index(plan: Plan, exp: Experiment, stratum: int) -> int:
+    """``exp``'s position in its stratum's fault space: the element index, or for a transient fault
+    ``image * elements_per_image + index``."""
+    if exp.image is None:
+        return exp.index
+    images = int(plan.options["images"])
+    return exp.image * (plan.strata[stratum].population // images) + exp.index
+
+
+def _transient_sites(sites: Sequence[Site], images: int | None,
+                     options: dict[str, Any]) -> tuple[list[Site], dict[str, Any]]:
+    """The sites a transient fault can hit (activations with a batch dimension) and the options noting
+    the rest; a user error when none is left or the number of eval samples is unknown."""
+    if images is None or images < 1:
+        raise OnnxfiError("a transient plan needs the number of eval samples (images >= 1)")
+    kept = [s for s in sites if s.kind == "activation" and s.batched]
+    if not kept:
+        raise OnnxfiError("transient faults hit one inference's activations: select activation sites with a "
+                          "batch dimension (--target activations); weights are persistent (--ber for memory "
+                          "fault rates)")
+    dropped = [s.name for s in sites if not (s.kind == "activation" and s.batched)]
+    out = {**options, "images": images}
+    if dropped:
+        out["left_out_not_per_inference"] = dropped
+    return kept, out
 
 
 def make_plan(
@@ -550,8 +598,15 @@ def make_plan(
     *,
     design: str | None = None,
     per_stratum: int | None = None,
+    fault_model: str = "persistent",
+    images: int | None = None,
 ) -> Plan:
     """Sample a campaign over ``sites``. Size: ``n_faults``, ``margin`` (Leveugle) or ``per_stratum``.
+
+    ``fault_model="transient"``: every fault hits one element of one of the ``images`` eval samples'
+    inference (activation sites with a batch dimension only; the others are named in
+    ``options["left_out_not_per_inference"]``); a stratum's population is its elements per image times
+    ``images``. Fault-rate plans come from :func:`onnxfi.ber.make_ber_plan`.
 
     ``design`` (default ``"proportional"``, or ``"per-stratum"`` when ``per_stratum`` is given): see the
     module docstring. ``"adaptive"`` needs ``margin``; it plans the pilot round only, capped at the Leveugle
@@ -559,8 +614,12 @@ def make_plan(
     experiments, 1 to 20; for adaptive, of the pilot) cuts the sample into rounds.
     """
     design = _resolve_design(design, per_stratum)
+    if fault_model not in ("persistent", "transient"):
+        raise OnnxfiError(f"unknown fault model {fault_model!r}: use persistent or transient")
     if not sites:
         raise OnnxfiError("no fault sites match the selection")
+    if fault_model == "transient":
+        sites, options = _transient_sites(sites, images, dict(options or {}))
     unknown = [s.name for s in sites if s.elements is None]
     if len(unknown) == len(sites):
         raise OnnxfiError(
@@ -593,7 +652,8 @@ def make_plan(
                 keys.append((site, None, spec, tmpl))
     if not keys:
         raise OnnxfiError("no fault fits the selected sites and bits (bits beyond the dtypes?)")
-    pops = np.array([int(s.elements or 0) for s, _, _, _ in keys], dtype=np.int64)
+    per_image = np.array([int(s.elements or 0) for s, _, _, _ in keys], dtype=np.int64)
+    pops = per_image * (images or 1) if fault_model == "transient" else per_image
     population = int(pops.sum())
     rng = np.random.default_rng(seed)
     if per_stratum is not None:
@@ -639,7 +699,8 @@ def make_plan(
             members = np.flatnonzero(groups == g)
             members = members[rng.permutation(len(members))]
             rnd[members] = np.arange(len(members)) * n_rounds // len(members)
-    experiments = _experiments([(s.name, s.kind, b, t) for s, b, _, t in keys], strata_of, index, seeds, rnd, 0, 0)
+    experiments = _experiments([(s.name, s.kind, b, t) for s, b, _, t in keys], strata_of, index, seeds, rnd, 0, 0,
+                               per_image if fault_model == "transient" else None)
     strata = [Stratum(site.name, site.kind, bit, spec, int(pop), int(n))
               for (site, bit, spec, _), pop, n in zip(keys, pops.tolist(), alloc.tolist())]
     return Plan(
@@ -647,6 +708,7 @@ def make_plan(
         faults=list(faults), bits=list(bits) if bits is not None else None, mode=mode,
         population=population, requested=requested, margin=margin, confidence=confidence, p=p,
         strata=strata, experiments=experiments, options=dict(options or {}), design=design,
+        fault_model=fault_model,
     )
 
 
@@ -695,7 +757,7 @@ def extend_plan(plan: Plan, rows: Iterable[Mapping[str, Any]]) -> Plan | None:
         return None
     taken: dict[int, list[int]] = {}
     for e, h in zip(plan.experiments, pos.tolist()):
-        taken.setdefault(h, []).append(e.index)
+        taken.setdefault(h, []).append(space_index(plan, e, h))
     cell_add = grouped_allocation(cell_pop - cell_n, ney, add, rng)
     parts_h, parts_i, parts_s = [], [], []
     for c, n in enumerate(cell_add.tolist()):
@@ -705,7 +767,10 @@ def extend_plan(plan: Plan, rows: Iterable[Mapping[str, Any]]) -> Plan | None:
             parts_s.append(rng.integers(0, 2**31 - 1, size=n))
     strata_of = np.concatenate(parts_h)
     keys = [(st.site, st.kind, st.bit, _template(st.fault)) for st in plan.strata]
+    per_image = None
+    if plan.fault_model == "transient":
+        per_image = cell_pop // int(plan.options["images"])
     new = _experiments(keys, strata_of, np.concatenate(parts_i), np.concatenate(parts_s),
-                       np.zeros(len(strata_of), dtype=np.int64), len(plan.experiments), next_round)
+                       np.zeros(len(strata_of), dtype=np.int64), len(plan.experiments), next_round, per_image)
     strata = [dataclasses.replace(st, n=int(cell_n[c] + cell_add[c])) for c, st in enumerate(plan.strata)]
     return dataclasses.replace(plan, strata=strata, experiments=plan.experiments + new)

@@ -23,7 +23,7 @@ _COLUMNS = {
     "bit": "INTEGER", "fault": "TEXT NOT NULL", "outcome": "TEXT NOT NULL",
     **{flag: "INTEGER NOT NULL" for flag in FLAGS},
     "images_changed": "REAL", "metrics": "TEXT", "time_s": "REAL", "worker": "INTEGER", "error": "TEXT",
-    "path": "TEXT",
+    "path": "TEXT", "image": "INTEGER",
 }
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
@@ -42,8 +42,9 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
-            if "path" not in cols:  # a database written before rows recorded their execution path
-                self.db.execute("ALTER TABLE results ADD COLUMN path TEXT")
+            for col in ("path", "image"):  # a database written before rows recorded them
+                if col not in cols:
+                    self.db.execute(f"ALTER TABLE results ADD COLUMN {col} {_COLUMNS[col]}")
         except sqlite3.DatabaseError as e:
             raise OnnxfiError(f"{self.path}: not an onnxfi results database ({e})") from None
 

@@ -30,7 +30,7 @@ from onnxfi.stats import Rate, rate_with_ci, stratified_estimate
 
 __all__ = [
     "UNRECORDED_PATH", "estimate", "headline", "headline_halfwidth", "progress", "layer_bit", "path_counts",
-    "aggregate",
+    "aggregate", "QUESTIONS",
 ]
 
 Row = dict[str, Any]
@@ -214,10 +214,22 @@ def path_counts(rows: Iterable[Row]) -> dict[str, int]:
     return {str(k): v for k, v in counts.most_common()}
 
 
+# what the headline rates answer, per fault model (the summary's ``question``)
+QUESTIONS = {
+    "persistent": "per fault: the probability that one fault, present for the whole eval set (a weight in memory, "
+                  "an activation element in every inference), changes some eval decision",
+    "transient": "per inference: the probability that one transient fault (one activation element of one "
+                 "inference) changes that inference's decision",
+    "ber": "per draw at a bit error rate: the eval metric with every selected bit flipped with that probability",
+}
+
+
 def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) -> dict[str, Any]:
     """The campaign summary (the keys are a contract: terminal, JSON, HTML, gate and compare read them).
 
-    ``design``; ``rates`` (the headline per-fault rate of every flag: the design's estimator over complete
+    ``fault_model`` and ``question`` (:data:`QUESTIONS`: what the rates answer; for a transient plan the
+    per-fault and per-inference rates are the same question); a fault-rate plan's summary is
+    :func:`onnxfi.ber.ber_summary`'s. ``design``; ``rates`` (the headline per-fault rate of every flag: the design's estimator over complete
     rounds, ``{"k", "n", "rate", "lo", "hi", "method"}``); ``rates_raw`` (k/n with Wilson intervals over every
     stored row: a sample statistic); ``per_inference`` (``{"sdc1": {"rate", "lo", "hi", "method"}}``: the mean
     over the fault space of the fraction of eval inferences whose top-1 decision a fault changes); ``progress``
@@ -227,6 +239,10 @@ def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) 
     """
     conf = confidence or plan.confidence
     rows = list(rows)
+    if plan.fault_model == "ber":
+        from onnxfi.ber import ber_summary
+
+        return ber_summary(plan, rows, conf)
     cells, prog = _cells(plan, rows, conf)
     changed_all = [r["images_changed"] for r in rows if r["images_changed"] is not None]
     metric_vals: dict[str, list[float]] = defaultdict(list)
@@ -243,6 +259,8 @@ def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) 
         "planned": len(plan.experiments),
         "confidence": conf,
         "design": plan.design,
+        "fault_model": plan.fault_model,
+        "question": QUESTIONS[plan.fault_model],
         "outcomes": {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES},
         "rates": {f: _entry(cells.rate(f)) for f in FLAGS},
         "rates_raw": {f: _entry(rate_with_ci(sum(1 for r in rows if r[f]), len(rows), conf)) for f in FLAGS},

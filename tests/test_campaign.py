@@ -248,7 +248,7 @@ def test_run_campaign_refuses_to_overwrite_or_resume_nothing(kat: tuple[Path, Pa
         with pytest.raises(OnnxfiError, match="already holds a campaign"):
             run_campaign(crash_plan, cfg, store)
         assert store.count() == 1
-        assert list(store.rows())[0] == row | {"path": None}
+        assert list(store.rows())[0] == row | {"path": None, "image": None}
 
 
 def test_store_round_trips_rows(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_store_round_trips_rows(tmp_path: Path) -> None:
          "outcome": OUTCOMES[i], "masked": i == 0, "sdc1": i in (2, 3, 4), "sdc5": i == 3, "critical": i == 4,
          "due": i == 5, "crash": i == 6, "images_changed": None if i == 6 else i / 10,
          "metrics": {} if i == 6 else {"task_value": 0.5, "custom": None}, "time_s": 0.25, "worker": 1,
-         "error": "boom" if i == 6 else None, "path": None if i == 6 else "suffix"}
+         "error": "boom" if i == 6 else None, "path": None if i == 6 else "suffix", "image": 3 if i == 1 else None}
         for i in range(7)
     ]
     with Store(tmp_path / "s.db") as store:

@@ -233,7 +233,7 @@ class _FakeEngine:
     def __init__(self, run: Any = None, runner: Any = None) -> None:
         self._run, self._runner = run, runner
 
-    def runner(self, site: str, needs_bits: bool, needs_values: bool) -> _FakeRunner:
+    def runner(self, site: str, needs_bits: bool, needs_values: bool, transient: bool = False) -> _FakeRunner:
         if self._runner is not None:
             self._runner()
         return _FakeRunner()

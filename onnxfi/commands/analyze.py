@@ -30,6 +30,7 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import SCHEMAS, STDOUT, add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
+from onnxfi.data import make_dataset
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS
@@ -46,10 +47,19 @@ _EXAMPLES = """examples:
   onnxfi analyze model.onnx --per-stratum 20 --bits 23-31   layer x bit sensitivity map (per-stratum design)
   onnxfi analyze model.onnx --design adaptive --margin 0.01  fewer faults for the same SDC-1 interval
   onnxfi analyze model.onnx --db run.db --resume              continue an interrupted campaign
+  onnxfi analyze digits_cnn --fault-model transient --faults 5000   one fault in one inference (SDC per inference)
+  onnxfi analyze digits_cnn --ber 1e-7,1e-6,1e-5 --faults 30  accuracy vs bit error rate (30 draws per rate)
+  onnxfi analyze digits_cnn --fault-model transient --compare hardened.onnx   same faults on both models
+
+fault models: persistent (default: one fault present for the whole eval set, a weight in memory or an
+activation element in every inference), transient (one activation element of one inference: a particle
+strike during one run), fault rate (--ber: every selected weight bit flips with probability p; many faults).
 
 rates: per fault (one fault in the model's fault space changes some eval decision) and per inference (the
 fraction of eval inferences a fault changes), both estimated for the whole fault space with the estimator of
-the plan's design, over complete rounds; an interrupted campaign reports the rounds that finished.
+the plan's design, over complete rounds; an interrupted campaign reports the rounds that finished. For
+transient faults the two are one question: the probability that the hit inference's decision changes.
+--ber reports the eval metric per rate (mean over draws, with an interval) and the outcome rates per rate.
 
 outcomes: masked (outputs bitwise equal), tolerable (differ, no decision changes), sdc1 (top-1 changes on
 some image), sdc5 (golden top-1 leaves the top-5), critical (task metric drops by more than --critical),
@@ -69,7 +79,13 @@ def register(sub: Any) -> None:
                    "set, else seeded random inputs")
     add_data_loader_arg(p)
     p.add_argument("--samples", type=int, default=16, help="random inputs when no data (default 16)")
-    p.add_argument("--target", choices=["weights", "activations", "all"], default="weights")
+    p.add_argument("--target", choices=["weights", "activations", "all"],
+                   help="sites to fault (default: weights; activations with --fault-model transient)")
+    p.add_argument("--fault-model", choices=["persistent", "transient"], default="persistent",
+                   help="persistent (default): a fault stays for the whole eval set; transient: one activation "
+                   "element of one inference (uniform over eval samples x elements x bits)")
+    p.add_argument("--ber", metavar="RATES", help="fault-rate campaign: every selected weight bit flips with "
+                   "probability p, for each p in RATES (e.g. 1e-7,1e-6,1e-5); --faults draws per rate (default 30)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--faults", type=int, help="number of experiments")
     size.add_argument("--margin", type=float, help="error margin e for Leveugle sizing (default 0.05)")
@@ -128,6 +144,34 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def parse_rates(text: str) -> list[float]:
+    """``--ber`` rates: a comma-separated list of probabilities in (0, 1)."""
+    rates = []
+    for part in text.split(","):
+        try:
+            r = float(part)
+        except ValueError:
+            raise OnnxfiError(f"--ber: {part.strip()!r} is not a number (e.g. --ber 1e-7,1e-6,1e-5)") from None
+        if not 0.0 < r < 1.0:
+            raise OnnxfiError(f"--ber: {part.strip()} is not a probability between 0 and 1")
+        rates.append(r)
+    return sorted(set(rates))
+
+
+def _ber_plan(args: argparse.Namespace, model_path: str, chosen: list[Any], target: str,
+              options: dict[str, Any]) -> Plan:
+    from onnxfi.ber import make_ber_plan
+
+    for flag, given in (("--margin", args.margin), ("--per-stratum", args.per_stratum), ("--design", args.design)):
+        if given is not None:
+            raise OnnxfiError(f"--ber is sized by --faults (draws per rate), not {flag}")
+    if args.fault and args.fault != ["flip"]:
+        raise OnnxfiError("--ber flips bits; it does not take --fault")
+    per_rate = 30 if args.faults is None else args.faults
+    return make_ber_plan(model_path, chosen, parse_rates(args.ber), per_rate, parse_bits(args.bits), seed=args.seed,
+                         target=target, options=options, confidence=args.confidence)
+
+
 def _default_data(model_arg: str) -> str | None:
     from onnxfi.zoo import default_data
 
@@ -155,7 +199,10 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     design = s.get("design", plan.design)
     rates, raw = s["rates"], s.get("rates_raw", s["rates"])
     self_weighting = design == "proportional"
-    t = Table(title=f"Per fault: rates over the model's fault space ({design} design: "
+    transient = plan.fault_model == "transient"
+    question = ("Per inference, transient faults: one fault in one activation element of one inference (uniform "
+                "over eval samples x elements x bits)" if transient else "Per fault: rates over the model's fault space")
+    t = Table(title=f"{question} ({design} design: "
               f"{_DESIGN_NOTES.get(design, design)}; {conf}% {_method(rates['sdc1'])} intervals)",
               title_justify="left", show_edge=False, header_style="bold")
     cols = ["outcome", "count", "rate [CI]"] if self_weighting else ["outcome", "sampled k/n", "rate [CI]",
@@ -172,7 +219,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
             t.add_row(label, f"{r['k']}/{r['n']}", _pct(r), f"{100 * raw[key]['rate']:.2f}%")
     stdout.print(t)
     per = (s.get("per_inference") or {}).get("sdc1")
-    if per:
+    if per and not transient:
         stdout.print(f"Per inference: a fault changes the top-1 decision of {_pct(per)} of eval inferences "
                      f"(mean over faults; {conf}% {_method(per)} interval)")
     prog = s.get("progress") or {}
@@ -355,7 +402,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             loaded, sites = load_from_args(args)
             ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
-            chosen = sites.select(args.target, args.sites, ops, args.include_structure, layers=args.layers)
+            transient = args.fault_model == "transient"
+            if transient and args.ber:
+                raise OnnxfiError("--ber is a fault-rate campaign over weights; it does not take --fault-model "
+                                  "transient")
+            target = args.target or ("activations" if transient else "weights")
+            chosen = sites.select(target, args.sites, ops, args.include_structure, layers=args.layers)
             if not chosen:
                 raise OnnxfiError("no fault sites match the filters (--target/--sites/--ops/--layers)"
                                   + sites.pattern_hint(args.sites))
@@ -367,14 +419,26 @@ def run(args: argparse.Namespace) -> int:
             margin = args.margin if args.faults is None and args.per_stratum is None else None
             if args.faults is None and args.per_stratum is None and margin is None:
                 margin = 0.05
-            plan = make_plan(
-                model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
-                args.confidence, args.p, args.seed, args.target, design=design, per_stratum=args.per_stratum,
-                options={"critical": args.critical, "data": data or loader, "sites_regex": args.sites, "ops": args.ops},
-            )
+            options = {"critical": args.critical, "data": data or loader, "sites_regex": args.sites, "ops": args.ops}
+            if args.ber:
+                plan = _ber_plan(args, model_path, chosen, target, options)
+            else:
+                images = None
+                if transient:  # the fault space counts eval samples: know how many before planning
+                    images = make_dataset(loaded.inputs(), cfg.data_path, cfg.data_loader, seed=cfg.data_seed,
+                                          samples=cfg.samples, overrides=cfg.input_shapes).size
+                plan = make_plan(
+                    model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
+                    args.confidence, args.p, args.seed, target, design=design, per_stratum=args.per_stratum,
+                    options=options, fault_model=args.fault_model, images=images,
+                )
         left_out = plan.options.get("left_out_unknown_shape")
         if left_out:
             stdout.print(escape(left_out_note(left_out)), style="yellow")
+        not_per_inference = plan.options.get("left_out_not_per_inference")
+        if not_per_inference:
+            stdout.print(escape(f"transient faults: left out {len(not_per_inference)} site(s) without a batch "
+                                f"dimension or not activations (e.g. {not_per_inference[0]})"), style="yellow")
         other_plan = None
         if args.compare:  # checked before the first campaign runs
             other_plan = matched_plan(plan, resolve_model_arg(args.compare), cfg.input_shapes)
@@ -402,7 +466,12 @@ def run(args: argparse.Namespace) -> int:
         choice = (result.clean or {}).get("output_choice") or {}
         if choice.get("reason"):
             stdout.print(escape(f"scored output: {choice.get('name')}: {choice['reason']}"))
-        print_summary(plan, result.clean, result.summary, args.top)
+        if plan.fault_model == "ber":
+            from onnxfi.commands._ber import ber_table
+
+            stdout.print(ber_table(result.summary))
+        else:
+            print_summary(plan, result.clean, result.summary, args.top)
         if (result.clean or {}).get("warning"):
             stdout.print(escape(f"warning: {result.clean['warning']}"), style="bold yellow")
         note = path_note(list(store.rows()))

@@ -1,4 +1,5 @@
-"""``onnxfi inject``: write a copy of a model with one exact fault in a weight or an activation."""
+"""``onnxfi inject``: write a copy of a model with one exact fault in a weight or an activation, or with every
+bit flip of one fault-rate experiment of a plan."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxfi.ber import apply_flips, ber_sizes, draw_flips, is_ber
 from onnxfi.commands._common import (
     add_model_args,
     fmt_value,
@@ -22,11 +24,16 @@ from onnxfi.faults import parse_fault
 from onnxfi.inject import Injection, inject
 from onnxfi.model import LoadedModel, save_model
 from onnxfi.passes import ExposeValues
-from onnxfi.plan import Plan, file_sha256
+from onnxfi.plan import Experiment, Plan, file_sha256
 from onnxfi.runtime import make_session
+from onnxfi.sites import SiteIndex
 from onnxfi.store import Store
 
 __all__ = ["register", "run"]
+
+# flips of a bit error rate experiment listed on the terminal and in the JSON record
+_FLIPS_SHOWN = 10
+_FLIPS_JSON = 100
 
 _EXAMPLES = """examples:
   onnxfi inject model.onnx --site conv1.weight --index 3,0,1,1 --bit 30 -o faulty.onnx
@@ -34,6 +41,7 @@ _EXAMPLES = """examples:
   onnxfi inject model.onnx --site relu_out --index 0,5,5 --bit 30 --image 2 -o f.onnx
   onnxfi inject model.onnx --site fc.bias --index 0 --fault value:1e9 -o f.onnx
   onnxfi inject model.onnx --from-plan run.db --experiment 42 -o exp42.onnx
+  (a bit error rate experiment: every bit flip of its draw is written into the weights)
 
 faults: flip (default), burst:K (K adjacent bits from --bit), stuck-0, stuck-1, value:V,
         random:LO,HI (seeded by --seed), zero.  Bit 0 is the least significant bit;
@@ -116,6 +124,55 @@ def _check_plan_model(plan: Plan, loaded: LoadedModel, plan_path: str) -> None:
         )
 
 
+def _scalar(v: Any) -> Any:
+    f = float(v)
+    return int(v) if getattr(getattr(v, "dtype", None), "kind", "f") in "iub" else f if np.isfinite(f) else str(f)
+
+
+def _replay_ber(args: argparse.Namespace, loaded: LoadedModel, sites: SiteIndex, exp: Experiment,
+                out_path: Path) -> int:
+    """Write the model with every bit flip of the fault-rate experiment ``exp`` applied, and say where they went."""
+    if args.image is not None:
+        raise OnnxfiError("--image applies to activation faults; a bit error rate experiment flips stored weights")
+    sizes = ber_sizes(sites)
+    flips = draw_flips(exp, sizes)
+    originals = apply_flips(sites, flips)
+    shown = []
+    for name, element, bit in flips[:_FLIPS_JSON]:
+        site = sites.get(name)
+        shape = site.concrete_shape or ()
+        coords = [int(c) for c in np.unravel_index(element, shape)] if shape else []
+        old = originals[name].reshape(-1)[element]
+        new = sites.weight_array(site).reshape(-1)[element]
+        shown.append({"site": name, "index": element, "coords": coords, "bit": bit, "dtype": site.dtype_name,
+                      "old_value": _scalar(old), "new_value": _scalar(new)})
+    names = [str(n) for n in exp.fault["sites"]]
+    selected = exp.fault.get("bits")
+    total = sum(n * sum(1 for b in (selected if selected is not None else range(w)) if 0 <= b < w)
+                for n, w in (sizes[x] for x in names))
+    rate = float(exp.fault["rate"])
+    written = save_model(loaded.model, out_path, external_data=loaded.has_external_data)
+    touched = len({name for name, _, _ in flips})
+    stdout.print(f"experiment {exp.id}: bit error rate {rate:g} over {total:,} bits of {len(names):,} weight site(s)"
+                 + (f" (bits {', '.join(map(str, selected))})" if selected is not None else ""))
+    stdout.print(f"flips     {len(flips):,} (expected {rate * total:,.2f}) in {touched:,} site(s); seed {exp.seed}")
+    for f in shown[:_FLIPS_SHOWN]:
+        at = ",".join(map(str, f["coords"]))
+        stdout.print(f"  {f['site']}[{at}] bit {f['bit']}: "
+                     f"{fmt_value(f['old_value'])} -> {fmt_value(f['new_value'])}", markup=False)
+    if len(flips) > _FLIPS_SHOWN:
+        stdout.print(f"  ... {len(flips) - _FLIPS_SHOWN:,} more" + (" (--json lists the first "
+                     f"{_FLIPS_JSON})" if args.json is None else ""))
+    stdout.print(f"wrote     {', '.join(str(w) for w in written)}")
+    write_json(args.json, {
+        "schema": SCHEMAS["inject"], "site": exp.site, "kind": "weight", "experiment": exp.id, "seed": exp.seed,
+        "fault": {"kind": "ber", "rate": rate, "bits": selected, "spec": f"ber:{rate:g}"},
+        "sites": len(names), "bits_total": total, "n_flips": len(flips), "flips": shown,
+        "flips_listed": len(shown), "output": [str(w) for w in written],
+    })
+    return 0
+
+
 @json_command
 def run(args: argparse.Namespace) -> int:
     out_path = Path(args.output)
@@ -130,8 +187,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.other_model:
             _check_plan_model(plan, loaded, args.from_plan)
         exp = plan.experiment(args.experiment)
+        if is_ber(exp):
+            return _replay_ber(args, loaded, sites, exp, out_path)
         site_name, index, fault = exp.site, exp.index, exp.fault_obj()
         rng = np.random.default_rng(exp.seed)
+        if exp.image is not None and args.image is None:  # a transient fault: that sample's inference only
+            args.image = exp.image
+            stdout.print(f"transient fault: it hits sample {exp.image} of the batch the model is fed (feed the "
+                         "eval set as one batch to reproduce the experiment)", style="yellow")
     else:
         if not args.site or args.index is None:
             raise OnnxfiError("give --site and --index (or --from-plan PLAN --experiment ID)")

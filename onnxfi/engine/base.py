@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Result:
     outputs: Outputs
     golden: Outputs
     path: str
+    extra: dict[str, float] = field(default_factory=dict)  # figures of the experiment, kept in its metrics
 
 
 class Runner:

@@ -26,10 +26,11 @@ from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
+from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner
 from onnxfi.errors import first_line
 from onnxfi.sites import Site
 
-__all__ = ["Choice", "choose"]
+__all__ = ["Choice", "choose", "choose_transient"]
 
 
 @dataclass
@@ -63,6 +64,24 @@ def choose(ctx: Context, site: Site, needs_bits: bool, needs_values: bool) -> Ch
             runner = _whole(ctx, site, needs_bits, needs_values, _cannot("the cone", e))
     else:
         runner = _whole(ctx, site, needs_bits, needs_values, "")
+    return Choice(runner, runner.path, runner.reason)
+
+
+def choose_transient(ctx: Context, site: Site) -> Choice:
+    """The runner for transient faults at activation ``site``: the packed cone (suffix mode), else the
+    naive reference (naive and port modes, and where the site cannot be cut or its cone cannot run)."""
+    runner: Runner
+    if ctx.cfg.mode == "suffix":
+        try:
+            runner = TransientConeRunner(ctx, site)
+        except CutError as e:
+            runner = TransientNaiveRunner(ctx, site, str(e))
+        except Exception as e:
+            if not is_runtime_failure(e):
+                raise
+            runner = TransientNaiveRunner(ctx, site, _cannot("the cone", e))
+    else:
+        runner = TransientNaiveRunner(ctx, site)
     return Choice(runner, runner.path, runner.reason)
 
 

@@ -117,7 +117,9 @@ class ActivationConeRunner(Runner):
         if cfg.shortcuts and self.cut.checkpoint is not None:
             self.checkpoint = ctx.session(self.cut.checkpoint.SerializeToString(), threads=1)
             self.checkpoint_golden = [self._check(c[name]) for c in self.chunks]
-        self.session = ctx.session(self.cut.model.SerializeToString())
+        model_bytes = self.cut.model.SerializeToString()
+        self.session = ctx.session(model_bytes)
+        self.cache_bytes += len(model_bytes)  # the session holds the cone's weights
         t0 = time.perf_counter()
         self.golden = self._run(lambda c: c[name])
         self.golden_time = time.perf_counter() - t0
@@ -191,6 +193,9 @@ class WeightCone:
         self.values = {**self.chunks[0], name: self.original}
         self.cut = cut_model(proto, start, [name], self.values)
         self.bake_cut = self.cut if bake_start == start else cut_model(proto, bake_start, [name], self.values)
+        # the sessions hold the cone's weights (fed and baked cones, and the split's rest: about twice each)
+        self.cache_bytes += 2 * (self.cut.model.ByteSize() + (self.bake_cut.model.ByteSize()
+                                                               if self.bake_cut is not self.cut else 0))
         self._bake_bytes: dict[int, bytes] = {}  # id(cut) -> the cut serialized without the site input
 
     def baked_session(self, weight: np.ndarray, cut: Cut | None = None) -> Any:

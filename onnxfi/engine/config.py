@@ -33,7 +33,7 @@ class EngineConfig:
     critical: float = 0.01
     metric: str | None = None
     mode: str = "suffix"  # one of MODES
-    max_sessions: int = 8
+    max_sessions: int = 32
     cache_mb: float = 1024.0
     shortcuts: bool = True
     # suffix mode, weights: re-run with the weight baked in every experiment whose outcome the

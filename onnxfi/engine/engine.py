@@ -7,13 +7,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from onnxfi.engine.base import Runner
-from onnxfi.engine.chooser import choose
+from onnxfi.engine.base import Result, Runner, is_runtime_failure
+from onnxfi.engine.chooser import choose, choose_transient
 from onnxfi.engine.config import MODES, EngineConfig
 from onnxfi.engine.context import Context
 from onnxfi.errors import MetricError, OnnxfiError, first_line
 from onnxfi.outcomes import classify, load_metric, task_metric
-from onnxfi.plan import Experiment
+from onnxfi.plan import BER_SITE, Experiment
 from onnxfi.runtime import concat_batches
 from onnxfi.scoring import plausibility
 
@@ -50,21 +50,30 @@ class Engine:
         self.ctx = Context(cfg)
         self.custom = guard_metric(load_metric(cfg.metric), cfg.metric) if cfg.metric else None
         self.task: str = cfg.task or ""
-        self._runners: OrderedDict[tuple[str, bool, bool], Runner] = OrderedDict()
+        self._runners: OrderedDict[tuple[str, bool, bool, bool], Runner] = OrderedDict()
+        self._ready: dict[int, Result] = {}  # transient results computed ahead, by experiment id
 
     @property
     def primary(self) -> str:
         """The output that decisions (top-1, pixel classes, the task metric) are taken from."""
         return self.ctx.primary
 
-    def runner(self, site_name: str, needs_bits: bool, needs_values: bool) -> Runner:
-        """The runner of a site (built on first use, kept while the session and cache budgets allow)."""
-        key = (site_name, needs_bits, needs_values)
+    def runner(self, site_name: str, needs_bits: bool, needs_values: bool, transient: bool = False) -> Runner:
+        """The runner of a site (built on first use, kept while the session and cache budgets allow);
+        ``transient``: the runner of one-inference faults at the site."""
+        key = (site_name, needs_bits, needs_values, transient)
         r = self._runners.get(key)
         if r is not None:
             self._runners.move_to_end(key)
             return r
-        r = choose(self.ctx, self.ctx.index.get(site_name), needs_bits, needs_values).runner
+        if site_name == BER_SITE:
+            from onnxfi.engine.ber import BerRunner
+
+            r = BerRunner(self.ctx)
+        elif transient:
+            r = choose_transient(self.ctx, self.ctx.index.get(site_name)).runner
+        else:
+            r = choose(self.ctx, self.ctx.index.get(site_name), needs_bits, needs_values).runner
         self._runners[key] = r
         while len(self._runners) > 1 and (
             len(self._runners) > self.cfg.max_sessions
@@ -74,14 +83,41 @@ class Engine:
         self.task = self.ctx.choice.task  # how the scored output is read (onnxfi.scoring; --task overrides)
         return r
 
+    def prefetch(self, exps: list[Experiment], needs_bits: bool, needs_values: bool) -> None:
+        """Compute ahead the results of transient experiments of one site that run together (the packed cone:
+        one run executes the faults of different samples of a batch), for :meth:`run` to take. Best effort:
+        where ONNX Runtime fails on the packed run, nothing is kept and each experiment runs alone, so a
+        crash is the experiment's own."""
+        exps = [e for e in exps if e.image is not None and e.id not in self._ready]
+        if len(exps) < 2 or len({e.site for e in exps}) != 1:
+            return
+        r = self.runner(exps[0].site, needs_bits, needs_values, transient=True)
+        many = getattr(r, "results", None)
+        if many is None:
+            return
+        try:
+            self._ready.update(many(exps))
+        except Exception as e:
+            if not is_runtime_failure(e):
+                raise
+
     def run(self, exp: Experiment, needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         """Run one experiment: its outcome flags and metrics (see :func:`onnxfi.outcomes.classify`) and
-        ``path``, how it was executed (see :mod:`onnxfi.engine.chooser`)."""
-        res = self.runner(exp.site, needs_bits, needs_values).result(exp)
+        ``path``, how it was executed (see :mod:`onnxfi.engine.chooser`). A transient experiment is classified
+        on its own sample (its label alone)."""
+        transient = exp.image is not None
+        res = self._ready.pop(exp.id, None)
+        if res is None:
+            res = self.runner(exp.site, needs_bits, needs_values, transient).result(exp)
         choice = self.ctx.choice
-        row = classify(res.golden, res.outputs, self.primary, choice.task, self.ctx.data.labels, self.cfg.critical,
+        labels = self.ctx.data.labels
+        if exp.image is not None and labels is not None:
+            labels = labels[exp.image:exp.image + 1]
+        row = classify(res.golden, res.outputs, self.primary, choice.task, labels, self.cfg.critical,
                        self.custom, layout=choice.layout)
         row["path"] = res.path
+        if res.extra:
+            row["metrics"] = {**row.get("metrics", {}), **res.extra}
         return row
 
     def clean_summary(self) -> dict[str, Any]:

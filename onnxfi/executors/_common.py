@@ -24,7 +24,7 @@ import os
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from onnxfi.engine.base import is_runtime_failure
@@ -36,12 +36,14 @@ if TYPE_CHECKING:
     from onnxfi.engine import Engine
 
 __all__ = [
-    "MAX_ATTEMPTS", "Attempts", "chunk_by_site", "time_limit", "timeout_reason", "error_text", "run_one",
+    "MAX_ATTEMPTS", "HINTS", "hints", "Attempts", "chunk_by_site", "time_limit", "timeout_reason", "error_text", "run_one",
     "build_runner", "startup_error", "unwrap", "Reply", "RESULT", "PATH", "USER_ERROR", "INTERNAL_ERROR",
 ]
 
 # runs of an experiment whose worker died under it, the last one included
 MAX_ATTEMPTS = 2
+# transient experiments sent along with one (the worker packs them into shared runs)
+HINTS = 255
 
 # What a worker answers, as (kind, value): RESULT with a stored row, PATH with the execution path of a
 # site runner it built, USER_ERROR with a one-line message, INTERNAL_ERROR with (summary, traceback).
@@ -82,6 +84,10 @@ class Attempts:
         n = self._deaths[exp.id] = self._deaths.get(exp.id, 0) + 1
         return n
 
+    def charged(self, exp: Experiment) -> bool:
+        """Whether a worker died under ``exp`` before."""
+        return exp.id in self._deaths
+
     def retry(self, n: int) -> bool:
         """Whether an experiment charged ``n`` deaths runs again (else it is stored as ``crash``)."""
         return n < self.max_attempts
@@ -120,24 +126,42 @@ def startup_error(e: BaseException) -> Reply:
     return _error_reply(e, "starting a worker")
 
 
-def build_runner(engine: Engine, site: str, needs_bits: bool, needs_values: bool) -> Reply:
+def hints(queue: Iterable[Experiment], exp: Experiment, attempts: Attempts | None = None) -> list[Experiment]:
+    """The experiments after ``exp`` in a worker's ``queue`` that the worker may compute together with it
+    (transient faults at the same site, at most :data:`HINTS`); none for an experiment whose worker died
+    under it before (it then runs alone, so a second death is its own)."""
+    if exp.image is None or (attempts is not None and attempts.charged(exp)):
+        return []
+    out: list[Experiment] = []
+    for e in queue:
+        if e.site != exp.site or e.image is None or len(out) >= HINTS:
+            break
+        out.append(e)
+    return out
+
+
+def build_runner(engine: Engine, site: str, needs_bits: bool, needs_values: bool, transient: bool = False) -> Reply:
     """Build (or find) a site's runner: ``(PATH, its path)``, else the error reply (never a crash: the
     runner holds only fault-free sessions, and the chooser has already fallen back where ORT refused one)."""
     try:
-        return (PATH, engine.runner(site, needs_bits, needs_values).path)
+        return (PATH, engine.runner(site, needs_bits, needs_values, transient).path)
     except Exception as e:
         return _error_reply(e, f"building the runner of site {site}")
 
 
-def run_one(engine: Engine, exp: Experiment, needs_bits: bool, needs_values: bool, worker: int) -> Reply:
+def run_one(engine: Engine, exp: Experiment, needs_bits: bool, needs_values: bool, worker: int,
+            ahead: Sequence[Experiment] = ()) -> Reply:
     """One experiment in a worker: ``(RESULT, its row)``, a ``crash`` row (with the runner's path) when ONNX
     Runtime fails on the faulty model; any other exception is an error reply (see the module docstring)
-    and the campaign stops."""
-    built = build_runner(engine, exp.site, needs_bits, needs_values)
+    and the campaign stops. ``ahead``: experiments the worker gets next (:func:`hints`), computed now
+    where they run together with ``exp`` (:meth:`Engine.prefetch`)."""
+    built = build_runner(engine, exp.site, needs_bits, needs_values, exp.image is not None)
     if built[0] != PATH:
         return built
     try:
         t0 = time.perf_counter()
+        if ahead:
+            engine.prefetch([exp, *ahead], needs_bits, needs_values)
         result = engine.run(exp, needs_bits, needs_values)
         return (RESULT, experiment_row(exp, result, time_s=time.perf_counter() - t0, worker=worker))
     except Exception as e:

@@ -48,15 +48,16 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
             return
         if msg[0] == "stop":
             return
-        _, exp_dict, needs_bits, needs_values = msg
+        _, exp_dict, needs_bits, needs_values, ahead = msg
         exp = Experiment(**exp_dict)
         conn.send(("got", exp.id))  # from here on a hang is this experiment's (or its site's)
-        built = common.build_runner(engine, exp.site, needs_bits, needs_values)
+        built = common.build_runner(engine, exp.site, needs_bits, needs_values, exp.image is not None)
         if built[0] != common.PATH:  # not an outcome: the parent raises it
             conn.send(built)
             continue
         conn.send(("begin", exp.id, built[1]))
-        conn.send(common.run_one(engine, exp, needs_bits, needs_values, worker_id))
+        conn.send(common.run_one(engine, exp, needs_bits, needs_values, worker_id,
+                                 [Experiment(**d) for d in ahead]))
 
 
 @dataclass
@@ -88,6 +89,7 @@ class LocalExecutor:
         self.cfg = cfg
         self.build_timeout_s = build_timeout_s  # building one site's sessions (prefix, cone, shortcut)
         self.max_attempts = max_attempts
+        self._attempts: common.Attempts | None = None
         self.n_workers = max(1, workers)
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
@@ -143,8 +145,9 @@ class LocalExecutor:
         exp = w.queue.popleft()
         w.current, w.started, w.running, w.received, w.path = exp, time.monotonic(), False, False, None
         bits, values = flags(exp.site)
+        ahead = [e.__dict__ for e in common.hints(w.queue, exp, self._attempts)]
         try:
-            w.conn.send(("run", exp.__dict__, bits, values))
+            w.conn.send(("run", exp.__dict__, bits, values, ahead))
         except OSError:  # BrokenPipeError: the worker died after its last result; handled as a death
             pass
 
@@ -164,7 +167,7 @@ class LocalExecutor:
         """Yield one row per experiment. ``flags(site)`` says which fault ports the site needs."""
         self.start()
         chunks = common.chunk_by_site(experiments)
-        attempts = common.Attempts(self.max_attempts)
+        attempts = self._attempts = common.Attempts(self.max_attempts)
         for w in self._workers:
             if chunks:
                 w.queue = chunks.popleft()

@@ -152,12 +152,14 @@ class _EngineActor:
             raise InternalError("a Ray worker was given work before its setup succeeded")
         return self.engine
 
-    def prepare(self, site: str, needs_bits: bool, needs_values: bool) -> common.Reply:
+    def prepare(self, site: str, needs_bits: bool, needs_values: bool, transient: bool = False) -> common.Reply:
         """Build the site's session (not timed: the next experiments are): (PATH, its path) or an error."""
-        return common.build_runner(self._engine(), site, needs_bits, needs_values)
+        return common.build_runner(self._engine(), site, needs_bits, needs_values, transient)
 
-    def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool) -> common.Reply:
-        return common.run_one(self._engine(), Experiment(**exp_dict), needs_bits, needs_values, self.wid)
+    def run(self, exp_dict: dict[str, Any], needs_bits: bool, needs_values: bool,
+            ahead: list[dict[str, Any]] | None = None) -> common.Reply:
+        return common.run_one(self._engine(), Experiment(**exp_dict), needs_bits, needs_values, self.wid,
+                              [Experiment(**d) for d in ahead or []])
 
     def pid(self) -> int:
         return os.getpid()
@@ -177,7 +179,7 @@ class _Slot:
     queue: deque[Experiment] = field(default_factory=deque)
     inflight: deque[tuple[Any, Experiment | None]] = field(default_factory=deque)  # None: a prepare call
     head_since: float = 0.0
-    site_key: tuple[str, bool, bool] | None = None
+    site_key: tuple[str, bool, bool, bool] | None = None
     paths: dict[str, str] = field(default_factory=dict)  # site -> execution path, as prepare reported it
     preparing: dict[Any, str] = field(default_factory=dict)  # prepare call -> its site
 
@@ -208,6 +210,7 @@ class RayExecutor:
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
         self.max_attempts = max_attempts
+        self._attempts: common.Attempts | None = None
         self.start_timeout_s = start_timeout_s
         self.clean: dict[str, Any] | None = None
         self.cpus_per_worker = max(1, cfg.threads or 1)
@@ -335,7 +338,7 @@ class RayExecutor:
         self.start()
         chunks = common.chunk_by_site(experiments)
         remaining = {e.id for e in experiments}
-        attempts = common.Attempts(self.max_attempts)
+        attempts = self._attempts = common.Attempts(self.max_attempts)
         last_progress = time.monotonic()
         while remaining:
             for slot in list(self._slots):
@@ -393,12 +396,14 @@ class RayExecutor:
             bits, values = flags(exp.site)
             if not slot.inflight:
                 slot.head_since = time.monotonic()
-            if slot.site_key != (exp.site, bits, values):
-                slot.site_key = (exp.site, bits, values)
-                ref = slot.actor.prepare.remote(exp.site, bits, values)
+            transient = exp.image is not None
+            if slot.site_key != (exp.site, bits, values, transient):
+                slot.site_key = (exp.site, bits, values, transient)
+                ref = slot.actor.prepare.remote(exp.site, bits, values, transient)
                 slot.preparing[ref] = exp.site
                 slot.inflight.append((ref, None))
-            slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values), exp))
+            ahead = [e.__dict__ for e in common.hints(slot.queue, exp, self._attempts)]
+            slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values, ahead), exp))
 
     def _collect(self, slot: _Slot, remaining: set[int], attempts: common.Attempts,
                  chunks: deque[deque[Experiment]]) -> Iterator[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 
 from onnxfi import __version__
+from onnxfi.ber import ber_summary
 from onnxfi.errors import OnnxfiError
 from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS, OUTCOME_LABELS
 from onnxfi.plan import Plan, file_sha256
@@ -81,7 +82,14 @@ class _Campaign(StoredCampaign):
 
 def _load(db_path: str | os.PathLike[str]) -> _Campaign:
     stored = load_campaign(db_path)
+    if _is_ber(stored.plan):
+        return _Campaign(**vars(stored), summary=ber_summary(stored.plan, stored.rows, clean=stored.clean))
     return _Campaign(**vars(stored), summary=aggregate(stored.plan, stored.rows))
+
+
+def _is_ber(plan: Plan) -> bool:
+    """A bit error rate campaign: its result is the metric and the outcome rates per rate, not per fault."""
+    return plan.fault_model == "ber"
 
 
 def _model_path(camp: _Campaign) -> str:
@@ -477,6 +485,53 @@ def _plot_compare_layers(figs: _Figures, before: _Campaign, after: _Campaign, co
                     f"SDC-1 per layer before and after hardening (the original's top {len(top)} layers).")
 
 
+def _ber_err(entries: Sequence[dict[str, Any]], value: str) -> np.ndarray:
+    """Whiskers from ``lo``/``hi`` around ``value``; none where the interval is unknown (fewer than two runs)."""
+    mid = np.array([e[value] for e in entries], dtype=float)
+    lo = np.array([e["lo"] for e in entries], dtype=float)
+    hi = np.array([e["hi"] for e in entries], dtype=float)
+    return np.nan_to_num(np.clip(np.vstack([mid - lo, hi - mid]), 0.0, None), nan=0.0)
+
+
+def _plot_ber(figs: _Figures, series: Sequence[tuple[str, dict[str, Any]]], conf_pct: int) -> str:
+    """Left: the task metric's mean vs bit error rate, one line per model; right: SDC-1 and DUE rates."""
+    fig = figs.new(10, 3.8)
+    left, right = fig.subplots(1, 2)
+    metric = str(series[0][1].get("metric") or "metric")
+    colors = ("#2a5d8f", "#27ae60", "#8e44ad", "#d35400")
+    for i, (name, summary) in enumerate(series):
+        color, style = colors[i % len(colors)], ("-", "--", ":", "-.")[i % 4]
+        pts = [e for e in summary.get("ber") or [] if _finite(e["metric"]["mean"])]
+        if pts:
+            metrics = [e["metric"] for e in pts]
+            left.errorbar([e["rate"] for e in pts], [m["mean"] for m in metrics], yerr=_ber_err(metrics, "mean"),
+                          fmt=style, color=color, marker="o", markersize=3, linewidth=1.2, elinewidth=0.8, capsize=2,
+                          label=_label(name))
+        clean = summary.get("clean_value")
+        if _finite(clean):
+            left.axhline(float(clean), color=color, linestyle=":", linewidth=0.9, label=f"clean {_label(name, 30)}")
+        for key in ("sdc1", "due"):
+            rated = [e for e in summary.get("ber") or [] if _finite(e["rates"][key]["rate"])]
+            if rated:
+                entries = [e["rates"][key] for e in rated]
+                right.errorbar([e["rate"] for e in rated], [r["rate"] for r in entries], yerr=_ber_err(entries, "rate"),
+                               fmt=style, color=_RATE_COLORS[key], marker="o" if i == 0 else "s", markersize=3, linewidth=1.2, elinewidth=0.8,
+                               capsize=2, label=f"{FLAG_LABELS[key]} {_label(name, 30)}")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("bit error rate (probability that a stored weight bit flips)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7)
+    left.set_ylabel(_label(f"{metric} (mean, {conf_pct}% interval)", 60))
+    right.set_ylim(0, 1.02)
+    _pct_axis(right.yaxis)
+    right.set_ylabel(f"share of experiments ({conf_pct}% interval)")
+    return figs.svg(fig, f"{metric} and outcome rates vs bit error rate",
+                    f"Left: mean {metric} over the experiments at each bit error rate, whiskers the Student t "
+                    "interval across experiments (dotted: the clean model). Right: share of experiments with an SDC-1 "
+                    "or a DUE, Wilson intervals" + ("; one line style per model." if len(series) > 1 else "."))
+
+
 # --------------------------------------------------------------------------------------- sections
 
 
@@ -496,6 +551,23 @@ class _Section:
 
 def _conf_pct(camp: _Campaign) -> int:
     return int(round(100 * camp.summary["confidence"]))
+
+
+def _ber_headline(camp: _Campaign) -> str:
+    s = camp.summary
+    entries = s.get("ber") or []
+    cards: list[tuple[str, str]] = [
+        ("experiments", f"{s['progress']['stored']:,} of {s['progress']['planned']:,}"),
+        ("bit error rates", f"{len(entries)} ({entries[0]['rate']:g} … {entries[-1]['rate']:g})" if entries else "–"),
+        ("weight bits", f"{camp.plan.population:,}"),
+        (f"clean {s['metric']}", _fmt(s.get("clean_value"))),
+    ]
+    for e in entries[-1:]:
+        m = e["metric"]
+        cards.append((f"{s['metric']} at BER {e['rate']:g}", _fmt(m["mean"]) if _finite(m["mean"]) else "–"))
+    body = "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
+                   for k, v in cards)
+    return f'<div class="cards">{body}</div>'
 
 
 def _headline(camp: _Campaign) -> str:
@@ -542,7 +614,15 @@ def _summary_section(camp: _Campaign) -> _Section:
     ]
     warn = ""
     prog = camp.summary.get("progress") or {}
-    if not prog.get("complete", camp.summary["experiments"] >= camp.summary["planned"]):
+    if _is_ber(plan):
+        pairs[-1] = ("fault space", f"{plan.population:,} stored bits of {len({st.site for st in plan.strata}):,} "
+                                    "weight sites; each flips independently at the bit error rate")
+        if not prog.get("complete"):
+            warn = (f'<p class="warn">Partial campaign (interrupted or stopped early): {prog.get("stored", 0):,} of '
+                    f'{prog.get("planned", 0):,} planned experiments stored. Every experiment is an independent '
+                    "draw at its rate, so each rate's figures use all of its stored experiments, with wider "
+                    "intervals.</p>")
+    elif not prog.get("complete", camp.summary["experiments"] >= camp.summary["planned"]):
         left = (f' {prog["partial_rows"]:,} stored experiments of unfinished rounds are left out of the rates.'
                 if prog.get("partial_rows") else "")
         warn = (f'<p class="warn">Partial campaign (interrupted or stopped early): {prog.get("rounds_complete", 0)} '
@@ -559,12 +639,19 @@ def _repro_section(camp: _Campaign) -> _Section:
     plan, cfg = camp.plan, camp.config
     sampled = len({(r["site"], r["bit"]) for r in camp.rows})
     total = len({(st.site, st.bit) for st in plan.strata})
+    ber = plan.options.get("ber") or {}
     pairs: list[tuple[str, Any]] = [
         ("seed", plan.seed),
-        ("design", f"{plan.design} ({_DESIGNS.get(plan.design, '')})"),
+        ("design", f"{plan.design} ({_DESIGNS.get(plan.design, '')})") if not _is_ber(plan) else
+        ("design", "bit error rate: per experiment, a Binomial(bits, rate) count of distinct weight bits drawn "
+                   "uniformly from its seed and flipped together"),
         ("sampling", f"{plan.mode}: {plan.requested:,} requested, {len(plan.experiments):,} planned "
-                     f"(margin {_fmt(plan.margin)}, confidence {plan.confidence:g}, p {plan.p:g})"),
-        ("(site, bit) strata sampled", f"{sampled:,} of {total:,}"),
+                     f"(margin {_fmt(plan.margin)}, confidence {plan.confidence:g}, p {plan.p:g})")
+        if not _is_ber(plan) else
+        ("sampling", f"{ber.get('per_rate', '?')} experiments at each of {len(ber.get('rates') or [])} rates, "
+                     f"{len(plan.experiments):,} planned"),
+        ("(site, bit) strata sampled", f"{sampled:,} of {total:,}") if not _is_ber(plan) else
+        ("(site, bit) strata in the space", f"{total:,}"),
         ("execution paths", ", ".join(f"{p} {n:,}" for p, n in (camp.summary.get("paths") or {}).items()) or "–"),
         ("target", plan.target),
         ("fault models", ", ".join(plan.faults)),
@@ -725,6 +812,83 @@ def _compare_section(camp: _Campaign, other: _Campaign | None, note: str | None,
     return _Section("hardening", "Hardening: before / after", intro + plan_note + table + charts)
 
 
+def _ber_rows(name: str | None, summary: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for e in summary.get("ber") or []:
+        m, rates, skipped = e["metric"], e["rates"], e["left_out"]
+        metric = "–"
+        if _finite(m["mean"]):
+            metric = f"{m['mean']:.4f}" + (f" [{m['lo']:.4f}, {m['hi']:.4f}]" if _finite(m["lo"]) else "")
+        row: tuple[Any, ...] = (
+            f"{e['rate']:g}", f"{e['n']:,} of {e['planned']:,}", f"{e['expected_flips']:,.2f}",
+            f"{e['flips_mean']:,.2f}" if _finite(e["flips_mean"]) else "–", metric,
+            skipped["crash"] + skipped["not_finite"], _pct(rates["sdc1"]), _pct(rates["critical"]),
+            _pct(rates["due"]), f"{rates['crash']['k']}",
+        )
+        rows.append(((_code(name),) if name is not None else ()) + row)
+    return rows
+
+
+def _ber_section(camp: _Campaign, other: _Campaign | None, note: str | None, figs: _Figures) -> _Section:
+    s = camp.summary
+    conf = _conf_pct(camp)
+    metric = str(s.get("metric") or "metric")
+    series: list[tuple[str, dict[str, Any]]] = [(Path(_model_path(camp)).name, s)]
+    warn = f"<p class='warn'>{_e(note)}</p>" if note else ""
+    if other is not None:
+        if other.summary.get("fault_model") == "ber":
+            name = Path(_model_path(other)).name
+            if name == series[0][0]:
+                name = f"{name} (compared)"
+            series.append((name, other.summary))
+        else:
+            warn += f"<p class='warn'>The compared database {_code(other.path)} is not a bit error rate campaign.</p>"
+    if not any(e["n"] for e in s.get("ber") or []):
+        return _Section("ber", "Bit error rate", warn + "<p>No experiment stored yet.</p>")
+    headers = ["BER", "experiments", "expected flips", "mean flips", f"{metric} mean [{conf}% CI]",
+               "without metric", f"SDC-1 [{conf}% CI]", "critical", "DUE", "crashes"]
+    if len(series) > 1:
+        rows = [r for name, summary in series for r in _ber_rows(name, summary)]
+        table = _table(["model", *headers], rows, "num")
+    else:
+        table = _table(headers, _ber_rows(None, s), "num")
+    left_out = sum(e["left_out"]["crash"] + e["left_out"]["not_finite"] for _, x in series for e in x.get("ber") or [])
+    intro = (f"<p>Each experiment flips every stored bit of the selected weights independently with the given "
+             f"probability (one draw: a Binomial count of distinct bits), then runs the whole eval set. The "
+             f"{_e(metric)} is averaged over the experiments at each rate, with a Student t interval across "
+             f"experiments ({conf}%); outcome rates are shares of experiments with Wilson intervals. "
+             f"The selected weights hold {camp.plan.population:,} bits.</p>")
+    if left_out:
+        intro += (f"<p>{left_out} experiment(s) without a finite {_e(metric)} (crashes, non-finite values) are left "
+                  "out of the means and counted in the rates (column “without metric”).</p>")
+    if len(series) > 1:
+        intro += (f"<p>Compared with {_code(other.path if other is not None else '')}: the same plan (the same "
+                  "flips) on the other model.</p>")
+    return _Section("ber", "Bit error rate", warn + intro + _plot_ber(figs, series, conf) + table)
+
+
+def _ber_examples_section(camp: _Campaign) -> _Section | None:
+    rate_of = {e.id: float(e.fault.get("rate", float("nan"))) for e in camp.plan.experiments}
+    order = {"critical": 0, "due": 1, "crash": 2, "sdc5": 3, "sdc1": 4}
+
+    def value(r: dict[str, Any]) -> float:
+        v = (r.get("metrics") or {}).get("task_value")
+        return float(v) if _finite(v) else math.inf
+
+    bad = sorted((r for r in camp.rows if r["outcome"] in order),
+                 key=lambda r: (order[r["outcome"]], value(r), r["id"]))[:_EXAMPLES]
+    if not bad:
+        return None
+    rows = [(r["id"], f"{rate_of.get(int(r['id']), float('nan')):g}", (r.get("metrics") or {}).get("n_flips"),
+             r["outcome"], f"{100 * (r['images_changed'] or 0.0):.1f}%", (r.get("metrics") or {}).get("task_value"))
+            for r in bad]
+    table = _table(["id", "BER", "flips", "outcome", "images changed", "task metric"], rows, "num")
+    return _Section("examples", "Most damaging experiments",
+                    "<p>Write any of them as a model with every flip of its draw: "
+                    f"{_code('onnxfi inject MODEL --from-plan PLAN.json --experiment ID -o faulty.onnx')}.</p>"
+                    + table)
+
+
 def _num(v: Any) -> float | None:
     """A number from JSON, where ``onnxfi compare`` writes non-finite errors as strings ("inf", "nan")."""
     try:
@@ -843,15 +1007,21 @@ def _page(camp: _Campaign, sections: Sequence[_Section]) -> str:
     name = Path(camp.plan.model).name
     nav = "".join(f'<a href="#{_e(s.anchor)}">{_e(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{_e(s.anchor)}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections)
-    sub = (f"{camp.summary['experiments']:,} experiments, {camp.plan.target} faults "
-           f"({', '.join(camp.plan.faults)}), seed {camp.plan.seed}")
+    if _is_ber(camp.plan):
+        rates = ", ".join(f"{e['rate']:g}" for e in camp.summary.get("ber") or [])
+        sub = (f"{camp.summary['experiments']:,} experiments, bit error rates {rates} over the weights, "
+               f"seed {camp.plan.seed}")
+    else:
+        sub = (f"{camp.summary['experiments']:,} experiments, {camp.plan.target} faults "
+               f"({', '.join(camp.plan.faults)}), seed {camp.plan.seed}")
+    headline = _ber_headline(camp) if _is_ber(camp.plan) else _headline(camp)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>onnxfi report: {_e(name)}</title><style>{_STYLE}</style></head>\n<body>"
         f"<header><h1>Fault-injection report: {_e(name)}</h1><p>{_e(sub)}</p><nav>{nav}</nav></header>"
-        f"<main>{_headline(camp)}{body}</main>"
+        f"<main>{headline}{body}</main>"
         f"<footer>onnxfi {_e(__version__)} · {_e(camp.path.name)}</footer></body></html>\n"
     )
 
@@ -862,6 +1032,16 @@ def render_report(db_path: str | os.PathLike[str], runtime_json: str | os.PathLi
     other, note = _load_compare(camp)
     runtime = _load_json(runtime_json) if runtime_json is not None else None
     figs = _Figures()
+    if _is_ber(camp.plan):
+        with _matplotlib_settings():
+            sections = [
+                _summary_section(camp),
+                _ber_section(camp, other, note, figs),
+                _ber_examples_section(camp),
+                _runtime_section(runtime, str(runtime_json)) if runtime is not None else None,
+                _repro_section(camp),
+            ]
+        return _page(camp, [s for s in sections if s is not None])
     with _matplotlib_settings():
         sections = [
             _summary_section(camp),
