@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,12 @@ class ModeResult:
     sdc1: dict[int, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     runs: int = 0  # model / cone / forward runs made for the experiments
+    per_site: dict[str, list[float]] = field(default_factory=dict)  # site -> [experiments, setup s, run s]
+
+    def on_sites(self, names: set[str]) -> tuple[int, float, float]:
+        """(experiments, setup s, run s) over the sites ``names`` (engine modes)."""
+        rows = [v for k, v in self.per_site.items() if k in names]
+        return int(sum(r[0] for r in rows)), sum(r[1] for r in rows), sum(r[2] for r in rows)
 
     @property
     def rate(self) -> float:
@@ -193,32 +199,44 @@ def run_naive_single(model_path: Path, sites: dict[str, Site], exps: Sequence[Ex
 
 
 def run_engine(mode: str, cfg: EngineConfig, exps: Sequence[Experiment], packed: bool) -> ModeResult:
-    """``exps`` in this process; ``packed``: each site-and-round chunk prefetched (one cone run per batch)."""
+    """``exps`` in this process, chunk by chunk (consecutive experiments of one site and round); ``packed``:
+    each chunk prefetched (one cone run per eval batch and per sample repeated in the chunk). Each site's
+    setup (its runner: sessions, prefix cache, golden runs) and run time are recorded apart."""
     t0 = time.perf_counter()
     engine = Engine(cfg)
     res = ModeResult(mode, len(exps), 0.0)
     paths: Counter[str] = Counter()
-    seen: set[tuple[str, bool]] = set()
     for chunk in site_chunks(exps):
-        transient = chunk[0].image is not None
-        key = (chunk[0].site, transient)
-        if key not in seen:  # the site's setup: sessions, prefix cache, golden runs
-            seen.add(key)
-            ts = time.perf_counter()
-            engine.runner(chunk[0].site, True, False, transient)
-            res.setup_s += time.perf_counter() - ts
+        name, transient = chunk[0].site, chunk[0].image is not None
+        st = res.per_site.get(name)
+        ts = time.perf_counter()
+        runner = engine.runner(name, True, False, transient)  # built on first use (or after an eviction)
+        if st is None:
+            st = res.per_site[name] = [0, time.perf_counter() - ts, 0.0]
+            res.setup_s += st[1]
+        before = getattr(runner, "runs", 0)
+        ts = time.perf_counter()
         if packed:
             engine.prefetch(list(chunk), True, False)
         for exp in chunk:
             row = engine.run(exp, True, False)
             paths[row["path"]] += 1
             res.record(exp, row)
+        st[0] += len(chunk)
+        st[2] += time.perf_counter() - ts
+        res.runs += getattr(runner, "runs", 0) - before  # cone runs made for this chunk's experiments
     res.total_s = time.perf_counter() - t0
-    for (name, transient) in seen:
-        info = engine.runner(name, True, False, transient).describe()
-        res.runs += int(info.get("runs", 0) or 0)
     res.notes.append("paths: " + ", ".join(f"{k} {v}" for k, v in sorted(paths.items())))
     return res
+
+
+def site_subset(exps: Sequence[Experiment], target: int) -> list[Experiment]:
+    """The experiments of every k-th site (plan order), about ``target`` of them; all when target <= 0."""
+    if target <= 0 or target >= len(exps):
+        return list(exps)
+    order = list(dict.fromkeys(e.site for e in exps))
+    keep = set(order[::max(1, round(len(exps) / target))])
+    return [e for e in exps if e.site in keep]
 
 
 def run_onnxfi_campaign(plan: Plan, cfg: EngineConfig) -> ModeResult:
@@ -353,16 +371,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="digits_cnn", help="digits_cnn, resnet18, resnet18_fused or an .onnx path")
     ap.add_argument("--data", help="an .npz for a model given by path (default: seeded random inputs)")
-    ap.add_argument("--faults", type=int, default=4096, help="experiments in the transient plan")
+    ap.add_argument("--faults", type=int, default=4096, help="experiments in the transient plan (default 4096)")
+    ap.add_argument("--rounds", type=int, help="rounds of the plan (default: make_plan's, as the CLI: one per ~50 "
+                    "experiments, at most 20); the executor packs experiments of one site and round together")
     ap.add_argument("--samples", type=int, default=0, help="eval samples N (default: the batch size B)")
-    ap.add_argument("--batch", type=int, default=64, help="eval batch size B")
-    ap.add_argument("--ops", default="Conv", help="activation sites produced by these ops (comma list; 'all': every "
-                    "activation site with a batch dimension; PyTorchFI runs only the Conv outputs)")
+    ap.add_argument("--batch", type=int, default=64, help="eval batch size B (default 64)")
+    ap.add_argument("--ops", default="Conv", help="activation sites produced by these ops (comma list, default Conv; "
+                    "'all': every activation site; PyTorchFI runs only the experiments at Conv outputs)")
     ap.add_argument("--bits", help="bit range LO-HI (default: every bit)")
     ap.add_argument("--baseline-faults", type=int, default=256,
                     help="naive-1img runs about this many experiments spread over the plan (0: all)")
+    ap.add_argument("--one-by-one-faults", type=int, default=0,
+                    help="onnxfi-1by1 runs the experiments of every k-th site, about this many (0: all), and is "
+                    "compared with onnxfi-engine's time on the same sites")
     ap.add_argument("--check-faults", type=int, default=256,
-                    help="onnxfi's naive mode checks about this many experiments of the plan (0: all)")
+                    help="onnxfi's naive mode checks about this many experiments spread over the plan (0: all)")
     ap.add_argument("--persistent-faults", type=int, default=256, help="experiments in the persistent plan")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
@@ -395,22 +418,23 @@ def main(argv: list[str] | None = None) -> int:
     plain = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     sc = Scoring(probe.primary, choice.task, choice.layout, feeds, probe.ctx.data.labels,
                  np.asarray(plain.run([probe.primary], feeds)[0]))
-    del probe
+    del probe, plain
     plan = make_plan(model_path, chosen, ["flip"], bits, args.faults, None, seed=args.seed, target="activations",
-                     fault_model="transient", images=n_samples)
+                     rounds=args.rounds, fault_model="transient", images=n_samples)
     exps = list(plan.experiments)
     used = sorted({e.site for e in exps}, key=list(sites).index)
     chunks = site_chunks(exps)
     info = machine()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out(f"== bench_transient: {model_path.name}, N = {n_samples} eval samples in batches of B = {args.batch}, "
         f"{args.threads} threads")
-    out(f"   {info['cpu']}, {info['cores']} cores; onnxruntime {info['onnxruntime']}; {info['torch']}")
+    out(f"   {info['cpu']}, {info['cores']} cores; onnxruntime {info['onnxruntime']}; {info['torch']}; "
+        f"load average {load:.2f} at the start")
     out(f"   plan: {len(exps)} transient single bit flips over {len(used)} activation sites ({args.ops} outputs), "
-        f"{'bits ' + args.bits if args.bits else 'all bits'}, {len(exps) / n_samples:.1f} per sample, "
-        f"{1 + max(e.round for e in exps)} rounds (seed {args.seed}); {len(chunks)} site-and-round chunks, "
-        f"{len(exps) / len(chunks):.1f} experiments each")
-    out(f"   fault-free model on the eval data: {clean['metric']} {clean['value']:.4f}, output {sc.primary} "
-        f"({sc.task}), golden run {clean['golden_time_s'] * 1e3:.2f} ms")
+        f"{'bits ' + args.bits if args.bits else 'all bits'}, {1 + max(e.round for e in exps)} rounds (seed "
+        f"{args.seed}); {len(chunks)} site-and-round chunks of {len(exps) / len(chunks):.1f} experiments on average")
+    out(f"   fault-free model: {clean['metric']} {clean['value']:.4f} on the N samples, output {sc.primary} "
+        f"({sc.task}); golden run of the N samples {clean['golden_time_s'] * 1e3:.2f} ms (cold)")
 
     results: dict[str, ModeResult] = {}
     skipped: dict[str, str] = {}
@@ -419,20 +443,26 @@ def main(argv: list[str] | None = None) -> int:
         out(f"   {r.mode:<16}{r.experiments:>6} experiments in {r.total_s:8.2f} s = {fmt_rate(r.rate):>7} exp/s"
             + extra)
 
+    def steady(r: ModeResult) -> str:
+        return f"; steady {fmt_rate(r.steady_rate)} exp/s (site setup {r.setup_s:.2f} s excluded)"
+
     if "naive-1img" in modes:
-        base = spread(exps, args.baseline_faults)
-        results["naive-1img"] = run_naive_single(model_path, sites, base, sc, args.threads)
+        results["naive-1img"] = run_naive_single(model_path, sites, spread(exps, args.baseline_faults), sc,
+                                                 args.threads)
         show(results["naive-1img"])
     if "onnxfi-campaign" in modes:
         results["onnxfi-campaign"] = run_onnxfi_campaign(plan, cfg)
-        show(results["onnxfi-campaign"])
+        show(results["onnxfi-campaign"], "  (run_campaign: 1 worker process, rows in SQLite)")
     if "onnxfi-engine" in modes:
         r = results["onnxfi-engine"] = run_engine("onnxfi-engine", cfg, exps, packed=True)
-        show(r, f"; steady {fmt_rate(r.steady_rate)} exp/s (setup {r.setup_s:.2f} s); {r.runs} cone runs "
-                f"({len(exps) / max(r.runs, 1):.1f} experiments per run)")
+        show(r, steady(r) + f"; {r.runs} cone runs, {len(exps) / max(r.runs, 1):.1f} experiments per run")
+    one_sites: set[str] = set()
     if "onnxfi-1by1" in modes:
-        r = results["onnxfi-1by1"] = run_engine("onnxfi-1by1", cfg, exps, packed=False)
-        show(r, f"; steady {fmt_rate(r.steady_rate)} exp/s (setup {r.setup_s:.2f} s); {r.runs} cone runs")
+        one = site_subset(exps, args.one_by_one_faults)
+        one_sites = {e.site for e in one}
+        r = results["onnxfi-1by1"] = run_engine("onnxfi-1by1", cfg, one, packed=False)
+        show(r, steady(r) + f"; {r.runs} cone runs"
+             + ("" if len(one) == len(exps) else f"; {len(one_sites)} of the {len(used)} sites"))
     if "pytorchfi" in modes:
         have_torch, have_pfi, _ = torch_available()
         mapped = conv_modules(model_path)
@@ -445,54 +475,54 @@ def main(argv: list[str] | None = None) -> int:
             skipped["pytorchfi"] = "no experiment of the plan is at a Conv output"
         else:
             r = results["pytorchfi"] = run_pytorchfi(kind, model_path, pexps, sc, args.batch, args.threads, sites)
-            show(r, f"; {r.runs} forward passes ({len(pexps) / r.runs:.1f} faults per pass)"
-                    + ("" if len(pexps) == len(exps) else f"; only the {len(pexps)} experiments at Conv outputs"))
+            show(r, f"; {r.runs} forward passes, {len(pexps) / r.runs:.1f} faults per pass"
+                 + ("" if len(pexps) == len(exps) else f"; only the {len(pexps)} experiments at Conv outputs"))
         if "pytorchfi" in skipped:
             out(f"   note: skipping pytorchfi: {skipped['pytorchfi']}")
     if "persistent" in modes:
         pplan = make_plan(model_path, chosen, ["flip"], bits, args.persistent_faults, None, seed=args.seed,
                           target="activations")
         r = results["persistent"] = run_engine("persistent", cfg, list(pplan.experiments), packed=False)
-        show(r, f"; steady {fmt_rate(r.steady_rate)} exp/s (setup {r.setup_s:.2f} s); each experiment runs "
-                f"all {n_samples} samples")
-
+        show(r, steady(r) + f"; every experiment runs all {n_samples} samples")
     check: ModeResult | None = None
     if "onnxfi-engine" in modes:
-        subset = spread(exps, args.check_faults)
-        check = run_engine("onnxfi-naive", EngineConfig(**{**cfg.__dict__, "mode": "naive"}), subset, packed=False)
-        show(check, "  (onnxfi naive mode, the outcome check)")
+        check = run_engine("onnxfi-naive", replace(cfg, mode="naive"), spread(exps, args.check_faults), packed=False)
+        show(check, "  (onnxfi's naive mode: the outcome check)")
 
-    # ---- ratios and agreement
-    out("")
-    eng, camp = results.get("onnxfi-engine"), results.get("onnxfi-campaign")
+    # ---- ratios
+    eng, camp, one_r, per = (results.get(m) for m in ("onnxfi-engine", "onnxfi-campaign", "onnxfi-1by1",
+                                                        "persistent"))
     ratios: dict[str, float] = {}
 
-    def ratio(name: str, a: ModeResult | None, b: ModeResult | None, steady: bool = False) -> None:
-        if a is None or b is None:
-            return
-        x = (a.steady_rate / b.steady_rate) if steady else (a.rate / b.rate)
-        ratios[name] = x
-        out(f"   {name:<52}{x:>9.2f}x")
+    def ratio(name: str, a: float, b: float) -> None:
+        if math.isfinite(a) and math.isfinite(b) and b > 0:
+            ratios[name] = a / b
+            out(f"   {name:<60}{a / b:>9.2f}x")
 
-    out("   ratios (exp/s over exp/s, whole loops incl. setup unless said):")
+    out("\n   ratios of exp/s (whole loops, setup included, unless said):")
     for fast in (camp, eng):
         if fast is None:
             continue
-        ratio(f"{fast.mode} / naive-1img", fast, results.get("naive-1img"))
-        ratio(f"{fast.mode} / pytorchfi (batched)", fast, results.get("pytorchfi"))
-    ratio("onnxfi-engine / onnxfi-1by1 (what packing buys)", eng, results.get("onnxfi-1by1"))
-    ratio("onnxfi-engine / onnxfi-1by1, steady", eng, results.get("onnxfi-1by1"), steady=True)
-    per = results.get("persistent")
+        for base in ("naive-1img", "pytorchfi"):
+            if base in results:
+                ratio(f"{fast.mode} / {base}", fast.rate, results[base].rate)
+    if eng is not None and one_r is not None:
+        n, setup, run = eng.on_sites(one_sites)
+        n1, setup1, run1 = one_r.on_sites(one_sites)
+        where = "" if len(one_sites) == len(used) else f" ({len(one_sites)} sites)"
+        ratio(f"onnxfi-engine / onnxfi-1by1{where}: what packing buys", n / (setup + run), n1 / (setup1 + run1))
+        ratio(f"onnxfi-engine / onnxfi-1by1{where}, steady", n / run, n1 / run1)
     target = 0.5 * args.batch
     if eng is not None and per is not None:
-        ratio("transient / persistent activation (engine)", eng, per)
-        ratio("transient / persistent activation (engine), steady", eng, per, steady=True)
-        ideal = min(n_samples, args.batch) * math.ceil(n_samples / args.batch)
-        best = ratios["transient / persistent activation (engine), steady"]
-        out(f"   target transient/persistent >= 0.5 x B = {target:g} (B = {args.batch}, N = {n_samples}; a packed run "
-            f"of B faults costs what one persistent experiment's batch run costs, ideal {ideal}): "
-            f"steady {best:.2f}x {'MET' if best >= target else 'NOT MET'}")
+        ratio("transient / persistent activation (onnxfi-engine)", eng.rate, per.rate)
+        ratio("transient / persistent activation (onnxfi-engine), steady", eng.steady_rate, per.steady_rate)
+        got = ratios.get("transient / persistent activation (onnxfi-engine), steady", float("nan"))
+        ideal = n_samples  # a persistent experiment runs N samples; a full packed run carries B faults in B samples
+        out(f"   target: transient / persistent >= 0.5 x B = {target:g} (B = {args.batch}, N = {n_samples}; "
+            f"full packing would give about {ideal}, less the per-experiment work): steady {got:.2f}x "
+            f"{'MET' if got >= target else 'NOT MET'}")
 
+    # ---- agreement
     agree: dict[str, dict[str, int]] = {}
     if check is not None and eng is not None:
         agree["onnxfi-engine vs onnxfi naive mode"] = agreement(eng, check)
@@ -508,18 +538,20 @@ def main(argv: list[str] | None = None) -> int:
         key = "onnxfi-engine vs onnxfi naive mode"
         if key in agree:
             a = agree[key]
-            out(f"   batched outcomes == onnxfi naive mode on every checked experiment: "
+            out(f"   batched outcomes equal onnxfi's naive mode on every checked experiment: "
                 f"{'YES' if a['outcome'] == a['n'] else 'NO'} ({a['outcome']}/{a['n']})")
-    for name, r in [*results.items(), *([("onnxfi-naive", check)] if check else [])]:
+    everything = [*results.items(), *([("onnxfi-naive", check)] if check else [])]
+    for name, r in everything:
         for note in r.notes:
             out(f"   [{name}] {note}")
 
     if args.json:
-        doc = {"machine": info, "model": str(model_path), "samples": n_samples, "batch": args.batch,
-               "threads": args.threads, "ops": args.ops, "faults": len(exps), "sites": used, "seed": args.seed,
+        doc = {"machine": info, "load_average_start": load, "model": str(model_path), "samples": n_samples,
+               "batch": args.batch, "threads": args.threads, "ops": args.ops, "faults": len(exps),
+               "rounds": 1 + max(e.round for e in exps), "chunks": len(chunks), "sites": used, "seed": args.seed,
                "modes": {m: {"experiments": r.experiments, "seconds": r.total_s, "setup_s": r.setup_s,
                              "exp_s": r.rate, "steady_exp_s": r.steady_rate, "runs": r.runs, "notes": r.notes}
-                         for m, r in [*results.items(), *([("onnxfi-naive", check)] if check else [])]},
+                         for m, r in everything},
                "ratios": ratios, "target_transient_over_persistent": target, "agreement": agree,
                "skipped": skipped}
         args.json.parent.mkdir(parents=True, exist_ok=True)

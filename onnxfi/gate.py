@@ -75,7 +75,7 @@ _BASELINE_SCHEMAS = ("onnxfi.gate/1", "onnxfi.analyze/1", "onnxfi.results/1")
 _GATE_KEYS = {"model", "data", "data_loader", "samples", "provider", "threads", "workers", "db", "plan", "thresholds",
               "layers", "baseline", "clean_reference", "input_shapes", "output", "task", "batch", "mode"}
 _PLAN_KEYS = {"target", "bits", "faults", "margin", "confidence", "p", "seed", "sites", "ops", "fault", "critical",
-              "design", "per_stratum"}
+              "design", "per_stratum", "fault_model"}
 # the per-inference rate: the mean fraction of eval inferences whose decision one fault changes
 PER_INFERENCE = "sdc1_per_inference"
 _RATE_KEYS = (*FAILURE_FLAGS, PER_INFERENCE)
@@ -101,6 +101,7 @@ class PlanSpec:
     critical: float = 0.01
     design: str = "proportional"
     per_stratum: int | None = None
+    fault_model: str = "persistent"  # or "transient": one activation element of one inference
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,10 @@ def _plan_spec(table: Any, where: str) -> PlanSpec:
     margin = _float(table["margin"], f"{where}.margin", 0.0, 1.0) if "margin" in table else None
     if faults is not None and margin is not None:
         raise OnnxfiError(f"{where}: give faults or margin, not both")
-    target = table.get("target", "weights")
+    fault_model = table.get("fault_model", "persistent")
+    if fault_model not in ("persistent", "transient"):
+        raise OnnxfiError(f"{where}.fault_model must be persistent or transient, got {fault_model!r}")
+    target = table.get("target", "activations" if fault_model == "transient" else "weights")
     if target not in ("weights", "activations", "all"):
         raise OnnxfiError(f"{where}.target must be weights, activations or all, got {target!r}")
     per_stratum = _int(table["per_stratum"], f"{where}.per_stratum", 1) if "per_stratum" in table else None
@@ -354,7 +358,7 @@ def _plan_spec(table: Any, where: str) -> PlanSpec:
         ops=_str_list(table["ops"], f"{where}.ops") if "ops" in table else (),
         fault=_str_list(table.get("fault", ["flip"]), f"{where}.fault") or ("flip",),
         critical=_float(table.get("critical", 0.01), f"{where}.critical", 0.0),
-        design=design, per_stratum=per_stratum,
+        design=design, per_stratum=per_stratum, fault_model=fault_model,
     )
 
 
@@ -538,6 +542,9 @@ def evaluate(
     warn = warnings if warnings is not None else []
     conf = cfg.confidence
     checks: list[Check] = []
+    if summary.get("fault_model") == "ber":
+        raise OnnxfiError("the gate checks outcome rates of single-fault campaigns; a --ber campaign reports a "
+                          "metric per bit error rate (gate it with a persistent or transient campaign)")
     if cfg.limits or cfg.layers or cfg.baseline is not None:
         _check_confidence(summary, conf)
     if needs_labels(cfg) and (clean.get("labelled") is False or clean.get("metric") == "golden_agreement"):

@@ -71,11 +71,16 @@ def run_gate(
     margin = spec.margin if spec.faults is None and spec.per_stratum is None else None
     if spec.faults is None and spec.per_stratum is None and margin is None:
         margin = 0.05
+    images = None
+    if spec.fault_model == "transient":  # the fault space counts the eval samples
+        images = make_dataset(loaded.inputs(), data_path, data_loader, samples=cfg.samples, seed=spec.seed,
+                              overrides=dict(cfg.input_shapes)).size
     plan = make_plan(
         model_path, chosen, list(spec.fault), parse_bits(spec.bits), spec.faults, margin, spec.confidence,
         spec.p, spec.seed, spec.target, design=spec.design, per_stratum=spec.per_stratum,
         options={"critical": spec.critical, "data": given, "sites_regex": spec.sites,
                  "ops": ",".join(spec.ops) or None},
+        fault_model=spec.fault_model, images=images,
     )
     ecfg = EngineConfig(
         model_path=model_path, input_shapes=dict(cfg.input_shapes), data_path=data_path, data_loader=data_loader,

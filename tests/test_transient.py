@@ -268,3 +268,59 @@ def test_cli_transient_refuses_weights(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "activation" in err[0]
     assert not (tmp_path / "w.db").exists()
+
+
+def test_gate_on_transient_faults_can_pass_and_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def gate(limit: float) -> int:
+        cfg = tmp_path / f"g{limit}.toml"
+        cfg.write_text(f'[gate]\nmodel = "digits_cnn"\ndb = "g.db"\n[gate.plan]\nfault_model = "transient"\n'
+                       f'faults = 300\n[gate.thresholds]\nsdc1 = {limit}\n')
+        return main(["gate", "--config", str(cfg)])
+
+    assert gate(0.5) == 0
+    assert gate(0.0001) == 1  # the same stored campaign, a limit its upper bound exceeds
+    with Store(tmp_path / "g.db") as store:
+        plan = Plan.from_dict(store.meta("plan"))
+    assert plan.fault_model == "transient" and all(e.image is not None for e in plan.experiments)
+    capsys.readouterr()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gate]\nmodel = "digits_cnn"\n[gate.plan]\nfault_model = "sometimes"\n[gate.thresholds]\nsdc1 = 0.1\n')
+    assert main(["gate", "--config", str(bad)]) == 2
+    assert "fault_model" in capsys.readouterr().err
+
+
+def test_gate_refuses_a_fault_rate_summary() -> None:
+    from onnxfi.errors import OnnxfiError
+    from onnxfi.gate import GateConfig, evaluate
+
+    with pytest.raises(OnnxfiError, match="--ber"):
+        evaluate({"fault_model": "ber", "ber": []}, {}, GateConfig("t.toml", limits={"sdc1": 0.1}))
+
+
+@pytest.mark.parametrize("kind", ["transient", "ber"])
+def test_interrupted_campaign_resumes_to_the_same_rows(tmp_path: Path, kind: str) -> None:
+    if kind == "transient":
+        plan = _transient_plan(DIGITS, 200, 360, seed=4)
+    else:
+        from onnxfi.ber import make_ber_plan
+
+        plan = make_ber_plan(str(DIGITS), _sites(DIGITS, "weights"), [1e-5, 1e-4], 6, seed=4)
+    cfg = EngineConfig(str(DIGITS), data_path=str(DIGITS_DATA))
+    with Store(tmp_path / "whole.db") as store:
+        run_campaign(plan, cfg, store)
+        whole = list(store.rows())
+
+    def stop(done: int, total: int, live: dict) -> None:
+        if done == len(plan.experiments) // 2:
+            raise KeyboardInterrupt
+
+    with Store(tmp_path / "cut.db") as store:
+        first = run_campaign(plan, cfg, store, progress=stop)
+        assert first.interrupted and 0 < store.count() < len(plan.experiments)
+        run_campaign(plan, cfg, store, resume=True)
+        resumed = list(store.rows())
+
+    def key(r: dict) -> tuple:
+        return (r["id"], r["outcome"], r["image"], r["images_changed"], (r["metrics"] or {}).get("n_flips"))
+
+    assert [key(r) for r in resumed] == [key(r) for r in whole]

@@ -195,6 +195,11 @@ def _method(r: dict[str, Any]) -> str:
 
 def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int = 15) -> None:
     """The campaign summary ``s`` (:func:`onnxfi.summary.aggregate`'s) as terminal tables."""
+    if plan.fault_model == "ber":  # a metric per bit error rate, no single rate
+        from onnxfi.commands._ber import ber_table
+
+        stdout.print(ber_table(s))
+        return
     conf = int(round(100 * s["confidence"]))
     design = s.get("design", plan.design)
     rates, raw = s["rates"], s.get("rates_raw", s["rates"])
@@ -317,6 +322,30 @@ def _print_layer_bit(s: dict[str, Any], top: int) -> None:
     stdout.print(t)
 
 
+def _ber_compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str, conf: int) -> Table:
+    """Two fault-rate summaries of the same draws side by side: the metric per rate, and whether the
+    intervals are apart."""
+    metric = str(a.get("metric") or "metric")
+    t = Table(title=f"{name_a} vs {name_b} (the same draws: {metric} per bit error rate, mean over draws, "
+              f"{conf}% intervals)", title_justify="left", show_edge=False, header_style="bold")
+    for col in ("BER", name_a, name_b, "difference", "intervals"):
+        t.add_column(escape(col), **KEEP)
+    other = {float(e["rate"]): e for e in b.get("ber", [])}
+
+    def cell(m: dict[str, Any]) -> str:
+        return f"{m['mean']:.4f} [{m['lo']:.4f}, {m['hi']:.4f}]" if m.get("n") else "-"
+
+    for e in a.get("ber", []):
+        o = other.get(float(e["rate"]))
+        if o is None:
+            continue
+        ma, mb = e["metric"], o["metric"]
+        diff = f"{mb['mean'] - ma['mean']:+.4f}" if ma.get("n") and mb.get("n") else "-"
+        apart = bool(ma.get("n") and mb.get("n") and (ma["hi"] < mb["lo"] or mb["hi"] < ma["lo"]))
+        t.add_row(f"{float(e['rate']):g}", cell(ma), cell(mb), diff, "[green]apart[/green]" if apart else "overlap")
+    return t
+
+
 def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: EngineConfig, db_path: Path,
                  store: Store, result: CampaignResult) -> dict[str, Any]:
     """Run ``other_plan`` (``plan`` on ``--compare``, experiments matched by site name) and print both."""
@@ -338,7 +367,11 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
     store.set_meta("compare", {"db": str(other_db), "model": other_path})
     a, b = result.summary, other.summary
     conf = int(round(100 * a["confidence"]))
-    t = Table(title=f"{Path(cfg.model_path).name} vs {Path(other_path).name} (same plan, per-fault rates over the "
+    if plan.fault_model == "ber":
+        stdout.print(_ber_compare_table(a, b, Path(cfg.model_path).name, Path(other_path).name, conf))
+        return {"model": other_path, "db": str(other_db), "clean": other.clean, "summary": other.summary}
+    question = "per-inference rates, transient faults" if plan.fault_model == "transient" else "per-fault rates"
+    t = Table(title=f"{Path(cfg.model_path).name} vs {Path(other_path).name} (same plan, {question} over the "
               f"fault space, {a.get('design', plan.design)} design, {conf}% intervals)",
               title_justify="left", show_edge=False, header_style="bold")
     for col in ("rate", Path(cfg.model_path).name, Path(other_path).name, "ratio", "intervals"):
@@ -445,18 +478,26 @@ def run(args: argparse.Namespace) -> int:
         plan.save(str(db_path) + ".plan.json")
         rounds = len({e.round for e in plan.experiments})
         grows = " to start, more rounds until the margin is met" if plan.design == "adaptive" else ""
-        stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments{grows} "
-                     f"({plan.design} design, {plan.mode}, {rounds} round{'s' if rounds != 1 else ''}; fault space "
-                     f"{plan.population:,}; {len(plan.strata)} strata over {len({s.site for s in plan.strata})} "
-                     f"sites), seed {plan.seed}, data {cfg.data_path or cfg.data_loader or 'random'}")
+        if plan.fault_model == "ber":
+            ber = plan.options.get("ber") or {}
+            stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments (fault rate: "
+                         f"{len(ber.get('rates', []))} rates x {ber.get('per_rate')} draws; {plan.population:,} weight "
+                         f"bits over {len({s.site for s in plan.strata})} sites), seed {plan.seed}, data "
+                         f"{cfg.data_path or cfg.data_loader or 'random'}")
+        else:
+            stdout.print(f"[bold]{Path(cfg.model_path).name}[/bold]: {len(plan.experiments):,} experiments{grows} "
+                         f"({plan.design} design, {plan.mode}, {rounds} round{'s' if rounds != 1 else ''}; fault space "
+                         f"{plan.population:,}; {len(plan.strata)} strata over {len({s.site for s in plan.strata})} "
+                         f"sites), seed {plan.seed}, data {cfg.data_path or cfg.data_loader or 'random'}")
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("SDC-1 {task.fields[sdc]}"), TimeElapsedColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=stdout, transient=False) as prog:
-            task = prog.add_task("faults", total=len(plan.experiments), sdc="- (after the first round)")
+            waiting = "- (per rate at the end)" if plan.fault_model == "ber" else "- (after the first round)"
+            task = prog.add_task("faults", total=len(plan.experiments), sdc=waiting)
 
             def progress(done: int, total: int, live: dict[str, Any]) -> None:
                 h = live.get("headline")
-                sdc = "- (after the first round)" if not h or h["n"] == 0 else _pct(h)
+                sdc = waiting if not h or h["n"] == 0 else _pct(h)
                 prog.update(task, completed=done, total=total, sdc=sdc)
 
             result = run_campaign(plan, cfg, store, workers=args.workers, resume=args.resume,
@@ -466,12 +507,7 @@ def run(args: argparse.Namespace) -> int:
         choice = (result.clean or {}).get("output_choice") or {}
         if choice.get("reason"):
             stdout.print(escape(f"scored output: {choice.get('name')}: {choice['reason']}"))
-        if plan.fault_model == "ber":
-            from onnxfi.commands._ber import ber_table
-
-            stdout.print(ber_table(result.summary))
-        else:
-            print_summary(plan, result.clean, result.summary, args.top)
+        print_summary(plan, result.clean, result.summary, args.top)
         if (result.clean or {}).get("warning"):
             stdout.print(escape(f"warning: {result.clean['warning']}"), style="bold yellow")
         note = path_note(list(store.rows()))
