@@ -63,7 +63,7 @@ check-install:
 
 # Benchmark (issue 5): one weight campaign plan run by naive rebuilds, onnxfi and PyTorchFI; see bench/README.md.
 # torch and pytorchfi live in .venv-bench so .venv stays small; torch==2.13.0 is the local CPU wheel,
-# installed first and alone. About 6-8 minutes on 2 quiet cores.
+# installed first and alone. About 12-15 minutes on 2 quiet cores.
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_DIGITS ?= --faults 1088
@@ -71,6 +71,11 @@ BENCH_DIGITS ?= --faults 1088
 # BatchNorm separate (102 sites, longer).
 BENCH_RESNET_MODEL ?= resnet18_fused
 BENCH_RESNET ?= --faults 336 --baseline-faults 42 --modes naive,suffix,suffix-noverify,pytorchfi
+# Transient faults (issue 16): one plan of single-inference activation bit flips, naive single-image,
+# onnxfi batched and one at a time, PyTorchFI's batched neuron injection, persistent; see bench/README.md.
+BENCH_TRANSIENT_DIGITS ?= --faults 4096 --baseline-faults 64 --check-faults 256 --persistent-faults 200
+BENCH_TRANSIENT_RESNET ?= --faults 1280 --baseline-faults 16 --check-faults 24 --persistent-faults 24 \
+	--one-by-one-faults 64
 
 $(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
 	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
@@ -84,5 +89,8 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) bench/build_resnet18.py
 	$(BENCH_PY) bench/bench_campaign.py --model digits_cnn $(BENCH_DIGITS) --json $(OUT)/bench/digits_cnn.json
 	$(BENCH_PY) bench/bench_campaign.py --model $(BENCH_RESNET_MODEL) $(BENCH_RESNET) --json $(OUT)/bench/$(BENCH_RESNET_MODEL).json
+	$(BENCH_PY) bench/bench_transient.py --model digits_cnn $(BENCH_TRANSIENT_DIGITS) --json $(OUT)/bench/transient_digits_cnn.json
+	$(BENCH_PY) bench/bench_transient.py --model $(BENCH_RESNET_MODEL) $(BENCH_TRANSIENT_RESNET) \
+		--json $(OUT)/bench/transient_$(BENCH_RESNET_MODEL).json
 
 -include model_zoo/zoo.mk

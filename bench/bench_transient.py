@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if eng is not None and one_r is not None:
         n, setup, run = eng.on_sites(one_sites)
         n1, setup1, run1 = one_r.on_sites(one_sites)
-        where = "" if len(one_sites) == len(used) else f" ({len(one_sites)} sites)"
+        where = "" if len(one_sites) == len(used) else f" ({len(one_sites)} of {len(used)} sites)"
         ratio(f"onnxfi-engine / onnxfi-1by1{where}: what packing buys", n / (setup + run), n1 / (setup1 + run1))
         ratio(f"onnxfi-engine / onnxfi-1by1{where}, steady", n / run, n1 / run1)
     target = 0.5 * args.batch

@@ -19,7 +19,7 @@ gate and the report use it without loading ONNX Runtime.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
-    "classify", "task_metric", "load_metric", "experiment_row", "crash_row", "fault_spec",
+    "classify", "classify_samples", "task_metric", "load_metric", "experiment_row", "crash_row", "fault_spec",
 ]
 
 # exclusive outcomes, least to most severe
@@ -130,8 +130,8 @@ def task_metric(
 
 
 def classify(
-    golden: dict[str, np.ndarray],
-    faulty: dict[str, np.ndarray],
+    golden: Mapping[str, np.ndarray],
+    faulty: Mapping[str, np.ndarray],
     primary: str,
     task: str,
     labels: np.ndarray | None,
@@ -195,6 +195,13 @@ def classify(
             m.update({f"custom_{k}": float(v) for k, v in res.items()})
         else:
             m["custom"] = float(res)
+    return _row(masked, due, bool(is_critical), sdc1, sdc5, changed_frac, m)
+
+
+def _row(masked: bool, due: bool, is_critical: bool, sdc1: bool, sdc5: bool, changed_frac: float,
+         m: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of one classified experiment: its outcome (first match wins) and flags; non-finite metrics
+    are stored as None."""
     if due:
         outcome = "due"
     elif is_critical:
@@ -214,3 +221,138 @@ def classify(
         "critical": is_critical, "due": due, "crash": False, "images_changed": changed_frac,
         "metrics": clean_m,
     }
+
+
+def _stack(outputs: Sequence[Mapping[str, np.ndarray]], keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """One-sample outputs stacked on their sample axis, or None where they do not stack (no sample axis,
+    shapes that differ, non-numeric values)."""
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        parts = [np.asarray(o[k]) for o in outputs]
+        first = parts[0]
+        numeric = first.dtype.kind in "biufc" or is_float_dtype(first.dtype)
+        if first.ndim == 0 or first.shape[0] != 1 or first.size == 0 or not numeric:
+            return None
+        if any(a.shape != first.shape or a.dtype != first.dtype for a in parts):
+            return None
+        out[k] = np.ascontiguousarray(np.concatenate(parts))
+    return out
+
+
+def _row_bytes(a: np.ndarray) -> np.ndarray:
+    """Each sample's stored bytes as one row of ``uint8``."""
+    return a.view(np.uint8).reshape(a.shape[0], -1)
+
+
+def classify_samples(
+    golden: Sequence[Mapping[str, np.ndarray]],
+    faulty: Sequence[Mapping[str, np.ndarray]],
+    primary: str,
+    task: str,
+    labels: np.ndarray | None,
+    critical: float,
+    custom: Callable[..., Any] | None = None,
+    layout: str | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`classify` of many one-sample experiments (transient faults: each output cut to the faulty
+    sample), computed together: ``golden[i]``/``faulty[i]`` are experiment i's outputs and ``labels[i]`` its
+    label (``labels`` stacked over the experiments, or None).
+
+    The rows are those :func:`classify` gives one experiment at a time (the per-sample reductions are the
+    same numpy reductions along the class axis); the float metrics of a row whose output is only partly
+    finite may differ from it in the last bit. Other layouts than class scores, a custom metric and outputs
+    that do not stack are classified one experiment at a time."""
+    n = len(golden)
+    if n == 0:
+        return []
+    keys = list(golden[0])
+    gold = _stack(golden, keys)
+    out = _stack(faulty, keys) if gold is not None and all(list(f) == keys for f in faulty) else None
+    lay = layout or metrics.infer_layout(np.asarray(golden[0][primary]), task)
+    if (gold is None or out is None or custom is not None or lay != "classes"
+            or any(out[k].shape != gold[k].shape or out[k].dtype != gold[k].dtype for k in keys)
+            or out[primary].size // n > metrics._CHUNK):
+        return [classify(g, f, primary, task, None if labels is None else labels[i:i + 1], critical, custom,
+                         layout=layout) for i, (g, f) in enumerate(zip(golden, faulty))]
+    masked = np.ones(n, dtype=bool)
+    due = np.zeros(n, dtype=bool)
+    for k in keys:
+        masked &= np.all(_row_bytes(out[k]) == _row_bytes(gold[k]), axis=1)
+        if is_float_dtype(out[k].dtype):
+            fin_f = ~metrics.nonfinite_mask(out[k]) if out[k].ndim > 1 else np.isfinite(out[k])
+            fin_g = ~metrics.nonfinite_mask(gold[k]) if gold[k].ndim > 1 else np.isfinite(gold[k])
+            due |= ~fin_f & fin_g
+    f = metrics._scores(out[primary], "output")
+    g = metrics._scores(gold[primary], "golden")
+    c = f.shape[1]
+    top_f, top_g = metrics.top1(f), metrics.top1(g)
+    sdc1 = top_f != top_g
+    sdc5 = ~metrics.topk_contains(f, top_g, 5)
+    bad = metrics.nonfinite_mask(f)
+    is_prob = np.isfinite(g).all(axis=1) & (g.min(axis=1) >= -1e-2) & (g.max(axis=1) <= 1.0 + 1e-2)
+    is_prob &= np.abs(np.sum(g, axis=1) - 1.0) <= 1e-2
+    probs = np.where(is_prob[:, None], f, metrics.softmax(f, axis=1))
+    entropy = metrics.predictive_entropy(probs)
+    msp = metrics.max_softmax_probability(probs)
+    t = metrics._labels(labels, n, c) if labels is not None else None
+    err = _error_rows(out[primary], gold[primary])
+    rows = []
+    nan = float("nan")
+    for i in range(n):
+        m: dict[str, Any] = {}
+        if not masked[i]:
+            ok = not bad[i]
+            m = {"n": 1.0, "num_classes": float(c), "due_frac": float(bad[i]), "sdc1_frac": float(sdc1[i] and ok),
+                 "sdc5_frac": float(sdc5[i] and ok), "golden_agreement": float(not sdc1[i]),
+                 "mean_entropy": float(entropy[i]) if ok and np.isfinite(entropy[i]) else nan,
+                 "mean_msp": float(msp[i]) if ok and np.isfinite(msp[i]) else nan}
+            if t is not None:
+                m["accuracy"] = float(top_f[i] == t[i])
+                m["top5_accuracy"] = float(metrics.topk_contains(f[i:i + 1], t[i:i + 1], 5)[0])
+                p_i = probs[i]
+                m["ece"] = (abs(float(np.argmax(p_i) == t[i]) - float(np.max(p_i)))
+                            if ok and np.all(np.isfinite(p_i)) else nan)
+            m.update({f"err_{key}": v[i] for key, v in err.items()})
+        if t is not None:
+            name, clean = "accuracy", float(top_g[i] == t[i])
+            value = clean if masked[i] else float(top_f[i] == t[i])
+        else:
+            name, clean = "golden_agreement", 1.0
+            value = clean if masked[i] else float(not sdc1[i])
+        m["task_metric"], m["task_value"], m["clean_value"] = name, value, clean
+        is_critical = bool(not masked[i] and (not np.isfinite(value) or clean - value > critical))
+        s1, s5 = (False, False) if masked[i] else (bool(sdc1[i]), bool(sdc5[i]))
+        rows.append(_row(bool(masked[i]), bool(due[i]), is_critical, s1, s5, float(s1), m))
+    return rows
+
+
+def _error_rows(faulty: np.ndarray, golden: np.ndarray, eps: float = 1e-8) -> dict[str, list[float]]:
+    """:func:`onnxfi.metrics.error_stats` of each sample (row) of ``faulty`` against ``golden``."""
+    n = faulty.shape[0]
+    fc = metrics._numeric(faulty, "faulty").reshape(n, -1).astype(np.float64)
+    gc = metrics._numeric(golden, "golden").reshape(n, -1).astype(np.float64)
+    total = fc.shape[1]
+    n_nan = np.count_nonzero(np.isnan(fc), axis=1)
+    n_inf = np.count_nonzero(np.isinf(fc), axis=1)
+    both = np.isfinite(fc) & np.isfinite(gc)
+    count = np.count_nonzero(both, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = np.where(both, np.abs(fc - gc), 0.0)
+        rel = d / (np.abs(gc) + eps)
+        rel = np.where(both, rel, 0.0)
+        sum_abs, sum_rel = np.sum(d, axis=1), np.sum(rel, axis=1)
+    max_abs = np.where(both, d, -np.inf).max(axis=1)
+    max_rel = np.where(both, rel, -np.inf).max(axis=1)
+    nan = float("nan")
+    out: dict[str, list[float]] = {k: [] for k in
+                                   ("max_abs", "mean_abs", "max_rel", "mean_rel", "nan_frac", "inf_frac", "finite_frac")}
+    for i in range(n):
+        k = int(count[i])
+        out["max_abs"].append(float(max_abs[i]) if k else nan)
+        out["mean_abs"].append(float(sum_abs[i]) / k if k else nan)
+        out["max_rel"].append(float(max_rel[i]) if k else nan)
+        out["mean_rel"].append(float(sum_rel[i]) / k if k else nan)
+        out["nan_frac"].append(int(n_nan[i]) / total if total else nan)
+        out["inf_frac"].append(int(n_inf[i]) / total if total else nan)
+        out["finite_frac"].append(k / total if total else nan)
+    return out

@@ -78,6 +78,7 @@ _LEGACY_DESIGN = "per-stratum"
 # default rounds: one per ~50 experiments, at most 20, so a campaign stopped early has complete rounds
 _ROUND_SIZE = 50
 _MAX_ROUNDS = 20
+_TRANSIENT_RUN = 64  # transient experiments one packed cone run can carry at the default batch size
 # adaptive design: the pilot is 20% of the Leveugle size, at least 5 faults per Neyman stratum; later rounds
 # aim 10% past the projected need, add at least 5% of the cap, and give every stratum at least one fault
 _PILOT_FRACTION = 0.2
@@ -611,7 +612,9 @@ def make_plan(
     ``design`` (default ``"proportional"``, or ``"per-stratum"`` when ``per_stratum`` is given): see the
     module docstring. ``"adaptive"`` needs ``margin``; it plans the pilot round only, capped at the Leveugle
     size (or ``n_faults``), and :func:`extend_plan` adds the next rounds. ``rounds`` (default: one per ~50
-    experiments, 1 to 20; for adaptive, of the pilot) cuts the sample into rounds.
+    experiments, 1 to 20; for adaptive, of the pilot; for a transient plan, also no more than one per ~64
+    experiments per site, since a site's experiments of one round run packed, up to a batch per cone run)
+    cuts the sample into rounds.
     """
     design = _resolve_design(design, per_stratum)
     if fault_model not in ("persistent", "transient"):
@@ -688,7 +691,12 @@ def make_plan(
     index = np.concatenate(parts_i)
     seeds = np.concatenate(parts_s)
     total = len(strata_of)
-    n_rounds = max(1, min(default_rounds(total) if rounds is None else rounds, total))
+    if rounds is None:
+        rounds = default_rounds(total)
+        if fault_model == "transient":  # a site's experiments of a round run packed: rounds of >= ~64 per site
+            used = len({keys[h][0].name for h in set(strata_of.tolist())})
+            rounds = min(rounds, max(1, total // (_TRANSIENT_RUN * used)))
+    n_rounds = max(1, min(rounds, total))
     if design == "proportional":  # contiguous slices of a random permutation: every round a proportional sample
         rnd = np.empty(total, dtype=np.int64)
         rnd[rng.permutation(total)] = np.arange(total) * n_rounds // total

@@ -1,7 +1,8 @@
 """Transient faults (one activation element of one inference): plans over (sample, element, bit), a fault that
 changes exactly one element of one sample (checked against numpy), the packed cone path equal to the naive
 reference experiment by experiment (fp32, int8 QDQ, fp16 zoo models; a model that mixes its batch), rows that
-do not depend on which experiments share a run, the store, and the CLI."""
+do not depend on which experiments share a run, rows classified many at once equal to one at a time, the
+store, and the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import sqlite3
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx.helper as oh
@@ -21,6 +23,7 @@ from onnxfi.cli import main
 from onnxfi.engine import Engine, EngineConfig
 from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner, locate, sample_slice
 from onnxfi.model import load_model
+from onnxfi.outcomes import classify, classify_samples
 from onnxfi.plan import Experiment, Plan, extend_plan, make_plan
 from onnxfi.sites import enumerate_sites
 from onnxfi.store import Store
@@ -152,11 +155,18 @@ def test_a_transient_fault_changes_one_element_of_one_sample(tmp_path: Path, mod
         before = runner.chunks[k]["a"]
         changed = np.argwhere(words(xk) != words(before))
         assert sorted(map(tuple, changed.tolist())) == sorted([(row, 2), (row + 1, 0)])
+        assert runner.gather  # rows of any batches gathered into runs of 4: up to 3 faulty, >= 1 fault-free
         runs = runner.runs
         many = runner.results(exps)
-        assert runner.runs - runs == 3  # batch 1 holds samples 5, 6 and 5 again (two runs); batch 2 sample 9
+        assert runner.runs - runs == 2 and runner.gather  # samples 5, 6, 9 | 5 again
         for e in exps:
             np.testing.assert_array_equal(many[e.id].outputs["y"], runner.result(e).outputs["y"])
+        runner.gather = False  # runs of one cached batch each
+        runs = runner.runs
+        again = runner.results(exps)
+        assert runner.runs - runs == 3  # batch 1 holds samples 5, 6 and 5 again (two runs); batch 2 sample 9
+        for e in exps:
+            np.testing.assert_array_equal(many[e.id].outputs["y"], again[e.id].outputs["y"])
 
 
 def _outcomes(model: Path, data: Path, plan: Plan, mode: str, batch: int = 256, packed: bool = True) -> list:
@@ -209,10 +219,27 @@ def test_a_model_that_mixes_its_batch_runs_each_fault_alone(tmp_path: Path) -> N
     model, data = save(m, tmp_path / "mix.onnx"), _data(tmp_path, 8)
     plan = make_plan(str(model), [s for s in _sites(model) if s.name == "a"], ["flip"], [30, 29, 22], 20, None,
                      seed=2, target="activations", fault_model="transient", images=8)
-    fast = _outcomes(model, data, plan, "suffix", batch=8)
+    engine = Engine(EngineConfig(str(model), data_path=str(data), mode="suffix", batch=8))
+    fast = []
+    for e in plan.experiments:
+        engine.prefetch(plan.experiments[e.id:e.id + 5], True, False)
+        fast.append(engine.run(e, True, False))
     ref = _outcomes(model, data, plan, "naive", batch=8)
     assert [r["outcome"] for r in fast] == [r["outcome"] for r in ref]
     assert any(r["path"].endswith("+alone") for r in fast)
+    runner = engine.runner("a", True, False, transient=True)
+    assert isinstance(runner, TransientConeRunner) and not runner.gather and runner.coupled
+
+
+def test_transient_rounds_keep_a_packed_run_per_site() -> None:
+    """A site's experiments of one round run packed: a transient plan has no more rounds than ~64 per site."""
+    small = _transient_plan(DIGITS, 600, 360, seed=1)
+    sites = len({e.site for e in small.experiments})
+    assert max(e.round for e in small.experiments) + 1 == max(1, 600 // (64 * sites))
+    persistent = make_plan(str(DIGITS), _sites(DIGITS), ["flip"], None, 600, None, seed=1, target="activations")
+    assert max(e.round for e in persistent.experiments) + 1 == 12  # one per ~50
+    fixed = _transient_plan(DIGITS, 600, 360, seed=1, rounds=6)
+    assert max(e.round for e in fixed.experiments) + 1 == 6
 
 
 # --------------------------------------------------------------------------- campaign, store, CLI
@@ -324,3 +351,74 @@ def test_interrupted_campaign_resumes_to_the_same_rows(tmp_path: Path, kind: str
         return (r["id"], r["outcome"], r["image"], r["images_changed"], (r["metrics"] or {}).get("n_flips"))
 
     assert [key(r) for r in resumed] == [key(r) for r in whole]
+
+
+# ------------------------------------------------------------------- classifying many samples at once
+
+
+def _one_at_a_time(golden: list, faulty: list, labels: np.ndarray | None, **kw: Any) -> list:
+    return [classify(g, f, "y", "classification", None if labels is None else labels[i:i + 1], 0.01, **kw)
+            for i, (g, f) in enumerate(zip(golden, faulty))]
+
+
+def _same_rows(fast: list, ref: list, exact: list[bool]) -> None:
+    assert len(fast) == len(ref)
+    for a, b, ex in zip(fast, ref, exact):
+        assert {k: v for k, v in a.items() if k != "metrics"} == {k: v for k, v in b.items() if k != "metrics"}
+        assert a["metrics"].keys() == b["metrics"].keys()
+        for k, v in b["metrics"].items():
+            if ex or not isinstance(v, float):
+                assert a["metrics"][k] == v, k
+            else:
+                assert a["metrics"][k] == pytest.approx(v, rel=1e-12, abs=1e-300), k
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_classify_samples_gives_the_rows_of_classify(probabilities: bool, with_labels: bool) -> None:
+    rng = np.random.default_rng(4)
+    e, c = 60, 10
+    gold = rng.normal(size=(e, c)).astype(np.float32)
+    if probabilities:
+        gold = (np.exp(gold) / np.exp(gold).sum(axis=1, keepdims=True)).astype(np.float32)
+    bad = gold.copy()
+    bad[0:10] += rng.normal(scale=0.01, size=(10, c)).astype(np.float32)  # small changes: tolerable
+    bad[10:20, 3] = 50.0  # top-1 changes
+    bad[20, 2], bad[21, :] = np.nan, np.inf  # DUE, partly and wholly non-finite
+    bad[22, 5] = -np.inf
+    bad[23] = bad[23, ::-1]  # permuted: top-5 may leave
+    bad[24, :] = bad[24, 0]  # ties everywhere
+    bad[25] = np.float32(3.0) * bad[25]
+    # rows 26.. stay equal to golden: masked
+    side = rng.normal(size=(e, 3)).astype(np.float32)
+    side_bad = side.copy()
+    side_bad[30, 1] = np.nan  # a DUE in another output of a masked primary
+    side_bad[31, 0] += 1.0  # another output changes: not masked, primary unchanged
+    golden = [{"y": gold[i:i + 1], "z": side[i:i + 1]} for i in range(e)]
+    faulty = [{"y": bad[i:i + 1], "z": side_bad[i:i + 1]} for i in range(e)]
+    labels = rng.integers(0, c, size=e) if with_labels else None
+    fast = classify_samples(golden, faulty, "y", "classification", labels, 0.01)
+    ref = _one_at_a_time(golden, faulty, labels)
+    exact = [bool(np.all(np.isfinite(bad[i]))) for i in range(e)]
+    _same_rows(fast, ref, exact)
+    outcomes = Counter(r["outcome"] for r in ref)
+    assert outcomes["masked"] >= 20 and outcomes["due"] >= 4 and outcomes["tolerable"] >= 5
+    assert outcomes["sdc1"] + outcomes["sdc5"] + outcomes["critical"] >= 5
+    one = classify_samples(golden[10:11], faulty[10:11], "y", "classification",
+                           None if labels is None else labels[10:11], 0.01)
+    assert one == [fast[10]]  # alone or among others: the same row
+
+
+def test_classify_samples_falls_back_where_rows_do_not_stack() -> None:
+    rng = np.random.default_rng(2)
+    gold = rng.normal(size=(4, 1, 3, 5, 5)).astype(np.float32)  # segmentation scores: classified one at a time
+    bad = gold.copy()
+    bad[1, 0, 0, 2, 2] = 9.0
+    golden = [{"y": g} for g in gold]
+    faulty = [{"y": b} for b in bad]
+    fast = classify_samples(golden, faulty, "y", "segmentation", None, 0.01)
+    assert fast == [classify(g, f, "y", "segmentation", None, 0.01) for g, f in zip(golden, faulty)]
+    assert [r["outcome"] != "masked" for r in fast] == [False, True, False, False]
+    whole = [{"y": np.float32(1.0)}, {"y": np.float32(1.0)}]  # no sample axis
+    assert classify_samples(whole, whole, "y", "regression", None, 0.01) == [
+        classify(g, g, "y", "regression", None, 0.01) for g in whole]

@@ -7,12 +7,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from onnxfi.engine.base import Result, Runner, is_runtime_failure
 from onnxfi.engine.chooser import choose, choose_transient
 from onnxfi.engine.config import MODES, EngineConfig
 from onnxfi.engine.context import Context
 from onnxfi.errors import MetricError, OnnxfiError, first_line
-from onnxfi.outcomes import classify, load_metric, task_metric
+from onnxfi.outcomes import classify, classify_samples, load_metric, task_metric
 from onnxfi.plan import BER_SITE, Experiment
 from onnxfi.runtime import concat_batches
 from onnxfi.scoring import plausibility
@@ -51,7 +53,7 @@ class Engine:
         self.custom = guard_metric(load_metric(cfg.metric), cfg.metric) if cfg.metric else None
         self.task: str = cfg.task or ""
         self._runners: OrderedDict[tuple[str, bool, bool, bool], Runner] = OrderedDict()
-        self._ready: dict[int, Result] = {}  # transient results computed ahead, by experiment id
+        self._ready: dict[int, dict[str, Any]] = {}  # rows of transient experiments computed ahead, by id
 
     @property
     def primary(self) -> str:
@@ -96,23 +98,44 @@ class Engine:
         if many is None:
             return
         try:
-            self._ready.update(many(exps))
+            results = many(exps)
         except Exception as e:
             if not is_runtime_failure(e):
                 raise
+            return
+        self._ready.update(self._rows([e for e in exps if e.id in results], results))
+
+    def _rows(self, exps: list[Experiment], results: dict[int, Result]) -> dict[int, dict[str, Any]]:
+        """The rows of transient experiments from their results, classified together, each on its own
+        sample (its label alone)."""
+        choice = self.ctx.choice
+        labels = self.ctx.data.labels
+        if labels is not None:
+            labels = labels[np.array([e.image for e in exps], dtype=np.int64)]
+        res = [results[e.id] for e in exps]
+        rows = classify_samples([r.golden for r in res], [r.outputs for r in res], self.primary, choice.task, labels,
+                                self.cfg.critical, self.custom, layout=choice.layout)
+        out: dict[int, dict[str, Any]] = {}
+        for e, r, row in zip(exps, res, rows):
+            row["path"] = r.path
+            if r.extra:
+                row["metrics"] = {**row.get("metrics", {}), **r.extra}
+            out[e.id] = row
+        return out
 
     def run(self, exp: Experiment, needs_bits: bool, needs_values: bool) -> dict[str, Any]:
         """Run one experiment: its outcome flags and metrics (see :func:`onnxfi.outcomes.classify`) and
         ``path``, how it was executed (see :mod:`onnxfi.engine.chooser`). A transient experiment is classified
         on its own sample (its label alone)."""
-        transient = exp.image is not None
-        res = self._ready.pop(exp.id, None)
-        if res is None:
-            res = self.runner(exp.site, needs_bits, needs_values, transient).result(exp)
+        if exp.image is not None:
+            ready = self._ready.pop(exp.id, None)
+            if ready is not None:
+                return ready
+            res = self.runner(exp.site, needs_bits, needs_values, transient=True).result(exp)
+            return self._rows([exp], {exp.id: res})[exp.id]
+        res = self.runner(exp.site, needs_bits, needs_values).result(exp)
         choice = self.ctx.choice
         labels = self.ctx.data.labels
-        if exp.image is not None and labels is not None:
-            labels = labels[exp.image:exp.image + 1]
         row = classify(res.golden, res.outputs, self.primary, choice.task, labels, self.cfg.critical,
                        self.custom, layout=choice.layout)
         row["path"] = res.path

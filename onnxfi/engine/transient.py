@@ -69,6 +69,17 @@ def _fixed_fault(exp: Experiment, numpy_dtype: np.dtype) -> Fault:
     return fault
 
 
+def _put(flat: np.ndarray, row: int, e: Experiment, dtype: np.dtype) -> bool:
+    """Write ``e``'s fault into sample ``row`` of the flattened site tensor; whether the exact shortcut may
+    decide it (no NaN, Inf or zero written: fusions may treat those differently)."""
+    old = flat[row, e.index:e.index + 1].copy()
+    new = _fixed_fault(e, dtype).apply(old)
+    flat[row, e.index:e.index + 1] = new
+    if old.tobytes() != new.tobytes() and is_float_dtype(new.dtype):
+        return bool(np.all(np.isfinite(new)) and np.all(new != 0))
+    return True
+
+
 def _check_transient(site: Site, exp: Experiment) -> int:
     if exp.image is None:
         raise InternalError(f"experiment {exp.id} is not transient (no image)")
@@ -97,6 +108,9 @@ class TransientConeRunner(ActivationConeRunner):
             self.ck_golden = [self._check_array(c[name]) for c in self.chunks]
         self.runs = 0  # cone runs made for experiments (the packing's figure: experiments per run)
         self.coupled = False  # a packed run changed a fault-free sample: experiments now run one per run
+        self.reads: list[str] = []  # the cached tensors a cone run reads (gathered runs)
+        self.width = max(self.sizes)  # rows of a gathered run: the eval batch size, as the golden runs
+        self.gather = self.width > 1 and self._gatherable()
 
     def _run_batch(self, k: int, x: np.ndarray) -> Outputs:
         return _run_cut(self.ctx, [self.chunks[k]], self.cut, self.site.tensor_name, self.session,
@@ -108,12 +122,37 @@ class TransientConeRunner(ActivationConeRunner):
     def result(self, exp: Experiment) -> Result:
         return self.results([exp])[exp.id]
 
+    def _gatherable(self) -> bool:
+        """Whether rows of different cached batches can be gathered into one run: every tensor the cone reads
+        from the cache, and every model output, has the samples on its first axis."""
+        name = self.site.tensor_name
+        self.reads = [t for t in dict.fromkeys([*self.cut.inputs, *self.ctx.output_names])
+                      if t != name and t not in self.cut.outputs and t in self.chunks[0]]
+        names = [*self.reads, name]
+        for k, chunk in enumerate(self.chunks):
+            n = self.sizes[k]
+            if any(np.ndim(chunk[t]) == 0 or np.shape(chunk[t])[0] != n for t in names):
+                return False
+            if any(np.ndim(v) == 0 or np.shape(v)[0] != n for v in self.chunk_golden[k].values()):
+                return False
+        return True
+
     def results(self, exps: Sequence[Experiment]) -> dict[int, Result]:
         """The results of ``exps`` (transient experiments of this site), packed into as few cone runs as
-        their samples allow: one run per eval batch and per fault sharing a sample with another."""
+        their samples allow. Gathered (the default): each run holds the eval batch size of rows, up to all
+        but one of them a faulty sample (any samples, a sample twice for two faults) and the rest fault-free
+        samples that must come out bitwise golden. Where they do not (a model whose samples interact, or
+        whose kernels round by batch position), the runner falls back for good to runs of one cached batch,
+        one per fault sharing a sample with another."""
+        placed = [(locate(self.starts, self.sizes, _check_transient(self.site, e)), e) for e in exps]
+        out: dict[int, Result] = {}
+        if self.gather:
+            step = self.width - 1
+            for i in range(0, len(placed), step):
+                out.update(self._gathered(placed[i:i + step]))
+            return out
         by_batch: dict[int, list[list[tuple[int, Experiment]]]] = {}
-        for e in exps:
-            k, row = locate(self.starts, self.sizes, _check_transient(self.site, e))
+        for (k, row), e in placed:
             runs = by_batch.setdefault(k, [])
             for run in runs:  # the first run with this sample free
                 if all(r != row for r, _ in run):
@@ -121,26 +160,58 @@ class TransientConeRunner(ActivationConeRunner):
                     break
             else:
                 runs.append([(row, e)])
-        out: dict[int, Result] = {}
         for k, runs in by_batch.items():
             for run in runs:
                 out.update(self._packed(k, run))
         return out
 
-    def _faulty(self, k: int, run: Sequence[tuple[int, Experiment]]) -> tuple[np.ndarray, dict[int, bool]]:
-        """The batch's site tensor with each experiment's fault in its sample, and per experiment whether
-        the exact shortcut may decide it (no NaN, Inf or zero written: fusions may treat those differently)."""
-        x = np.array(self.chunks[k][self.site.tensor_name], copy=True)
+    def _pad(self, taken: set[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+        """``count`` fault-free (batch, row) samples for a gathered run, those not in ``taken`` first."""
+        every = [(k, r) for k, n in enumerate(self.sizes) for r in range(n)]
+        free = [p for p in every if p not in taken] or every
+        return [free[i % len(free)] for i in range(count)]
+
+    def _gathered(self, placed: Sequence[tuple[tuple[int, int], Experiment]]) -> dict[int, Result]:
+        name = self.site.tensor_name
+        pad = self._pad({p for p, _ in placed}, self.width - len(placed))
+        where = [p for p, _ in placed] + pad
+        chunk = {t: np.concatenate([self.chunks[k][t][r:r + 1] for k, r in where]) for t in self.reads}
+        x = np.concatenate([self.chunks[k][name][r:r + 1] for k, r in where])
         flat = x.reshape(len(x), -1)
         guard: dict[int, bool] = {}
-        for row, e in run:
-            old = flat[row, e.index:e.index + 1].copy()
-            new = _fixed_fault(e, self.info.numpy).apply(old)
-            flat[row, e.index:e.index + 1] = new
-            ok = True
-            if old.tobytes() != new.tobytes() and is_float_dtype(new.dtype):
-                ok = bool(np.all(np.isfinite(new)) and np.all(new != 0))
-            guard[e.id] = ok
+        for j, (_, e) in enumerate(placed):
+            guard[e.id] = _put(flat, j, e, self.info.numpy)
+        out: dict[int, Result] = {}
+        if self.checkpoint is not None:
+            ck = self._check_array(x)
+            for j, ((k, r), e) in enumerate(placed):
+                if guard[e.id] and ck[j].tobytes() == self.ck_golden[k][r].tobytes():
+                    g = sample_slice(self.chunk_golden[k], r, self.sizes[k])
+                    out[e.id] = Result(g, g, self.path + "+shortcut")
+            if len(out) == len(placed):
+                return out
+        chunk[name] = x
+        faulty = _run_cut(self.ctx, [chunk], self.cut, name, self.session, lambda c: x, True)
+        self.runs += 1
+        for j in range(len(placed), len(where)):
+            k, r = where[j]
+            gold = self.chunk_golden[k]
+            if any(faulty[t][j].tobytes() != gold[t][r].tobytes() for t in faulty):
+                self.gather = False  # not row-independent: runs of one cached batch from now on
+                rest = [p_e for p_e in placed if p_e[1].id not in out]
+                return out | self.results([e for _, e in rest])
+        for j, ((k, r), e) in enumerate(placed):
+            if e.id not in out:
+                out[e.id] = Result(sample_slice(faulty, j, self.width),
+                                   sample_slice(self.chunk_golden[k], r, self.sizes[k]), self.path)
+        return out
+
+    def _faulty(self, k: int, run: Sequence[tuple[int, Experiment]]) -> tuple[np.ndarray, dict[int, bool]]:
+        """The batch's site tensor with each experiment's fault in its sample, and per experiment whether
+        the exact shortcut may decide it (see :func:`_put`)."""
+        x = np.array(self.chunks[k][self.site.tensor_name], copy=True)
+        flat = x.reshape(len(x), -1)
+        guard = {e.id: _put(flat, row, e, self.info.numpy) for row, e in run}
         return x, guard
 
     def _packed(self, k: int, run: Sequence[tuple[int, Experiment]]) -> dict[int, Result]:
@@ -187,7 +258,7 @@ class TransientConeRunner(ActivationConeRunner):
         return Result(sample_slice(faulty, row, n), sample_slice(self.chunk_golden[k], row, n), self.path + suffix)
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"runs": self.runs, "coupled": self.coupled}
+        return super().describe() | {"runs": self.runs, "coupled": self.coupled, "gathered": self.gather}
 
 
 class TransientNaiveRunner(Runner):

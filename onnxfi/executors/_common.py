@@ -126,10 +126,16 @@ def startup_error(e: BaseException) -> Reply:
     return _error_reply(e, "starting a worker")
 
 
-def hints(queue: Iterable[Experiment], exp: Experiment, attempts: Attempts | None = None) -> list[Experiment]:
+def hints(queue: Iterable[Experiment], exp: Experiment, attempts: Attempts | None = None,
+          hinted: set[int] | None = None) -> list[Experiment]:
     """The experiments after ``exp`` in a worker's ``queue`` that the worker may compute together with it
     (transient faults at the same site, at most :data:`HINTS`); none for an experiment whose worker died
-    under it before (it then runs alone, so a second death is its own)."""
+    under it before (it then runs alone, so a second death is its own). ``hinted``: the ids this worker was
+    already given as hints (kept up to date here); an experiment among them gets none (the worker computed
+    it ahead), so a packed group is sent once, not once per experiment."""
+    if hinted is not None and exp.id in hinted:
+        hinted.discard(exp.id)
+        return []
     if exp.image is None or (attempts is not None and attempts.charged(exp)):
         return []
     out: list[Experiment] = []
@@ -137,6 +143,8 @@ def hints(queue: Iterable[Experiment], exp: Experiment, attempts: Attempts | Non
         if e.site != exp.site or e.image is None or len(out) >= HINTS:
             break
         out.append(e)
+    if hinted is not None:
+        hinted.update(e.id for e in out)
     return out
 
 

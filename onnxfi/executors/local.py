@@ -72,6 +72,7 @@ class _Worker:
     received: bool = False
     golden_time: float = 0.0
     path: str | None = None  # the execution path of the current experiment's site, once its runner is built
+    hinted: set[int] = field(default_factory=set)  # experiments this worker was sent as hints (computed ahead)
 
 
 class LocalExecutor:
@@ -145,7 +146,7 @@ class LocalExecutor:
         exp = w.queue.popleft()
         w.current, w.started, w.running, w.received, w.path = exp, time.monotonic(), False, False, None
         bits, values = flags(exp.site)
-        ahead = [e.__dict__ for e in common.hints(w.queue, exp, self._attempts)]
+        ahead = [e.__dict__ for e in common.hints(w.queue, exp, self._attempts, w.hinted)]
         try:
             w.conn.send(("run", exp.__dict__, bits, values, ahead))
         except OSError:  # BrokenPipeError: the worker died after its last result; handled as a death

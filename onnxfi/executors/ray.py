@@ -182,6 +182,7 @@ class _Slot:
     site_key: tuple[str, bool, bool, bool] | None = None
     paths: dict[str, str] = field(default_factory=dict)  # site -> execution path, as prepare reported it
     preparing: dict[Any, str] = field(default_factory=dict)  # prepare call -> its site
+    hinted: set[int] = field(default_factory=set)  # experiments sent to this actor as hints (computed ahead)
 
 
 class RayExecutor:
@@ -402,7 +403,7 @@ class RayExecutor:
                 ref = slot.actor.prepare.remote(exp.site, bits, values, transient)
                 slot.preparing[ref] = exp.site
                 slot.inflight.append((ref, None))
-            ahead = [e.__dict__ for e in common.hints(slot.queue, exp, self._attempts)]
+            ahead = [e.__dict__ for e in common.hints(slot.queue, exp, self._attempts, slot.hinted)]
             slot.inflight.append((slot.actor.run.remote(exp.__dict__, bits, values, ahead), exp))
 
     def _collect(self, slot: _Slot, remaining: set[int], attempts: common.Attempts,
@@ -449,6 +450,7 @@ class RayExecutor:
         back.extend(slot.queue)
         slot.inflight.clear()
         slot.queue = deque()
+        slot.hinted.clear()  # a new actor has computed nothing ahead
         if back:
             chunks.appendleft(back)
 
