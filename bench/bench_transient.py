@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="an .npz for a model given by path (default: seeded random inputs)")
     ap.add_argument("--faults", type=int, default=4096, help="experiments in the transient plan (default 4096)")
     ap.add_argument("--rounds", type=int, help="rounds of the plan (default: make_plan's, as the CLI: one per ~50 "
-                    "experiments, at most 20); the executor packs experiments of one site and round together")
+                    "experiments, at most 20, at most one per ~64 experiments per site); the executor packs experiments of "
+                    "one site and round together")
     ap.add_argument("--samples", type=int, default=0, help="eval samples N (default: the batch size B)")
     ap.add_argument("--batch", type=int, default=64, help="eval batch size B (default 64)")
     ap.add_argument("--ops", default="Conv", help="activation sites produced by these ops (comma list, default Conv; "

@@ -520,9 +520,11 @@ def needs_labels(cfg: GateConfig) -> list[str]:
 
 def unlabelled_error(cfg: GateConfig, data: str | None) -> OnnxfiError:
     where = f"{data} has no labels" if data else "the eval data is seeded random inputs (no labels)"
-    return OnnxfiError(f"{cfg.source}: {', '.join(needs_labels(cfg))} need labelled eval data, but {where}: "
-                       "without labels the clean run is scored against itself (always 1.0) and the check "
-                       "cannot fail; give data with labels or remove the check")
+    names = needs_labels(cfg)
+    verb, check = ("needs", "the check") if len(names) == 1 else ("need", "these checks")
+    return OnnxfiError(f"{cfg.source}: {', '.join(names)} {verb} labelled eval data, but {where}: "
+                       f"without labels the clean run is scored against itself (always 1.0) and {check} "
+                       "cannot fail; give data with labels or remove it")
 
 
 def _plan_digest(plan: Mapping[str, Any]) -> dict[str, Any]:

@@ -573,9 +573,16 @@ def _transient_sites(sites: Sequence[Site], images: int | None,
         raise OnnxfiError("a transient plan needs the number of eval samples (images >= 1)")
     kept = [s for s in sites if s.kind == "activation" and s.batched]
     if not kept:
-        raise OnnxfiError("transient faults hit one inference's activations: select activation sites with a "
-                          "batch dimension (--target activations); weights are persistent (--ber for memory "
-                          "fault rates)")
+        acts = [s for s in sites if s.kind == "activation"]
+        if not acts:
+            raise OnnxfiError("transient faults hit one inference's activations: select activation sites with a "
+                              "batch dimension (--target activations); weights are persistent (--ber for memory "
+                              "fault rates)")
+        inner = sum(1 for s in acts if s.graph)
+        where = f" ({inner} of them inside subgraphs such as If/Loop bodies)" if inner else ""
+        raise OnnxfiError(f"transient faults hit one inference's activations, but none of the {len(acts)} selected "
+                          f"activation sites has a batch dimension{where}: no sample of the eval batch can be "
+                          "hit alone; use the persistent fault model")
     dropped = [s.name for s in sites if not (s.kind == "activation" and s.batched)]
     out = {**options, "images": images}
     if dropped:

@@ -253,7 +253,7 @@ def test_clean_checks_without_labels_are_refused() -> None:
     unlabelled = {"task": "classification", "metric": "golden_agreement", "value": 1.0, "data": "x.npz"}
     for th in ({"clean_min": 0.99}, {"clean_drop": 0.01}):
         cfg = config_from_dict({"thresholds": th, "clean_reference": 0.97})
-        with pytest.raises(OnnxfiError, match="need labelled eval data"):
+        with pytest.raises(OnnxfiError, match="needs? labelled eval data"):
             evaluate(_summary(), unlabelled, cfg)
     # a rate limit alone is fine without labels (faults are classified against the fault-free run)
     assert evaluate(_summary(), unlabelled, config_from_dict({"thresholds": {"sdc1": 0.5}}))
@@ -405,7 +405,7 @@ clean_min = 0.99
 """)
     assert main(["gate", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "clean_min need labelled eval data" in err[0] and "inputs_only.npz has no labels" in err[0]
+    assert len(err) == 1 and "clean_min needs labelled eval data" in err[0] and "inputs_only.npz has no labels" in err[0]
     assert not (tmp_path / "gate.db").exists()  # refused before any experiment ran
     # a model outside the zoo with no data: seeded random inputs, refused the same way
     model = tmp_path / "m.onnx"

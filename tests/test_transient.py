@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def test_transient_plan_refusals() -> None:
                       images=360)
     assert mixed.options["left_out_not_per_inference"]  # the weights
     assert all(e.kind == "activation" for e in mixed.experiments)
+    unbatched = [replace(s, batched=False) for s in _sites(DIGITS)]  # e.g. activations of a fixed-batch model
+    with pytest.raises(OnnxfiError, match=f"none of the {len(unbatched)} selected activation sites has a batch"):
+        make_plan(str(DIGITS), unbatched, ["flip"], None, 10, None, fault_model="transient", images=360)
 
 
 def test_adaptive_transient_rounds_draw_new_faults() -> None:
