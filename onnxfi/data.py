@@ -5,17 +5,32 @@ The sample axis of each input comes from the model (:func:`sample_axes`): axis 0
 input (shape ``[]``) has none and goes whole to every run; when the model batches on a dynamic first dim,
 an input whose first dim is fixed (an RNN state ``[2,N,128]``) has its sample axis where its batch dim is,
 or none when it has no dynamic dim (a table every run takes whole).
+
+Data and models are untrusted input:
+
+- every allocation sized by them (random data from the input dims and ``--samples``, the arrays an
+  ``.npz`` header declares, a conversion, joining a loader's feed dicts) is checked against
+  :func:`onnxfi.memory.check_bytes` first: over the budget, a one-line error instead of a ``MemoryError``;
+- an array whose dtype is not the input's is converted only when every value survives (int64 0/1 pixels
+  into float32: yes; int64 2**40 + 1 into float32: no); a float narrowed to a smaller float (float64 data for
+  a float32 input) is rounded to nearest, as frameworks feed it, and refused only where a value overflows to
+  Inf or a non-zero becomes 0 (1e39 into float32); a lossy conversion is refused, naming the first value it
+  changes, unless ``allow_cast=True`` (the CLI's ``--allow-cast``);
+- what is accepted but suspicious goes to :attr:`Dataset.warnings` (the library never prints): NaN/Inf
+  values per input, integer data converted for a float input, values a permitted lossy cast changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import traceback
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfi.errors import DataError, OnnxfiError, first_line
+from onnxfi.memory import check_bytes
 from onnxfi.model import InputSpec
 
 __all__ = [
@@ -50,12 +66,14 @@ MAX_FEED_DICTS = 100_000  # a loader that yields more is taken for one that neve
 class Dataset:
     """Feeds by input name, optional labels (first axis = samples), where they came from, and each input's
     sample axis (``axes``; an input missing from it: axis 0, or none for a 0-d array). An input without a
-    sample axis goes whole to every batch."""
+    sample axis goes whole to every batch. ``warnings``: one line each about data that was accepted but may
+    not be what the user meant (NaN/Inf values, converted dtypes), for the caller to show."""
 
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
     axes: dict[str, int | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def axis(self, name: str) -> int | None:
         """The sample axis of input ``name`` (None: it has none and every batch takes it whole)."""
@@ -83,13 +101,14 @@ class Dataset:
     def head(self, n: int) -> Dataset:
         """The first ``n`` samples (labels too), the sample axes kept."""
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset(self.batch(0, n), labels, self.source, {k: self.axis(k) for k in self.feeds})
+        return Dataset(self.batch(0, n), labels, self.source, {k: self.axis(k) for k in self.feeds},
+                       list(self.warnings))
 
     def select(self, names: Iterable[str]) -> Dataset:
         """Only the inputs in ``names`` (a session that takes fewer inputs than the model)."""
         keep = set(names)
         feeds = {k: v for k, v in self.feeds.items() if k in keep}
-        return Dataset(feeds, self.labels, self.source, {k: self.axis(k) for k in feeds})
+        return Dataset(feeds, self.labels, self.source, {k: self.axis(k) for k in feeds}, list(self.warnings))
 
 
 def _numpy_dtype(dtype: ir.DataType) -> np.dtype:
@@ -175,6 +194,29 @@ def resolve_shape(
     return tuple(dims)
 
 
+def _random_work_bytes(dt: np.dtype) -> int:
+    """Bytes per value of the working array :func:`random_data` draws ``dt`` values into before converting."""
+    if dt.kind == "f" or dt.name == "bfloat16":
+        return 0 if dt == np.float32 else 4  # float32 draws
+    return 8  # int64 draws for integers, float64 draws for booleans
+
+
+def _check_random_bytes(planned: Sequence[tuple[InputSpec, np.dtype, tuple[int, ...]]], batch: int) -> None:
+    """The random inputs (every input, and the largest working array) within the memory budget, before
+    any is made: a dim of 10^8 in the model or in --input-shape is a one-line error, not a MemoryError."""
+    if not planned:
+        return
+    sizes = [(math.prod(shape) * dt.itemsize, math.prod(shape) * _random_work_bytes(dt)) for _, dt, shape in planned]
+    total = sum(final for final, _ in sizes) + max(work for _, work in sizes)
+    spec, dt, shape = planned[max(range(len(planned)), key=lambda i: sum(sizes[i]))]
+    what = f"random data for input {spec.name!r} [{','.join(map(str, shape))}] {dt}"
+    if len(planned) > 1:
+        what += f" (and {len(planned) - 1} more input(s))"
+    if batch > 1:
+        what += f", {batch} samples,"
+    check_bytes(what, total)
+
+
 def random_data(
     specs: Sequence[InputSpec],
     seed: int = 0,
@@ -186,9 +228,8 @@ def random_data(
 
     A scalar integer input (a sample rate, a size, an index) has no sensible random value: a
     :class:`DataError` asks for a data loader."""
-    rng = np.random.default_rng(seed)
     axes = sample_axes(specs)
-    feeds: dict[str, np.ndarray] = {}
+    planned: list[tuple[InputSpec, np.dtype, tuple[int, ...]]] = []
     for spec in specs:
         dt = _numpy_dtype(spec.dtype)
         if spec.shape is not None and len(spec.shape) == 0 and dt.kind in "iu":
@@ -196,9 +237,13 @@ def random_data(
                 f"input {spec.name!r} is a scalar {dt} (shape []): random data has no sensible value for it "
                 "(a sample rate, a size, an index); give it with --data-loader (or --data)"
             )
-        shape = resolve_shape(spec, overrides, batch, axes[spec.name])
+        planned.append((spec, dt, resolve_shape(spec, overrides, batch, axes[spec.name])))
+    _check_random_bytes(planned, batch)
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec, dt, shape in planned:
         if dt.kind == "f" or dt.name == "bfloat16":
-            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dt)
+            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dt, copy=False)
         elif dt.kind in "iu":
             feeds[spec.name] = rng.integers(0, 10, size=shape).astype(dt)
         elif dt.kind == "b":
@@ -209,14 +254,121 @@ def random_data(
     return Dataset(feeds, None, f"random (seed {seed})", axes)
 
 
-def _check_compatible(spec: InputSpec, arr: np.ndarray, where: str, axis: int | None) -> np.ndarray:
-    """``arr`` as the input's dtype; every dim but the sample axis as the model fixes it."""
+_BLOCK = 1 << 22  # values compared at a time: the working arrays of a check stay small
+
+
+def _blocks(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``arr`` in slices along axis 0 of about :data:`_BLOCK` values: (first row, slice)."""
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        yield 0, arr
+        return
+    step = max(1, _BLOCK // max(1, arr.size // arr.shape[0]))
+    for start in range(0, arr.shape[0], step):
+        yield start, arr[start:start + step]
+
+
+def _changed(orig: np.ndarray, cast: np.ndarray) -> np.ndarray:
+    """Where converting ``orig`` to ``cast`` (its values in another dtype) changed a value (NaN stays NaN)."""
+    src, dst = orig.dtype, cast.dtype
+    with np.errstate(invalid="ignore", over="ignore"):
+        if src.kind in "iu" and dst.kind in "iu":  # the range alone decides (a round trip can wrap back)
+            s, d = np.iinfo(src), np.iinfo(dst)
+            out = np.zeros(orig.shape, bool)
+            if d.min > s.min:
+                out |= orig < d.min
+            if d.max < s.max:
+                out |= orig > d.max
+            return out
+        if src.kind == "f" and dst.kind == "f":  # narrowing rounds to nearest, as every framework feeds it;
+            wide = cast.astype(np.float64)  # what changes a value is overflow to Inf or underflow to 0
+            o = orig.astype(np.float64)
+            return np.asarray((np.isfinite(o) & ~np.isfinite(wide)) | ((o != 0) & (wide == 0)))
+        back = cast.astype(src)
+        out = np.asarray(back != orig)
+        if src.kind in "iu":  # a value rounded past the integer range converts back to anything
+            bits = 8 * src.itemsize
+            lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1)) if src.kind == "i" else (0.0, 2.0**bits)
+            wide = cast.astype(np.float64)
+            out |= ~np.isfinite(wide) | (wide >= hi) | (wide < lo)
+        else:
+            out &= ~(np.isnan(orig) & np.isnan(back))
+        return out
+
+
+@dataclass
+class _Conversions:
+    """What converting the data to the inputs' dtypes did, per input (over every feed dict of a loader):
+    the source dtypes, the values converted and changed, the range of integer data given for a float input."""
+
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    int_range: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, name: str, orig: np.ndarray, changed: int, int_for_float: bool) -> None:
+        if str(orig.dtype) not in self.sources.setdefault(name, []):
+            self.sources[name].append(str(orig.dtype))
+        self.values[name] = self.values.get(name, 0) + int(orig.size)
+        self.changed[name] = self.changed.get(name, 0) + changed
+        if int_for_float and orig.size:
+            lo, hi = int(orig.min()), int(orig.max())
+            old = self.int_range.get(name, (lo, hi))
+            self.int_range[name] = (min(lo, old[0]), max(hi, old[1]))
+
+    def warnings(self, specs: Sequence[InputSpec], where: str) -> list[str]:
+        out: list[str] = []
+        for spec in specs:
+            if spec.name not in self.sources:
+                continue
+            src, want = "/".join(self.sources[spec.name]), _numpy_dtype(spec.dtype)
+            if self.changed[spec.name]:
+                out.append(f"{where}: input {spec.name!r}: converting {src} to {want} changed "
+                           f"{self.changed[spec.name]:,} of {self.values[spec.name]:,} values (--allow-cast)")
+            if spec.name in self.int_range:
+                lo, hi = self.int_range[spec.name]
+                out.append(f"{where}: input {spec.name!r}: integer data ({src}, values {lo}..{hi}) for a {want} "
+                           "input, converted; check that it is scaled as the model expects")
+        return out
+
+
+def _convert(spec: InputSpec, arr: np.ndarray, want: np.dtype, where: str, allow_cast: bool,
+             log: _Conversions | None) -> np.ndarray:
+    """``arr`` as ``want``: refused (naming the first value it changes) when a value would not survive the
+    conversion, unless ``allow_cast``; ``log`` records what it did."""
+    check_bytes(f"{where}: converting array {spec.name!r} [{','.join(map(str, arr.shape))}] from {arr.dtype} to "
+                f"{want}", arr.size * want.itemsize)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = arr.astype(want)
+    changed = 0
+    for start, block in _blocks(arr):
+        mask = _changed(block, out[start:start + len(block)] if arr.ndim else out)
+        if not mask.any():
+            continue
+        if not allow_cast:
+            local = np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape)
+            idx = (local[0] + start, *local[1:]) if arr.ndim else ()
+            was, now = arr[idx].item(), out[idx].item()
+            at = f" at [{', '.join(map(str, idx))}]" if arr.ndim else ""
+            raise DataError(
+                f"{where}: array {spec.name!r} is {arr.dtype}, the model input wants {want}, and converting it "
+                f"changes values (first: {was!r}{at} becomes {now!r}); convert the data yourself "
+                f"(e.g. .astype(numpy.{want})) or pass --allow-cast"
+            )
+        changed += int(np.count_nonzero(mask))
+    if log is not None:
+        log.add(spec.name, arr, changed, arr.dtype.kind in "iu" and want.kind in "fc")
+    return out
+
+
+def _check_compatible(spec: InputSpec, arr: np.ndarray, where: str, axis: int | None, allow_cast: bool = False,
+                      log: _Conversions | None = None) -> np.ndarray:
+    """``arr`` as the input's dtype (converted only when every value survives, or ``allow_cast``); every
+    dim but the sample axis as the model fixes it."""
     want = _numpy_dtype(spec.dtype)
     if arr.dtype != want:
         same_kind = (arr.dtype.kind == want.kind) or (arr.dtype.kind in "iu" and want.kind in "iu")
-        if not same_kind and not (arr.dtype.kind in "iu" and want.kind == "f"):
+        if (not same_kind and not (arr.dtype.kind in "iu" and want.kind == "f")) or "V" in (arr.dtype.kind, want.kind):
             raise DataError(f"{where}: array {spec.name!r} is {arr.dtype}, the model input wants {want}")
-        arr = arr.astype(want)
     if spec.shape is not None:
         if arr.ndim != len(spec.shape):
             raise DataError(
@@ -229,7 +381,29 @@ def _check_compatible(spec: InputSpec, arr: np.ndarray, where: str, axis: int | 
                     f"{where}: array {spec.name!r} has shape {list(arr.shape)}, "
                     f"the model input wants {spec.shape_text()}"
                 )
-    return arr
+    return arr if arr.dtype == want else _convert(spec, arr, want, where, allow_cast, log)
+
+
+def _is_float(dt: np.dtype) -> bool:
+    """numpy floats and complex, and ml_dtypes' bfloat16 and float8 types (numpy kind "V")."""
+    return dt.kind in "fc" or (dt.kind == "V" and not dt.fields and dt.name.startswith(("bfloat", "float")))
+
+
+def _nonfinite_warnings(feeds: Mapping[str, np.ndarray], axes: Mapping[str, int | None], where: str) -> list[str]:
+    """One line per input holding NaN or Inf values: their counts, and the samples they are in."""
+    out: list[str] = []
+    n = _sample_counts(feeds, axes, where)
+    for name, value in feeds.items():
+        if not _is_float(value.dtype):
+            continue
+        nan = inf = 0
+        for _, block in _blocks(value):
+            nan += int(np.count_nonzero(np.isnan(block)))
+            inf += int(np.count_nonzero(np.isinf(block)))
+        if nan or inf:
+            scope = f"in {n:,} samples" if axes.get(name) is not None else "(no sample axis: every run takes it)"
+            out.append(f"{where}: input {name!r}: {nan:,} NaN, {inf:,} Inf values {scope}")
+    return out
 
 
 def _describe_counts(counts: Mapping[str, int], axes: Mapping[str, int | None]) -> str:
@@ -271,18 +445,66 @@ def _effective_axes(feeds: Mapping[str, np.ndarray], axes: Mapping[str, int | No
     return {k: (None if v.ndim == 0 else axes[k]) for k, v in feeds.items()}
 
 
-def load_data(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Dataset:
+_NPY_HEADERS: dict[tuple[int, int], Callable[[Any], tuple[tuple[int, ...], bool, np.dtype]]] = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npz_sizes(p: Path) -> None:
+    """Every member of the ``.npz`` at ``p`` is an ``.npy`` array whose header declares no more bytes than
+    the member holds, and all together fit the memory budget: checked from the headers, before numpy
+    allocates what they declare (a forged header of 10^12 values in a tiny file is a one-line error)."""
+    total, largest, largest_what = 0, -1, ""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = info.filename
+                with zf.open(info) as f:
+                    try:
+                        version = np.lib.format.read_magic(f)
+                    except ValueError:
+                        raise DataError(f"{p.name}: member {name!r} is not a .npy array "
+                                        "(save the inputs with numpy.savez)") from None
+                    read_header = _NPY_HEADERS.get(version)
+                    if read_header is None:
+                        raise DataError(f"{p.name}: member {name!r} is a .npy of format {version[0]}.{version[1]}; "
+                                        "save plain numeric arrays with numpy.savez")
+                    shape, _, dtype = read_header(f)
+                    held = info.file_size - f.tell()
+                if any(d < 0 for d in shape):
+                    raise DataError(f"{p.name}: member {name!r} declares the shape {list(shape)}")
+                nbytes = math.prod(shape) * dtype.itemsize
+                what = f"{name.removesuffix('.npy')!r} [{','.join(map(str, shape))}] {dtype}"
+                if nbytes > held:
+                    raise DataError(f"{p.name}: array {what} needs {nbytes:,} bytes but its member holds {held:,} "
+                                    "(a truncated or forged .npz)")
+                total += nbytes
+                if nbytes > largest:
+                    largest, largest_what = nbytes, what
+    except (ValueError, TypeError, SyntaxError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{p.name}: not a readable .npz ({first_line(e, 200)})") from None
+    if largest >= 0:
+        check_bytes(f"{p.name}: array {largest_what}" + (" with the other arrays" if total > largest else ""), total)
+
+
+def load_data(path: str | os.PathLike[str], specs: Sequence[InputSpec], *, allow_cast: bool = False) -> Dataset:
     """Read an ``.npz``: one array per input name (or one array for a single-input model) + optional labels.
 
     Each array holds its input's samples along the input's sample axis (:func:`sample_axes`: the first
     axis as a rule); a 0-d array (a sample rate) goes whole to every batch. Never unpickles: object
-    arrays are refused.
+    arrays are refused. The arrays' sizes are checked from their headers against the memory budget before
+    any is read. An array of another dtype than its input's is converted when every value survives, else
+    refused unless ``allow_cast``; NaN/Inf values and conversions worth a look go to ``warnings``.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     if not zipfile.is_zipfile(p):  # np.load would return a bare array (.npy) or try to unpickle
         raise DataError(f"{p.name}: not an .npz file (save the inputs with numpy.savez)")
+    _check_npz_sizes(p)
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -290,17 +512,19 @@ def load_data(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Datas
         if "pickle" in str(e).lower():
             raise DataError(f"{p.name}: contains pickled objects; refused (save plain numeric arrays)") from None
         raise DataError(f"{p.name}: not a readable .npz ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{p.name}: not a readable .npz ({e})") from None
     labels = arrays.pop(LABELS_KEY, None)
     arrays = _match_inputs(arrays, specs, p.name)
     axes = sample_axes(specs)
-    feeds = {s.name: _check_compatible(s, arrays[s.name], p.name, axes[s.name]) for s in specs}
+    log = _Conversions()
+    feeds = {s.name: _check_compatible(s, arrays[s.name], p.name, axes[s.name], allow_cast, log) for s in specs}
     axes = _effective_axes(feeds, axes)
     n = _sample_counts(feeds, axes, p.name)
     if labels is not None and (labels.ndim == 0 or labels.shape[0] != n):
         raise DataError(f"{p.name}: labels have {labels.shape[:1]} samples, inputs have {n}")
-    return Dataset(feeds, labels, str(p), axes)
+    warnings = log.warnings(specs, p.name) + _nonfinite_warnings(feeds, axes, p.name)
+    return Dataset(feeds, labels, str(p), axes, warnings)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -403,7 +627,7 @@ def _as_array(value: Any, name: str, where: str) -> np.ndarray:
     return arr
 
 
-def load_loader(spec: str, specs: Sequence[InputSpec]) -> Dataset:
+def load_loader(spec: str, specs: Sequence[InputSpec], *, allow_cast: bool = False) -> Dataset:
     """Run a data-loader script (``PATH.py[:FUNC]``): ``FUNC()`` yields (or returns an iterable of) feed
     dicts ``{input name: array}``, each with an optional ``labels`` array for its samples.
 
@@ -411,7 +635,8 @@ def load_loader(spec: str, specs: Sequence[InputSpec]) -> Dataset:
     feed dicts are joined along those axes into one :class:`Dataset`, so they must agree on every other dim.
     An input without a sample axis (shape ``[]``, e.g. a sample rate) goes whole to every batch and must be
     the same in every feed dict. The script is imported, and the function called, in every process that
-    needs the data (each campaign worker too): it must give the same data every time.
+    needs the data (each campaign worker too): it must give the same data every time. Dtypes are converted
+    as :func:`load_data` converts them (``allow_cast``), and the joined arrays checked against the memory budget.
     """
     path, func = parse_loader_spec(spec)
     items = _feed_dicts(_loader_function(path, func), path, func)
@@ -419,12 +644,13 @@ def load_loader(spec: str, specs: Sequence[InputSpec]) -> Dataset:
     names = {s.name for s in specs}
     per_input: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
     labels: list[np.ndarray] = []
+    log = _Conversions()
     for i, item in enumerate(items):
         where = f"data loader {path.name}:{func}: feed dict {i}"
         arrays = {str(k): _as_array(v, str(k), where) for k, v in item.items()}
         label = arrays.pop(LABELS_KEY, None) if LABELS_KEY not in names else None
         matched = _match_inputs(arrays, specs, where)
-        feeds = {s.name: _check_compatible(s, matched[s.name], where, axes[s.name]) for s in specs}
+        feeds = {s.name: _check_compatible(s, matched[s.name], where, axes[s.name], allow_cast, log) for s in specs}
         n = _sample_counts(feeds, _effective_axes(feeds, axes), where)
         if label is not None:
             if label.ndim == 0 and n <= 1:
@@ -439,6 +665,10 @@ def load_loader(spec: str, specs: Sequence[InputSpec]) -> Dataset:
         for k, v in feeds.items():
             per_input[k].append(v)
     src = f"{path}:{func}"
+    if len(items) > 1:  # joining copies every array once more
+        check_bytes(f"data loader {path.name}:{func}: joining {len(items):,} feed dicts",
+                    sum(v.nbytes for values in per_input.values() for v in values)
+                    + sum(label.nbytes for label in labels))
     feeds_out: dict[str, np.ndarray] = {}
     for name, values in per_input.items():
         ax = axes[name]
@@ -468,7 +698,9 @@ def load_loader(spec: str, specs: Sequence[InputSpec]) -> Dataset:
         except ValueError:
             raise DataError(f"data loader {path.name}:{func}: labels of different shapes "
                             f"({list(labels[0].shape)}, ...) cannot be joined") from None
-    return Dataset(feeds_out, label_out, src, axes)
+    where = f"data loader {path.name}:{func}"
+    warnings = log.warnings(specs, where) + _nonfinite_warnings(feeds_out, axes, where)
+    return Dataset(feeds_out, label_out, src, axes, warnings)
 
 
 def make_dataset(
@@ -478,13 +710,16 @@ def make_dataset(
     seed: int = 0,
     samples: int = 1,
     overrides: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    allow_cast: bool = False,
 ) -> Dataset:
     """The data a command runs on: an ``.npz`` (``data``), a data-loader script (``loader``,
-    ``PATH.py[:FUNC]``), else ``samples`` seeded random samples."""
+    ``PATH.py[:FUNC]``), else ``samples`` seeded random samples. ``allow_cast``: convert data of another
+    dtype than its input's even where values change (see :func:`load_data`)."""
     if data and loader:
         raise DataError("give the data as an .npz (--data) or a data loader (--data-loader), not both")
     if loader:
-        return load_loader(loader, specs)
+        return load_loader(loader, specs, allow_cast=allow_cast)
     if data:
-        return load_data(data, specs)
+        return load_data(data, specs, allow_cast=allow_cast)
     return random_data(specs, seed=seed, batch=samples, overrides=overrides)

@@ -47,12 +47,14 @@ def run_gate(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     data_path: str | None = None,
     data_loader: str | None = None,
+    allow_cast: bool = False,
 ) -> GateResult:
     """Plan the configured campaign, run what the store does not already hold, and evaluate the checks.
 
     The store at ``db_path`` is reused when it holds the same plan (same model hash, seed, sites, bits)
     and settings; otherwise it is replaced. ``data_path`` is the eval data (None: seeded random inputs), or
-    ``data_loader`` a data-loader script (``PATH.py:FUNC``, see :func:`onnxfi.data.load_loader`).
+    ``data_loader`` a data-loader script (``PATH.py:FUNC``, see :func:`onnxfi.data.load_loader`);
+    ``allow_cast``: data of another dtype than its input's converted even where values change.
     """
     t0 = time.perf_counter()
     if not cfg.has_checks():
@@ -64,7 +66,8 @@ def run_gate(
     spec = cfg.plan
     loaded = load_model(model_path, dict(cfg.input_shapes))
     given = data_path or data_loader
-    if needs_labels(cfg) and (not given or make_dataset(loaded.inputs(), data_path, data_loader).labels is None):
+    if needs_labels(cfg) and (not given or make_dataset(loaded.inputs(), data_path, data_loader,
+                                                                allow_cast=allow_cast).labels is None):
         raise unlabelled_error(cfg, given)
     sites = enumerate_sites(loaded.model, loaded.value_shapes)
     chosen = sites.select(spec.target, spec.sites, list(spec.ops) or None)
@@ -74,7 +77,7 @@ def run_gate(
     images = None
     if spec.fault_model == "transient":  # the fault space counts the eval samples
         images = make_dataset(loaded.inputs(), data_path, data_loader, samples=cfg.samples, seed=spec.seed,
-                              overrides=dict(cfg.input_shapes)).size
+                              overrides=dict(cfg.input_shapes), allow_cast=allow_cast).size
     plan = make_plan(
         model_path, chosen, list(spec.fault), parse_bits(spec.bits), spec.faults, margin, spec.confidence,
         spec.p, spec.seed, spec.target, design=spec.design, per_stratum=spec.per_stratum,
@@ -86,7 +89,7 @@ def run_gate(
         model_path=model_path, input_shapes=dict(cfg.input_shapes), data_path=data_path, data_loader=data_loader,
         samples=cfg.samples,
         data_seed=spec.seed, provider=cfg.provider, threads=cfg.threads, batch=cfg.batch, output=cfg.output,
-        task=cfg.task, critical=spec.critical,
+        task=cfg.task, critical=spec.critical, allow_cast=allow_cast,
     )
     if cfg.mode is not None:
         ecfg.mode = cfg.mode
@@ -119,6 +122,7 @@ def run_gate(
         summary = aggregate(result.plan, rows, summary_confidence(cfg.confidence))
         if (result.clean or {}).get("warning"):
             warnings.append(str(result.clean["warning"]))
+        warnings.extend(str(w) for w in (result.clean or {}).get("data_warnings") or [])
         crashes = [r for r in rows if r["crash"]]
         if crashes:
             warnings.append(f"{len(crashes)} experiment(s) crashed, e.g. #{crashes[0]['id']}: {crashes[0]['error']}")

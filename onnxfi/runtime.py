@@ -13,6 +13,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxfi.errors import ProviderError, SessionError, first_line
+from onnxfi.memory import check_bytes
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -185,14 +186,19 @@ def run_chunks(
     over a memory budget). The one loop every caller uses."""
     names = list(output_names) if output_names else [o.name for o in session.get_outputs()]
     n = max(1, data.size)
+    step = max(1, batch)
     chunks = []
-    for start in range(0, n, max(1, batch)):
-        feeds = data.batch(start, min(n, start + batch))
+    for start in range(0, n, step):
+        feeds = data.batch(start, min(n, start + step))
         if extra:
             feeds.update(extra)
         chunk = {k: np.asarray(v) for k, v in zip(names, session.run(names, feeds))}
         if each is not None:
             each(chunk)
+        if start == 0 and n > step:  # every batch's outputs are kept: sized from the first, before the rest run
+            per_batch = sum(v.nbytes for v in chunk.values())
+            check_bytes(f"the outputs of {n:,} samples ({per_batch:,} bytes per batch of {step})",
+                        per_batch * -(-n // step))
         if keep_feeds:
             chunk.update(feeds)
         chunks.append(chunk)

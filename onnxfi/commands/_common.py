@@ -6,10 +6,12 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import onnx_ir as ir
 from rich.console import Console
+from rich.markup import escape
 
 from onnxfi.bits import FAULT_DTYPES
 from onnxfi.data import resolve_loader_spec
@@ -18,6 +20,8 @@ from onnxfi.model import LoadedModel, load_model, parse_input_shape
 from onnxfi.sites import SiteIndex, enumerate_sites
 
 __all__ = [
+    "add_allow_cast_arg",
+    "print_data_warnings",
     "add_model_args",
     "load_from_args",
     "input_shapes_from_args",
@@ -72,6 +76,20 @@ DATA_LOADER_HELP = (
 def add_data_loader_arg(p: argparse.ArgumentParser, what: str = "") -> None:
     """``--data-loader PATH.py[:FUNC]`` (Polygraphy's style; exclusive with the command's .npz option)."""
     p.add_argument("--data-loader", metavar="PATH.py[:FUNC]", help=DATA_LOADER_HELP + what)
+
+
+def add_allow_cast_arg(p: argparse.ArgumentParser) -> None:
+    """``--allow-cast``: data of another dtype than its input's is converted even where values change."""
+    p.add_argument("--allow-cast", action="store_true",
+                   help="convert data of another dtype than its input's even where values change (int64 2**40+1 "
+                   "into float32, 1e39 into float32); without it only exact conversions are made (float64 data is "
+                   "rounded to the nearest float32) and a lossy one is an error")
+
+
+def print_data_warnings(warnings: Iterable[str]) -> None:
+    """The data's warnings (NaN/Inf values, integer data for a float input, values a cast changed), on stderr."""
+    for w in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def data_loader_from_args(args: argparse.Namespace, npz_option: str = "data") -> str | None:

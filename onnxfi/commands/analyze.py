@@ -20,6 +20,7 @@ from rich.table import Table
 
 from onnxfi.campaign import CampaignResult, matched_plan, run_campaign
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
     data_loader_from_args,
@@ -78,6 +79,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help=".npz eval data (inputs + optional labels); default: the zoo model's eval "
                    "set, else seeded random inputs")
     add_data_loader_arg(p)
+    add_allow_cast_arg(p)
     p.add_argument("--samples", type=int, default=16, help="random inputs when no data (default 16)")
     p.add_argument("--target", choices=["weights", "activations", "all"],
                    help="sites to fault (default: weights; activations with --fault-model transient)")
@@ -414,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
         data_path=data, data_loader=loader, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
-        mode=args.mode, cache_mb=args.cache_mb, verify=args.verify,
+        mode=args.mode, cache_mb=args.cache_mb, verify=args.verify, allow_cast=args.allow_cast,
     )
     created = not db_path.exists()
     store = Store(db_path)
@@ -459,7 +461,8 @@ def run(args: argparse.Namespace) -> int:
                 images = None
                 if transient:  # the fault space counts eval samples: know how many before planning
                     images = make_dataset(loaded.inputs(), cfg.data_path, cfg.data_loader, seed=cfg.data_seed,
-                                          samples=cfg.samples, overrides=cfg.input_shapes).size
+                                          samples=cfg.samples, overrides=cfg.input_shapes,
+                                          allow_cast=cfg.allow_cast).size
                 plan = make_plan(
                     model_path, chosen, args.fault or ["flip"], parse_bits(args.bits), args.faults, margin,
                     args.confidence, args.p, args.seed, target, design=design, per_stratum=args.per_stratum,
@@ -510,6 +513,8 @@ def run(args: argparse.Namespace) -> int:
         print_summary(plan, result.clean, result.summary, args.top)
         if (result.clean or {}).get("warning"):
             stdout.print(escape(f"warning: {result.clean['warning']}"), style="bold yellow")
+        for w in (result.clean or {}).get("data_warnings") or []:
+            stdout.print(escape(f"warning: {w}"), style="yellow")
         note = path_note(list(store.rows()))
         if note:
             stdout.print(escape(note), style="yellow")

@@ -11,11 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
+    print_data_warnings,
     resolve_model_arg,
     stderr,
     stdout,
@@ -73,6 +75,7 @@ def register(sub: Any) -> None:
     p.add_argument("--reference", metavar="NAME", help="runtime the others are compared with (default: the first)")
     p.add_argument("--data", help=".npz inputs (default: the zoo model's eval set, else seeded random inputs)")
     add_data_loader_arg(p)
+    add_allow_cast_arg(p)
     p.add_argument("--samples", type=int, default=16, help="random inputs when there is no data (default 16)")
     p.add_argument("--atol", action="append", metavar="[OUTPUT:]VALUE", help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", action="append", metavar="[OUTPUT:]VALUE", help="relative tolerance (default 1e-4)")
@@ -240,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     loader = data_loader_from_args(args)
     data_path = args.data or (None if loader else default_data(args.model))
     data = make_dataset(specs, data_path, loader, seed=args.seed, samples=args.samples,
-                        overrides=input_shapes_from_args(args))
+                        overrides=input_shapes_from_args(args), allow_cast=args.allow_cast)
+    print_data_warnings(data.warnings)
     batch = args.batch
     for s in specs:  # a model with a fixed batch dimension takes exactly that many samples per run
         ax = data.axis(s.name)  # the input's sample axis (onnxfi.data.sample_axes), None: taken whole

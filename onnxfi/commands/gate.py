@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_data_loader_arg,
     data_loader_from_args,
     resolve_model_arg,
@@ -67,6 +68,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help=".npz eval data (default: the config's, else the zoo model's eval set, else "
                    "seeded random inputs)")
     add_data_loader_arg(p, " (default: the config's data_loader)")
+    add_allow_cast_arg(p)
     p.add_argument("--db", help="results store; {model} is replaced by the model's file stem (default: the config's "
                    "db, else .onnxfi/gate-{model}.db)")
     p.add_argument("--fresh", action="store_true", help="ignore stored results and rerun every experiment")
@@ -158,7 +160,8 @@ def _run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int, live: dict[str, Any]) -> None:
             prog.update(task, completed=done, total=total)
 
-        res = run_gate(model_path, cfg, db, fresh=args.fresh, progress=progress, data_path=data, data_loader=loader)
+        res = run_gate(model_path, cfg, db, fresh=args.fresh, progress=progress, data_path=data, data_loader=loader,
+                       allow_cast=args.allow_cast)
     if not data and not loader:
         res.warnings.append("no data: seeded random inputs, so the clean metric is agreement with the model itself")
     stdout.print(f"{res.summary['experiments']} experiments: {res.executed} run, {res.reused} reused from {res.db}")

@@ -11,11 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
+    print_data_warnings,
     stderr,
     stdout,
 )
@@ -84,6 +86,7 @@ def register(sub: Any) -> None:
                    help="read the scored output as this task (default: from the labels' shape, else the output's)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
     add_data_loader_arg(p, "; here it serves as --calib (and as the comparison data unless --eval)")
+    add_allow_cast_arg(p)
     p.add_argument("--eval", metavar="DATA.npz", help="data for the accuracy comparison (default: the calibration data)")
     p.add_argument("--percentile", type=float, metavar="P",
                    help="ranger: upper bound = P-th percentile of each activation instead of its max")
@@ -109,15 +112,16 @@ def _calibration(
 ) -> Dataset:
     specs = loaded.inputs()
     loader = data_loader_from_args(args, "calib")
+    cast = args.allow_cast
     if loader:
-        return load_loader(loader, specs)
+        return load_loader(loader, specs, allow_cast=cast)
     if args.calib:
-        return load_data(args.calib, specs)
+        return load_data(args.calib, specs, allow_cast=cast)
     zoo_data = default_data(args.model)
     if zoo_data is not None:
-        return load_data(zoo_data, specs)
+        return load_data(zoo_data, specs, allow_cast=cast)
     if args.eval and not any(m in DATA_METHODS for m in methods):
-        return load_data(args.eval, specs)  # nothing to calibrate: the eval data serves the report
+        return load_data(args.eval, specs, allow_cast=cast)  # nothing to calibrate: the eval data serves the report
     if any(m in DATA_METHODS for m in methods):
         warnings.append(
             "no --calib: calibrating on seeded random inputs; bounds from random data are weak "
@@ -162,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxfiError(f"--output {args.output!r} is not a model output (outputs: {shapes}){hint}")
     warnings = list(loaded.warnings)
     calib = _calibration(args, loaded, methods, warnings)
-    evaluation = load_data(args.eval, loaded.inputs()) if args.eval else calib
+    evaluation = load_data(args.eval, loaded.inputs(), allow_cast=args.allow_cast) if args.eval else calib
+    print_data_warnings(dict.fromkeys([*calib.warnings, *evaluation.warnings]))
     # the scored output, chosen on the original's clean run before anything is hardened or written
     reference = run_outputs(loaded.model, evaluation, args.batch, provider=args.provider, threads=args.threads)
     choice = choose_output(reference, evaluation.labels, args.output, args.task)

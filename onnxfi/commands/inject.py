@@ -11,6 +11,7 @@ import numpy as np
 
 from onnxfi.ber import apply_flips, ber_sizes, draw_flips, is_ber
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_model_args,
     fmt_value,
     input_shapes_from_args,
@@ -70,6 +71,7 @@ def register(sub: Any) -> None:
     p.add_argument("--image", type=int, help="activation faults: only this image of the batch")
     p.add_argument("--seed", type=int, default=0, help="seed for random:LO,HI and for sample inputs")
     p.add_argument("--data", help=".npz inputs used to show an activation's value before and after")
+    add_allow_cast_arg(p)
     p.add_argument("-o", "--output", required=True, help="where to write the faulty model")
     add_json_arg(p, "the injection record")
     p.set_defaults(func=run)
@@ -88,7 +90,7 @@ def _activation_preview(
     # a static batch dim (in the model or from --input-shape) must be fed whole
     static = [s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
     count = max(static) if static else img + 1
-    data = load_data(args.data, specs) if args.data else random_data(
+    data = load_data(args.data, specs, allow_cast=args.allow_cast) if args.data else random_data(
         specs, seed=args.seed, batch=count, overrides=input_shapes_from_args(args))
     if data.size < count:
         raise OnnxfiError(f"{data.source} has {data.size} samples; the preview needs {count}")

@@ -12,11 +12,13 @@ from rich.table import Table
 from onnxfi import metrics
 from onnxfi.bits import is_float_dtype
 from onnxfi.commands._common import (
+    add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
+    print_data_warnings,
     stderr,
     stdout,
 )
@@ -51,6 +53,7 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--data", help=".npz file with inputs (and optional labels)")
     add_data_loader_arg(p)
+    add_allow_cast_arg(p)
     p.add_argument("--provider", default="cpu", help="execution provider: cpu, cuda, tensorrt, openvino, ...")
     p.add_argument("--batch", type=int, default=64, help="samples per run (default 64)")
     p.add_argument("--samples", type=int, default=1, help="random inputs: how many samples (default 1)")
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     loaded, _ = load_from_args(args)
     specs = loaded.inputs()
     data: Dataset = make_dataset(specs, args.data, data_loader_from_args(args), seed=args.seed, samples=args.samples,
-                                 overrides=input_shapes_from_args(args))
+                                 overrides=input_shapes_from_args(args), allow_cast=args.allow_cast)
+    print_data_warnings(data.warnings)
     session = make_session(loaded.model, provider=args.provider, threads=args.threads)
     n = max(1, data.size)
     # the first batch is the timed one; the rest run once, each through run_session for its one-line errors
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         "model": str(loaded.path),
         "provider": args.provider,
         "data": data.source,
+        "data_warnings": list(data.warnings),
         "samples": n,
         "batch": min(n, args.batch),
         "latency_ms": {"median": first.median_s * 1e3, "min": min(first.times) * 1e3, "repeat": args.repeat},

@@ -23,6 +23,7 @@ class EngineConfig:
     # a data-loader script, absolute "PATH.py:FUNC" (onnxfi.data.load_loader): each worker imports and calls
     # it itself, so it must give the same data every time; exclusive with data_path
     data_loader: str | None = None
+    allow_cast: bool = False  # data of another dtype than its input's converted even where values change
     samples: int = 16
     data_seed: int = 0
     provider: str = "cpu"

@@ -37,7 +37,7 @@ class Context:
         self.index: SiteIndex = enumerate_sites(self.loaded.model, self.loaded.value_shapes)
         specs = self.loaded.inputs()
         self.data: Dataset = make_dataset(specs, cfg.data_path, cfg.data_loader, seed=cfg.data_seed,
-                                          samples=cfg.samples, overrides=cfg.input_shapes)
+                                          samples=cfg.samples, overrides=cfg.input_shapes, allow_cast=cfg.allow_cast)
         self.output_names: list[str] = [o.name for o in self.loaded.outputs()]
         if cfg.output is not None and cfg.output not in self.output_names:  # before running the model
             shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())

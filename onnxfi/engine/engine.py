@@ -152,7 +152,8 @@ class Engine:
         data = self.ctx.data
         name, value = task_metric(task, gold, gold, data.labels, choice.layout)
         return {"task": task, "metric": name, "value": value, "golden_time_s": self.ctx.model_time,
-                "samples": data.size, "data": data.source, "primary_output": self.primary,
+                "samples": data.size, "data": data.source, "data_warnings": list(data.warnings),
+                "primary_output": self.primary,
                 "output_choice": {"name": choice.name, "reason": choice.reason, "runner_up": choice.runner_up,
                                   "layout": choice.layout},
                 "warning": plausibility(choice, value) if name in ("accuracy", "miou") else None}
