@@ -22,7 +22,14 @@ from onnx import TensorProto
 from onnxfi.campaign import run_campaign
 from onnxfi.cli import main
 from onnxfi.engine import Engine, EngineConfig
-from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner, locate, sample_slice
+from onnxfi.engine.transient import (
+    TransientConeRunner,
+    TransientNaiveRunner,
+    TransientOutputRunner,
+    locate,
+    read_anywhere,
+    sample_slice,
+)
 from onnxfi.model import load_model
 from onnxfi.outcomes import classify, classify_samples
 from onnxfi.plan import Experiment, Plan, extend_plan, make_plan
@@ -205,6 +212,30 @@ def test_packed_cone_equals_naive_per_experiment(name: str, data: Path, n: int) 
     assert Counter(r["path"].split("+")[0] for r in fast)["transient-cone"] > n // 2
     assert {r["path"] for r in ref} == {"transient-naive"}
     assert any(r["outcome"] != "masked" for r in ref)  # the comparison saw faults that matter
+
+
+def test_a_site_that_is_a_model_output_needs_no_run() -> None:
+    """digits_cnn's logits: a model output no node reads. The faulty sample's logits are its golden ones with
+    the one element flipped (checked against numpy), and the outcomes equal the naive reference's."""
+    site = [s for s in _sites(DIGITS) if s.name == "logits"]
+    plan = make_plan(str(DIGITS), site, ["flip"], [31, 30, 29, 24, 3], 60, None, seed=4, target="activations",
+                     fault_model="transient", images=360)
+    fast = _outcomes(DIGITS, DIGITS_DATA, plan, "suffix", batch=64)
+    ref = _outcomes(DIGITS, DIGITS_DATA, plan, "naive", batch=64)
+    assert {r["path"] for r in fast} == {"transient-output"}
+    assert [r["outcome"] for r in fast] == [r["outcome"] for r in ref]
+    assert any(r["outcome"] not in ("masked", "tolerable") for r in fast)
+    engine = Engine(EngineConfig(str(DIGITS), data_path=str(DIGITS_DATA), batch=64))
+    runner = engine.runner("logits", True, False, transient=True)
+    assert isinstance(runner, TransientOutputRunner)
+    e = plan.experiments[0]
+    assert e.image is not None and e.bit is not None
+    res = runner.result(e)
+    expected = words(res.golden["logits"]).copy()
+    expected.reshape(-1)[e.index] ^= np.uint32(1 << e.bit)
+    np.testing.assert_array_equal(words(res.outputs["logits"]), expected)
+    assert not read_anywhere(engine.ctx.model_proto().graph, "logits")
+    assert read_anywhere(engine.ctx.model_proto().graph, "input")
 
 
 def test_rows_do_not_depend_on_packing() -> None:

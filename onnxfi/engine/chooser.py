@@ -26,7 +26,12 @@ from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
-from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner
+from onnxfi.engine.transient import (
+    TransientConeRunner,
+    TransientNaiveRunner,
+    TransientOutputRunner,
+    read_anywhere,
+)
 from onnxfi.errors import first_line
 from onnxfi.sites import Site
 
@@ -71,7 +76,11 @@ def choose_transient(ctx: Context, site: Site) -> Choice:
     """The runner for transient faults at activation ``site``: the packed cone (suffix mode), else the
     naive reference (naive and port modes, and where the site cannot be cut or its cone cannot run)."""
     runner: Runner
-    if ctx.cfg.mode == "suffix":
+    name = site.tensor_name
+    if (ctx.cfg.mode == "suffix" and not site.graph and name in ctx.output_names
+            and not read_anywhere(ctx.model_proto().graph, name)):
+        runner = TransientOutputRunner(ctx, site)
+    elif ctx.cfg.mode == "suffix":
         try:
             runner = TransientConeRunner(ctx, site)
         except CutError as e:

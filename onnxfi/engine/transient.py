@@ -14,6 +14,9 @@ where they do not (a model that mixes samples), the run's experiments are re-run
 (path ``+alone``). A fault that the site's only consumer (ReLU, MaxPool, Clip) removes is masked without
 running the cone (``+shortcut``), as for persistent faults.
 
+``TransientOutputRunner`` (path ``transient-output``): a site that is a model output no node reads; the
+faulty sample's outputs are the fault-free ones with the fault written into that output, no run needed.
+
 ``TransientNaiveRunner`` (path ``transient-naive``) is the reference: per fault, the model reloaded with a fault
 node that hits one image of the batch (:class:`onnxfi.passes.activation_fault.InsertActivationFault` with
 ``image``), run on the eval batch holding the sample, against the same model with an identity fault node.
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfi.bits import is_float_dtype
+from onnxfi.bits import dtype_info, is_float_dtype
 from onnxfi.engine.base import Outputs, Result, Runner
 from onnxfi.engine.cone import ActivationConeRunner, _run_cut
 from onnxfi.engine.context import Context
@@ -40,7 +43,7 @@ from onnxfi.plan import Experiment
 from onnxfi.runtime import run_chunks
 from onnxfi.sites import Site, enumerate_sites
 
-__all__ = ["TransientConeRunner", "TransientNaiveRunner", "sample_slice", "locate"]
+__all__ = ["TransientConeRunner", "TransientOutputRunner", "TransientNaiveRunner", "sample_slice", "locate", "read_anywhere"]
 
 
 def sample_slice(outputs: Outputs, row: int, rows: int) -> Outputs:
@@ -259,6 +262,46 @@ class TransientConeRunner(ActivationConeRunner):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"runs": self.runs, "coupled": self.coupled, "gathered": self.gather}
+
+
+def read_anywhere(graph: Any, name: str) -> bool:
+    """Whether any node of ``graph`` (an onnx GraphProto) or of its subgraphs reads the value ``name``."""
+    for node in graph.node:
+        if name in node.input:
+            return True
+        for attr in node.attribute:
+            subs = [attr.g] if attr.HasField("g") else []
+            if any(read_anywhere(g, name) for g in [*subs, *attr.graphs]):
+                return True
+    return False
+
+
+class TransientOutputRunner(Runner):
+    """A site that is a model output read by no node: the faulty sample's outputs are its fault-free ones with
+    the fault written into the site's own output (nothing else can change); no run at all."""
+
+    path = "transient-output"
+
+    def __init__(self, ctx: Context, site: Site, reason: str = "") -> None:
+        if not site.batched:
+            raise SiteError(f"{site.name} has no batch dimension: a transient fault cannot hit one inference")
+        super().__init__(ctx, site, reason)
+        self.info = dtype_info(site.dtype)
+        self.chunks = ctx.model_outputs()
+        self.sizes = [int(c[site.tensor_name].shape[0]) for c in self.chunks]
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
+
+    def result(self, exp: Experiment) -> Result:
+        k, row = locate(self.starts, self.sizes, _check_transient(self.site, exp))
+        gold = sample_slice(self.chunks[k], row, self.sizes[k])
+        out = dict(gold)
+        x = np.array(gold[self.site.tensor_name], copy=True)
+        _put(x.reshape(1, -1), 0, exp, self.info.numpy)
+        out[self.site.tensor_name] = x
+        return Result(out, gold, self.path)
+
+    def results(self, exps: Sequence[Experiment]) -> dict[int, Result]:
+        return {e.id: self.result(e) for e in exps}
 
 
 class TransientNaiveRunner(Runner):
