@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ class TransientConeRunner(ActivationConeRunner):
         self.runs = 0  # cone runs made for experiments (the packing's figure: experiments per run)
         self.coupled = False  # a packed run changed a fault-free sample: experiments now run one per run
         self.reads: list[str] = []  # the cached tensors a cone run reads (gathered runs)
-        self.width = max(self.sizes)  # rows of a gathered run: the eval batch size, as the golden runs
+        self.width = max(self.sizes)  # most rows of a gathered run: the eval batch size
         self.gather = self.width > 1 and self._gatherable()
 
     def _run_batch(self, k: int, x: np.ndarray) -> Outputs:
@@ -142,17 +143,18 @@ class TransientConeRunner(ActivationConeRunner):
 
     def results(self, exps: Sequence[Experiment]) -> dict[int, Result]:
         """The results of ``exps`` (transient experiments of this site), packed into as few cone runs as
-        their samples allow. Gathered (the default): each run holds the eval batch size of rows, up to all
-        but one of them a faulty sample (any samples, a sample twice for two faults) and the rest fault-free
-        samples that must come out bitwise golden. Where they do not (a model whose samples interact, or
-        whose kernels round by batch position), the runner falls back for good to runs of one cached batch,
-        one per fault sharing a sample with another."""
+        their samples allow. Gathered (the default): a run holds up to the eval batch size less one of faulty
+        rows (any samples, a sample twice for two faults; runs of a group split evenly) and one fault-free
+        sample that must come out bitwise golden, so a run costs what its faults need, not a whole batch.
+        Where it does not (a model whose samples interact, or whose kernels round by batch size or position),
+        the runner falls back for good to runs of one cached batch, one per fault sharing a sample with
+        another."""
         placed = [(locate(self.starts, self.sizes, _check_transient(self.site, e)), e) for e in exps]
         out: dict[int, Result] = {}
         if self.gather:
-            step = self.width - 1
-            for i in range(0, len(placed), step):
-                out.update(self._gathered(placed[i:i + step]))
+            n_runs = -(-len(placed) // (self.width - 1))
+            for part in np.array_split(np.arange(len(placed)), n_runs):
+                out.update(self._gathered([placed[i] for i in part.tolist()]))
             return out
         by_batch: dict[int, list[list[tuple[int, Experiment]]]] = {}
         for (k, row), e in placed:
@@ -170,13 +172,13 @@ class TransientConeRunner(ActivationConeRunner):
 
     def _pad(self, taken: set[tuple[int, int]], count: int) -> list[tuple[int, int]]:
         """``count`` fault-free (batch, row) samples for a gathered run, those not in ``taken`` first."""
-        every = [(k, r) for k, n in enumerate(self.sizes) for r in range(n)]
-        free = [p for p in every if p not in taken] or every
+        every = ((k, r) for k, n in enumerate(self.sizes) for r in range(n))
+        free = list(islice((p for p in every if p not in taken), count)) or [(0, 0)]
         return [free[i % len(free)] for i in range(count)]
 
     def _gathered(self, placed: Sequence[tuple[tuple[int, int], Experiment]]) -> dict[int, Result]:
         name = self.site.tensor_name
-        pad = self._pad({p for p, _ in placed}, self.width - len(placed))
+        pad = self._pad({p for p, _ in placed}, 1)
         where = [p for p, _ in placed] + pad
         chunk = {t: np.concatenate([self.chunks[k][t][r:r + 1] for k, r in where]) for t in self.reads}
         x = np.concatenate([self.chunks[k][name][r:r + 1] for k, r in where])
@@ -205,7 +207,7 @@ class TransientConeRunner(ActivationConeRunner):
                 return out | self.results([e for _, e in rest])
         for j, ((k, r), e) in enumerate(placed):
             if e.id not in out:
-                out[e.id] = Result(sample_slice(faulty, j, self.width),
+                out[e.id] = Result(sample_slice(faulty, j, len(where)),
                                    sample_slice(self.chunk_golden[k], r, self.sizes[k]), self.path)
         return out
 
