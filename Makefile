@@ -12,7 +12,7 @@ RUNTIME ?= $(if $(wildcard $(VENV)/.installed-gpu),gpu,cpu)
 OTHER_RUNTIME := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
 STAMP := $(VENV)/.installed-$(RUNTIME)
 
-.PHONY: install demo test lint typecheck clean bench sysdeps check-install
+.PHONY: install demo test lint typecheck clean bench sysdeps check-install fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ clean:
 # Not part of `make test`: it installs from the package index (about 1.5 min on 2 cores with a warm pip cache).
 check-install:
 	PYTHON=$(PYTHON) bash scripts/check_install.sh
+
+# Fuzzing (issue 18): mutated models, data, gate configs, plans and stores through every command; each case in
+# a forked child under a 4 GiB address-space limit and a time limit. `make test` runs a 300-case slice
+# (tests/test_fuzz_slice.py); this is the long run (about 12 minutes on 2 cores). FUZZ_CASES=N to change it.
+FUZZ_CASES ?= 5000
+fuzz: install
+	$(VENV)/bin/python scripts/fuzz.py --cases $(FUZZ_CASES) --seed 0 --out $(OUT)/fuzz
 
 # Benchmark (issue 5): one weight campaign plan run by naive rebuilds, onnxfi and PyTorchFI; see bench/README.md.
 # torch and pytorchfi live in .venv-bench so .venv stays small; torch==2.13.0 is the local CPU wheel,

@@ -222,10 +222,11 @@ def _choice(name: str, value: str | None, allowed: Sequence[str]) -> None:
         raise OnnxfiError(f"unknown {name} {value!r}: use one of {', '.join(allowed)}")
 
 
-def _remove_db(db: Path) -> None:
-    """A campaign database and the files :func:`analyze` writes beside it."""
+def _remove_db(db: Path, keep_db: bool = False) -> None:
+    """A campaign database and the files :func:`analyze` writes beside it (``keep_db``: only those)."""
     for suffix in ("", "-wal", "-shm", ".plan.json", ".model.onnx", ".data.npz"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if not (keep_db and suffix in ("", "-wal", "-shm")):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- analyze
@@ -413,27 +414,29 @@ def analyze(
     db_path = Path(db) if db is not None else scratch.path("campaign.db")
     if resume and not db_path.exists():
         raise OnnxfiError(f"resume: {db_path} does not exist")
-    if db_path.exists() and not resume:
-        if not overwrite:
-            raise OnnxfiError(f"{db_path} exists: resume=True continues it, overwrite=True replaces it")
-        _remove_db(db_path)
-    # a new campaign in a db of the user's keeps in-memory inputs beside it (a resumed one has its own), under
-    # absolute paths, which the stored settings keep: a resume from another folder finds them
-    beside = db is not None and not resume
-    model_path = _model_path(model, scratch, beside=Path(f"{db_path}.model.onnx").absolute() if beside else None)
-    loader = _loader(data, data_loader)
-    data_path = None if loader else (
-        _data_path(data, scratch, beside=Path(f"{db_path}.data.npz").absolute() if beside else None)
-        or _zoo_data(model))
-    cfg = EngineConfig(
-        model_path=model_path, input_shapes=_shapes(input_shapes), check=check, data_path=data_path,
-        data_loader=loader, samples=samples, data_seed=seed, provider=provider, threads=threads, batch=batch, output=output, task=task,
-        critical=critical, metric=metric, mode=mode, cache_mb=cache_mb, verify=verify,
-    )
-    created = not db_path.exists()
-    store = Store(db_path)
+    replace = db_path.exists() and not resume
+    if replace and not overwrite:
+        raise OnnxfiError(f"{db_path} exists: resume=True continues it, overwrite=True replaces it")
+    created = replace or not db_path.exists()
+    # the writer lock before anything is deleted or written: a database another campaign writes is refused
+    store = Store.open_locked(db_path, replace=replace)
     keep = True
     try:
+        if replace:
+            _remove_db(db_path, keep_db=True)  # the replaced campaign's files beside it
+        # a new campaign in a db of the user's keeps in-memory inputs beside it (a resumed one has its own), under
+        # absolute paths, which the stored settings keep: a resume from another folder finds them
+        beside = db is not None and not resume
+        model_path = _model_path(model, scratch, beside=Path(f"{db_path}.model.onnx").absolute() if beside else None)
+        loader = _loader(data, data_loader)
+        data_path = None if loader else (
+            _data_path(data, scratch, beside=Path(f"{db_path}.data.npz").absolute() if beside else None)
+            or _zoo_data(model))
+        cfg = EngineConfig(
+            model_path=model_path, input_shapes=_shapes(input_shapes), check=check, data_path=data_path,
+            data_loader=loader, samples=samples, data_seed=seed, provider=provider, threads=threads, batch=batch, output=output, task=task,
+            critical=critical, metric=metric, mode=mode, cache_mb=cache_mb, verify=verify,
+        )
         if resume:
             plan, cfg = _stored_campaign(store, db_path, model_path)
         else:
@@ -454,7 +457,7 @@ def analyze(
         keep = not created or store.count() > 0
         raise
     finally:
-        store.close()
+        store.close(discard=not keep)  # deleted while still locked
         if not keep:
             _remove_db(db_path)
             scratch.cleanup()

@@ -85,6 +85,8 @@ def is_float_dtype(dtype: Any) -> bool:
     dt = dtype.dtype if isinstance(dtype, np.ndarray) else np.dtype(dtype)
     if dt.kind == "f":
         return True
+    if dt.kind in "biucOSUMm":  # numpy's non-float kinds (complex included: ml_dtypes.finfo accepts it)
+        return False
     try:
         ml_dtypes.finfo(dt)
     except (TypeError, ValueError):

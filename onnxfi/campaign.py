@@ -114,7 +114,20 @@ def run_campaign(
 
     ``progress(done, planned, live)`` gets ``live["sdc1"]``, the raw SDC-1 count so far, and
     ``live["headline"]``, the headline SDC-1 estimate as of the last complete round (None before one).
+
+    The store's writer lock (:meth:`onnxfi.store.Store.lock_for_writing`) is held from before the first
+    write to the end, unless the caller holds it already: a second campaign on the same database is refused.
     """
+    with store.lock_for_writing():
+        return _run_campaign(plan, cfg, store, workers, resume, early_stop, progress, timeout_factor,
+                             min_timeout_s, executor, address, max_attempts)
+
+
+def _run_campaign(
+    plan: Plan, cfg: EngineConfig, store: Store, workers: int, resume: bool, early_stop: bool,
+    progress: Callable[[int, int, dict[str, Any]], None] | None, timeout_factor: float, min_timeout_s: float,
+    executor: str, address: str | None, max_attempts: int | None,
+) -> CampaignResult:
     runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
                            min_timeout_s=min_timeout_s, max_attempts=max_attempts)
     if resume:
@@ -125,9 +138,8 @@ def run_campaign(
     elif store.has_campaign() and store.count():
         raise OnnxfiError(f"{store.path} already holds a campaign; use --resume to continue it or another --db")
     else:
-        store.set_meta("plan", plan.to_dict())
-        store.set_meta("config", {k: v for k, v in cfg.__dict__.items()})
-        store.set_meta("versions", versions())
+        # one transaction: a kill leaves all three or none
+        store.set_metas({"plan": plan.to_dict(), "config": dict(cfg.__dict__), "versions": versions()})
     result = CampaignResult(plan, {}, {})
     buffer: list[dict[str, Any]] = []
     live: dict[str, Any] = {"sdc1": 0, "headline": None}

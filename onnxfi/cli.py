@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import pkgutil
 import sys
 import traceback
@@ -51,6 +52,16 @@ _NO_RUNTIME = ("ONNX Runtime is not installed: pip install 'onnxfi[cpu]' (or 'on
                "one of the two, not both)")
 
 
+def _quiet_libraries() -> None:
+    """Only onnxfi's own lines on stderr: onnx_ir's warnings about a damaged model (onnxfi reports the
+    damage itself) and ONNX Runtime's error log (its errors come back as exceptions) stay silent."""
+    logging.getLogger("onnx_ir").addHandler(logging.NullHandler())
+    logging.getLogger("onnx_ir").propagate = False
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("onnxruntime") is None:
         print(f"onnxfi: error: {_NO_RUNTIME}", file=sys.stderr)
@@ -61,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    _quiet_libraries()
     try:
         return int(func(args) or 0)
     except OnnxfiError as e:  # the user's input: one line, no traceback

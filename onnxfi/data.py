@@ -39,7 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfi.errors import DataError, OnnxfiError, first_line
-from onnxfi.memory import check_bytes
+from onnxfi.memory import ENV_VAR, MemoryBudgetError, check_bytes
 from onnxfi.model import InputSpec
 
 __all__ = [
@@ -242,14 +242,18 @@ def random_data(
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec, dt, shape in planned:
-        if dt.kind == "f" or dt.name == "bfloat16":
-            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dt, copy=False)
-        elif dt.kind in "iu":
-            feeds[spec.name] = rng.integers(0, 10, size=shape).astype(dt)
-        elif dt.kind == "b":
-            feeds[spec.name] = rng.random(shape) < 0.5
-        else:
-            raise OnnxfiError(f"cannot make random data for input {spec.name!r} of type {spec.dtype.name}")
+        try:
+            if dt.kind == "f" or dt.name == "bfloat16":
+                feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dt, copy=False)
+            elif dt.kind in "iu":
+                feeds[spec.name] = rng.integers(0, 10, size=shape).astype(dt)
+            elif dt.kind == "b":
+                feeds[spec.name] = rng.random(shape) < 0.5
+            else:
+                raise OnnxfiError(f"cannot make random data for input {spec.name!r} of type {spec.dtype.name}")
+        except MemoryError:  # within the budget, but the machine has less free right now
+            raise MemoryBudgetError(f"random data for input {spec.name!r} {list(shape)} {dt}: out of memory "
+                                    f"(set {ENV_VAR} lower, or give smaller dims with --input-shape)") from None
         feeds[spec.name] = np.asarray(feeds[spec.name])  # a 0-d input comes back from numpy as a scalar
     return Dataset(feeds, None, f"random (seed {seed})", axes)
 

@@ -342,6 +342,16 @@ def parse_fault(spec: str, bits: tuple[int, ...] = ()) -> Fault:
 
 
 def fault_from_dict(d: dict[str, Any]) -> Fault:
+    """A fault from its plan/JSON form; a field of the wrong type or value is a :class:`FaultError`."""
+    try:
+        return _fault_from_dict(d)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, FaultError):
+            raise
+        raise FaultError(f"not a fault: {d!r:.200} ({type(e).__name__}: {e})") from None
+
+
+def _fault_from_dict(d: dict[str, Any]) -> Fault:
     kind = d.get("kind")
     if kind == "flip":
         return BitFlip(tuple(d["bits"]))

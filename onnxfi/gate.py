@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxfi.errors import OnnxfiError
+from onnxfi.errors import OnnxfiError, first_line
 from onnxfi.outcomes import FAILURE_FLAGS, FLAG_LABELS
 
 if sys.version_info >= (3, 11):
@@ -236,8 +236,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise OnnxfiError(f"{path}: not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise OnnxfiError(f"{path}: not valid TOML ({first_line(e, limit=200)})") from None
     except OSError as e:
         raise OnnxfiError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -448,9 +448,11 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise OnnxfiError(f"baseline not found: {p} (write one with `onnxfi gate ... --json FILE`)")
     try:
-        doc = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OnnxfiError(f"{p}: not a JSON report ({e})") from None
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise OnnxfiError(f"{p}: not a JSON report ({type(e).__name__}: {first_line(e, limit=200)})") from None
+    except OSError as e:
+        raise OnnxfiError(f"{p}: cannot read ({e.strerror})") from None
     if not isinstance(doc, dict) or doc.get("schema") not in _BASELINE_SCHEMAS:
         raise OnnxfiError(f"{p}: not an onnxfi report (schema should be one of {', '.join(_BASELINE_SCHEMAS)})")
     rates = doc.get("summary", {}).get("rates") if isinstance(doc.get("summary"), dict) else None

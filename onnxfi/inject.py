@@ -71,7 +71,7 @@ def inject(
             f"the shape of {site.name} is not known statically; give --input-shape for every dynamic input"
         )
     flat = parse_index(index, shape)
-    coords = tuple(int(c) for c in np.unravel_index(flat, shape)) if shape else ()
+    coords = tuple(flat // int(np.prod(shape[i + 1:], dtype=object)) % d for i, d in enumerate(shape)) if shape else ()
     if site.kind == "weight":
         if image is not None:
             raise SiteError("--image applies to activation sites only; a weight fault hits every image")

@@ -61,18 +61,29 @@ def _cgroup_limit() -> int | None:
 
 
 def physical_memory() -> int | None:
-    """The bytes of memory this process can have: the physical memory, or a lower cgroup limit; None
-    where neither can be read (``os.sysconf`` lacks the names on Windows)."""
+    """The bytes of memory this process can have: the physical memory, or a lower cgroup limit or
+    address-space limit (``ulimit -v``); None where none can be read (``os.sysconf`` lacks the names on
+    Windows)."""
     try:
         phys: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         phys = None
     if phys is not None and phys <= 0:
         phys = None
-    limit = _cgroup_limit()
-    if limit is not None and (phys is None or limit < phys):
-        return limit
+    for limit in (_cgroup_limit(), _address_space_limit()):
+        if limit is not None and (phys is None or limit < phys):
+            phys = limit
     return phys
+
+
+def _address_space_limit() -> int | None:
+    """The process's address-space limit (``ulimit -v``, ``RLIMIT_AS``) where one is set, else None."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
 
 
 def budget_bytes() -> int:

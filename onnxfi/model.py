@@ -181,6 +181,8 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> bool:
         location = info.get("location", "")
         if not location:
             raise ModelLoadError(f"tensor {t.name!r} is external but names no data file")
+        if "\x00" in location:
+            raise ModelLoadError(f"tensor {t.name!r} names an external data file with a NUL byte ({location!r})")
         if os.path.isabs(location) or Path(location).drive or ".." in Path(location).parts:
             raise ModelLoadError(
                 f"tensor {t.name!r} points outside the model's folder ({location!r}); refused"
@@ -193,8 +195,14 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> bool:
         if not target.is_file():
             raise ModelLoadError(f"external data file {location!r} for tensor {t.name!r} is missing")
         size = target.stat().st_size
-        offset = int(info.get("offset", "0") or 0)
-        length = int(info.get("length", "0") or 0)
+        try:
+            offset = int(info.get("offset", "0") or 0)
+            length = int(info.get("length", "0") or 0)
+        except ValueError:
+            raise ModelLoadError(f"tensor {t.name!r}: external data offset/length are not integers "
+                                 f"({info.get('offset')!r}, {info.get('length')!r})") from None
+        if offset < 0 or length < 0:
+            raise ModelLoadError(f"tensor {t.name!r}: negative external data offset/length ({offset}, {length})")
         if offset + length > size:
             raise ModelLoadError(
                 f"external data for tensor {t.name!r} reads past the end of {location!r} (truncated?)"

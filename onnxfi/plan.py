@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from onnxfi.bits import dtype_info
-from onnxfi.errors import InternalError, OnnxfiError
+from onnxfi.errors import InternalError, OnnxfiError, first_line
 from onnxfi.faults import BitFault, BitFlip, BurstFlip, Fault, StuckAt, fault_from_dict, parse_fault
 from onnxfi.sites import Site
 from onnxfi.stats import leveugle_sample_size, normal_quantile, stratified_estimate
@@ -147,19 +147,27 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Plan:
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> Plan:
+        """A plan from its JSON document, every field type-checked (a plan file is untrusted input)."""
+        where = f"{source}: " if source else ""
         try:
-            strata = [Stratum(**s) for s in d["strata"]]
-            exps = [Experiment(**e) for e in d["experiments"]]
-            rest = {k: v for k, v in d.items() if k not in ("strata", "experiments")}
+            if not isinstance(d, dict) or not isinstance(d.get("strata"), list) or not isinstance(
+                    d.get("experiments"), list):
+                raise TypeError("strata and experiments must be lists")
+            strata = [Stratum(**_typed(s, Stratum, f"strata[{i}]")) for i, s in enumerate(d["strata"])]
+            exps = [Experiment(**_typed(e, Experiment, f"experiments[{i}]")) for i, e in enumerate(d["experiments"])]
+            rest = _typed({k: v for k, v in d.items() if k not in ("strata", "experiments")}, cls, "plan")
             rest.setdefault("design", _LEGACY_DESIGN)
             plan = cls(strata=strata, experiments=exps, **rest)
         except (KeyError, TypeError) as e:
-            raise OnnxfiError(f"not an onnxfi plan ({e})") from None
+            raise OnnxfiError(f"{where}not an onnxfi plan ({first_line(e, limit=200)})") from None
+        for exp in plan.experiments:
+            if not isinstance(exp.fault.get("kind"), str):
+                raise OnnxfiError(f"{where}not an onnxfi plan (experiment {exp.id}: fault has no kind)")
         if plan.design not in DESIGNS:
-            raise OnnxfiError(f"not an onnxfi plan (unknown design {plan.design!r})")
+            raise OnnxfiError(f"{where}not an onnxfi plan (unknown design {plan.design!r})")
         if plan.fault_model not in FAULT_MODELS:
-            raise OnnxfiError(f"not an onnxfi plan (unknown fault model {plan.fault_model!r})")
+            raise OnnxfiError(f"{where}not an onnxfi plan (unknown fault model {plan.fault_model!r})")
         return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -171,9 +179,12 @@ class Plan:
         if not p.is_file():
             raise OnnxfiError(f"plan file not found: {p}")
         try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise OnnxfiError(f"{p}: not a JSON plan ({e})") from None
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise OnnxfiError(f"{p}: not a JSON plan ({type(e).__name__}: {first_line(e, limit=200)})") from None
+        except OSError as e:
+            raise OnnxfiError(f"{p}: cannot read ({e.strerror})") from None
+        return cls.from_dict(doc, str(p))
 
     def experiment(self, exp_id: int) -> Experiment:
         if 0 <= exp_id < len(self.experiments) and self.experiments[exp_id].id == exp_id:
@@ -182,6 +193,34 @@ class Plan:
             if e.id == exp_id:
                 return e
         raise OnnxfiError(f"no experiment {exp_id} in the plan (0..{len(self.experiments) - 1})")
+
+
+_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
+
+
+def _typed(d: Any, cls: type, what: str) -> dict[str, Any]:
+    """``d`` (a JSON object) when every key is a field of dataclass ``cls`` holding a value of the field's
+    type (``int | None`` fields may be null; an int is not a bool); else TypeError naming the field."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{what} is not an object")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k not in fields:
+            raise TypeError(f"{what}: unknown key {k!r}")
+        kinds = [t.strip() for t in fields[k].split("|")]
+        if v is None and "None" in kinds:
+            continue
+        checks = [_CHECKS[t] for t in kinds if t in _CHECKS]
+        if checks and not any(c(v) for c in checks):
+            raise TypeError(f"{what}.{k} should be {fields[k]}, got {type(v).__name__}")
+    return d
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -63,7 +63,11 @@ def resolve_provider(name: str) -> list[str]:
 
 
 def model_bytes(model: ir.Model) -> bytes:
-    return ir.to_proto(model).SerializeToString()
+    """The model serialized; a model that cannot be (e.g. a name that is not UTF-8) is a one-line error."""
+    try:
+        return ir.to_proto(model).SerializeToString()
+    except (ir.serde.SerdeError, UnicodeError, ValueError) as e:
+        raise SessionError(f"the model cannot be serialized for onnxruntime: {first_line(e, limit=200)}") from None
 
 
 def make_session(
@@ -80,7 +84,7 @@ def make_session(
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[optimization]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions (one line each), not as log lines
     if threads:
         so.intra_op_num_threads = threads
     source: bytes | str

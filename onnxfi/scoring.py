@@ -138,7 +138,7 @@ def _labels(labels: np.ndarray) -> np.ndarray | None:
         return None
     if is_float_dtype(arr.dtype):
         arr = arr.astype(np.float64)
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)) or np.any(np.abs(arr) > 2.0**53):
             return None
     return arr.astype(np.int64)
 

@@ -402,12 +402,9 @@ def run(args: argparse.Namespace) -> int:
     db_path = Path(args.db) if args.db else (
         Path(args.json).with_suffix(".db") if args.json and args.json != STDOUT
         else Path(f"{Path(model_path).stem}.onnxfi.db"))
-    if db_path.exists() and not args.resume:
-        if not args.overwrite:
-            raise OnnxfiError(f"{db_path} exists: use --resume to continue it, --overwrite to replace it, or --db")
-        db_path.unlink()
-        for suffix in ("-wal", "-shm"):
-            Path(str(db_path) + suffix).unlink(missing_ok=True)
+    replace = db_path.exists() and not args.resume
+    if replace and not args.overwrite:
+        raise OnnxfiError(f"{db_path} exists: use --resume to continue it, --overwrite to replace it, or --db")
     if args.resume and not db_path.exists():
         raise OnnxfiError(f"--resume: {db_path} does not exist")
     loader = data_loader_from_args(args)
@@ -418,14 +415,16 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
         mode=args.mode, cache_mb=args.cache_mb, verify=args.verify, allow_cast=args.allow_cast,
     )
-    created = not db_path.exists()
-    store = Store(db_path)
+    created = replace or not db_path.exists()
+    # the writer lock before anything is deleted or written: a second campaign on this --db (--overwrite
+    # included) is refused while this one runs; --overwrite deletes the old database under the lock
+    store = Store.open_locked(db_path, replace=replace)
     keep = True
     try:
         if args.resume:
             stored_plan = store.meta("plan")
             if stored_plan is None:
-                raise OnnxfiError(f"{db_path}: nothing to resume (no campaign in it)")
+                raise OnnxfiError(f"{db_path}: nothing to resume (no campaign in it: it stopped before its plan was stored); start it again with --overwrite")
             stored_cfg = store.meta("config")
             if stored_cfg:
                 known = EngineConfig.__dataclass_fields__  # a key another onnxfi version wrote is left out
@@ -541,7 +540,6 @@ def run(args: argparse.Namespace) -> int:
         keep = not created or store.count() > 0
         raise
     finally:
-        store.close()
+        store.close(discard=not keep)  # a database that stored nothing is deleted while still locked
         if not keep:
-            for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), Path(f"{db_path}.plan.json")):
-                path.unlink(missing_ok=True)
+            Path(f"{db_path}.plan.json").unlink(missing_ok=True)

@@ -207,7 +207,11 @@ def run(args: argparse.Namespace) -> int:
     if result.site.kind == "activation":
         try:
             preview = _activation_preview(loaded, result, args)
-        except Exception:  # only a preview: ORT may not run or return this dtype (bfloat16), data may not fit
+        except OnnxfiError:
+            if args.data:  # the user's --data (missing, damaged, wrong dtype): theirs to see
+                raise
+            preview = None
+        except Exception:  # only a preview: ORT may not run or return this dtype (bfloat16)
             preview = None
         if preview is not None:
             result.old_value, result.new_value = preview[0], preview[1]

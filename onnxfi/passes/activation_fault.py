@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnxfi.bits import DTypeInfo, dtype_info
 from onnxfi.errors import SiteError
 from onnxfi.faults import BitFault, BitMasks, Fault, RandomValue, SetValue
+from onnxfi.memory import check_bytes
 from onnxfi.passes._intercept import intercept
 from onnxfi.passes.opset import model_opset
 from onnxfi.sites import Site
@@ -129,6 +130,8 @@ class InsertActivationFault(ir.passes.InPlacePass):
             def masks_const(tag: str, value: int, identity: int) -> ir.Value:
                 word = np.array(identity if self.identity else value, dtype=info.word).view(word_np)
                 if per_image:
+                    check_bytes(f"the per-image fault mask of {self.site.name} {[1, *self.shape]}",
+                                int(np.prod(self.shape, dtype=np.float64)) * np.dtype(info.word).itemsize)
                     arr = np.full((1, *self.shape), identity, dtype=info.word).view(word_np)
                     arr.reshape(-1)[self.flat_index] = word
                 else:
