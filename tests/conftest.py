@@ -375,3 +375,15 @@ def quantized_model() -> onnx.ModelProto:
         [vi("yf", TensorProto.FLOAT, [1, 8]), vi("y3", TensorProto.FLOAT, [3, 2])],
         inits,
     )
+
+
+# a results store as onnxfi wrote it before rows had `path` and `image` and before the schema version was stored
+OLD_STORE_SQL = (
+    "CREATE TABLE campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE results (id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, "
+    "idx INTEGER NOT NULL, bit INTEGER, fault TEXT NOT NULL, outcome TEXT NOT NULL, "
+    "sdc1 INTEGER NOT NULL, sdc5 INTEGER NOT NULL, critical INTEGER NOT NULL, due INTEGER NOT NULL, "
+    "crash INTEGER NOT NULL, masked INTEGER NOT NULL, images_changed REAL, metrics TEXT, "
+    "time_s REAL, worker INTEGER, error TEXT);"
+    "INSERT INTO results VALUES (0, 's', 'weight', 3, 1, 'flip:1', 'masked', 0, 0, 0, 0, 0, 1, 0.0, '{}', 0.1, 0, NULL);"
+)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from campaign_helpers import save_kat
+from conftest import OLD_STORE_SQL
 
 from onnxfi.campaign import run_campaign
 from onnxfi.cli import main
@@ -281,14 +282,7 @@ def test_a_file_without_a_version_reads_and_is_upgraded_when_written(tmp_path: P
     """Files written before the version was stored (and before rows had ``path`` and ``image``)."""
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
-    con.executescript("PRAGMA journal_mode=WAL; CREATE TABLE campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                      "CREATE TABLE results (id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, "
-                      "idx INTEGER NOT NULL, bit INTEGER, fault TEXT NOT NULL, outcome TEXT NOT NULL, "
-                      "sdc1 INTEGER NOT NULL, sdc5 INTEGER NOT NULL, critical INTEGER NOT NULL, due INTEGER NOT NULL, "
-                      "crash INTEGER NOT NULL, masked INTEGER NOT NULL, images_changed REAL, metrics TEXT, "
-                      "time_s REAL, worker INTEGER, error TEXT);"
-                      "INSERT INTO results VALUES (0, 's', 'weight', 3, 1, 'flip:1', 'masked', 0, 0, 0, 0, 0, 1, 0.0, "
-                      "'{}', 0.1, 0, NULL);")
+    con.executescript("PRAGMA journal_mode=WAL; " + OLD_STORE_SQL)
     con.close()
     before = _digest(db)
     with Store(db, readonly=True) as store:

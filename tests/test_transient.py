@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx.helper as oh
 import pytest
-from conftest import ZOO, make_model, save, vi, words
+from conftest import OLD_STORE_SQL, ZOO, make_model, save, vi, words
 from onnx import TensorProto
 
 from onnxfi.campaign import run_campaign
@@ -297,14 +297,7 @@ def test_campaign_rows_carry_the_sample(tmp_path: Path) -> None:
 def test_old_database_without_image_column_opens(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
-    con.executescript("CREATE TABLE campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                      "CREATE TABLE results (id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, "
-                      "idx INTEGER NOT NULL, bit INTEGER, fault TEXT NOT NULL, outcome TEXT NOT NULL, "
-                      "sdc1 INTEGER NOT NULL, sdc5 INTEGER NOT NULL, critical INTEGER NOT NULL, due INTEGER NOT NULL, "
-                      "crash INTEGER NOT NULL, masked INTEGER NOT NULL, images_changed REAL, metrics TEXT, "
-                      "time_s REAL, worker INTEGER, error TEXT);"
-                      "INSERT INTO results VALUES (0, 's', 'weight', 3, 1, 'flip:1', 'masked', 0, 0, 0, 0, 0, 1, 0.0, "
-                      "'{}', 0.1, 0, NULL);")
+    con.executescript(OLD_STORE_SQL)
     con.commit()
     con.close()
     with Store(db) as store:
