@@ -168,7 +168,7 @@ class OrtBackend(Backend):
 
     def load(self, model: onnx.ModelProto, serialized: bytes) -> Session:
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # errors come back as exceptions (one line each), not as log lines
         if self.threads:
             so.intra_op_num_threads = self.threads
         providers = [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
