@@ -144,8 +144,9 @@ class TransientConeRunner(ActivationConeRunner):
     def results(self, exps: Sequence[Experiment]) -> dict[int, Result]:
         """The results of ``exps`` (transient experiments of this site), packed into as few cone runs as
         their samples allow. Gathered (the default): a run holds up to the eval batch size less one of faulty
-        rows (any samples, a sample twice for two faults; runs of a group split evenly) and one fault-free
-        sample that must come out bitwise golden, so a run costs what its faults need, not a whole batch.
+        rows (any samples, a sample twice for two faults; runs of a group split evenly) and fault-free samples
+        up to the next power of two, which must come out bitwise golden: a small group does not pay for a
+        whole batch, and ONNX Runtime sees few distinct shapes.
         Where it does not (a model whose samples interact, or whose kernels round by batch size or position),
         the runner falls back for good to runs of one cached batch, one per fault sharing a sample with
         another."""
@@ -178,7 +179,10 @@ class TransientConeRunner(ActivationConeRunner):
 
     def _gathered(self, placed: Sequence[tuple[tuple[int, int], Experiment]]) -> dict[int, Result]:
         name = self.site.tensor_name
-        pad = self._pad({p for p, _ in placed}, 1)
+        # rows rounded up to a power of two (at most the batch size): few distinct shapes, which ONNX Runtime
+        # plans once each, and a small group does not pay for a whole batch
+        rows = min(self.width, 1 << len(placed).bit_length())
+        pad = self._pad({p for p, _ in placed}, rows - len(placed))
         where = [p for p, _ in placed] + pad
         chunk = {t: np.concatenate([self.chunks[k][t][r:r + 1] for k, r in where]) for t in self.reads}
         x = np.concatenate([self.chunks[k][name][r:r + 1] for k, r in where])
