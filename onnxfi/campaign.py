@@ -131,10 +131,10 @@ def _run_campaign(
     runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
                            min_timeout_s=min_timeout_s, max_attempts=max_attempts)
     if resume:
-        stored = store.meta("plan")
+        stored = store.plan()  # a stored value that is not a plan is the store's damage, named as such
         if stored is None:
             raise OnnxfiError(f"{store.path}: nothing to resume (no campaign in it)")
-        plan = Plan.from_dict(stored)
+        plan = stored
     elif store.has_campaign() and store.count():
         raise OnnxfiError(f"{store.path} already holds a campaign; use --resume to continue it or another --db")
     else:

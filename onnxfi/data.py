@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfi.bits import is_float_dtype
 from onnxfi.errors import DataError, OnnxfiError, first_line
 from onnxfi.memory import ENV_VAR, MemoryBudgetError, check_bytes
 from onnxfi.model import InputSpec
@@ -388,17 +389,12 @@ def _check_compatible(spec: InputSpec, arr: np.ndarray, where: str, axis: int | 
     return arr if arr.dtype == want else _convert(spec, arr, want, where, allow_cast, log)
 
 
-def _is_float(dt: np.dtype) -> bool:
-    """numpy floats and complex, and ml_dtypes' bfloat16 and float8 types (numpy kind "V")."""
-    return dt.kind in "fc" or (dt.kind == "V" and not dt.fields and dt.name.startswith(("bfloat", "float")))
-
-
 def _nonfinite_warnings(feeds: Mapping[str, np.ndarray], axes: Mapping[str, int | None], where: str) -> list[str]:
     """One line per input holding NaN or Inf values: their counts, and the samples they are in."""
     out: list[str] = []
     n = _sample_counts(feeds, axes, where)
     for name, value in feeds.items():
-        if not _is_float(value.dtype):
+        if not (is_float_dtype(value.dtype) or value.dtype.kind == "c"):
             continue
         nan = inf = 0
         for _, block in _blocks(value):

@@ -245,12 +245,16 @@ def is_probability(x: ArrayLike, axis: int = 1, atol: float = 1e-2) -> bool:
         return False
     if not -arr.ndim <= axis < arr.ndim:
         return False
-    a = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
-        return False
-    if a.min() < -atol or a.max() > 1.0 + atol:
-        return False
-    return bool(np.all(np.abs(np.sum(a, axis=axis) - 1.0) <= atol))
+    return bool(np.all(probability_slices(arr.astype(np.float64, copy=False), axis, atol)))
+
+
+def probability_slices(a: FloatArray, axis: int = 1, atol: float = 1e-2) -> BoolArray:
+    """Per slice of ``a`` along ``axis``: every value finite and in ``[0, 1]`` and the slice summing to 1,
+    both within ``atol`` (:func:`is_probability` of each slice; ``[N, C]`` rows: one flag per row)."""
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(a), axis=axis) & (np.min(a, axis=axis) >= -atol) & (np.max(a, axis=axis) <= 1.0 + atol)
+        out: BoolArray = ok & (np.abs(np.sum(a, axis=axis) - 1.0) <= atol)
+    return out
 
 
 def _dim(d: object) -> int | None:
@@ -573,6 +577,40 @@ def error_stats(faulty: ArrayLike, golden: ArrayLike, eps: float = 1e-8) -> dict
         "inf_frac": n_inf / total if total else nan,
         "finite_frac": count / total if total else nan,
     }
+
+
+def error_stats_rows(faulty: np.ndarray, golden: np.ndarray, eps: float = 1e-8) -> dict[str, list[float]]:
+    """:func:`error_stats` of each sample (first axis) of ``faulty`` against ``golden``, vectorized over the
+    samples (a batch of one-sample experiments); a list per statistic. Samples of more than :data:`_CHUNK`
+    values may differ from :func:`error_stats` in the last bit of the means (it sums in chunks)."""
+    n = faulty.shape[0]
+    fc = _numeric(faulty, "faulty").reshape(n, -1).astype(np.float64)
+    gc = _numeric(golden, "golden").reshape(n, -1).astype(np.float64)
+    total = fc.shape[1]
+    n_nan = np.count_nonzero(np.isnan(fc), axis=1)
+    n_inf = np.count_nonzero(np.isinf(fc), axis=1)
+    both = np.isfinite(fc) & np.isfinite(gc)
+    count = np.count_nonzero(both, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = np.where(both, np.abs(fc - gc), 0.0)
+        rel = d / (np.abs(gc) + eps)
+        rel = np.where(both, rel, 0.0)
+        sum_abs, sum_rel = np.sum(d, axis=1), np.sum(rel, axis=1)
+    max_abs = np.where(both, d, -np.inf).max(axis=1)
+    max_rel = np.where(both, rel, -np.inf).max(axis=1)
+    nan = float("nan")
+    out: dict[str, list[float]] = {k: [] for k in
+                                   ("max_abs", "mean_abs", "max_rel", "mean_rel", "nan_frac", "inf_frac", "finite_frac")}
+    for i in range(n):
+        k = int(count[i])
+        out["max_abs"].append(float(max_abs[i]) if k else nan)
+        out["mean_abs"].append(float(sum_abs[i]) / k if k else nan)
+        out["max_rel"].append(float(max_rel[i]) if k else nan)
+        out["mean_rel"].append(float(sum_rel[i]) / k if k else nan)
+        out["nan_frac"].append(int(n_nan[i]) / total if total else nan)
+        out["inf_frac"].append(int(n_inf[i]) / total if total else nan)
+        out["finite_frac"].append(k / total if total else nan)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -279,9 +279,7 @@ def classify_samples(
     for k in keys:
         masked &= np.all(_row_bytes(out[k]) == _row_bytes(gold[k]), axis=1)
         if is_float_dtype(out[k].dtype):
-            fin_f = ~metrics.nonfinite_mask(out[k]) if out[k].ndim > 1 else np.isfinite(out[k])
-            fin_g = ~metrics.nonfinite_mask(gold[k]) if gold[k].ndim > 1 else np.isfinite(gold[k])
-            due |= ~fin_f & fin_g
+            due |= metrics.nonfinite_mask(out[k]) & ~metrics.nonfinite_mask(gold[k])
     f = metrics._scores(out[primary], "output")
     g = metrics._scores(gold[primary], "golden")
     c = f.shape[1]
@@ -289,13 +287,11 @@ def classify_samples(
     sdc1 = top_f != top_g
     sdc5 = ~metrics.topk_contains(f, top_g, 5)
     bad = metrics.nonfinite_mask(f)
-    is_prob = np.isfinite(g).all(axis=1) & (g.min(axis=1) >= -1e-2) & (g.max(axis=1) <= 1.0 + 1e-2)
-    is_prob &= np.abs(np.sum(g, axis=1) - 1.0) <= 1e-2
-    probs = np.where(is_prob[:, None], f, metrics.softmax(f, axis=1))
+    probs = np.where(metrics.probability_slices(g)[:, None], f, metrics.softmax(f, axis=1))
     entropy = metrics.predictive_entropy(probs)
     msp = metrics.max_softmax_probability(probs)
     t = metrics._labels(labels, n, c) if labels is not None else None
-    err = _error_rows(out[primary], gold[primary])
+    err = metrics.error_stats_rows(out[primary], gold[primary])
     rows = []
     nan = float("nan")
     for i in range(n):
@@ -325,34 +321,3 @@ def classify_samples(
         rows.append(_row(bool(masked[i]), bool(due[i]), is_critical, s1, s5, float(s1), m))
     return rows
 
-
-def _error_rows(faulty: np.ndarray, golden: np.ndarray, eps: float = 1e-8) -> dict[str, list[float]]:
-    """:func:`onnxfi.metrics.error_stats` of each sample (row) of ``faulty`` against ``golden``."""
-    n = faulty.shape[0]
-    fc = metrics._numeric(faulty, "faulty").reshape(n, -1).astype(np.float64)
-    gc = metrics._numeric(golden, "golden").reshape(n, -1).astype(np.float64)
-    total = fc.shape[1]
-    n_nan = np.count_nonzero(np.isnan(fc), axis=1)
-    n_inf = np.count_nonzero(np.isinf(fc), axis=1)
-    both = np.isfinite(fc) & np.isfinite(gc)
-    count = np.count_nonzero(both, axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        d = np.where(both, np.abs(fc - gc), 0.0)
-        rel = d / (np.abs(gc) + eps)
-        rel = np.where(both, rel, 0.0)
-        sum_abs, sum_rel = np.sum(d, axis=1), np.sum(rel, axis=1)
-    max_abs = np.where(both, d, -np.inf).max(axis=1)
-    max_rel = np.where(both, rel, -np.inf).max(axis=1)
-    nan = float("nan")
-    out: dict[str, list[float]] = {k: [] for k in
-                                   ("max_abs", "mean_abs", "max_rel", "mean_rel", "nan_frac", "inf_frac", "finite_frac")}
-    for i in range(n):
-        k = int(count[i])
-        out["max_abs"].append(float(max_abs[i]) if k else nan)
-        out["mean_abs"].append(float(sum_abs[i]) / k if k else nan)
-        out["max_rel"].append(float(max_rel[i]) if k else nan)
-        out["mean_rel"].append(float(sum_rel[i]) / k if k else nan)
-        out["nan_frac"].append(int(n_nan[i]) / total if total else nan)
-        out["inf_frac"].append(int(n_inf[i]) / total if total else nan)
-        out["finite_frac"].append(k / total if total else nan)
-    return out

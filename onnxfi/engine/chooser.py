@@ -26,12 +26,7 @@ from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
-from onnxfi.engine.transient import (
-    TransientConeRunner,
-    TransientNaiveRunner,
-    TransientOutputRunner,
-    read_anywhere,
-)
+from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner, TransientOutputRunner
 from onnxfi.errors import first_line
 from onnxfi.sites import Site
 
@@ -78,7 +73,7 @@ def choose_transient(ctx: Context, site: Site) -> Choice:
     runner: Runner
     name = site.tensor_name
     if (ctx.cfg.mode == "suffix" and not site.graph and name in ctx.output_names
-            and not read_anywhere(ctx.model_proto().graph, name)):
+            and not forward_cone(ctx.model_proto().graph, [name])):  # an output no node reads
         runner = TransientOutputRunner(ctx, site)
     elif ctx.cfg.mode == "suffix":
         try:

@@ -44,7 +44,7 @@ from onnxfi.plan import Experiment
 from onnxfi.runtime import run_chunks
 from onnxfi.sites import Site, enumerate_sites
 
-__all__ = ["TransientConeRunner", "TransientOutputRunner", "TransientNaiveRunner", "sample_slice", "locate", "read_anywhere"]
+__all__ = ["TransientConeRunner", "TransientOutputRunner", "TransientNaiveRunner", "sample_slice", "locate"]
 
 
 def sample_slice(outputs: Outputs, row: int, rows: int) -> Outputs:
@@ -84,6 +84,11 @@ def _put(flat: np.ndarray, row: int, e: Experiment, dtype: np.dtype) -> bool:
     return True
 
 
+def _starts(sizes: Sequence[int]) -> list[int]:
+    """The first eval sample of each cached batch of ``sizes`` samples."""
+    return [int(s) for s in np.cumsum([0, *sizes[:-1]])]
+
+
 def _check_transient(site: Site, exp: Experiment) -> int:
     if exp.image is None:
         raise InternalError(f"experiment {exp.id} is not transient (no image)")
@@ -103,7 +108,7 @@ class TransientConeRunner(ActivationConeRunner):
         super().__init__(ctx, site, reason)
         name = site.tensor_name
         self.sizes = [int(c[name].shape[0]) for c in self.chunks]
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
+        self.starts = _starts(self.sizes)
         t0 = time.perf_counter()
         self.chunk_golden = [self._run_batch(k, c[name]) for k, c in enumerate(self.chunks)]
         self.golden_time = time.perf_counter() - t0
@@ -199,7 +204,6 @@ class TransientConeRunner(ActivationConeRunner):
                     out[e.id] = Result(g, g, self.path + "+shortcut")
             if len(out) == len(placed):
                 return out
-        chunk[name] = x
         faulty = _run_cut(self.ctx, [chunk], self.cut, name, self.session, lambda c: x, True)
         self.runs += 1
         for j in range(len(placed), len(where)):
@@ -270,18 +274,6 @@ class TransientConeRunner(ActivationConeRunner):
         return super().describe() | {"runs": self.runs, "coupled": self.coupled, "gathered": self.gather}
 
 
-def read_anywhere(graph: Any, name: str) -> bool:
-    """Whether any node of ``graph`` (an onnx GraphProto) or of its subgraphs reads the value ``name``."""
-    for node in graph.node:
-        if name in node.input:
-            return True
-        for attr in node.attribute:
-            subs = [attr.g] if attr.HasField("g") else []
-            if any(read_anywhere(g, name) for g in [*subs, *attr.graphs]):
-                return True
-    return False
-
-
 class TransientOutputRunner(Runner):
     """A site that is a model output read by no node: the faulty sample's outputs are its fault-free ones with
     the fault written into the site's own output (nothing else can change); no run at all."""
@@ -295,7 +287,7 @@ class TransientOutputRunner(Runner):
         self.info = dtype_info(site.dtype)
         self.chunks = ctx.model_outputs()
         self.sizes = [int(c[site.tensor_name].shape[0]) for c in self.chunks]
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
+        self.starts = _starts(self.sizes)
 
     def result(self, exp: Experiment) -> Result:
         k, row = locate(self.starts, self.sizes, _check_transient(self.site, exp))
