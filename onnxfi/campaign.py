@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,19 @@ class CampaignResult:
     early_stopped: bool = False
     executed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def planned_faults(plan: Plan) -> dict[str, int] | None:
+    """Persistent faults per site of a plan whose experiments are all known up front (the chooser's cost
+    model, :attr:`onnxfi.engine.EngineConfig.site_faults`); None for an adaptive plan, which grows where
+    the rates vary, so its first rounds say little about how many faults a site will get."""
+    if plan.design == "adaptive":
+        return None
+    counts: dict[str, int] = defaultdict(int)
+    for e in plan.experiments:
+        if e.image is None:
+            counts[e.site] += 1
+    return dict(counts)
 
 
 def _site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
@@ -128,8 +141,6 @@ def _run_campaign(
     progress: Callable[[int, int, dict[str, Any]], None] | None, timeout_factor: float, min_timeout_s: float,
     executor: str, address: str | None, max_attempts: int | None,
 ) -> CampaignResult:
-    runner = make_executor(executor, cfg, workers=workers, address=address, timeout_factor=timeout_factor,
-                           min_timeout_s=min_timeout_s, max_attempts=max_attempts)
     if resume:
         stored = store.plan()  # a stored value that is not a plan is the store's damage, named as such
         if stored is None:
@@ -140,6 +151,9 @@ def _run_campaign(
     else:
         # one transaction: a kill leaves all three or none
         store.set_metas({"plan": plan.to_dict(), "config": dict(cfg.__dict__), "versions": versions()})
+    runner = make_executor(executor, replace(cfg, site_faults=planned_faults(plan)), workers=workers,
+                           address=address, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s,
+                           max_attempts=max_attempts)
     result = CampaignResult(plan, {}, {})
     buffer: list[dict[str, Any]] = []
     live: dict[str, Any] = {"sdc1": 0, "headline": None}

@@ -16,6 +16,7 @@ optimizes it with the same passes.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +29,14 @@ from onnxfi.bits import is_float_dtype
 
 __all__ = [
     "Cut", "forward_cone", "cut_model", "boundary", "weight_start", "weight_head", "is_quantized_weight", "CutError",
-    "SHORTCUT_OPS", "cone_macs",
+    "SHORTCUT_OPS", "cone_macs", "cone_weight_bytes",
 ]
 
 # Single consumers whose output can stay bitwise equal when their input changes (the exact shortcut):
 # a ReLU maps every negative value to 0; a MaxPool ignores values below their window's maximum;
-# a Clip saturates values beyond its bounds.
-SHORTCUT_OPS = frozenset({"Relu", "MaxPool", "Clip"})
+# a Clip saturates values beyond its bounds; a QuantizeLinear rounds nearby values to the same integer
+# (and saturates), so a small flip before a quantized layer often changes nothing.
+SHORTCUT_OPS = frozenset({"Relu", "MaxPool", "Clip", "QuantizeLinear"})
 
 
 class CutError(Exception):
@@ -73,14 +75,73 @@ def _node_inputs(node: onnx.NodeProto) -> list[str]:
     return [i for i in node.input if i] + sorted(_subgraph_inputs(node))
 
 
+class _Structure:
+    """What the graph walks of this module read from a graph, computed once per graph: each node's inputs
+    (subgraph reads included) and outputs, and which nodes read each value. Walking the protobuf per call
+    cost more than the ONNX Runtime sessions on models with hundreds of weight sites (one call per site
+    and path)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph  # held, so the id this structure is cached under is not reused
+        self.size = len(graph.node)
+        self.inputs: list[list[str]] = [_node_inputs(n) for n in graph.node]
+        self.outputs: list[list[str]] = [[o for o in n.output if o] for n in graph.node]
+        self.readers: dict[str, list[int]] = {}
+        for i, ins in enumerate(self.inputs):
+            for x in ins:
+                self.readers.setdefault(x, []).append(i)
+        self.producer: dict[str, int] = {o: i for i, outs in enumerate(self.outputs) for o in outs}
+        self.constants: OrderedDict[tuple[str, ...], dict[str, int | None]] = OrderedDict()
+        self._weight_bytes: dict[str, int] | None = None
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of each initializer and Constant-node value, by name."""
+        if self._weight_bytes is None:
+            sizes = {t.name: _tensor_bytes(t) for t in self.graph.initializer}
+            for node in self.graph.node:
+                for a in node.attribute if node.op_type == "Constant" and node.output and node.output[0] else ():
+                    if a.name == "value":
+                        sizes[node.output[0]] = _tensor_bytes(a.t)
+            self._weight_bytes = sizes
+        return self._weight_bytes
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    try:
+        itemsize = int(helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+    except Exception:  # a type numpy has no name for: count 4 bytes
+        itemsize = 4
+    return itemsize * math.prod(t.dims)
+
+
+_STRUCTURES: OrderedDict[int, _Structure] = OrderedDict()
+
+
+def _structure(graph: onnx.GraphProto) -> _Structure:
+    """The cached structure of ``graph``. Graphs are not edited after they are cut (the engine's model is
+    fixed); a graph whose node count changed is walked again."""
+    key = id(graph)
+    s = _STRUCTURES.get(key)
+    if s is None or s.graph is not graph or s.size != len(graph.node):
+        s = _STRUCTURES[key] = _Structure(graph)
+        while len(_STRUCTURES) > 4:
+            _STRUCTURES.popitem(last=False)
+    else:
+        _STRUCTURES.move_to_end(key)
+    return s
+
+
 def forward_cone(graph: onnx.GraphProto, start: Iterable[str]) -> list[int]:
     """Indices (in graph order) of the nodes that read ``start`` values, directly or transitively."""
+    st = _structure(graph)
     tainted = set(start)
     cone: list[int] = []
-    for i, node in enumerate(graph.node):  # ONNX requires topological order in a valid graph
-        if any(name in tainted for name in _node_inputs(node)):
+    for i, ins in enumerate(st.inputs):  # ONNX requires topological order in a valid graph
+        if any(name in tainted for name in ins):
             cone.append(i)
-            tainted.update(o for o in node.output if o)
+            tainted.update(st.outputs[i])
     return cone
 
 
@@ -96,30 +157,22 @@ _OPERAND_OPS = frozenset({
 })
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Value name -> the nodes reading it (subgraph reads included), in graph order."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for x in _node_inputs(node):
-            consumers.setdefault(x, []).append(node)
-    return consumers
-
-
 def _weight_users(
     graph: onnx.GraphProto, name: str, consts: set[str]
 ) -> tuple[set[str], list[onnx.NodeProto]]:
     """The weight's chain (the weight and what weight transforms of it with constant other inputs
     make of it) and every node that uses a value of the chain."""
-    consumers = _consumers(graph)
+    st = _structure(graph)
     chain = {name}
     users: list[onnx.NodeProto] = []
     frontier = [name]
     for _ in range(6):
         nxt: list[str] = []
         for v in frontier:
-            for node in consumers.get(v, []):
+            for i in st.readers.get(v, []):
+                node = graph.node[i]
                 users.append(node)
-                others = [x for x in _node_inputs(node) if x not in chain]
+                others = [x for x in st.inputs[i] if x not in chain]
                 if node.op_type in _WEIGHT_TRANSFORMS and all(x in consts for x in others):
                     outs = [o for o in node.output if o]
                     chain.update(outs)
@@ -156,7 +209,7 @@ def weight_start(model: onnx.ModelProto, name: str, depth: int = 3) -> list[str]
     uses the weight (``depth`` nodes) keeps such a pattern whole in the cone, so a baked weight gets the same fusion as
     in the whole model. Weight transforms (DequantizeLinear, Cast, Transpose, ...) are followed."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output if o}
+    producer = {o: graph.node[i] for o, i in _structure(graph).producer.items()}
     constants = set(_constant_values(graph, [name]))
     consts = constants | {i.name for i in graph.input}
     chain, users = _weight_users(graph, name, consts)
@@ -216,14 +269,14 @@ def weight_head(model: onnx.ModelProto, name: str, start: Sequence[str], depth: 
     if len(compute) != 1:
         raise CutError("the weight is used by several nodes")
     node = next(iter(compute.values()))
-    consumers = _consumers(graph)
+    st = _structure(graph)
     outputs = {o.name for o in graph.output}
     outs = [o for o in node.output if o]
     if len(outs) != 1:
         raise CutError(f"{node.op_type} has several outputs")
     end = outs[0]
     for _ in range(depth):
-        nxt = consumers.get(end, [])
+        nxt = [graph.node[i] for i in st.readers.get(end, [])]
         if end in outputs or len(nxt) != 1:
             break
         c = nxt[0]
@@ -234,19 +287,28 @@ def weight_head(model: onnx.ModelProto, name: str, start: Sequence[str], depth: 
     cone = forward_cone(graph, start)
     needed, head = {end}, []
     for i in reversed(cone):
-        n = graph.node[i]
-        if any(o in needed for o in n.output if o):
+        if any(o in needed for o in st.outputs[i]):
             head.append(i)
-            needed.update(_node_inputs(n))
+            needed.update(st.inputs[i])
     head.sort()
     inside = set(head)
-    produced = {o for i in head for o in graph.node[i].output if o} - {end}
-    for i, n in enumerate(graph.node):
-        if i not in inside and any(x in produced for x in _node_inputs(n)):
+    produced = {o for i in head for o in st.outputs[i]} - {end}
+    for i, ins in enumerate(st.inputs):
+        if i not in inside and any(x in produced for x in ins):
+            n = graph.node[i]
             raise CutError(f"{n.op_type} {n.name!r} reads a value inside the weight's head")
     if produced & outputs:
         raise CutError("a value inside the weight's head is a model output")
     return head, [end]
+
+
+def cone_weight_bytes(model: onnx.ModelProto, nodes: Iterable[int], extra: Sequence[str] = ()) -> int:
+    """Bytes of the weights (initializers, Constant-node values) that ``nodes`` read, and of ``extra``:
+    what an ONNX Runtime session of those nodes prepacks."""
+    st = _structure(model.graph)
+    sizes = st.weight_bytes()
+    names = {x for i in nodes for x in st.inputs[i] if x in sizes} | {x for x in extra if x in sizes}
+    return sum(sizes[x] for x in names)
 
 
 def cone_macs(
@@ -257,6 +319,10 @@ def cone_macs(
     A rough, deterministic measure of how much work running those nodes is."""
     graph = model.graph
     inits = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:  # weights held in Constant nodes (PaddlePaddle exports)
+        for a in node.attribute if node.op_type == "Constant" and node.output and node.output[0] else ():
+            if a.name == "value":
+                inits[node.output[0]] = list(a.t.dims)
 
     def per_sample(name: str) -> list[int] | None:
         dims, batched = shapes.get(name, ((), False))
@@ -290,19 +356,25 @@ def _constant_values(graph: onnx.GraphProto, fed: Sequence[str]) -> dict[str, in
     """Values computable from constants alone (initializers, Constant nodes and what is computed from
     them only), mapped to the index of the node producing them (None for initializers). ``fed`` values are not
     constants. Such values are recomputed in a cut model, not cached, so ORT folds them as it would in
-    the whole model."""
+    the whole model. The mapping is cached with the graph: callers only read it."""
+    st = _structure(graph)
+    key = tuple(sorted(set(fed)))
+    hit = st.constants.get(key)
+    if hit is not None:
+        return hit
     fed_set = set(fed)
     const: dict[str, int | None] = {t.name: None for t in graph.initializer if t.name not in fed_set}
     for i in graph.input:
         const.pop(i.name, None)  # an input with a default initializer can be overridden
-    for i, node in enumerate(graph.node):
-        ins = _node_inputs(node)
-        if node.op_type in _NONDETERMINISTIC or any(o in fed_set for o in node.output):
+    for i, (ins, outs) in enumerate(zip(st.inputs, st.outputs)):
+        if graph.node[i].op_type in _NONDETERMINISTIC or any(o in fed_set for o in outs):
             continue
         if all(x in const for x in ins):
-            for o in node.output:
-                if o:
-                    const[o] = i
+            for o in outs:
+                const[o] = i
+    st.constants[key] = const
+    while len(st.constants) > 8:
+        st.constants.popitem(last=False)
     return const
 
 
@@ -310,16 +382,17 @@ def boundary(model: onnx.ModelProto, start: Sequence[str], fed: Sequence[str] = 
     """Values the forward cone of ``start`` reads from outside that a prefix run must provide:
     outputs of nodes outside the cone (not initializers, not graph inputs, not the ``fed`` values)."""
     graph = model.graph
-    cone = [graph.node[i] for i in forward_cone(graph, start)]
-    produced = {o for n in cone for o in n.output if o}
+    st = _structure(graph)
+    cone = forward_cone(graph, start)
+    produced = {o for i in cone for o in st.outputs[i]}
     skip = produced | {t.name for t in graph.initializer} | {i.name for i in graph.input} | set(fed)
     skip |= set(_constant_values(graph, fed))
-    out: list[str] = []
-    for n in cone:
-        for name in _node_inputs(n):
-            if name not in skip and name not in out:
-                out.append(name)
-    return out
+    out: dict[str, None] = {}
+    for i in cone:
+        for name in st.inputs[i]:
+            if name not in skip:
+                out[name] = None
+    return list(out)
 
 
 def _value_info(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
@@ -357,15 +430,17 @@ def cut_model(
     cone_idx = forward_cone(graph, start) if nodes is None else sorted(nodes)
     if not cone_idx:
         raise CutError("nothing reads the site")
+    st = _structure(graph)
     cone = [graph.node[i] for i in cone_idx]
-    produced = {o for n in cone for o in n.output if o}
+    produced = {o for i in cone_idx for o in st.outputs[i]}
     initializers = {t.name: t for t in graph.initializer}
     graph_inputs = {i.name: i for i in graph.input}
-    needed: list[str] = []
-    for n in cone:
-        for name in _node_inputs(n):
-            if name not in produced and name not in needed:
-                needed.append(name)
+    needed_set: dict[str, None] = {}
+    for i in cone_idx:
+        for name in st.inputs[i]:
+            if name not in produced:
+                needed_set[name] = None
+    needed = list(needed_set)
     fed_set = set(fed)
     constants = _constant_values(graph, fed)
     const_needed: set[str] = set()
@@ -418,7 +493,7 @@ def cut_model(
                 keep_inits.append(initializers[v])
             continue
         const_node_ids.add(idx)
-        todo.extend(_node_inputs(graph.node[idx]))
+        todo.extend(st.inputs[idx])
     const_nodes = [graph.node[i] for i in sorted(const_node_ids)]
     sub = helper.make_graph(const_nodes + cone, f"{graph.name}_suffix", inputs, out_vi, initializer=keep_inits)
     keep_vi = [v for v in graph.value_info if v.name in produced]
@@ -441,7 +516,7 @@ def _checkpoint(
     name = start[0]
     if any(o.name == name for o in graph.output):
         return None
-    consumers = [n for n in graph.node if name in _node_inputs(n)]
+    consumers = [graph.node[i] for i in _structure(graph).readers.get(name, [])]
     if len(consumers) != 1:
         return None
     node = consumers[0]
@@ -453,6 +528,11 @@ def _checkpoint(
     if any(i not in initializers for i in others):
         return None
     x = _value_info(name, samples[name])
-    y = helper.make_tensor_value_info(node.output[0], x.type.tensor_type.elem_type, None)
+    elem = x.type.tensor_type.elem_type
+    if node.op_type == "QuantizeLinear":  # the zero point's type, else output_dtype (opset 21), else uint8
+        zp = initializers.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        attr = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), 0)
+        elem = zp.data_type if zp is not None else attr or onnx.TensorProto.UINT8
+    y = helper.make_tensor_value_info(node.output[0], elem, None)
     g = helper.make_graph([node], "onnxfi_checkpoint", [x], [y], initializer=[initializers[i] for i in others])
     return helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)

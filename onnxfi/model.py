@@ -25,6 +25,7 @@ __all__ = [
     "LoadedModel",
     "InputSpec",
     "load_model",
+    "inferred_shapes",
     "save_model",
     "parse_input_shape",
     "iter_tensor_protos",
@@ -310,7 +311,8 @@ def _apply_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, 
 _PROBE_BATCHES = (7, 11)
 
 
-def _inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+    """The shape of every value ``proto`` declares (value_info, outputs, inputs): ints, names or None."""
     out: dict[str, tuple[int | str | None, ...]] = {}
     for vi in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input]:
         tt = vi.type.tensor_type
@@ -353,7 +355,7 @@ def _batch_probe_shapes(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int | s
             probe = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
         except Exception:
             return {}
-        results.append(_inferred_shapes(probe))
+        results.append(inferred_shapes(probe))
     a, b = results
     out: dict[str, tuple[tuple[int | str | None, ...], bool]] = {}
     for name, sa in a.items():

@@ -628,3 +628,89 @@ def test_small_change_rule_is_a_function_of_the_site_alone() -> None:
     bound = 4.0 * 2.0**-20  # relative noise 2^-20 of the largest |y| (4)
     assert small_change_class(golden, {"y": bound}) == -20 + SMALL_CHANGE_MARGIN
     assert small_change_class(golden, {}) == float("-inf")  # no float output: only extreme values skip
+
+
+def _quantize_site_model(tmp_path: Path) -> str:
+    """x -> Mul(w) -> h -> QuantizeLinear -> q -> DequantizeLinear -> y: h's only consumer quantizes it."""
+    w = np.array([[1.0, -1.0, 0.5, 3.0]], dtype=np.float32)
+    g = oh.make_graph(
+        [oh.make_node("Mul", ["x", "w"], ["h"]), oh.make_node("QuantizeLinear", ["h", "s", "zp"], ["q"]),
+         oh.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+        "quant",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[onh.from_array(w, "w"), onh.from_array(np.array(0.05, np.float32), "s"),
+                     onh.from_array(np.array(3, np.int8), "zp")],
+    )
+    p = tmp_path / "quant.onnx"
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), p)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    return str(p)
+
+
+def test_exact_shortcut_through_a_quantize_linear(tmp_path: Path) -> None:
+    """A flip that QuantizeLinear rounds back to the same integers is masked without running the cone.
+    Every experiment the shortcut skipped is run anyway (shortcuts off, and the naive path): all masked,
+    and every outcome is the same on the three."""
+    model = _quantize_site_model(tmp_path)
+    data = str(tmp_path / "d.npz")
+    fast = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix"))
+    slow = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", shortcuts=False))
+    naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
+    assert fast.runner("h", True, False).describe()["shortcut"] is True
+    skipped = 0
+    for idx in range(4):
+        for bit in range(32):
+            a, b, c = (e.run(_exp("h", idx, bit), True, False) for e in (fast, slow, naive))
+            assert a["outcome"] == b["outcome"] == c["outcome"], (idx, bit)
+            assert b["path"] == "cone" and c["path"] == "naive"
+            if a["path"] == "cone+shortcut":
+                skipped += 1
+                assert b["masked"] and c["masked"], (idx, bit)
+    assert 0 < skipped < 4 * 32  # low mantissa bits round away; exponent and sign bits do not
+
+
+@pytest.mark.parametrize(("model", "data", "target", "n"), SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_sparse_plan_runs_baked_cones_and_matches_naive(model: str, data: str | None, target: str, n: int) -> None:
+    """With the plan's fault counts known (what run_campaign passes), the cost model runs weights with few
+    faults as a baked cone per fault, from one prefix run shared by every site: the same rows as naive,
+    and the path says why."""
+    from onnxfi.campaign import planned_faults
+
+    path = str(ZOO / model)
+    data_path = str(ZOO / "data" / data) if data else None
+    loaded = load_model(path)
+    sites = enumerate_sites(loaded.model, loaded.value_shapes).select(target, None, None, False)
+    plan = make_plan(path, sites, ["flip"], None, n, None, 0.99, 0.5, 5, target)
+    counts = planned_faults(plan)
+    few = min(counts.values())
+    assert few <= 3  # the plan has a sparse site
+    _, naive = _run(path, data_path, plan, "naive")
+    eng, fast = _run(path, data_path, plan, "suffix", site_faults=counts)
+    for e, a, b in zip(plan.experiments, naive, fast):
+        assert a["outcome"] == b["outcome"], (e, a["outcome"], b["outcome"])
+        for flag in ("masked", "sdc1", "sdc5", "critical", "due"):
+            assert a[flag] == b[flag], (e, flag)
+        assert a["images_changed"] == b["images_changed"]
+        for k in a["metrics"]:
+            assert _close(k, a["metrics"][k], b["metrics"][k]), (e, k, a["metrics"][k], b["metrics"][k])
+    one = next(e for e in plan.experiments if counts[e.site] == few)
+    assert fast[plan.experiments.index(one)]["path"] == "cone-baked"  # a few faults do not pay for a setup
+    if "int8" not in model:  # quantized weights run baked anyway
+        reason = eng.runner(one.site, True, True).describe()["reason"]
+        assert reason.startswith(f"{few} fault{'s' if few > 1 else ''} planned at this weight: a baked cone per "
+                                 "fault is the cheapest"), reason
+    assert eng.ctx.prefix_runs == 1  # one prefix run for every site
+
+
+def test_cost_model_prefers_split_or_fed_only_for_many_faults_on_expensive_cones() -> None:
+    from onnxfi.engine import cost
+
+    cheap = cost.ConeCost(session_s=0.002, run_s=0.002)  # a small CNN's cone: building costs a run
+    assert cost.baked_s(1000, cheap) <= cost.fed_s(1000, cheap)  # fed never pays when runs cost as much
+    big = cost.ConeCost(session_s=0.100, run_s=0.010)  # large weights, little compute
+    head = cost.ConeCost(session_s=0.005, run_s=0.005)
+    assert cost.baked_s(1, big) < cost.split_s(1, big, head) and cost.baked_s(1, big) < cost.fed_s(1, big)
+    assert cost.split_s(20, big, head) < cost.baked_s(20, big)
+    assert cost.fed_s(20, big) < cost.baked_s(20, big)
+    assert cost.fed_s(20, big, rerun=0.0) < cost.fed_s(20, big)  # --no-verify re-runs nothing

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxfi.cut import CutError, cone_macs, forward_cone
+from onnxfi.cut import CutError, cone_macs, cone_weight_bytes, forward_cone, weight_head, weight_start
+from onnxfi.engine import cost as cost_model
 from onnxfi.engine.base import Runner, is_runtime_failure
 from onnxfi.engine.cone import (
     ActivationConeRunner,
@@ -89,6 +90,64 @@ def choose_transient(ctx: Context, site: Site) -> Choice:
     return Choice(runner, runner.path, runner.reason)
 
 
+@dataclass
+class _Plan:
+    """What the cost model (:mod:`onnxfi.engine.cost`) says for a weight with ``k`` planned faults."""
+
+    k: int
+    baked: bool  # a baked cone per fault is the cheapest path
+    split: bool  # else: try the split (cheaper than fed and baked)
+    baked_over_fed: bool  # where the split cannot be made: baked rather than fed
+    reason: str
+    reason_fed: str
+
+
+def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
+    """The cost model's choice for a main-graph weight of a plan with known fault counts
+    (``cfg.site_faults``), from the sizes of its cone and head: nodes, weight bytes and multiply-adds over
+    the campaign data. None without counts (the default rules of ``_cone`` apply)."""
+    cfg = ctx.cfg
+    k = (cfg.site_faults or {}).get(site.name, 0) if cfg.mode == "suffix" else 0
+    if k <= 0:
+        return None
+    proto = ctx.model_proto()
+    name = site.tensor_name
+    shapes, n = ctx.sample_shapes(), max(1, ctx.data.size)
+    batches = -(-n // max(1, cfg.batch))
+    try:
+        start = weight_start(proto, name)
+        nodes = forward_cone(proto.graph, start)
+    except CutError:
+        return None
+
+    def cost(part: list[int]) -> cost_model.ConeCost:
+        return cost_model.ConeCost(cost_model.session_s(len(part), cone_weight_bytes(proto, part, [name])),
+                                   cost_model.run_s(len(part), batches, cone_macs(proto, part, shapes) * n))
+
+    cone = cost(nodes)
+    head: cost_model.ConeCost | None = None
+    # the split only where a cone run is big (rounding.split_pays): on small cones a head session costs as
+    # much as the whole cone's (measured on digits_cnn: 2.8 ms for Conv+BatchNormalization+Relu, 1.4 ms
+    # for the six-node cone)
+    if cfg.verify and (cfg.split or (cfg.split is None and split_pays(cone_macs(proto, nodes, shapes), n))):
+        try:
+            head = cost(weight_head(proto, name, start)[0])
+        except CutError:
+            head = None
+    baked = cost_model.baked_s(k, cone)
+    fed = cost_model.fed_s(k, cone, cost_model.FED_RERUN if cfg.verify else 0.0)
+    split = cost_model.split_s(k, cone, head) if head is not None else float("inf")
+    faults = f"{k} fault{'s' if k != 1 else ''} planned at this weight"
+    if cfg.split:  # forced by the caller
+        split = 0.0
+    best = min(baked, split, fed)
+    est = f"estimated {baked:.2g} s baked, {fed:.2g} s fed" + (f", {split:.2g} s split" if head is not None else "")
+    return _Plan(k, baked == best, split == best, baked <= fed,
+                 f"{faults}: a baked cone per fault is the cheapest path ({est})" if baked == best
+                 else f"{faults}: {'split' if split == best else 'fed'} cone ({est})",
+                 f"{faults}: a baked cone per fault costs less than a fed cone ({est})")
+
+
 def _cannot(what: str, e: BaseException) -> str:
     return f"onnxruntime cannot run {what} ({type(e).__name__}: {first_line(e, limit=200)})"
 
@@ -120,9 +179,19 @@ def _cone(ctx: Context, site: Site) -> Runner:
     cfg = ctx.cfg
     if site.graph:
         raise CutError("site is inside a subgraph")
+    plan = _plan_costs(ctx, site)
+    if plan is not None and plan.baked:
+        few = BakedWeightRunner(WeightCone(ctx, site, False, fed=False), plan.reason)
+        if cfg.verify:
+            few.check_faithful()
+        return few
     proto = ctx.model_proto()
-    want_head = cfg.verify and (cfg.split or (cfg.split is None and split_pays(
-        cone_macs(proto, forward_cone(proto.graph, [site.tensor_name]), ctx.loaded.value_shapes), ctx.data.size)))
+    if plan is not None:
+        want_head = cfg.verify and plan.split
+    else:
+        want_head = cfg.verify and (cfg.split or (cfg.split is None and split_pays(
+            cone_macs(proto, forward_cone(proto.graph, [site.tensor_name]), ctx.loaded.value_shapes),
+            ctx.data.size)))
     cone = WeightCone(ctx, site, bool(want_head))
     runner: BakedWeightRunner | SplitWeightRunner | FedWeightRunner
     if cone.quantized:
@@ -132,7 +201,7 @@ def _cone(ctx: Context, site: Site) -> Runner:
         split_reason = ""
         if cone.head is not None:
             try:
-                split = SplitWeightRunner(cone)
+                split = SplitWeightRunner(cone, plan.reason if plan is not None else "")
             except CutError:
                 split = None
             except Exception as e:
@@ -141,9 +210,11 @@ def _cone(ctx: Context, site: Site) -> Runner:
                 split_reason = _cannot("the split cone", e)
         if split is not None:
             runner = split
+        elif plan is not None and plan.baked_over_fed:  # the split was the cheaper plan but cannot be made
+            runner = BakedWeightRunner(cone, _join(split_reason, plan.reason_fed))
         else:
             try:
-                runner = FedWeightRunner(cone, split_reason)
+                runner = FedWeightRunner(cone, _join(split_reason, plan.reason if plan is not None else ""))
             except FoldedWeight as e:
                 runner = BakedWeightRunner(cone, _join(split_reason, str(e)), golden=e.reference)
             except Exception as e:

@@ -165,7 +165,7 @@ class WeightCone:
     baked cut (starting a few nodes earlier, so the patterns ORT fuses around a constant weight --
     Conv+BatchNormalization, QDQ -- are whole in it), and the weight's fault-free value."""
 
-    def __init__(self, ctx: Context, site: Site, want_head: bool) -> None:
+    def __init__(self, ctx: Context, site: Site, want_head: bool, fed: bool = True) -> None:
         if site.graph:
             raise CutError("site is inside a subgraph")
         self.ctx, self.site = ctx, site
@@ -177,7 +177,7 @@ class WeightCone:
         # quantized weights always run baked; exposing the fed cone's float inputs would break the QDQ
         # fusions of the prefix, so only the baked cone's boundary is cached for them
         self.quantized = is_quantized_weight(proto, name, info.numpy)
-        if self.quantized:
+        if self.quantized or not fed:  # no fed cone: only the baked cone's boundary is cached
             start = bake_start
         expose = list(dict.fromkeys(boundary(proto, start, [name]) + boundary(proto, bake_start, [name])))
         self.head: tuple[list[int], list[str]] | None = None
@@ -223,6 +223,14 @@ class WeightCone:
         return _run_cut(self.ctx, self.chunks, self.bake_cut, self.site.tensor_name, self.baked_session(weight),
                         lambda c: weight, False)
 
+    def reference(self) -> Outputs:
+        """The baked cone's fault-free outputs (what naive computes, up to the cut's rounding): computed once
+        per cone start and prefix run, shared by the weights whose baked cones start at the same values (a
+        layer's weight, bias and BatchNormalization parameters): their fault-free cones are the same nodes
+        and weights fed the same cached values (the key is the cone's node set and the prefix run)."""
+        nodes = tuple(forward_cone(self.ctx.model_proto().graph, self.bake_start))
+        return self.ctx.shared(("reference", nodes, id(self.chunks)), self.chunks, lambda: self.baked_run(self.original))
+
     def fed_run(self, session: Any, weight: np.ndarray) -> Outputs:
         """The model outputs with ``weight`` fed to the fed cone's ``session``."""
         return _run_cut(self.ctx, self.chunks, self.cut, self.site.tensor_name, session, lambda c: weight, True)
@@ -265,7 +273,7 @@ class BakedWeightRunner(_WeightRunner):
     def __init__(self, cone: WeightCone, reason: str = "", golden: Outputs | None = None) -> None:
         super().__init__(cone, reason)
         t0 = time.perf_counter()
-        self.golden = golden if golden is not None else cone.baked_run(cone.original)
+        self.golden = golden if golden is not None else cone.reference()
         self.golden_time = time.perf_counter() - t0
 
     def result(self, exp: Experiment) -> Result:
@@ -292,7 +300,7 @@ class SplitWeightRunner(_WeightRunner):
         self.rest_cut = cut_model(proto, ends, ends, cone.chunks[0]) if forward_cone(proto.graph, ends) else None
         self.rest = (self.ctx.session(self.rest_cut.model.SerializeToString())
                      if self.rest_cut is not None else None)
-        self.reference = cone.baked_run(cone.original)
+        self.reference = cone.reference()
         self.head_golden = self._head_run(cone.original)
         split_golden = self._rest_run(self.head_golden)
         if not all(same_bits(split_golden[k], g) for k, g in self.reference.items()):
@@ -353,7 +361,7 @@ class FedWeightRunner(_WeightRunner):
         t0 = time.perf_counter()
         self.golden = cone.fed_run(self.session, cone.original)
         self.golden_time = time.perf_counter() - t0
-        self.reference = cone.baked_run(cone.original)
+        self.reference = cone.reference()
         with np.errstate(invalid="ignore"):
             bounds = noise_bounds(self.golden, self.reference)
         if bounds is None:

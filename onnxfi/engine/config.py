@@ -44,3 +44,8 @@ class EngineConfig:
     # (exact, no re-runs) where that reproduces the baked cone; None: only where one cone run is at least
     # rounding.SPLIT_MIN_MACS (on small models a session build per fault costs more than the re-runs it saves)
     split: bool | None = None
+    # persistent faults the campaign's plan puts at each site (run_campaign sets it, never stored): the
+    # chooser's cost model takes a baked cone per fault, which needs no per-site setup beyond the shared
+    # prefix and reference, where few faults share a site; and the prefix run exposes what all the planned
+    # baked cones read at once. None (a plan that grows, the API, tests): every site counts as many faults.
+    site_faults: dict[str, int] | None = None

@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxfi.cut import CutError
+from onnxfi.cut import CutError, boundary, weight_start
 from onnxfi.data import Dataset, make_dataset
 from onnxfi.engine.config import EngineConfig
 from onnxfi.engine.rounding import noise_bounds
 from onnxfi.errors import OnnxfiError
-from onnxfi.model import LoadedModel, load_model
+from onnxfi.model import LoadedModel, inferred_shapes, load_model
 from onnxfi.runtime import concat_batches, make_session, run_batches, run_chunks
 from onnxfi.scoring import OutputChoice, choose_output, describe_shapes
 from onnxfi.sites import SiteIndex, enumerate_sites
@@ -47,6 +47,11 @@ class Context:
         self._model_bytes: bytes | None = None
         self._value_map: dict[str, ir.Value] | None = None
         self._prefixes: OrderedDict[tuple[str, ...], tuple[Chunks, int]] = OrderedDict()
+        # the prefix run exposing what every planned baked weight cone reads (None: not made yet; False:
+        # not possible, e.g. over the cache budget) and its names
+        self._planned: tuple[Chunks, int, frozenset[str]] | None | bool = None
+        self._shared: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._sample_shapes: dict[str, tuple[tuple[int | str | None, ...], bool]] | None = None
         self._model_outputs: Chunks | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
         # The scored output and how it is read, chosen once per worker from the clean run over the eval data
@@ -81,6 +86,85 @@ class Context:
         if hit is not None:
             self._prefixes.move_to_end(key)
             return hit
+        planned = self._planned_prefix()
+        if planned is not None and planned[2].issuperset(expose):
+            return planned[0], planned[1]
+        chunks, used = self._prefix_run(expose)
+        self._prefixes[key] = (chunks, used)
+        while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
+            self._prefixes.popitem(last=False)
+        return chunks, used
+
+    def _planned_prefix(self) -> tuple[Chunks, int, frozenset[str]] | None:
+        """One prefix run exposing the values every planned main-graph weight's baked cone reads
+        (``cfg.site_faults``): a campaign with faults spread over hundreds of weights pays one prefix run, not
+        one per site. Only those values are exposed: they are the inputs of the nodes computing with a weight
+        (or of the node before, for a folded BatchNormalization), where ORT's fusion patterns begin, so
+        exposing them leaves the other values of the run as the whole model computes them. None where there
+        is no plan, or the run would not fit in ``--cache-mb`` (each site then runs its own)."""
+        if self._planned is None:
+            self._planned = False
+            planned = self.cfg.site_faults or {}
+            if len(planned) > 1:
+                proto = self.model_proto()
+                names: dict[str, None] = {}
+                for site in self.index.sites:
+                    if site.kind == "weight" and not site.graph and site.name in planned:
+                        try:
+                            start = weight_start(proto, site.tensor_name)
+                            names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
+                        except CutError:
+                            continue
+                if names:
+                    try:
+                        chunks, used = self._prefix_run(list(names))
+                        self._planned = (chunks, used, frozenset(names))
+                    except CutError:
+                        pass
+        return self._planned if isinstance(self._planned, tuple) else None
+
+    def sample_shapes(self) -> dict[str, tuple[tuple[int | str | None, ...], bool]]:
+        """Every value's shape for one sample of the campaign data, in the form of ``cut.cone_macs`` (the
+        inputs fixed to the data's shapes with one sample; -1 and symbolic dims resolved where shape
+        inference can): what the cost model counts multiply-adds with. Computed once; {} where shape
+        inference fails."""
+        if self._sample_shapes is None:
+            probe = onnx.ModelProto()
+            probe.CopyFrom(self.model_proto())
+            del probe.graph.value_info[:]
+            for vi in probe.graph.input:
+                value = self.data.feeds.get(vi.name)
+                if value is None or not vi.type.HasField("tensor_type"):
+                    continue
+                dims = list(value.shape)
+                ax = self.data.axis(vi.name)
+                if ax is not None:
+                    dims[ax] = 1
+                shape = vi.type.tensor_type.shape
+                del shape.dim[:]
+                for d in dims:
+                    shape.dim.add().dim_value = d
+            try:
+                probe = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
+                self._sample_shapes = {k: (v, False) for k, v in inferred_shapes(probe).items()}
+            except Exception:  # shape inference raises many types on odd models
+                self._sample_shapes = {}
+        return self._sample_shapes
+
+    def shared(self, key: tuple[Any, ...], keep: Any, compute: Any) -> Any:
+        """A value several runners share (e.g. the fault-free outputs of one cone), computed on first use;
+        ``keep`` is held with it (what ``key`` names by id, so the id is not reused). The last 16 are kept."""
+        hit = self._shared.get(key)
+        if hit is not None:
+            self._shared.move_to_end(key)
+            return hit[1]
+        value = compute()
+        self._shared[key] = (keep, value)
+        while len(self._shared) > 16:
+            self._shared.popitem(last=False)
+        return value
+
+    def _prefix_run(self, expose: list[str]) -> tuple[Chunks, int]:
         cfg = self.cfg
         if self._model_bytes is None:
             self._model_bytes = self.model_proto().SerializeToString()
@@ -97,9 +181,6 @@ class Context:
         chunks = run_chunks(make_session(source, cfg.provider, threads=cfg.threads), self.data, batch=cfg.batch,
                             keep_feeds=True, each=budget)
         self.prefix_runs += 1
-        self._prefixes[key] = (chunks, used[0])
-        while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
-            self._prefixes.popitem(last=False)
         return chunks, used[0]
 
     def model_outputs(self, fresh: bool = False) -> Chunks:
