@@ -13,7 +13,8 @@ first output changes for some sample; classification outputs ``[N, C]`` only, el
 
     python bench/naive_injector.py MODEL PLAN.json DATA.npz --out rows.json [--limit K] [--seed S]
 
-``--limit K`` runs a seeded random subset of K experiments (the rate of the rest is the same per
+Inputs are the .npz members named like the model's inputs (axis 0: samples), run ``--batch`` samples at a
+time (onnxfi's default, 256, so both compute the same batches). ``--limit K`` runs a seeded random subset of K experiments (the rate of the rest is the same per
 experiment: the bench extrapolates and says so). Only single bit flips of weights are supported.
 """
 
@@ -51,8 +52,11 @@ def flip(tensor: onnx.TensorProto, index: int, bit: int) -> None:
     tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
 
 
-def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return [np.asarray(x) for x in session.run(None, feeds)]
+def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    """Every output over the data, ``batch`` samples per run (the sample axis is axis 0 of every input)."""
+    n = len(next(iter(feeds.values())))
+    parts = [session.run(None, {k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
 
 
 def flags(out: list[np.ndarray], gold: list[np.ndarray]) -> dict[str, object]:
@@ -75,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=256, help="samples per run (onnxfi's default batch)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     model = onnx.load(args.model)
+    names = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     with np.load(args.data, allow_pickle=False) as z:
-        feeds = {k: z[k] for k in z.files}
+        feeds = {k: z[k] for k in z.files if k in names}  # labels and other members are not inputs
     with open(args.plan) as f:
         plan = json.load(f)
     exps = [e for e in plan["experiments"] if e.get("image") is None]
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         so.intra_op_num_threads = args.threads
     providers = ["CPUExecutionProvider"]
-    gold = run(ort.InferenceSession(model.SerializeToString(), so, providers=providers), feeds)
+    gold = run(ort.InferenceSession(model.SerializeToString(), so, providers=providers), feeds, args.batch)
     t_ready = time.perf_counter()
     rows = {}
     for e in exps:
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         m.CopyFrom(model)
         flip(tensors(m)[e["site"]], int(e["index"]), int(e["fault"]["bits"][0]))
         try:
-            out = run(ort.InferenceSession(m.SerializeToString(), so, providers=providers), feeds)
+            out = run(ort.InferenceSession(m.SerializeToString(), so, providers=providers), feeds, args.batch)
             rows[e["id"]] = flags(out, gold)
         except Exception as err:  # the faulty model fails to build or run: a crash
             rows[e["id"]] = {"crash": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}

@@ -93,6 +93,18 @@ class _Structure:
         self.producer: dict[str, int] = {o: i for i, outs in enumerate(self.outputs) for o in outs}
         self.constants: OrderedDict[tuple[str, ...], dict[str, int | None]] = OrderedDict()
         self._weight_bytes: dict[str, int] | None = None
+        self._weight_dims: dict[str, list[int]] | None = None
+
+    def weight_dims(self) -> dict[str, list[int]]:
+        """Dims of each initializer and Constant-node value, by name."""
+        if self._weight_dims is None:
+            dims = {t.name: list(t.dims) for t in self.graph.initializer}
+            for node in self.graph.node:  # weights held in Constant nodes (PaddlePaddle exports)
+                for a in node.attribute if node.op_type == "Constant" and node.output and node.output[0] else ():
+                    if a.name == "value":
+                        dims[node.output[0]] = list(a.t.dims)
+            self._weight_dims = dims
+        return self._weight_dims
 
     def weight_bytes(self) -> dict[str, int]:
         """Bytes of each initializer and Constant-node value, by name."""
@@ -318,11 +330,7 @@ def cone_macs(
     the statically inferred ``shapes`` (name -> (dims, batched)); a node with an unknown shape counts 0.
     A rough, deterministic measure of how much work running those nodes is."""
     graph = model.graph
-    inits = {t.name: list(t.dims) for t in graph.initializer}
-    for node in graph.node:  # weights held in Constant nodes (PaddlePaddle exports)
-        for a in node.attribute if node.op_type == "Constant" and node.output and node.output[0] else ():
-            if a.name == "value":
-                inits[node.output[0]] = list(a.t.dims)
+    inits = _structure(graph).weight_dims()
 
     def per_sample(name: str) -> list[int] | None:
         dims, batched = shapes.get(name, ((), False))

@@ -129,6 +129,17 @@ def task_metric(
     return "max_abs_error", metrics.error_stats(out, golden)["max_abs"]
 
 
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same shape and the same bytes (NaN payloads and the sign of zero included), without copying to
+    bytes objects (a segmentation output is tens of MB)."""
+    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":
+        return bool(a.tobytes() == b.tobytes())
+    return bool(np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+                               np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
+
+
 def classify(
     golden: Mapping[str, np.ndarray],
     faulty: Mapping[str, np.ndarray],
@@ -145,9 +156,7 @@ def classify(
     out: inferred from golden's shape and ``task``). Decisions, images changed and the task metric come
     from that layout: a pixel flip of a binary mask is an SDC-1, a small change that flips no pixel is not.
     """
-    masked = all(
-        faulty[k].shape == g.shape and faulty[k].tobytes() == g.tobytes() for k, g in golden.items()
-    )
+    masked = all(_same_bytes(faulty[k], g) for k, g in golden.items())
     out, gold = faulty[primary], golden[primary]
     layout = layout or metrics.infer_layout(gold, task)
     task = metrics.layout_task(layout)

@@ -57,15 +57,17 @@ def conv_bn_model(tmp_path: Path) -> tuple[str, str]:
     return str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Plan, EngineConfig, Path]:
+@pytest.fixture(scope="module", params=[False, True], ids=["default-rules", "cost-model"])
+def setup(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> tuple[Plan, EngineConfig, Path]:
+    """The plan and config, once with the chooser's default rules (the fed cone and its baked re-runs, the
+    paths whose choice once depended on history) and once with the cost model (baked cones per fault)."""
     tmp = tmp_path_factory.mktemp("det")
     model, data = conv_bn_model(tmp)
     loaded = load_model(model)
     # every weight, and the two small activations (the big ones would take most of a proportional sample)
     sites = enumerate_sites(loaded.model, loaded.value_shapes).select("all", "^(cw|g|b|mu|var|p|y)$")
     plan = make_plan(model, sites, n_faults=N_FAULTS, seed=11)
-    return plan, EngineConfig(model, data_path=data), tmp
+    return plan, EngineConfig(model, data_path=data, cost_model=request.param), tmp
 
 
 def _campaign(plan: Plan, cfg: EngineConfig, db: Path, stop_after: int | None = None,
@@ -97,12 +99,16 @@ def _check_same(a: list[dict[str, Any]], b: list[dict[str, Any]], plan: Plan) ->
         assert row_key(ra) == row_key(rb), (ra["site"], ra["idx"], ra["bit"])
 
 
-def test_the_model_takes_the_history_sensitive_paths(one_worker: list[dict[str, Any]]) -> None:
+def test_the_model_takes_the_history_sensitive_paths(setup: tuple[Plan, EngineConfig, Path],
+                                                     one_worker: list[dict[str, Any]]) -> None:
     """The campaign exercises what the test is about: fed weight runs, some re-run baked, activations,
     and every row names its path."""
     paths = {r["path"] for r in one_worker}
     assert None not in paths
-    assert {"cone", "cone+baked", "port"} <= paths
+    if setup[1].cost_model:
+        assert {"cone-baked", "port"} <= paths
+    else:
+        assert {"cone", "cone+baked", "port"} <= paths
     assert {r["kind"] for r in one_worker} == {"weight", "activation"}
     assert not any(r["crash"] for r in one_worker)
 

@@ -73,7 +73,8 @@ class Runner:
 
     ``path`` names the path (stored with every row), ``reason`` says why it was chosen over the faster
     ones (empty when it is the first choice), ``golden`` holds the fault-free outputs of the same
-    computation, ``golden_time`` how long computing them took, and ``cache_bytes`` what it keeps."""
+    computation, ``golden_time`` how long computing them took, ``cache_bytes`` what it keeps (beyond what the context shares),
+    and ``sessions`` how many ONNX Runtime sessions it keeps open."""
 
     path = "runner"
 
@@ -82,6 +83,7 @@ class Runner:
         self.golden: Outputs = {}
         self.golden_time = 0.0
         self.cache_bytes = 0
+        self.sessions = 1  # ONNX Runtime sessions it keeps open
 
     def result(self, exp: Experiment) -> Result:
         raise NotImplementedError

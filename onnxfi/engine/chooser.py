@@ -107,7 +107,7 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     (``cfg.site_faults``), from the sizes of its cone and head: nodes, weight bytes and multiply-adds over
     the campaign data. None without counts (the default rules of ``_cone`` apply)."""
     cfg = ctx.cfg
-    k = (cfg.site_faults or {}).get(site.name, 0) if cfg.mode == "suffix" else 0
+    k = (cfg.site_faults or {}).get(site.name, 0) if cfg.mode == "suffix" and cfg.cost_model else 0
     if k <= 0:
         return None
     proto = ctx.model_proto()
@@ -140,10 +140,12 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     faults = f"{k} fault{'s' if k != 1 else ''} planned at this weight"
     if cfg.split:  # forced by the caller
         split = 0.0
-    best = min(baked, split, fed)
+    # baked unless another path is clearly cheaper: the estimates are rough, and a baked cone has no
+    # rounding question to re-run
+    best = min(baked * cost_model.MARGIN, split, fed)
     est = f"estimated {baked:.2g} s baked, {fed:.2g} s fed" + (f", {split:.2g} s split" if head is not None else "")
-    return _Plan(k, baked == best, split == best, baked <= fed,
-                 f"{faults}: a baked cone per fault is the cheapest path ({est})" if baked == best
+    return _Plan(k, baked * cost_model.MARGIN == best, split == best, baked * cost_model.MARGIN <= fed,
+                 f"{faults}: a baked cone per fault is the cheapest path ({est})" if baked * cost_model.MARGIN == best
                  else f"{faults}: {'split' if split == best else 'fed'} cone ({est})",
                  f"{faults}: a baked cone per fault costs less than a fed cone ({est})")
 

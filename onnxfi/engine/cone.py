@@ -188,6 +188,7 @@ class WeightCone:
             except CutError:
                 self.head = None
         self.start, self.bake_start = start, bake_start
+        self.expose = expose
         self.chunks, self.cache_bytes = ctx.prefix(expose)
         self.original: np.ndarray = ctx.index.weight_array(site).copy()
         self.values = {**self.chunks[0], name: self.original}
@@ -229,7 +230,8 @@ class WeightCone:
         layer's weight, bias and BatchNormalization parameters): their fault-free cones are the same nodes
         and weights fed the same cached values (the key is the cone's node set and the prefix run)."""
         nodes = tuple(forward_cone(self.ctx.model_proto().graph, self.bake_start))
-        return self.ctx.shared(("reference", nodes, id(self.chunks)), self.chunks, lambda: self.baked_run(self.original))
+        return self.ctx.shared(("reference", nodes, self.ctx.prefix_key(self.expose)),
+                               lambda: self.baked_run(self.original))
 
     def fed_run(self, session: Any, weight: np.ndarray) -> Outputs:
         """The model outputs with ``weight`` fed to the fed cone's ``session``."""
@@ -272,6 +274,7 @@ class BakedWeightRunner(_WeightRunner):
 
     def __init__(self, cone: WeightCone, reason: str = "", golden: Outputs | None = None) -> None:
         super().__init__(cone, reason)
+        self.sessions = 0  # one per fault, dropped after its run
         t0 = time.perf_counter()
         self.golden = golden if golden is not None else cone.reference()
         self.golden_time = time.perf_counter() - t0

@@ -49,3 +49,6 @@ class EngineConfig:
     # prefix and reference, where few faults share a site; and the prefix run exposes what all the planned
     # baked cones read at once. None (a plan that grows, the API, tests): every site counts as many faults.
     site_faults: dict[str, int] | None = None
+    # False: the chooser ignores site_faults and takes the fed/split paths by its default rules (what the
+    # tests of those paths, and a comparison with the cost model, run)
+    cost_model: bool = True

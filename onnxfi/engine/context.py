@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnx_ir as ir
 from onnxfi.cut import CutError, boundary, weight_start
 from onnxfi.data import Dataset, make_dataset
 from onnxfi.engine.config import EngineConfig
-from onnxfi.engine.rounding import noise_bounds
+from onnxfi.engine.rounding import noise_bounds, same_bits
 from onnxfi.errors import OnnxfiError
 from onnxfi.model import LoadedModel, inferred_shapes, load_model
 from onnxfi.runtime import concat_batches, make_session, run_batches, run_chunks
@@ -25,6 +26,7 @@ from onnxfi.sites import SiteIndex, enumerate_sites
 __all__ = ["Context"]
 
 Chunks = list[dict[str, np.ndarray]]
+Outputs = dict[str, np.ndarray]
 
 
 class Context:
@@ -50,7 +52,7 @@ class Context:
         # the prefix run exposing what every planned baked weight cone reads (None: not made yet; False:
         # not possible, e.g. over the cache budget) and its names
         self._planned: tuple[Chunks, int, frozenset[str]] | None | bool = None
-        self._shared: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._shared: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
         self._sample_shapes: dict[str, tuple[tuple[int | str | None, ...], bool]] | None = None
         self._model_outputs: Chunks | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
@@ -76,19 +78,20 @@ class Context:
 
     def prefix(self, expose: list[str]) -> tuple[Chunks, int]:
         """The fault-free model run once over the data with ``expose`` added to its outputs: per batch,
-        every output, every exposed value and the feeds; and the bytes the exposed values take.
+        every output, every exposed value and the feeds; and the bytes the exposed values take (0 for the
+        planned prefix run, which the context keeps for the whole campaign).
 
         Sites that need the same values (a layer's weight and bias) share one run. The exposed model is
         the serialized model with a ModelProto holding only the extra graph outputs appended (protobuf
         merges the repeated field), so no copy of the model is made."""
+        planned = self._planned_prefix()
+        if planned is not None and planned[2].issuperset(expose):
+            return planned[0], 0  # held by the context for the whole campaign, not by the runners using it
         key = tuple(sorted(expose))
         hit = self._prefixes.get(key)
         if hit is not None:
             self._prefixes.move_to_end(key)
             return hit
-        planned = self._planned_prefix()
-        if planned is not None and planned[2].issuperset(expose):
-            return planned[0], planned[1]
         chunks, used = self._prefix_run(expose)
         self._prefixes[key] = (chunks, used)
         while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
@@ -151,16 +154,26 @@ class Context:
                 self._sample_shapes = {}
         return self._sample_shapes
 
-    def shared(self, key: tuple[Any, ...], keep: Any, compute: Any) -> Any:
-        """A value several runners share (e.g. the fault-free outputs of one cone), computed on first use;
-        ``keep`` is held with it (what ``key`` names by id, so the id is not reused). The last 16 are kept."""
+    def prefix_key(self, expose: list[str]) -> tuple[str, ...]:
+        """Which fault-free run :meth:`prefix` serves ``expose`` from: runs with the same key give the same
+        values (what values computed from the prefix may be shared under)."""
+        planned = self._planned_prefix()
+        if planned is not None and planned[2].issuperset(expose):
+            return ("<planned>",)
+        return tuple(sorted(expose))
+
+    def shared(self, key: tuple[Any, ...], compute: Callable[[], Outputs]) -> Outputs:
+        """Outputs several runners share (the fault-free outputs of one cone), computed on first use; kept
+        while they take at most an eighth of ``--cache-mb`` (oldest dropped first)."""
         hit = self._shared.get(key)
         if hit is not None:
             self._shared.move_to_end(key)
-            return hit[1]
+            return hit
         value = compute()
-        self._shared[key] = (keep, value)
-        while len(self._shared) > 16:
+        self._shared[key] = value
+        budget = self.cfg.cache_mb * 2**20 / 8
+        while len(self._shared) > 1 and sum(
+                a.nbytes for v in self._shared.values() for a in v.values()) > budget:
             self._shared.popitem(last=False)
         return value
 
@@ -198,6 +211,8 @@ class Context:
         rounding (``rounding.noise_bounds``: the same decisions and non-finite values, within 64 units
         in the last place)."""
         want = concat_batches(self.model_outputs())
+        if all(same_bits(np.asarray(outputs[k]), v) for k, v in want.items()):
+            return True
         with np.errstate(invalid="ignore"):
             return noise_bounds({k: np.asarray(outputs[k]) for k in want}, want) is not None
 

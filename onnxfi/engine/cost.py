@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConeCost", "session_s", "run_s", "FED_RERUN", "baked_s", "split_s", "fed_s"]
+__all__ = ["ConeCost", "session_s", "run_s", "FED_RERUN", "MARGIN", "baked_s", "split_s", "fed_s"]
 
 SESSION_BASE_S = 0.5e-3
 SESSION_PER_NODE_S = 0.15e-3
@@ -44,6 +44,8 @@ FED_RERUN = 0.5
 # (measured 2-4x on digits_cnn's convolutions; about 1.1x on ResNet-18's, where compute dominates)
 FED_RUN_FACTOR = 2.0
 FED_CHECK_S = 0.3e-3
+# another path is taken only where it is estimated at most this share of the baked cost
+MARGIN = 0.8
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,11 @@ class Engine:
         else:
             r = choose(self.ctx, self.ctx.index.get(site_name), needs_bits, needs_values).runner
         self._runners[key] = r
+        # runners that keep sessions count against max_sessions (a baked cone per fault keeps none, so a plan
+        # spread over hundreds of weights does not rebuild them round after round)
         while len(self._runners) > 1 and (
-            len(self._runners) > self.cfg.max_sessions
+            sum(x.sessions for x in self._runners.values()) > self.cfg.max_sessions
+            or len(self._runners) > 16 * self.cfg.max_sessions
             or sum(x.cache_bytes for x in self._runners.values()) > self.cfg.cache_mb * 2**20
         ):
             self._runners.popitem(last=False)
