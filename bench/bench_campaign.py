@@ -159,6 +159,8 @@ def known_modes() -> tuple[str, ...]:
 def run_onnxfi(mode: str, cfg: EngineConfig, exps: Sequence[Experiment]) -> ModeResult:
     """Run ``exps`` in-process with the engine in ``mode``; per-site session setup is timed apart."""
     cfg = replace(cfg, mode="suffix", verify=False) if mode == "suffix-noverify" else replace(cfg, mode=mode)
+    if "site_faults" in EngineConfig.__dataclass_fields__:  # the cost model sees the plan, as in run_campaign
+        cfg = replace(cfg, site_faults=dict(Counter(e.site for e in exps if e.image is None)))
     t0 = time.perf_counter()
     engine = Engine(cfg)
     per_site: dict[str, SiteTiming] = {}
@@ -436,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EngineConfig(str(model_path), data_path=str(data_path) if data_path else None, samples=args.batch,
                        batch=args.batch, threads=args.threads, mode="port")
     probe = Engine(cfg)
-    feeds = probe.data.batch(0, args.batch)
-    labels = probe.data.labels
+    feeds = probe.ctx.data.batch(0, args.batch)
+    labels = probe.ctx.data.labels
     del probe
     info = machine()
     out(f"== bench_campaign: {model_path.name}, batch {args.batch}, {args.threads} threads")

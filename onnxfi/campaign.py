@@ -42,12 +42,13 @@ class CampaignResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def planned_faults(plan: Plan) -> dict[str, int] | None:
+def planned_faults(plan: Plan) -> dict[str, int]:
     """Persistent faults per site of a plan whose experiments are all known up front (the chooser's cost
-    model, :attr:`onnxfi.engine.EngineConfig.site_faults`); None for an adaptive plan, which grows where
-    the rates vary, so its first rounds say little about how many faults a site will get."""
+    model, :attr:`onnxfi.engine.EngineConfig.site_faults`); empty for an adaptive plan, which grows where
+    the rates vary (its first rounds say little about how many faults a site will get, and a site's path
+    must not change as it grows): the cost model then compares the paths' cost per fault alone."""
     if plan.design == "adaptive":
-        return None
+        return {}
     counts: dict[str, int] = defaultdict(int)
     for e in plan.experiments:
         if e.image is None:

@@ -979,10 +979,10 @@ def segmentation_metrics(
         already_probs = is_probability(gold_arr, axis=1)
         ent_sum = msp_sum = 0.0
         ent_count = msp_count = 0
-        # A group of images at a time (about 64 MB of float64): a copy of a whole [N, C, H, W] batch can be
+        # A group of images at a time (about 2 MB of float64, cache-sized): a copy of a whole [N, C, H, W] batch can be
         # gigabytes, and one image at a time costs a Python round per image. Sums are taken per image.
         good = np.flatnonzero(ok)
-        group = max(1, 2**23 // max(1, int(np.prod(out_arr.shape[1:]))))
+        group = max(1, 2**18 // max(1, int(np.prod(out_arr.shape[1:]))))
         for g0 in range(0, len(good), group):
             idx = good[g0:g0 + group]
             images = out_arr[idx].astype(np.float64)

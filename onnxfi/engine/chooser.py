@@ -90,6 +90,10 @@ def choose_transient(ctx: Context, site: Site) -> Choice:
     return Choice(runner, runner.path, runner.reason)
 
 
+# the fault count the cost model assumes where the plan does not say (an adaptive plan): setup costs vanish
+UNKNOWN_FAULTS = 10**6
+
+
 @dataclass
 class _Plan:
     """What the cost model (:mod:`onnxfi.engine.cost`) says for a weight with ``k`` planned faults."""
@@ -107,9 +111,11 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     (``cfg.site_faults``), from the sizes of its cone and head: nodes, weight bytes and multiply-adds over
     the campaign data. None without counts (the default rules of ``_cone`` apply)."""
     cfg = ctx.cfg
-    k = (cfg.site_faults or {}).get(site.name, 0) if cfg.mode == "suffix" and cfg.cost_model else 0
-    if k <= 0:
+    if cfg.site_faults is None or cfg.mode != "suffix" or not cfg.cost_model:
         return None
+    k = cfg.site_faults.get(site.name, 0)
+    if k <= 0:  # counts unknown (a plan that grows): the cheapest path per fault, setup left out
+        k = UNKNOWN_FAULTS
     proto = ctx.model_proto()
     name = site.tensor_name
     shapes, n = ctx.sample_shapes(), max(1, ctx.data.size)
@@ -137,7 +143,8 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     baked = cost_model.baked_s(k, cone)
     fed = cost_model.fed_s(k, cone, cost_model.FED_RERUN if cfg.verify else 0.0)
     split = cost_model.split_s(k, cone, head) if head is not None else float("inf")
-    faults = f"{k} fault{'s' if k != 1 else ''} planned at this weight"
+    faults = (f"{k} fault{'s' if k != 1 else ''} planned at this weight" if k != UNKNOWN_FAULTS
+              else "faults at this weight not known in advance")
     if cfg.split:  # forced by the caller
         split = 0.0
     # baked unless another path is clearly cheaper: the estimates are rough, and a baked cone has no

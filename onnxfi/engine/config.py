@@ -45,9 +45,9 @@ class EngineConfig:
     # rounding.SPLIT_MIN_MACS (on small models a session build per fault costs more than the re-runs it saves)
     split: bool | None = None
     # persistent faults the campaign's plan puts at each site (run_campaign sets it, never stored): the
-    # chooser's cost model takes a baked cone per fault, which needs no per-site setup beyond the shared
-    # prefix and reference, where few faults share a site; and the prefix run exposes what all the planned
-    # baked cones read at once. None (a plan that grows, the API, tests): every site counts as many faults.
+    # chooser's cost model (onnxfi.engine.cost) picks each weight's path from it and the cone's size, and
+    # the prefix run exposes what all the planned baked cones read at once. Empty: counts not known (a plan
+    # that grows), the cheapest path per fault. None (the API, tests): the chooser's default rules.
     site_faults: dict[str, int] | None = None
     # False: the chooser ignores site_faults and takes the fed/split paths by its default rules (what the
     # tests of those paths, and a comparison with the cost model, run)

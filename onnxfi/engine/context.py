@@ -107,12 +107,12 @@ class Context:
         is no plan, or the run would not fit in ``--cache-mb`` (each site then runs its own)."""
         if self._planned is None:
             self._planned = False
-            planned = self.cfg.site_faults or {}
-            if len(planned) > 1:
+            planned = self.cfg.site_faults
+            if planned is not None and len(planned) != 1:  # empty: counts not known, any weight may be hit
                 proto = self.model_proto()
                 names: dict[str, None] = {}
                 for site in self.index.sites:
-                    if site.kind == "weight" and not site.graph and site.name in planned:
+                    if site.kind == "weight" and not site.graph and (not planned or site.name in planned):
                         try:
                             start = weight_start(proto, site.tensor_name)
                             names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
