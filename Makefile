@@ -84,11 +84,19 @@ BENCH_TRANSIENT_DIGITS ?= --faults 4096 --baseline-faults 64 --check-faults 256 
 BENCH_TRANSIENT_RESNET ?= --faults 1280 --baseline-faults 16 --check-faults 24 --persistent-faults 24 \
 	--one-by-one-faults 64
 
-$(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
+# Sparse campaigns and time to answer (issue 17): whole `onnxfi analyze` commands against an independent
+# naive injector (public PaddleOCR models from the rapidocr_onnxruntime wheel, installed with --no-deps:
+# only its .onnx files are used; the zoo at 100 and 1,000 faults, naive extrapolated beyond 300), and the
+# time to a +-1%/99% SDC-1 answer against PyTorchFI. BENCH_SPARSE_ZOO="--faults 100,1000,10000" for the
+# issue's full sweep (hours on fashion_seg).
+BENCH_SPARSE_ZOO ?= --faults 100,1000 --naive-limit 300
+
+$(BENCH_VENV)/.installed: bench/requirements.txt bench/requirements-public.txt pyproject.toml
 	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
 	$(BENCH_PY) -m pip install -q "$$(grep '^torch==' bench/requirements.txt)"
 	$(BENCH_PY) -m pip install -q -r bench/requirements.txt -e .
+	$(BENCH_PY) -m pip install -q --no-deps "$$(grep '^rapidocr_onnxruntime==' bench/requirements-public.txt)"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed
@@ -99,5 +107,8 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) bench/bench_transient.py --model digits_cnn $(BENCH_TRANSIENT_DIGITS) --json $(OUT)/bench/transient_digits_cnn.json
 	$(BENCH_PY) bench/bench_transient.py --model $(BENCH_RESNET_MODEL) $(BENCH_TRANSIENT_RESNET) \
 		--json $(OUT)/bench/transient_$(BENCH_RESNET_MODEL).json
+	$(BENCH_PY) bench/bench_sparse.py --public rapidocr-cls --public rapidocr-det --faults 400 --json $(OUT)/bench/sparse_public.json
+	$(BENCH_PY) bench/bench_sparse.py --zoo $(BENCH_SPARSE_ZOO) --json $(OUT)/bench/sparse_zoo.json
+	$(BENCH_PY) bench/bench_answer.py --model digits_cnn --json $(OUT)/bench/answer_digits_cnn.json
 
 -include model_zoo/zoo.mk

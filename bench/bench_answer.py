@@ -1,8 +1,8 @@
 """Time to answer: wall time from the command to a population SDC-1 estimate within +-margin at a confidence
 (default +-1% at 99%), for onnxfi, for naive injection of the same plan and for PyTorchFI (issue 17).
 
-* onnxfi: ``onnxfi analyze MODEL --data DATA --design adaptive --margin M --confidence C`` as a subprocess,
-  timed whole (start-up included). The adaptive design stops at the first round whose interval is within
+* onnxfi: ``onnxfi analyze MODEL --data DATA --design adaptive --margin M --confidence C --early-stop``,
+  a subprocess timed whole (start-up included): it stops at the first round whose interval is within
   the margin; the JSON gives the estimate, its interval and the experiments it took.
 * PyTorchFI: uniform random weight bit flips (what a PyTorchFI study draws; the proportional plan over
   every (site, bit) is the same self-weighting sample), as many as a uniform sample needs for the same
@@ -53,7 +53,8 @@ def run_onnxfi(model: Path, data: Path, margin: float, confidence: float, work: 
     db, js = work / "answer.db", work / "answer.json"
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "onnxfi", "analyze", str(model), "--data", str(data), "--design",
-                        "adaptive", "--margin", str(margin), "--confidence", str(confidence), "--db", str(db),
+                        "adaptive", "--margin", str(margin), "--confidence", str(confidence), "--early-stop",
+                        "--db", str(db),
                         "--overwrite", "--json", str(js)], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode != 0:

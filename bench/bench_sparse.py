@@ -13,7 +13,12 @@ and prints both times, their ratio, onnxfi's paths, and whether the outcomes (ma
 injector computed independently equal the rows onnxfi stored, experiment by experiment.
 
     .venv/bin/python bench/bench_sparse.py --zoo --faults 100,1000,10000 --naive-limit 300
+    .venv/bin/python bench/bench_sparse.py --public rapidocr-cls --faults 400
     .venv/bin/python bench/bench_sparse.py --model path/to/model.onnx --data feeds.npz --faults 400
+
+``--public NAME`` takes a public model shipped inside a pip package (``make bench`` installs the wheel into
+.venv-bench with ``--no-deps``: only its files are needed, nothing of it is imported) and 16 seeded
+random samples of the shape given below.
 
 Run on a quiet machine; record results in RESULTS.md with the machine (``uptime`` before and after).
 """
@@ -52,6 +57,38 @@ ZOO_CASES = {
     "fashion_cnn_pruned90": "fashion_eval.npz",
     "fashion_seg": "fashion_seg_eval.npz",
 }
+
+
+# public models from pip wheels: name -> (package, file in it, one sample's shape)
+PUBLIC = {
+    # PaddleOCR text-direction classifier (rapidocr_onnxruntime 1.4.4): 285 weight sites, all Constant nodes
+    "rapidocr-cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
+    # PP-OCRv4 text detector: 330 weight sites, -1 dims
+    "rapidocr-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", (3, 64, 64)),
+    # PP-OCRv4 text recognizer: 365 weight sites
+    "rapidocr-rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", (3, 48, 160)),
+}
+
+
+def public_case(name: str, package_dir: str | None, work: Path) -> tuple[Path, Path]:
+    """The model file of a public model (from the installed package, or ``package_dir``, an unzipped wheel
+    holding the package folder) and 16 seeded random samples for it."""
+    import importlib.util
+
+    import numpy as np
+
+    package, rel, shape = PUBLIC[name]
+    if package_dir:
+        base = Path(package_dir) / package
+    else:
+        spec = importlib.util.find_spec(package)  # finds the folder without importing the package
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"{package} is not installed: pip install --no-deps {package}==1.4.4 (or --public-dir)")
+        base = Path(list(spec.submodule_search_locations)[0])
+    model = base / rel
+    data = work / f"{name}_16.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32))
+    return model, data
 
 
 def timed(cmd: list[str]) -> tuple[float, int, str]:
@@ -113,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", action="store_true", help="every model_zoo model with its eval data")
     ap.add_argument("--models", default="", help="comma list of zoo names (with --zoo; default: all)")
+    ap.add_argument("--public", action="append", default=[], choices=sorted(PUBLIC),
+                    help="a public model from a pip package (16 random samples)")
+    ap.add_argument("--public-dir", help="an unzipped wheel holding the --public package (else the installed one)")
     ap.add_argument("--model", action="append", default=[], help="a model path (with --data)")
     ap.add_argument("--data", action="append", default=[], help="its .npz feeds (one per --model)")
     ap.add_argument("--faults", default="400", help="comma list of campaign sizes")
@@ -133,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':28}{'faults':>8}{'sites':>7}{'onnxfi s':>10}{'naive s':>10}{'x naive':>9}  outcomes  paths")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        cases += [public_case(name, args.public_dir, Path(tmp)) for name in args.public]
         for model, data in cases:
             for n in sizes:
                 r = case(model, data, n, args.naive_limit, Path(tmp), args.extra)
