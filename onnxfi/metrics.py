@@ -396,7 +396,7 @@ def _remembered(what: str, arr: Any, key: Any, compute: Callable[[], Any]) -> An
     golden output several times (outcome, metrics, task metric), and the golden output and the labels are
     the same arrays for every experiment of a site (a segmentation output of 256 images x 64 x 64 pixels
     took 23 ms per argmax). The array is held while remembered, so its id is not reused; results are made
-    read-only."""
+    read-only. Arrays passed here are outputs and labels, which nothing changes in place."""
     memo = _MEMO.setdefault(what, [])
     for i, (a, k, res) in enumerate(memo):
         if a is arr and k == key:

@@ -714,3 +714,55 @@ def test_cost_model_prefers_split_or_fed_only_for_many_faults_on_expensive_cones
     assert cost.split_s(20, big, head) < cost.baked_s(20, big)
     assert cost.fed_s(20, big) < cost.baked_s(20, big)
     assert cost.fed_s(20, big, rerun=0.0) < cost.fed_s(20, big)  # --no-verify re-runs nothing
+
+
+def test_baked_runners_hold_no_session_and_are_not_rebuilt_across_rounds(tmp_path: Path) -> None:
+    """A plan spread over more weights than --max-sessions: the baked cone runners keep no session, so a
+    second round over the same weights reuses them (they were rebuilt round after round, each recomputing
+    its fault-free reference)."""
+    from onnxfi.campaign import planned_faults
+
+    path = str(ZOO / "digits_cnn.onnx")
+    loaded = load_model(path)
+    sites = enumerate_sites(loaded.model, loaded.value_shapes).select("weights", None, None, False)
+    plan = make_plan(path, sites, ["flip"], None, 40, None, 0.99, 0.5, 2, "weights")
+    eng = Engine(EngineConfig(model_path=path, data_path=str(ZOO / "data" / "digits_eval.npz"), samples=8,
+                              max_sessions=2, site_faults=planned_faults(plan)))
+    names = sorted({e.site for e in plan.experiments})
+    assert len(names) > 2
+    first = {n: eng.runner(n, True, False) for n in names}
+    assert all(r.sessions == 0 and r.path == "cone-baked" for r in first.values())
+    assert all(eng.runner(n, True, False) is first[n] for n in names)
+
+
+def test_graph_structure_cache_follows_a_changed_graph() -> None:
+    m = _residual_model()
+    before = forward_cone(m.graph, ["a"])
+    m.graph.node.append(oh.make_node("Relu", [m.graph.output[0].name], ["extra"]))
+    after = forward_cone(m.graph, ["a"])
+    assert after == before + [len(m.graph.node) - 1]  # the new node reads the old output: it is in the cone
+
+
+def test_masked_means_the_same_bytes() -> None:
+    from onnxfi.outcomes import _same_bytes
+
+    a = np.array([1.0, 0.0, np.nan], np.float32)
+    assert _same_bytes(a, a.copy())
+    assert not _same_bytes(a, np.array([1.0, -0.0, np.nan], np.float32))  # the sign of zero
+    other_nan = a.copy()
+    other_nan.view(np.uint32)[2] ^= 1  # another NaN payload
+    assert not _same_bytes(a, other_nan)
+    assert not _same_bytes(a, a[:2])
+    assert _same_bytes(a[::-1][::-1], a)  # a view with strides is compared by its values' bytes
+
+
+def test_adaptive_plans_give_the_cost_model_no_counts() -> None:
+    from onnxfi.campaign import planned_faults
+
+    path = str(ZOO / "digits_cnn.onnx")
+    loaded = load_model(path)
+    sites = enumerate_sites(loaded.model, loaded.value_shapes).select("weights", None, None, False)
+    fixed = make_plan(path, sites, ["flip"], None, 50, None, 0.99, 0.5, 1, "weights")
+    assert sum(planned_faults(fixed).values()) == 50
+    adaptive = make_plan(path, sites, ["flip"], None, None, 0.05, 0.99, 0.5, 1, "weights", design="adaptive")
+    assert planned_faults(adaptive) == {}
