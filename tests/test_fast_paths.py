@@ -766,3 +766,18 @@ def test_adaptive_plans_give_the_cost_model_no_counts() -> None:
     assert sum(planned_faults(fixed).values()) == 50
     adaptive = make_plan(path, sites, ["flip"], None, None, 0.05, 0.99, 0.5, 1, "weights", design="adaptive")
     assert planned_faults(adaptive) == {}
+
+
+def test_the_shared_prefix_run_respects_the_cache_budget() -> None:
+    """The prefix run shared by every planned weight is skipped when what it exposes would not fit in
+    --cache-mb (estimated from the values' shapes before running it): each site then runs its own."""
+    from onnxfi.engine.context import Context
+
+    model, data = str(ZOO / "fashion_seg.onnx"), str(ZOO / "data" / "fashion_seg_eval.npz")
+    roomy = Context(EngineConfig(model_path=model, data_path=data, samples=8, site_faults={}))
+    shared = roomy._planned_prefix()
+    assert shared is not None and roomy.prefix_runs == 1
+    assert 0 < roomy._exposed_bytes(shared[2]) <= roomy.cfg.cache_mb * 2**20
+    tight = Context(EngineConfig(model_path=model, data_path=data, samples=8, site_faults={},
+                                 cache_mb=roomy._exposed_bytes(shared[2]) / 2**20 / 2))
+    assert tight._planned_prefix() is None and tight.prefix_runs == 0

@@ -4,9 +4,10 @@ import the engine, and report their path through their own attributes, never int
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -118,13 +119,31 @@ class Context:
                             names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
                         except CutError:
                             continue
-                if names:
+                if names and self._exposed_bytes(names) <= self.cfg.cache_mb * 2**20:
                     try:
                         chunks, used = self._prefix_run(list(names))
                         self._planned = (chunks, used, frozenset(names))
                     except CutError:
                         pass
         return self._planned if isinstance(self._planned, tuple) else None
+
+    def _exposed_bytes(self, names: Iterable[str]) -> int:
+        """Bytes ``names`` take over the campaign data, from their per-sample shapes (checked before the
+        shared prefix run, whose batches would otherwise allocate every exposed value at once; a value whose
+        shape is not known counts 0, and the run itself still stops at the budget)."""
+        shapes, values, n = self.sample_shapes(), self._values(), max(1, self.data.size)
+        total = 0
+        for name in names:
+            dims = [d for d in shapes.get(name, ((), False))[0] if isinstance(d, int) and d >= 0]
+            if not dims or len(dims) != len(shapes[name][0]):
+                continue
+            value = values.get(name)
+            try:
+                itemsize = int(value.dtype.itemsize) if value is not None and value.dtype is not None else 4
+            except Exception:  # a type without a fixed size
+                itemsize = 4
+            total += math.prod(dims) * itemsize * n
+        return total
 
     def sample_shapes(self) -> dict[str, tuple[tuple[int | str | None, ...], bool]]:
         """Every value's shape for one sample of the campaign data, in the form of ``cut.cone_macs`` (the
