@@ -36,6 +36,8 @@ __all__ = [
     "Task",
     "Layout",
     "LAYOUTS",
+    "remembered",
+    "classification_parts",
     "MASK_LAYOUTS",
     "layout_task",
     "infer_layout",
@@ -245,7 +247,7 @@ def is_probability(x: ArrayLike, axis: int = 1, atol: float = 1e-2) -> bool:
         return False
     if not -arr.ndim <= axis < arr.ndim:
         return False
-    return bool(_remembered("is_probability", arr, (axis, atol), lambda: bool(
+    return bool(remembered("is_probability", arr, (axis, atol), lambda: bool(
         np.all(probability_slices(arr.astype(np.float64, copy=False), axis, atol)))))
 
 
@@ -390,7 +392,7 @@ def _squeeze_channel(arr: NDArray[Any], layout: str) -> NDArray[Any]:
 _MEMO: dict[str, list[tuple[Any, Any, Any]]] = {}
 
 
-def _remembered(what: str, arr: Any, key: Any, compute: Callable[[], Any]) -> Any:
+def remembered(what: str, arr: Any, key: Any, compute: Callable[[], Any]) -> Any:
     """``compute()`` remembered for the last 4 arrays per ``what`` by the array's identity (and ``key``),
     most recently used first: one experiment's classification reads the class map of its output and of the
     golden output several times (outcome, metrics, task metric), and the golden output and the labels are
@@ -413,8 +415,8 @@ def _remembered(what: str, arr: Any, key: Any, compute: Callable[[], Any]) -> An
 
 
 def _class_argmax(arr: NDArray[Any], axis: int) -> IntArray:
-    """``np.argmax(arr, axis)`` as int64 (remembered: see :func:`_remembered`)."""
-    out: IntArray = _remembered("argmax", arr, axis, lambda: np.argmax(arr, axis=axis).astype(np.int64))
+    """``np.argmax(arr, axis)`` as int64 (remembered: see :func:`remembered`)."""
+    out: IntArray = remembered("argmax", arr, axis, lambda: np.argmax(arr, axis=axis).astype(np.int64))
     return out
 
 
@@ -650,9 +652,9 @@ def error_stats_rows(faulty: np.ndarray, golden: np.ndarray, eps: float = 1e-8) 
 
 
 def _label_map(x: ArrayLike, name: str) -> tuple[IntArray, int | None]:
-    """See :func:`_label_map_of` (remembered by the array's identity, see :func:`_remembered`)."""
+    """See :func:`_label_map_of` (remembered by the array's identity, see :func:`remembered`)."""
     if isinstance(x, np.ndarray):
-        out: tuple[IntArray, int | None] = _remembered("label_map", x, name, lambda: _label_map_of(x, name))
+        out: tuple[IntArray, int | None] = remembered("label_map", x, name, lambda: _label_map_of(x, name))
         return out
     return _label_map_of(x, name)
 
@@ -856,6 +858,13 @@ def _probabilities(output: FloatArray, golden: FloatArray) -> FloatArray:
 def classification_metrics(
     output: ArrayLike, golden: ArrayLike, labels: ArrayLike | None = None
 ) -> dict[str, float]:
+    """See :func:`classification_parts` (the numbers alone)."""
+    return classification_parts(output, golden, labels)[0]
+
+
+def classification_parts(
+    output: ArrayLike, golden: ArrayLike, labels: ArrayLike | None = None
+) -> tuple[dict[str, float], BoolArray, BoolArray]:
     """Every per-experiment classification number for one faulty ``output`` against its ``golden`` run.
 
     Keys (all plain floats, fractions are over the N samples):
@@ -872,6 +881,9 @@ def classification_metrics(
 
     Accuracy uses the ``np.argmax`` order on every sample, DUE ones included (an all-NaN row predicts
     class 0), matching what a framework's argmax would report; use ``due_frac`` to separate them.
+
+    Also returns the per-sample masks :func:`sdc1_mask` and :func:`sdc5_mask` it computed (DUE samples
+    included), so a caller needs not compute them again.
     """
     f = _scores(output, "output")
     g = _scores(golden, "golden")
@@ -899,7 +911,7 @@ def classification_metrics(
         result["ece"] = expected_calibration_error(probs[ok], t[ok])
     for key, value in error_stats(f, g).items():
         result[f"err_{key}"] = value
-    return result
+    return result, mismatch1, mismatch5
 
 
 def segmentation_metrics(

@@ -171,10 +171,9 @@ def classify(
     if masked:
         pass
     elif layout == "classes":
-        m = metrics.classification_metrics(out, gold, labels)
-        s1 = metrics.sdc1_mask(out, gold)
+        m, s1, s5 = metrics.classification_parts(out, gold, labels)
         sdc1 = bool(s1.any())
-        sdc5 = bool(metrics.sdc5_mask(out, gold).any())
+        sdc5 = bool(s5.any())
         changed_frac = float(s1.mean())
     elif layout == "ids":
         changed = metrics.decisions(out, layout) != metrics.decisions(gold, layout)
@@ -191,8 +190,15 @@ def classify(
         m = {f"err_{k}": v for k, v in metrics.error_stats(out, gold).items()}
         sdc1 = True
         changed_frac = float(np.mean(np.any((out != gold).reshape(len(out), -1), axis=1))) if out.ndim else 1.0
-    name, clean = task_metric(task, gold, gold, labels, layout)
-    value = clean if masked else task_metric(task, out, gold, labels, layout)[1]
+    # the fault-free value: the same for every experiment of a site (remembered by the golden array)
+    _, name, clean = metrics.remembered("clean_task_metric", gold, (id(labels), task, layout),
+                                        lambda: ([labels], *task_metric(task, gold, gold, labels, layout)))
+    if masked:
+        value = clean
+    elif layout == "classes":  # what task_metric computes, taken from the metrics above
+        value = m["accuracy"] if labels is not None else m["golden_agreement"]
+    else:
+        value = task_metric(task, out, gold, labels, layout)[1]
     m["task_metric"] = name
     m["task_value"] = float(value)
     m["clean_value"] = float(clean)
