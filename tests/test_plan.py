@@ -325,7 +325,7 @@ def test_pilot_and_neyman_allocation() -> None:
     rng = np.random.default_rng(0)
     pop = np.array([10**6] * 8 + [3])
     pilot = pilot_allocation(pop, 1000, rng)
-    assert pilot.sum() == max(200, 5 * 9) == 200 and pilot[-1] == 3 and np.all(pilot >= 3)
+    assert pilot.sum() == max(100, 5 * 9) == 100 and pilot[-1] == 3 and np.all(pilot >= 3)
     small = pilot_allocation(np.array([100] * 40), 100, rng)  # 5 per stratum would be 200 > the cap
     assert small.sum() == 100
     # Neyman: strata with rates near 0 or 1 get few, the uncertain ones many; every stratum at least one
@@ -343,7 +343,7 @@ def test_adaptive_plan_grows_by_neyman_rounds_without_resampling(model_file: Pat
     plan = make_plan(model_file, sites, margin=0.01, confidence=0.95, design="adaptive", seed=5)
     cap = leveugle_sample_size(plan.population, 0.01, 0.95)
     assert plan.design == "adaptive" and plan.requested == cap and plan.mode == "statistical"
-    assert len(plan.experiments) == max(math.ceil(0.2 * cap), 5 * 32)  # the pilot
+    assert len(plan.experiments) == max(math.ceil(0.1 * cap), 5 * 32)  # the pilot
     _round_order_holds(plan)
     per_bit = Counter(e.bit for e in plan.experiments)
     assert min(per_bit.values()) >= 5
