@@ -141,8 +141,7 @@ def case(model: Path, data: Path, faults: int, naive_limit: int, work: Path, ext
     return {"model": model.name, "faults": faults, "onnxfi_s": t_fi, "naive_s": naive_total,
             "naive_measured": nv["experiments"], "naive_extrapolated": bool(limit), "ratio": naive_total / t_fi,
             "paths": paths, "outcomes_equal": same, "outcomes_differ": differ, "first_difference": first_diff,
-            "sites": len({json.loads(plan.read_text())["experiments"][i]["site"]
-                          for i in range(len(json.loads(plan.read_text())["experiments"]))}),
+            "sites": len({e["site"] for e in json.loads(plan.read_text())["experiments"]}),
             "headline": summary.get("headline") if isinstance(summary, dict) else None}
 
 
@@ -185,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']:28}{n:>8}{r['sites']:>7}{r['onnxfi_s']:>10.2f}{r['naive_s']:>9.2f}{est}"
                       f"{r['ratio']:>9.2f}  {r['outcomes_equal']}/{r['outcomes_equal'] + r['outcomes_differ']} equal  "
                       + ", ".join(f"{k} {v}" for k, v in sorted(r["paths"].items())), flush=True)
-    print(f"(* naive extrapolated from a random {args.naive_limit} of the plan's faults); "
-          f"load average {os.getloadavg()[0]:.2f}")
+    if args.naive_limit:
+        print(f"(* naive extrapolated from a random {args.naive_limit} of the plan's faults)")
+    print(f"load average {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 1 if any(r.get("outcomes_differ") or "error" in r for r in results) else 0

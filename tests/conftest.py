@@ -387,3 +387,20 @@ OLD_STORE_SQL = (
     "time_s REAL, worker INTEGER, error TEXT);"
     "INSERT INTO results VALUES (0, 's', 'weight', 3, 1, 'flip:1', 'masked', 0, 0, 0, 0, 0, 1, 0.0, '{}', 0.1, 0, NULL);"
 )
+
+
+def fails(capsys: pytest.CaptureFixture[str], args: Sequence[object], *needles: str) -> str:
+    """``onnxfi.cli.main(args)`` returns 2 and prints exactly one ``onnxfi: error:`` line (no traceback)
+    holding every needle; returns the line."""
+    from onnxfi.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    assert rc == 2, (rc, cap.err)
+    lines = cap.err.splitlines()
+    assert len(lines) == 1, cap.err
+    assert lines[0].startswith("onnxfi: error: ") and "Traceback" not in cap.err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

@@ -17,6 +17,7 @@ from conftest import (
     REPO,
     ZOO,
     dynamic_conv_model,
+    fails,
     make_model,
     mlp_model,
     save,
@@ -28,20 +29,6 @@ from conftest import (
 from onnx import TensorProto
 
 from onnxfi.cli import main
-
-
-def fails(capsys: pytest.CaptureFixture[str], args: Sequence[object], *needles: str) -> str:
-    """``main(args)`` returns 2 and prints exactly one ``onnxfi: error:`` line (no traceback)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    assert rc == 2, (rc, cap.err)
-    lines = cap.err.splitlines()
-    assert len(lines) == 1, cap.err
-    assert lines[0].startswith("onnxfi: error: ") and "Traceback" not in cap.err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def succeeds(capsys: pytest.CaptureFixture[str], args: Sequence[object]) -> str:

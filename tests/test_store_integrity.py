@@ -4,6 +4,7 @@ holds the lock; readers read while a campaign writes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,14 +12,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from campaign_helpers import save_kat
-from conftest import OLD_STORE_SQL
+from conftest import OLD_STORE_SQL, fails
 
 from onnxfi.campaign import run_campaign
 from onnxfi.cli import main
@@ -95,19 +96,6 @@ def _set_raw(db: Path, sql: str, *params: Any) -> None:
     con.close()
 
 
-def _fails(capsys: pytest.CaptureFixture[str], args: Sequence[object], *needles: str) -> str:
-    """``main(args)`` returns 2 and prints exactly one ``onnxfi: error:`` line (no traceback)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    assert rc == 2, (rc, cap.err)
-    lines = cap.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnxfi: error: ") and "Traceback" not in cap.err, cap.err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
 def _refused_everywhere(capsys: pytest.CaptureFixture[str], campaign: tuple[Path, Path, Path, Plan], db: Path,
                         *needles: str) -> None:
     """Every way in (reading, opening to write, ``results``, ``analyze --resume``) is one line naming ``db``
@@ -121,9 +109,9 @@ def _refused_everywhere(capsys: pytest.CaptureFixture[str], campaign: tuple[Path
         assert "\n" not in message and str(db) in message, message
         for n in needles:
             assert n in message, (n, message)
-    _fails(capsys, ["results", db], str(db), *needles)
-    _fails(capsys, ["results", db, "--csv"], str(db), *needles)
-    _fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"], str(db), *needles)
+    fails(capsys, ["results", db], str(db), *needles)
+    fails(capsys, ["results", db, "--csv"], str(db), *needles)
+    fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"], str(db), *needles)
     assert _digest(db) == before
     assert not Path(f"{db}.lock").exists()
 
@@ -182,7 +170,7 @@ def test_garbage_meta_json_is_damage(campaign: tuple[Path, Path, Path, Plan], tm
     with pytest.raises(OnnxfiError) as exc:
         load_campaign(db)
     assert needle in str(exc.value) and str(db) in str(exc.value) and "\n" not in str(exc.value)
-    _fails(capsys, ["results", db], needle)
+    fails(capsys, ["results", db], needle)
     assert _digest(db) == before
 
 
@@ -204,7 +192,7 @@ def test_rows_with_impossible_values_are_damage(campaign: tuple[Path, Path, Path
     with pytest.raises(OnnxfiError, match="damaged") as exc:
         load_campaign(db)
     assert needle in str(exc.value), str(exc.value)
-    _fails(capsys, ["results", db, "--csv"], str(db), needle)
+    fails(capsys, ["results", db, "--csv"], str(db), needle)
     assert _digest(db) == before
 
 
@@ -256,9 +244,9 @@ def test_an_empty_file(campaign: tuple[Path, Path, Path, Plan], tmp_path: Path,
     db.write_bytes(b"")
     with pytest.raises(OnnxfiError, match="empty file, no campaign in it"):
         load_campaign(db)
-    _fails(capsys, ["results", db], str(db), "no campaign")
+    fails(capsys, ["results", db], str(db), "no campaign")
     assert db.read_bytes() == b""  # a reader writes nothing
-    _fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"], "nothing to resume")
+    fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"], "nothing to resume")
 
 
 def test_a_missing_file_is_not_created_by_a_reader(tmp_path: Path) -> None:
@@ -340,26 +328,34 @@ sys.stdin.read()
 """
 
 
-def test_another_process_holding_the_lock_refuses_analyze_and_a_kill_frees_it(
-        campaign: tuple[Path, Path, Path, Plan], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db_src, model, data, _ = campaign
-    db = _copy(db_src, tmp_path / "held.db")
+@contextlib.contextmanager
+def _lock_held_elsewhere(db: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``db``'s writer lock (as a running campaign does) until the block ends, when
+    it is killed with SIGKILL: no clean-up, its lock file stays behind."""
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_another_process_holding_the_lock_refuses_analyze_and_a_kill_frees_it(
+        campaign: tuple[Path, Path, Path, Plan], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db_src, model, data, _ = campaign
+    db = _copy(db_src, tmp_path / "held.db")
+    with _lock_held_elsewhere(db) as holder:
         with Store(db) as store, pytest.raises(OnnxfiError, match=rf"in use by another onnxfi campaign \(pid {holder.pid}\)"):
             store.lock_for_writing().__enter__()
-        _fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"],
-               f"{db} is in use by another onnxfi campaign (pid {holder.pid})")
+        fails(capsys, ["analyze", model, "--data", data, "--db", db, "--resume"],
+              f"{db} is in use by another onnxfi campaign (pid {holder.pid})")
         # readers are not held up by a writer
         assert len(load_campaign(db).rows) == 200
         capsys.readouterr()
         assert main(["results", str(db), "--csv"]) == 0
         assert len(capsys.readouterr().out.splitlines()) == 201
-    finally:
-        holder.kill()  # SIGKILL: no clean-up, the lock file stays behind
-        holder.wait()
     lock = Path(f"{db}.lock")
     assert lock.read_text().strip() == str(holder.pid)  # a stale lock file, naming a dead process...
     with Store(db) as store, store.lock_for_writing():  # ... locks nothing
@@ -403,14 +399,8 @@ def test_overwrite_is_refused_while_another_campaign_writes(campaign: tuple[Path
     """`analyze --overwrite` takes the writer lock before it deletes anything: a live campaign's db survives."""
     db_src, model, data, _ = campaign
     db = _copy(db_src, tmp_path / "held.db")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        _fails(capsys, ["analyze", model, "--data", data, "--db", db, "--overwrite", "--faults", "10"],
-               f"{db} is in use by another onnxfi campaign (pid {holder.pid})")
+    with _lock_held_elsewhere(db) as holder:
+        fails(capsys, ["analyze", model, "--data", data, "--db", db, "--overwrite", "--faults", "10"],
+              f"{db} is in use by another onnxfi campaign (pid {holder.pid})")
         camp = load_campaign(db)
         assert len(camp.rows) == 200 and len(camp.plan.experiments) == 200
-    finally:
-        holder.kill()
-        holder.wait()

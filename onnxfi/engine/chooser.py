@@ -98,7 +98,6 @@ UNKNOWN_FAULTS = 10**6
 class _Plan:
     """What the cost model (:mod:`onnxfi.engine.cost`) says for a weight with ``k`` planned faults."""
 
-    k: int
     baked: bool  # a baked cone per fault is the cheapest path
     split: bool  # else: try the split (cheaper than fed and baked)
     baked_over_fed: bool  # where the split cannot be made: baked rather than fed
@@ -126,18 +125,20 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     except CutError:
         return None
 
-    def cost(part: list[int]) -> cost_model.ConeCost:
+    def cost(part: list[int], macs: int) -> cost_model.ConeCost:
         return cost_model.ConeCost(cost_model.session_s(len(part), cone_weight_bytes(proto, part, [name])),
-                                   cost_model.run_s(len(part), batches, cone_macs(proto, part, shapes) * n))
+                                   cost_model.run_s(len(part), batches, macs * n))
 
-    cone = cost(nodes)
+    cone_per_sample = cone_macs(proto, nodes, shapes)
+    cone = cost(nodes, cone_per_sample)
     head: cost_model.ConeCost | None = None
     # the split only where a cone run is big (rounding.split_pays): on small cones a head session costs as
     # much as the whole cone's (measured on digits_cnn: 2.8 ms for Conv+BatchNormalization+Relu, 1.4 ms
     # for the six-node cone)
-    if cfg.verify and (cfg.split or (cfg.split is None and split_pays(cone_macs(proto, nodes, shapes), n))):
+    if cfg.verify and (cfg.split or (cfg.split is None and split_pays(cone_per_sample, n))):
         try:
-            head = cost(weight_head(proto, name, start)[0])
+            head_nodes = weight_head(proto, name, start)[0]
+            head = cost(head_nodes, cone_macs(proto, head_nodes, shapes))
         except CutError:
             head = None
     baked = cost_model.baked_s(k, cone)
@@ -151,7 +152,7 @@ def _plan_costs(ctx: Context, site: Site) -> _Plan | None:
     # rounding question to re-run
     best = min(baked * cost_model.MARGIN, split, fed)
     est = f"estimated {baked:.2g} s baked, {fed:.2g} s fed" + (f", {split:.2g} s split" if head is not None else "")
-    return _Plan(k, baked * cost_model.MARGIN == best, split == best, baked * cost_model.MARGIN <= fed,
+    return _Plan(baked * cost_model.MARGIN == best, split == best, baked * cost_model.MARGIN <= fed,
                  f"{faults}: a baked cone per fault is the cheapest path ({est})" if baked * cost_model.MARGIN == best
                  else f"{faults}: {'split' if split == best else 'fed'} cone ({est})",
                  f"{faults}: a baked cone per fault costs less than a fed cone ({est})")

@@ -179,7 +179,8 @@ class WeightCone:
         self.quantized = is_quantized_weight(proto, name, info.numpy)
         if self.quantized or not fed:  # no fed cone: only the baked cone's boundary is cached
             start = bake_start
-        expose = list(dict.fromkeys(boundary(proto, start, [name]) + boundary(proto, bake_start, [name])))
+        fed_reads = boundary(proto, start, [name]) if start != bake_start else []
+        expose = list(dict.fromkeys(fed_reads + boundary(proto, bake_start, [name])))
         self.head: tuple[list[int], list[str]] | None = None
         if want_head and not self.quantized:
             try:
