@@ -54,6 +54,7 @@ from onnxfi.harden import harden as _harden_model
 from onnxfi.inject import Injection
 from onnxfi.inject import inject as _inject_fault
 from onnxfi.jsonvalues import jsonable
+from onnxfi.metrics import TASKS
 from onnxfi.model import LoadedModel, load_model, save_model
 from onnxfi.outcomes import FLAGS
 from onnxfi.plan import Experiment, Plan, complete_rounds, file_sha256, make_plan, parse_bits
@@ -90,7 +91,7 @@ ANALYZE_SCHEMA = "onnxfi.analyze/1"
 INJECT_SCHEMA = "onnxfi.inject/1"
 HARDEN_SCHEMA = "onnxfi.harden/1"
 _TARGETS = ("weights", "activations", "all")
-_TASKS = ("classification", "segmentation", "regression")
+_TASKS = TASKS
 
 
 # ---------------------------------------------------------------------------------------------- inputs

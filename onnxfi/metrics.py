@@ -29,8 +29,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from onnxfi import sequence
 from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
+from onnxfi.sequence import SEQUENCE_LAYOUTS, ctc_blank_layout
 
 __all__ = [
     "Task",
@@ -40,6 +42,10 @@ __all__ = [
     "classification_parts",
     "MASK_LAYOUTS",
     "layout_task",
+    "task_family",
+    "is_sequence_scores",
+    "TASKS",
+    "SEQUENCE_LAYOUTS",
     "infer_layout",
     "mask_threshold",
     "decisions",
@@ -71,15 +77,20 @@ __all__ = [
     "segmentation_metrics",
 ]
 
-Task = Literal["classification", "segmentation", "regression"]
-Layout = Literal["classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw"]
-LAYOUTS: tuple[Layout, ...] = ("classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw")
+Task = Literal["classification", "segmentation", "regression", "sequence"]
+Layout = Literal["classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw",
+                 "ctc", "ctc-last", "tokens"]
+LAYOUTS: tuple[Layout, ...] = ("classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw",
+                               "ctc", "ctc-last", "tokens")
+# what ``--task`` takes: the four families, and the two readings of a sequence output by name
+TASKS = ("classification", "segmentation", "regression", "sequence", "ctc", "tokens")
 MASK_LAYOUTS: tuple[Layout, ...] = ("mask-nchw", "mask-nhwc", "mask")
 # the label id segmentation datasets use for "don't care" pixels (Pascal VOC, Cityscapes): never a class
 IGNORE_ID = 255
 _LAYOUT_TASKS: dict[str, Task] = {
     "classes": "classification", "ids": "classification", "raw": "regression",
     **{k: "segmentation" for k in ("nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap")},
+    **{k: "sequence" for k in SEQUENCE_LAYOUTS},
 }
 
 FloatArray = NDArray[np.float64]
@@ -306,6 +317,35 @@ def detect_task(shape: Sequence[int | str | None], dtype: DTypeLike | None = Non
 # --------------------------------------------------------------------------------------------------
 
 
+def task_family(task: str | None) -> str | None:
+    """The family of a ``--task`` value: ``ctc`` and ``tokens`` (readings of a sequence output) are
+    ``sequence``; an unknown task is an :class:`OnnxfiError` naming the choices."""
+    if task is None:
+        return None
+    if task not in TASKS:
+        raise OnnxfiError(f"unknown task {task!r} (use {', '.join(TASKS)})")
+    return "sequence" if task in ("ctc", "tokens") else task
+
+
+def is_sequence_scores(arr: NDArray[Any]) -> bool:
+    """Float ``[N, T, C]`` (C >= 2) whose every step is a probability row over C (a softmax over classes)."""
+    return (arr.dtype.kind not in "biu" and arr.ndim == 3 and arr.shape[2] >= 2 and arr.size > 0
+            and is_probability(arr, axis=2))
+
+
+def _sequence_layout(arr: NDArray[Any], task: str) -> Layout:
+    if arr.dtype.kind in "biu" or arr.ndim != 3 or arr.shape[2] < 2:
+        raise OnnxfiError(f"an output of shape {list(arr.shape)} ({arr.dtype}) cannot be read as a sequence "
+                          "(per-step class scores [N, T, C])")
+    if task == "tokens":
+        return "tokens"
+    if task == "ctc":
+        return "ctc-last" if ctc_blank_layout(arr) == "ctc-last" else "ctc"
+    raise OnnxfiError(f"an output [N, T, C] of per-step class scores {list(arr.shape)} reads as a CTC sequence "
+                      "(--task ctc: greedy decode, repeats collapsed, blank dropped) or as one class per step "
+                      "(--task tokens); choose one")
+
+
 def layout_task(layout: str) -> Task:
     """The task a layout belongs to: ``classes``/``ids`` classification, ``raw`` regression, the rest segmentation."""
     try:
@@ -329,18 +369,24 @@ def infer_layout(x: ArrayLike, task: str | None = None) -> Layout:
       ``nhwc`` when along axis 3, else ``nhwc`` when ``D`` is smaller than both ``A`` and ``B`` (as in
       ``[1, 256, 256, 21]``) and ``nchw`` otherwise (ONNX's default layout).
     * integer ``[N, H, W]``, ``[N, 1, H, W]`` or ``[N, H, W, 1]``: ``labelmap``.
-    * anything else (float ``[N, H, W]`` included): ``raw``.
+    * float ``[N, T, C]`` whose every step is a probability row (a softmax over C >= 2 classes): a sequence,
+      which the shape cannot tell between CTC and per-token classes, so an :class:`OnnxfiError` asks for
+      ``task`` ``ctc`` or ``tokens`` (:mod:`onnxfi.sequence`; ``ctc`` picks ``ctc`` / ``ctc-last`` by the
+      blank's evidence, :func:`onnxfi.sequence.ctc_blank_layout`).
+    * anything else (float ``[N, H, W]`` and ``[N, T, C]`` logits included): ``raw``.
 
-    ``task`` forces the family: ``regression`` is always ``raw``; ``classification`` takes ``[N, C]`` /
+    ``task`` forces the family: ``regression`` is always ``raw``; ``sequence``, ``ctc`` and ``tokens`` read
+    float ``[N, T, C]``; ``classification`` takes ``[N, C]`` /
     ``[N, C, 1, 1]`` scores or integer ids; ``segmentation`` reads any one-channel float output as a mask
     (float ``[N, H, W]`` too) and ``[N, C, 1, 1]`` as ``nchw``. A shape that the forced task cannot read
     raises :class:`OnnxfiError`.
     """
     arr = _numeric(x, "output")
-    if task is not None and task not in ("classification", "segmentation", "regression"):
-        raise OnnxfiError(f"unknown task {task!r} (use classification, segmentation or regression)")
+    family = task_family(task)
     if task == "regression":
         return "raw"
+    if family == "sequence" or (task is None and is_sequence_scores(arr)):
+        return _sequence_layout(arr, task or "sequence")
     shape = arr.shape
     is_int = arr.dtype.kind in "biu"
     layout: Layout = "raw"
@@ -362,7 +408,7 @@ def infer_layout(x: ArrayLike, task: str | None = None) -> Layout:
             layout = "nhwc" if shape[3] < shape[1] and shape[3] < shape[2] else "nchw"
     elif not is_int and arr.ndim == 3 and task == "segmentation":
         layout = "mask"
-    if task is not None and layout_task(layout) != task:
+    if family is not None and layout_task(layout) != family:
         raise OnnxfiError(f"an output of shape {list(shape)} ({arr.dtype}) cannot be read as {task}")
     return layout
 
@@ -421,7 +467,8 @@ def _class_argmax(arr: NDArray[Any], axis: int) -> IntArray:
 
 
 def decisions(x: ArrayLike, layout: str, threshold: float | None = None) -> IntArray:
-    """The decisions an output makes: class ids ``[N]`` (``classes``, ``ids``) or per pixel ``[N, H, W]``.
+    """The decisions an output makes: class ids ``[N]`` (``classes``, ``ids``), per pixel ``[N, H, W]``, or
+    per sequence ``[N, T]`` (:func:`onnxfi.sequence.decode`: ids first, -1 after).
 
     Scores use ``np.argmax`` over the class axis (NaN wins, first tie wins). A mask pixel is 1 above
     ``threshold`` (required for masks: pass :func:`mask_threshold` of the fault-free output, so a faulty
@@ -451,6 +498,11 @@ def decisions(x: ArrayLike, layout: str, threshold: float | None = None) -> IntA
         return bits
     if layout == "labelmap":
         return _label_map_values(_squeeze_channel(arr, layout))
+    if layout in SEQUENCE_LAYOUTS:
+        if arr.ndim != 3:
+            raise OnnxfiError(f"{layout} sequence scores: expected [N, T, C], got {list(arr.shape)}")
+        out: IntArray = remembered("sequence", arr, layout, lambda: sequence.decode(arr, layout))
+        return out
     raise OnnxfiError(f"an output with the {layout!r} layout makes no decisions")
 
 
@@ -471,6 +523,8 @@ def layout_classes(x: ArrayLike, layout: str) -> int | None:
     shape = np.shape(x)
     if layout in ("classes", "nchw"):
         return int(shape[1])
+    if layout in SEQUENCE_LAYOUTS:
+        return int(shape[2])
     if layout == "nhwc":
         return int(shape[3])
     if layout in MASK_LAYOUTS:

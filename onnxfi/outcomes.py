@@ -4,7 +4,8 @@ classification of one experiment's outputs against golden, and the result row ev
 Outcomes (one per experiment, first match wins): ``crash`` (runtime error, dead worker, timeout),
 ``due`` (NaN/Inf in an output the golden run had finite), ``critical`` (task metric drops by more than
 the threshold), ``sdc5`` (golden top-1 leaves the top-5 on some image), ``sdc1`` (top-1 changes on
-some image; for segmentation: some pixel's class), ``tolerable`` (outputs differ, no decision does),
+some image; for segmentation: some pixel's class; for a sequence: some sample's decoded sequence,
+:mod:`onnxfi.sequence`), ``tolerable`` (outputs differ, no decision does),
 ``masked`` (every output bitwise equal to golden). The flags are kept separately, so the SDC-1 rate
 counts every experiment that changed a decision, SDC-5 and critical ones included.
 
@@ -12,7 +13,7 @@ Which output is scored and how it is read (its layout: class scores, NCHW/NHWC s
 a binary mask, ids) comes from :func:`onnxfi.scoring.choose_output`; ``classify`` takes that layout. DUE
 is NaN/Inf in any float output, every float type included (bfloat16 and float8: :func:`onnxfi.bits.is_float_dtype`).
 
-This module imports only numpy, :mod:`onnxfi.metrics` and :mod:`onnxfi.bits`: the store, the summary, the
+This module imports only numpy, :mod:`onnxfi.metrics`, :mod:`onnxfi.sequence` and :mod:`onnxfi.bits`: the store, the summary, the
 gate and the report use it without loading ONNX Runtime.
 """
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxfi import metrics
+from onnxfi import metrics, sequence
 from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
-    "classify", "classify_samples", "task_metric", "load_metric", "experiment_row", "crash_row", "fault_spec",
+    "classify", "classify_samples", "task_metric", "flag_description", "decision_words", "load_metric", "experiment_row", "crash_row", "fault_spec",
 ]
 
 # exclusive outcomes, least to most severe
@@ -55,6 +56,24 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "crash": "crash / timeout",
     "masked": "masked (outputs bitwise equal)",
 }
+# what SDC-1 means where the decision is not a top-1 class
+_SDC1_BY_TASK: Mapping[str, str] = {"sequence": "SDC-1 (decoded sequence changed on some input)"}
+_DECISION_BY_TASK: Mapping[str, str] = {"sequence": "decoded sequence"}
+
+
+def flag_description(flag: str, task: str | None, critical: float) -> str:
+    """The line that names ``flag`` in tables, in the words of ``task`` (a sequence's SDC-1 is a changed
+    decoded sequence)."""
+    if flag == "sdc1" and task is not None and task in _SDC1_BY_TASK:
+        return _SDC1_BY_TASK[task]
+    return FLAG_DESCRIPTIONS[flag].format(critical=critical)
+
+
+def decision_words(task: str | None) -> str:
+    """What one inference decides, for the per-inference line: ``top-1 decision`` or ``decoded sequence``."""
+    return _DECISION_BY_TASK.get(task or "", "top-1 decision")
+
+
 # one stored row per experiment; ``path`` is how the engine executed it (see onnxfi.engine.paths)
 ROW_FIELDS = (
     "id", "site", "kind", "idx", "bit", "fault", "outcome", "masked", "sdc1", "sdc5", "critical", "due",
@@ -106,8 +125,9 @@ def task_metric(
     ``layout`` is how the output is read (:data:`onnxfi.metrics.LAYOUTS`; left out: inferred from
     ``golden`` and ``task`` by :func:`onnxfi.metrics.infer_layout`). Classification: ``accuracy`` against
     the labels, else ``golden_agreement`` (fraction of samples with golden's decision). Segmentation:
-    ``miou`` of the pixel decisions against the labels, else against golden's decisions. Regression:
-    ``max_abs_error`` against golden.
+    ``miou`` of the pixel decisions against the labels, else against golden's decisions. Sequence:
+    ``seq_accuracy`` (CTC) / ``token_accuracy`` (tokens) against the labels, else ``golden_agreement``
+    (:func:`onnxfi.sequence.sequence_task_metric`). Regression: ``max_abs_error`` against golden.
     """
     layout = layout or metrics.infer_layout(golden, task)
     if layout == "classes":
@@ -119,6 +139,8 @@ def task_metric(
         ref = metrics.decisions(labels if labels is not None else golden, "ids")
         name = "accuracy" if labels is not None else "golden_agreement"
         return name, float(np.mean(pred == ref)) if pred.size else float("nan")
+    if layout in metrics.SEQUENCE_LAYOUTS:
+        return sequence.sequence_task_metric(out, labels, layout, metrics.decisions(out, layout), golden)
     if metrics.layout_task(layout) == "segmentation":
         threshold = metrics.mask_threshold(golden) if layout in metrics.MASK_LAYOUTS else None
         pred = metrics.decisions(out, layout, threshold)
@@ -178,6 +200,10 @@ def classify(
     elif layout == "ids":
         changed = metrics.decisions(out, layout) != metrics.decisions(gold, layout)
         m = {"n": float(changed.size), "golden_agreement": float(np.mean(~changed)) if changed.size else float("nan")}
+        sdc1 = bool(changed.any())
+        changed_frac = float(changed.mean()) if changed.size else 0.0
+    elif task == "sequence":
+        m, changed = sequence.sequence_parts(out, gold, labels, layout, metrics.decisions(gold, layout))
         sdc1 = bool(changed.any())
         changed_frac = float(changed.mean()) if changed.size else 0.0
     elif task == "segmentation":

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfi import metrics
+from onnxfi import metrics, sequence
 from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
@@ -134,7 +134,7 @@ def _labels(labels: np.ndarray) -> np.ndarray | None:
         return metrics.class_ids(arr)
     if (arr.ndim == 2 or arr.ndim == 4) and arr.shape[1] == 1:  # [N, 1] ids, [N, 1, H, W] maps (as metrics reads them)
         arr = arr[:, 0]
-    if arr.ndim not in (1, 3):
+    if arr.ndim not in (1, 2, 3):  # [N] class ids, [N, L] sequences (negative = padding), [N, H, W] label maps
         return None
     if is_float_dtype(arr.dtype):
         arr = arr.astype(np.float64)
@@ -151,6 +151,32 @@ def _valid(labels: np.ndarray) -> np.ndarray:
     return labels[keep]
 
 
+def _sequence_fit(a: np.ndarray, labels: np.ndarray, task: str | None) -> str | None:
+    """The sequence layout in which float ``[N, T, C]`` scores carry sequence labels ``[N, L]``, or None.
+    ``ctc`` fits any L (its blank, 0 or C - 1, from the clean decisions); ``tokens`` needs L == T. With
+    both possible and no ``task`` to say, the labels decide; a tie is an :class:`OnnxfiError`."""
+    if not is_float_dtype(a.dtype) or a.ndim != 3 or a.shape[2] < 2:
+        return None
+    valid = _valid(labels)
+    if valid.size and int(valid.max()) >= a.shape[2]:
+        return None
+    ctc = metrics.infer_layout(a, "ctc")
+    tokens = labels.shape[1] == a.shape[1]
+    if task == "ctc" or (task in (None, "sequence") and not tokens):
+        return ctc
+    if task == "tokens":
+        return "tokens" if tokens else None
+    if task not in (None, "sequence"):
+        return None
+    sc, st = _score(a, ctc, labels)[0], _score(a, "tokens", labels)[0]
+    sc, st = (x if math.isfinite(x) else -1.0 for x in (sc, st))
+    if abs(sc - st) < TIE_MARGIN:
+        raise OnnxfiError(f"sequence labels {list(labels.shape)} score the output {list(a.shape)} alike as a CTC "
+                          f"sequence (seq_accuracy {_fmt(sc)}) and as one class per step (token_accuracy "
+                          f"{_fmt(st)}); choose --task ctc or --task tokens")
+    return ctc if sc > st else "tokens"
+
+
 def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None, rows: int | None = None) -> str | None:
     """The layout in which ``arr`` carries ``labels`` (see the module docstring), or None. ``rows``: the
     labels came as one-hot / probability rows over that many classes."""
@@ -163,7 +189,9 @@ def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None, rows: i
     valid = _valid(labels)
     top = int(valid.max()) if valid.size else -1
     layout: str | None = None
-    if labels.ndim == 1 and rows is not None:  # one-hot / probability rows: class scores of the same C
+    if labels.ndim == 2:
+        layout = _sequence_fit(a, labels, task)
+    elif labels.ndim == 1 and rows is not None:  # one-hot / probability rows: class scores of the same C
         if is_float and a.ndim in (2, 4) and a.shape[1] == rows and a.shape[2:] in ((), (1, 1)):
             layout = "classes" if top < a.shape[1] and valid.size == labels.size else None
     elif labels.ndim == 1:
@@ -188,7 +216,7 @@ def _label_layout(arr: np.ndarray, labels: np.ndarray, task: str | None, rows: i
                 layout = "nchw"
             elif nhwc and top < a.shape[3]:
                 layout = "nhwc"
-    if layout is not None and task is not None and metrics.layout_task(layout) != task:
+    if layout is not None and task is not None and metrics.layout_task(layout) != metrics.task_family(task):
         return None
     return layout
 
@@ -201,6 +229,8 @@ def _score(arr: np.ndarray, layout: str, labels: np.ndarray) -> tuple[float, int
     if labels.ndim == 1:
         k = metrics.layout_classes(arr, layout) or metrics.label_map_classes(labels)
         return (float(np.mean(pred == labels)) if labels.size else math.nan), k
+    if labels.ndim == 2:
+        return sequence.sequence_task_metric(arr, labels, layout, pred)[1], metrics.layout_classes(arr, layout)
     k = metrics.layout_classes(arr, layout) or metrics.label_map_classes(pred, labels)
     return metrics.miou(pred, labels, k), k
 
@@ -248,8 +278,7 @@ def choose_output(
     ``samples``, the eval data's sample count, tells per-sample outputs from states."""
     if not outputs:
         raise OnnxfiError("the model has no outputs to score")
-    if task is not None and task not in ("classification", "segmentation", "regression"):
-        raise OnnxfiError(f"unknown task {task!r} (use classification, segmentation or regression)")
+    metrics.task_family(task)  # an unknown task names the choices
     names = list(outputs)
     arrays = {k: np.asarray(v) for k, v in outputs.items()}
     samples = samples if samples is not None else _samples(arrays, labels)
@@ -272,8 +301,9 @@ def choose_output(
         elif labels is not None and len(names) > 1:
             raise OnnxfiError(
                 f"labels of shape {list(np.shape(labels))}{_id_range(ids)} fit no output (class scores [N, C] "
-                f"with C above every label, class ids [N], or segmentation scores / a mask / a label map of the "
-                f"labels' [N, H, W]); outputs: {listing}; choose one with --output NAME"
+                f"with C above every label, class ids [N], segmentation scores / a mask / a label map of the "
+                f"labels' [N, H, W], or per-step class scores [N, T, C] for sequences [N, L]); outputs: {listing}; "
+                "choose one with --output NAME"
             )
         else:
             why = f"; labels of shape {list(np.shape(labels))} fit it in no layout" if labels is not None else ""
@@ -316,6 +346,9 @@ def _misfit(choice: OutputChoice, arr: np.ndarray, labels: np.ndarray, ids: np.n
     if ids.ndim == 1 and choice.layout == "classes" and k is not None:
         return (f"{head}: class ids lie in [{int(ids.min())}, {int(ids.max())}], but the output has {k} classes, "
                 f"so ids must lie in [0, {k}){tail}")
+    if ids.ndim == 2:
+        return (f"{head}: sequence labels [N, L] (ids, negative = padding) score per-step class scores "
+                f"[N, T, C] read with --task ctc (any L) or --task tokens (L == T), with every id below C{tail}")
     if ids.ndim == 3 and k is not None and valid.size and int(valid.max()) >= k:
         return (f"{head}: label ids reach {int(valid.max())}, but the output has {k} classes (ids in [0, {k}); "
                 f"negative or {metrics.IGNORE_ID} = ignore){tail}")
@@ -334,7 +367,7 @@ def _requested(
     if fit is not None and ids is not None:
         score, k = _score(arr, fit, ids)
         return OutputChoice(name, metrics.layout_task(fit), fit, f"--output {name}", None, {name: score},
-                            _metric(ids), k, listing)
+                            _metric(ids, fit), k, listing)
     try:
         layout = metrics.infer_layout(arr, task)
     except OnnxfiError as e:
@@ -343,14 +376,16 @@ def _requested(
                         metrics.layout_classes(arr, layout), listing)
 
 
-def _metric(ids: np.ndarray) -> str:
+def _metric(ids: np.ndarray, layout: str) -> str:
+    if ids.ndim == 2:
+        return "token_accuracy" if layout == "tokens" else "seq_accuracy"
     return "accuracy" if ids.ndim == 1 else "miou"
 
 
 def _by_labels(
     arrays: Mapping[str, np.ndarray], fits: list[_Candidate], ids: np.ndarray, listing: str
 ) -> OutputChoice:
-    metric = _metric(ids)
+    metric = _metric(ids, fits[0].layout)
     key = {c.name: (c.score if math.isfinite(c.score) else -1.0) for c in fits}
     ranked = sorted(fits, key=lambda c: (-key[c.name], c.order))
     top = key[ranked[0].name]
@@ -384,6 +419,8 @@ def _probabilities(arr: np.ndarray, layout: str) -> bool:
         return metrics.is_probability(arr, axis=1)
     if layout == "nhwc":
         return metrics.is_probability(arr, axis=3)
+    if layout in metrics.SEQUENCE_LAYOUTS:
+        return metrics.is_probability(arr, axis=2)
     return False
 
 
@@ -396,11 +433,14 @@ def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, 
         return OutputChoice(name, metrics.layout_task(layout), layout, f"the model's only output{why}", None, {},
                             None, metrics.layout_classes(arrays[name], layout), listing)
     tiers: list[tuple[int, _Candidate]] = []
+    sequences: list[str] = []
     for i, name in enumerate(names):
         try:
             layout = metrics.infer_layout(arrays[name], task)
         except OnnxfiError:
-            continue  # this output cannot be read as the forced task
+            if task is None and metrics.is_sequence_scores(arrays[name]):
+                sequences.append(f"{name!r} {list(np.shape(arrays[name]))}")
+            continue  # this output cannot be read as the forced task (or is a sequence whose reading is asked)
         if layout == "raw" and task != "regression":
             continue
         tier = 0 if _probabilities(arrays[name], layout) else 1
@@ -415,6 +455,10 @@ def _by_shape(arrays: Mapping[str, np.ndarray], task: str | None, listing: str, 
                                 f"the only output with one row per sample ({samples}), read as raw values; "
                                 "the others do not hold the samples on their first axis (states)", None, {}, None,
                                 None, listing)
+    if not tiers and sequences:
+        raise OnnxfiError(f"{', '.join(sequences)} holds per-step class scores [N, T, C]: read as a CTC sequence "
+                          f"(--task ctc) or one class per step (--task tokens); outputs: {listing}; "
+                          "add --output NAME to score another")
     if not tiers:
         raise OnnxfiError(
             f"no output looks like class scores, segmentation scores, a mask or class ids; outputs: {listing}; "

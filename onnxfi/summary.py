@@ -17,6 +17,7 @@ a group (a layer, a bit, a layer x bit cell) uses the same estimator on the stra
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class _Cells:
     k: dict[str, np.ndarray]  # per flag, plus "grid" (any of _GRID_FLAGS)
     y: np.ndarray  # sum and sum of squares of images_changed
     y2: np.ndarray
+    t: np.ndarray | None = None  # sum and sum of squares of token_error_rate (sequence outputs only)
+    t2: np.ndarray | None = None
 
     def rate(self, flag: str, cells: np.ndarray | None = None) -> Rate:
         sel = slice(None) if cells is None else cells
@@ -99,6 +102,13 @@ class _Cells:
         sel = slice(None) if cells is None else cells
         return estimate(self.design, self.n[sel], self.y[sel], self.y2[sel], self.population[sel],
                         self.strata[sel], self.confidence, binary=False)
+
+    def per_token(self) -> Rate | None:
+        """The model's mean token error rate (sequence outputs; None for other tasks)."""
+        if self.t is None or self.t2 is None:
+            return None
+        return estimate(self.design, self.n, self.t, self.t2, self.population, self.strata, self.confidence,
+                        binary=False)
 
 
 def _by_id(plan: Plan, rows: Sequence[Row]) -> tuple[dict[int, Row], dict[int, int]]:
@@ -123,11 +133,16 @@ def _cells(plan: Plan, rows: Sequence[Row], confidence: float,
     k = {f: sums(float(bool(r[f])) for _, r in used) for f in FLAGS}
     k["grid"] = sums(float(any(bool(r[f]) for f in grid_flags)) for _, r in used)
     y = [float(r.get("images_changed") or 0.0) for _, r in used]
+    # a sequence output's token error rate; rows without it (masked, crashed) changed no token
+    tok = [(r.get("metrics") or {}).get("token_error_rate") for _, r in used]
+    t = [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in tok]
+    has_tok = any(v is not None for v in tok)
     cells = _Cells(
         design=plan.design, confidence=confidence,
         population=np.array([s.population for s in plan.strata], dtype=np.float64),
         strata=estimation_strata(plan), n=np.bincount(cell, minlength=size).astype(np.float64), k=k,
         y=sums(y), y2=sums(v * v for v in y),
+        t=sums(t) if has_tok else None, t2=sums(v * v for v in t) if has_tok else None,
     )
     rounds = sorted({e.round for e in plan.experiments})
     planned = len(plan.experiments)
@@ -265,6 +280,7 @@ def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) 
         "rates": {f: _entry(cells.rate(f)) for f in FLAGS},
         "rates_raw": {f: _entry(rate_with_ci(sum(1 for r in rows if r[f]), len(rows), conf)) for f in FLAGS},
         "per_inference": {"sdc1": _entry(cells.per_inference(), with_counts=False)},
+        **({"per_token": {"error_rate": _entry(tok, with_counts=False)}} if (tok := cells.per_token()) else {}),
         "progress": prog,
         "strata": {"total": int(np.count_nonzero(cells.population)),
                    "sampled": int(np.count_nonzero(cells.n))},

@@ -34,7 +34,8 @@ from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
 from onnxfi.data import make_dataset
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS
+from onnxfi.metrics import TASKS
+from onnxfi.outcomes import FLAG_LABELS, FLAGS, decision_words, flag_description
 from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
 from onnxfi.store import Store
 
@@ -121,7 +122,8 @@ def register(sub: Any) -> None:
     p.add_argument("--address", help="with --executor ray: a running cluster (auto, HOST:PORT, ray://HOST:PORT); "
                    "default $RAY_ADDRESS, else a Ray instance on this machine")
     p.add_argument("--provider", default="cpu")
-    p.add_argument("--task", choices=["classification", "segmentation", "regression"], help="override detection")
+    p.add_argument("--task", choices=list(TASKS), help="override detection (per-step class scores [N, T, C]: "
+                   "ctc = greedy CTC decode, tokens = one class per step)")
     p.add_argument("--output", help="model output that carries the decision (default: chosen from the evidence: "
                    "the output that agrees best with the labels, else by shape; ambiguous -> exit 2 with the list)")
     p.add_argument("--metric", metavar="MODULE:FUNC", help="custom metric f(outputs, golden, labels) -> float|dict")
@@ -219,7 +221,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     critical = plan.options.get("critical", 0.01)
     for key in FLAGS:
         r = rates[key]
-        label = escape(FLAG_DESCRIPTIONS[key].format(critical=critical))
+        label = escape(flag_description(key, clean.get("task"), critical))
         if self_weighting:
             t.add_row(label, str(r["k"]), _pct(r))
         else:
@@ -227,8 +229,12 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     stdout.print(t)
     per = (s.get("per_inference") or {}).get("sdc1")
     if per and not transient:
-        stdout.print(f"Per inference: a fault changes the top-1 decision of {_pct(per)} of eval inferences "
-                     f"(mean over faults; {conf}% {_method(per)} interval)")
+        stdout.print(f"Per inference: a fault changes the {decision_words(clean.get('task'))} of {_pct(per)} of "
+                     f"eval inferences (mean over faults; {conf}% {_method(per)} interval)")
+    tok = (s.get("per_token") or {}).get("error_rate")
+    if tok:
+        stdout.print(f"Per token: a fault changes {_pct(tok)} of the decoded tokens (edit distance over the "
+                     f"fault-free length, mean over faults; {conf}% {_method(tok)} interval)")
     prog = s.get("progress") or {}
     if prog and not prog.get("complete", True):
         stdout.print(f"[yellow]partial campaign: {prog.get('rounds_complete')} of {prog.get('rounds')} rounds "

@@ -35,6 +35,7 @@ from onnxfi.compare import (
 )
 from onnxfi.data import make_dataset
 from onnxfi.errors import OnnxfiError
+from onnxfi.metrics import TASKS
 from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
 from onnxfi.plan import parse_bits
 from onnxfi.zoo import default_data
@@ -92,8 +93,9 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="NAME",
                    help="model output the faults are scored on (default: chosen by onnxfi.scoring: the output that "
                    "agrees best with the labels, else by shape; ambiguity is an error asking for --output)")
-    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
-                   help="read the scored output as this task (default: from the labels' shape, else the output's)")
+    p.add_argument("--task", choices=list(TASKS),
+                   help="read the scored output as this task (default: from the labels' shape, else the output's; "
+                   "per-step class scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="intra-op threads for every runtime")
     p.add_argument("--skip-unavailable", action="store_true",

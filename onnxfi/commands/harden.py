@@ -37,6 +37,7 @@ from onnxfi.harden import (
     parse_methods,
     run_outputs,
 )
+from onnxfi.metrics import TASKS
 from onnxfi.model import LoadedModel, load_model, save_model
 from onnxfi.scoring import choose_output, describe_shapes
 from onnxfi.zoo import default_data
@@ -82,8 +83,9 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="NAME",
                    help="the model output the accuracy comparison scores (default: the one that agrees best with "
                    "the labels, else by shape; see onnxfi.scoring)")
-    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
-                   help="read the scored output as this task (default: from the labels' shape, else the output's)")
+    p.add_argument("--task", choices=list(TASKS),
+                   help="read the scored output as this task (default: from the labels' shape, else the output's; "
+                   "per-step class scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
     p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
     add_data_loader_arg(p, "; here it serves as --calib (and as the comparison data unless --eval)")
     add_allow_cast_arg(p)

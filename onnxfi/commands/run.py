@@ -25,6 +25,7 @@ from onnxfi.commands._common import (
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.data import Dataset, make_dataset
 from onnxfi.errors import OnnxfiError
+from onnxfi.metrics import TASKS
 from onnxfi.outcomes import task_metric
 from onnxfi.runtime import concat_batches, make_session, run_session
 from onnxfi.scoring import OutputChoice, choose_output, plausibility
@@ -62,8 +63,9 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's choice)")
     p.add_argument("--output", metavar="NAME", help="the output the labels are scored on (default: the one that "
                    "agrees best with them)")
-    p.add_argument("--task", choices=["classification", "segmentation", "regression"],
-                   help="read the scored output as this task (default: from the labels' shape)")
+    p.add_argument("--task", choices=list(TASKS),
+                   help="read the scored output as this task (default: from the labels' shape; per-step class "
+                   "scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
     add_json_arg(p, "the outputs, latency and scores")
     p.set_defaults(func=run)
 

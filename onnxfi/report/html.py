@@ -28,7 +28,13 @@ import numpy as np
 from onnxfi import __version__
 from onnxfi.ber import ber_summary
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import FLAG_DESCRIPTIONS, FLAG_LABELS, FLAGS, OUTCOME_LABELS
+from onnxfi.outcomes import (
+    FLAG_LABELS,
+    FLAGS,
+    OUTCOME_LABELS,
+    decision_words,
+    flag_description,
+)
 from onnxfi.plan import Plan, file_sha256
 from onnxfi.store import StoredCampaign, load_campaign
 from onnxfi.summary import aggregate, layer_bit
@@ -677,7 +683,8 @@ def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
     s = camp.summary
     critical = camp.plan.options.get("critical", camp.config.get("critical", 0.01))
     raw = s.get("rates_raw", s["rates"])
-    rows = [(FLAG_DESCRIPTIONS[k].format(critical=critical), f'{s["rates"][k]["k"]}/{s["rates"][k]["n"]}',
+    task = (camp.clean or {}).get("task")
+    rows = [(flag_description(k, task, critical), f'{s["rates"][k]["k"]}/{s["rates"][k]["n"]}',
              _pct(s["rates"][k]), _pct(raw[k])) for k in FLAGS]
     table = _table(["outcome", "sampled k/n", f"per fault, model's rate [{_conf_pct(camp)}% CI]",
                     "raw sample rate [CI]"], rows)
@@ -690,8 +697,12 @@ def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
             f"{_e(s['rates']['sdc1'].get('method', 'wilson'))} intervals, complete rounds only); the raw sample "
             "rate is k/n over every stored experiment, which a non-proportional design tilts.</p>")
     if per:
-        note += (f"<p>Per inference: a fault changes the top-1 decision of {_e(_pct(per))} of eval inferences "
-                 "(the mean over faults of the fraction of inferences changed).</p>")
+        note += (f"<p>Per inference: a fault changes the {_e(decision_words(task))} of {_e(_pct(per))} of eval "
+                 "inferences (the mean over faults of the fraction of inferences changed).</p>")
+    tok = (s.get("per_token") or {}).get("error_rate")
+    if tok:
+        note += (f"<p>Per token: a fault changes {_e(_pct(tok))} of the decoded tokens (edit distance over the "
+                 "fault-free length, mean over faults).</p>")
     errors = Counter((r["outcome"], r["error"]) for r in camp.rows if r["error"])
     if errors:
         err_rows = [(outcome, n, _code(err)) for (outcome, err), n in errors.most_common(10)]
