@@ -4,6 +4,11 @@ Bit numbering, used everywhere in onnxfi: bit 0 is the least significant bit of 
 storage word. For float32, bit 31 is the sign, bits 30..23 the exponent (30 its most significant
 bit) and bits 22..0 the mantissa. float16: 15 sign, 14..10 exponent. bfloat16: 15 sign, 14..7
 exponent. float64: 63 sign, 62..52 exponent. Integers: bit 7 of int8 is the two's-complement sign.
+
+int4 and uint4 elements have bits 0..3 (bit 3 of int4 is the sign). ONNX stores them two to a byte,
+the even element in the low nibble: element i bit b is bit (i % 2) * 4 + b of byte i // 2. In general
+(little-endian raw data, every type) element i bit b is bit i * bits + b of the tensor's bytes, which
+:meth:`DTypeInfo.storage_bit` gives as (byte, bit of that byte).
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ class DTypeInfo:
         if not 0 <= bit < self.bits:
             raise FaultError(f"bit {bit} is outside {self.name} (bits 0..{self.bits - 1})")
 
+    @property
+    def per_byte(self) -> int:
+        """Elements stored in one byte: 2 for int4/uint4 (packed), 1 for wider types."""
+        return max(1, 8 // self.bits)
+
+    def storage_bit(self, flat_index: int, bit: int) -> tuple[int, int]:
+        """Where bit ``bit`` of element ``flat_index`` lies in the serialized tensor (ONNX raw data,
+        little-endian, sub-byte types packed low bits first): (byte index, bit of that byte)."""
+        self.check_bit(bit)
+        pos = flat_index * self.bits + bit
+        return pos // 8, pos % 8
+
 
 def _float(onnx_t: ir.DataType, name: str, np_t: Any, word: type, bits: int, exp: int) -> DTypeInfo:
     mant = bits - 1 - exp
@@ -55,7 +72,7 @@ def _float(onnx_t: ir.DataType, name: str, np_t: Any, word: type, bits: int, exp
     )
 
 
-def _int(onnx_t: ir.DataType, name: str, np_t: type, word: type, bits: int, signed: bool) -> DTypeInfo:
+def _int(onnx_t: ir.DataType, name: str, np_t: Any, word: type, bits: int, signed: bool) -> DTypeInfo:
     return DTypeInfo(onnx_t, name, np.dtype(np_t), np.dtype(word), bits, False, (), bits - 1 if signed else None)
 
 
@@ -74,6 +91,9 @@ FAULT_DTYPES: dict[ir.DataType, DTypeInfo] = {
         _int(ir.DataType.UINT32, "uint32", np.uint32, np.uint32, 32, False),
         _int(ir.DataType.INT64, "int64", np.int64, np.uint64, 64, True),
         _int(ir.DataType.UINT64, "uint64", np.uint64, np.uint64, 64, False),
+        # ml_dtypes holds one 4-bit value per byte, in the low nibble (the high nibble zero): the word is that byte
+        _int(ir.DataType.INT4, "int4", ml_dtypes.int4, np.uint8, 4, True),
+        _int(ir.DataType.UINT4, "uint4", ml_dtypes.uint4, np.uint8, 4, False),
     )
 }
 _BY_NUMPY = {d.numpy: d for d in FAULT_DTYPES.values()}

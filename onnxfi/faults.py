@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import ml_dtypes
 import numpy as np
 
 from onnxfi.bits import DTypeInfo, dtype_info_for_numpy, from_bits, to_bits
@@ -184,7 +185,7 @@ def _cast_value(value: float, dtype: np.dtype) -> np.ndarray:
     if not info.is_float:
         if not (math.isfinite(value) and value == int(value)):
             raise FaultError(f"value {value} is not an integer, cannot store it in {info.name}")
-        lim = np.iinfo(dtype)
+        lim = ml_dtypes.iinfo(dtype)  # numpy's iinfo does not know int4/uint4
         if not lim.min <= int(value) <= lim.max:
             raise FaultError(f"value {int(value)} is outside {info.name} ({lim.min}..{lim.max})")
         return np.array(int(value), dtype=dtype)
@@ -260,7 +261,7 @@ class RandomValue(Fault):
             with np.errstate(over="ignore"):
                 vals = rng.uniform(self.low, self.high, size=shape).astype(dtype)
             return np.asarray(np.minimum(np.maximum(vals, first), last), dtype=dtype)
-        lim = np.iinfo(dtype)
+        lim = ml_dtypes.iinfo(dtype)  # numpy's iinfo does not know int4/uint4
         lo, hi = max(math.ceil(self.low), int(lim.min)), min(math.floor(self.high), int(lim.max))
         if lo > hi:
             raise FaultError(f"no {info.name} value lies in [{self.low}, {self.high})")

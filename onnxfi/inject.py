@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfi.bits import dtype_info
 from onnxfi.errors import SiteError
-from onnxfi.faults import Fault
+from onnxfi.faults import BitFault, Fault
 from onnxfi.model import LoadedModel
 from onnxfi.passes import InjectWeightFault, InsertActivationFault, required_opset, upgrade_opset
 from onnxfi.sites import Site, SiteIndex, parse_index
 
-__all__ = ["Injection", "inject"]
+__all__ = ["Injection", "inject", "stored_bits"]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Injection:
     new_value: Any = None
     opset_from: int | None = None
     opset_to: int | None = None
+    stored: list[dict[str, Any]] | None = None  # weight bit faults: where each bit is stored (see stored_bits)
 
     def to_dict(self) -> dict[str, Any]:
         def scalar(v: Any) -> Any:
@@ -51,7 +53,37 @@ class Injection:
             "new_value": scalar(self.new_value),
             "opset_from": self.opset_from,
             "opset_to": self.opset_to,
+            "stored": self.stored,
         }
+
+
+def stored_bits(site: Site, flat_index: int, fault: Fault, old_value: Any = None,
+                new_value: Any = None) -> list[dict[str, Any]] | None:
+    """For a bit fault in a weight: each target bit's byte and bit in the serialized tensor (int4: element i
+    bit b is byte i // 2 bit (i % 2) * 4 + b) and, in a packed site (MatMulNBits B, zero points), the logical
+    value it belongs to, with that value before and after when ``old_value``/``new_value`` (the bytes) are given.
+    None for other faults and for activations."""
+    if site.kind != "weight" or not isinstance(fault, BitFault):
+        return None
+    info = dtype_info(site.dtype)
+    out: list[dict[str, Any]] = []
+    for bit in fault.target_bits():
+        byte, byte_bit = info.storage_bit(flat_index, bit)
+        rec: dict[str, Any] = {"bit": bit, "byte": byte, "byte_bit": byte_bit}
+        packing = site.packing
+        if packing is not None:
+            at = packing.locate(flat_index, bit)
+            rec["means"] = packing.describe(flat_index, bit)
+            if at is None:
+                rec["packed"] = None
+            else:
+                n, slot, vbit = at
+                rec["packed"] = {"n": n, "k" if packing.role == "weights" else "block": slot, "bit": vbit}
+                shift, mask = bit // packing.bits * packing.bits, (1 << packing.bits) - 1
+                if old_value is not None and new_value is not None:
+                    rec["packed"] |= {"old": int(old_value) >> shift & mask, "new": int(new_value) >> shift & mask}
+        out.append(rec)
+    return out
 
 
 def inject(
@@ -77,7 +109,8 @@ def inject(
             raise SiteError("--image applies to activation sites only; a weight fault hits every image")
         wpass = InjectWeightFault(sites, site, flat, fault, rng)
         wpass(loaded.model)
-        return Injection(loaded.model, site, flat, coords, fault, None, wpass.old_value, wpass.new_value)
+        return Injection(loaded.model, site, flat, coords, fault, None, wpass.old_value, wpass.new_value,
+                         stored=stored_bits(site, flat, fault, wpass.old_value, wpass.new_value))
     apass = InsertActivationFault(site, flat, fault, image, rng)
     before = int(loaded.model.opset_imports.get("", 0))
     model = upgrade_opset(loaded.model, required_opset(site, apass.fault))

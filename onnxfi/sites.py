@@ -4,6 +4,10 @@ A *weight* site is a numeric tensor the model stores (graph initializer, ``Const
 one inside ``If``/``Loop``/``Scan`` subgraphs, possibly in external data). An *activation* site is a
 numeric node output of the main graph. Tensors that only feed shapes, axes or indices are
 *structure* and are left out unless asked for.
+
+A weight site always addresses what the file stores, bit for bit. Where a uint8 tensor packs narrower
+quantized values (``com.microsoft`` ``MatMulNBits``: its B and its zero points), the site is still its
+bytes, and :class:`Packing` says which logical value each bit of a byte belongs to.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from onnxfi.errors import SiteError
 from onnxfi.model import EXTERNAL_META
 
 __all__ = [
+    "Packing",
     "Site",
     "SiteIndex",
     "SiteKind",
     "STRUCTURAL_INPUTS",
     "enumerate_sites",
+    "packed_weight_of",
     "parse_index",
 ]
 
@@ -52,6 +58,77 @@ STRUCTURAL_INPUTS: dict[str, frozenset[int]] = {
 
 
 @dataclass(frozen=True)
+class Packing:
+    """How a uint8 tensor packs ``bits``-bit quantized values for ``MatMulNBits`` (com.microsoft).
+
+    ``role`` is ``"weights"``: B, shape [N, k_blocks, block_size * bits / 8], row n holding column n of
+    the [K, N] weight; or ``"zero points"``: N rows of ceil(k_blocks * bits / 8) bytes, one value per
+    (n, block). Inside a byte the values go low bits first (bits=4: the low nibble holds the even k, or
+    the even block), so bit b of byte j of row n holds bit b % bits of value j * (8 // bits) + b // bits.
+    """
+
+    op: str
+    role: Literal["weights", "zero points"]
+    bits: int
+    n: int
+    k: int
+    block_size: int
+
+    @property
+    def per_byte(self) -> int:
+        return 8 // self.bits
+
+    @property
+    def k_blocks(self) -> int:
+        return -(-self.k // self.block_size)
+
+    @property
+    def row_bytes(self) -> int:
+        if self.role == "weights":
+            return self.k_blocks * self.block_size * self.bits // 8
+        return -(-self.k_blocks * self.bits // 8)
+
+    @property
+    def size(self) -> int:
+        """Bytes the packed tensor must have."""
+        return self.n * self.row_bytes
+
+    def locate(self, flat_index: int, bit: int) -> tuple[int, int, int] | None:
+        """(n, k, bit of the quantized weight) for B, (n, block, bit of the zero point) for zero points,
+        for bit ``bit`` (0..7) of byte ``flat_index``; None for a padding bit that holds no value."""
+        if not 0 <= flat_index < self.size:
+            raise SiteError(f"byte {flat_index} out of range ({self.size} bytes)")
+        if not 0 <= bit < 8:
+            raise SiteError(f"bit {bit} is outside a byte (bits 0..7)")
+        n, byte = divmod(flat_index, self.row_bytes)
+        slot = byte * self.per_byte + bit // self.bits
+        if slot >= (self.k if self.role == "weights" else self.k_blocks):
+            return None
+        return n, slot, bit % self.bits
+
+    def describe(self, flat_index: int, bit: int) -> str:
+        """``"weight (n=0, k=11) bit 1 of its 4-bit value"``: the logical value behind one stored bit."""
+        at = self.locate(flat_index, bit)
+        if at is None:
+            return "padding (no value)"
+        n, slot, vbit = at
+        what = f"weight (n={n}, k={slot})" if self.role == "weights" else f"zero point (n={n}, block={slot})"
+        return f"{what} bit {vbit} of its {self.bits}-bit value"
+
+    def note(self) -> str:
+        """One line for listings: ``"packed 4-bit: 2 weights per byte (MatMulNBits B, N=4 K=32 block 16)"``."""
+        what = "weights" if self.role == "weights" else "zero points"
+        slot = "k" if self.role == "weights" else "block"
+        return (f"packed {self.bits}-bit: {self.per_byte} {what} per byte, low bits = even {slot} "
+                f"({self.op} {'B' if self.role == 'weights' else 'zero_points'}, "
+                f"N={self.n} K={self.k} block {self.block_size})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "role": self.role, "bits": self.bits, "per_byte": self.per_byte, "n": self.n,
+                "k": self.k, "block_size": self.block_size}
+
+
+@dataclass(frozen=True)
 class Site:
     """One place a fault can go. ``elements`` counts one image's elements for batched activations."""
 
@@ -67,6 +144,7 @@ class Site:
     batched: bool = False
     external: bool = False
     tensor_name: str = ""
+    packing: Packing | None = None  # uint8 storage of packed narrower values (MatMulNBits B, zero points)
 
     @property
     def element_shape(self) -> tuple[int | str | None, ...] | None:
@@ -124,7 +202,16 @@ class Site:
             "nodes": list(self.nodes),
             "structural": self.structural,
             "external": self.external,
+            "packed": None if self.packing is None else self.packing.to_dict(),
         }
+
+
+def packed_weight_of(site: Site, flat_index: int, bit: int) -> tuple[int, int, int] | None:
+    """Which logical value bit ``bit`` of byte ``flat_index`` of a packed site belongs to: (n, k, bit of the
+    quantized weight) for MatMulNBits B, (n, block, bit) for its zero points; None for a padding bit."""
+    if site.packing is None:
+        raise SiteError(f"{site.name} is not a packed weight (only MatMulNBits B and zero points are)")
+    return site.packing.locate(flat_index, bit)
 
 
 def parse_index(text: str | int, shape: tuple[int, ...]) -> int:
@@ -245,6 +332,35 @@ def _constant_tensor(node: ir.Node) -> tuple[str, ir.DataType, tuple[int, ...], 
         arr = np.asarray(attr.value)
         return key, dt or ir.DataType.FLOAT, tuple(arr.shape), None
     return None
+
+
+# com.microsoft MatMulNBits inputs that hold packed values, by input slot
+_PACKED_SLOTS: dict[int, Literal["weights", "zero points"]] = {1: "weights", 3: "zero points"}
+
+
+def _int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:
+    attr = node.attributes.get(name)
+    return default if attr is None or attr.type != ir.AttributeType.INT else int(attr.value)
+
+
+def _packing(v: ir.Value, dtype: ir.DataType, size: int) -> Packing | None:
+    """The packing of a uint8 tensor that only feeds MatMulNBits' B or zero points, when its attributes and
+    size agree (the same for every use); None otherwise: then its bytes are only bytes."""
+    if dtype != ir.DataType.UINT8:
+        return None
+    found: set[Packing] = set()
+    for node, slot in v.uses():
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft" or slot not in _PACKED_SLOTS:
+            return None
+        k, n, bs = _int_attr(node, "K"), _int_attr(node, "N"), _int_attr(node, "block_size")
+        bits = _int_attr(node, "bits", 4)
+        if k is None or n is None or bs is None or bits not in (2, 4, 8) or k < 1 or n < 1 or bs < 1:
+            return None
+        found.add(Packing(node.op_type, _PACKED_SLOTS[slot], bits, n, k, bs))  # type: ignore[arg-type]
+    if len(found) != 1:
+        return None
+    packing = found.pop()
+    return packing if packing.size == size else None
 
 
 @dataclass
@@ -406,9 +522,10 @@ def enumerate_sites(
                 continue
             ops, nodes = consumers(v)
             sname = unique(name, path)
+            wshape = tuple(int(d) for d in t.shape.numpy())
             sites.append(Site(
-                sname, "weight", dt, tuple(int(d) for d in t.shape.numpy()), "initializer", ops, nodes, path,
-                id(v) in structural, False, _is_external(t), name,
+                sname, "weight", dt, wshape, "initializer", ops, nodes, path,
+                id(v) in structural, False, _is_external(t), name, _packing(v, dt, math.prod(wshape)),
             ))
             weights[sname] = ("initializer", v)
         for node in g:
@@ -426,7 +543,7 @@ def enumerate_sites(
             sname = unique(out.name or node.name or "constant", path)
             sites.append(Site(
                 sname, "weight", dt, cshape, "constant", ops, nodes, path, id(out) in structural,
-                False, _is_external(tensor), out.name or "",
+                False, _is_external(tensor), out.name or "", _packing(out, dt, math.prod(cshape)),
             ))
             weights[sname] = ("constant", (node, key))
 
@@ -436,6 +553,8 @@ def enumerate_sites(
             continue
         for out in node.outputs:
             if out is None or not out.name or out.dtype not in FAULT_DTYPES:
+                continue
+            if dtype_info(out.dtype).per_byte > 1:  # int4/uint4: no ONNX bitwise op takes them, so no fault node
                 continue
             shape: tuple[int | str | None, ...] | None
             if value_shapes and out.name in value_shapes:

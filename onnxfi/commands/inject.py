@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from onnxfi.ber import apply_flips, ber_sizes, draw_flips, is_ber
+from onnxfi.bits import dtype_info
 from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_model_args,
@@ -226,6 +227,15 @@ def run(args: argparse.Namespace) -> int:
     stdout.print(f"fault     {result.fault.spec()}")
     if s.kind == "weight":
         stdout.print(f"value     {fmt_value(result.old_value)} -> {fmt_value(result.new_value)}")
+        # where each bit lies, for sites whose element is not simply one stored word (int4; packed bytes)
+        if s.packing is not None:
+            for rec in result.stored or []:
+                packed = rec["packed"]
+                change = f": {packed['old']} -> {packed['new']}" if packed and "old" in packed else ""
+                stdout.print(f"stored    byte [{coords}] bit {rec['bit']} = {rec['means']}{change}", markup=False)
+        elif dtype_info(s.dtype).per_byte > 1:
+            for rec in result.stored or []:
+                stdout.print(f"stored    bit {rec['bit']} = byte {rec['byte']} bit {rec['byte_bit']} of the stored data")
     else:
         if preview is not None:
             stdout.print(f"value     {fmt_value(preview[0])} -> {fmt_value(preview[1])}  "

@@ -9,6 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from onnxfi.bits import dtype_info
 from onnxfi.commands._common import add_model_args, dtype_name, fmt_int, load_from_args, stdout
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
@@ -98,6 +99,8 @@ def _site_table(title: str, rows: list[Site], limit: int | None) -> Table:
                 where += " (external)"
             if s.structural:
                 where += " [structure]"
+            if s.packing is not None:
+                where += f" [packed {s.packing.bits}-bit]"
             cells = [escape(name), ",".join(s.ops) or "(unused)", s.dtype_name, s.shape_text(), fmt_int(s.elements)]
             if not narrow:
                 cells += [str(s.bits), fmt_int(s.fault_space)]
@@ -114,6 +117,19 @@ def _site_table(title: str, rows: list[Site], limit: int | None) -> Table:
     if table_width(t, stdout) > stdout.width:
         t = fit_names(lambda n: make(n, narrow=True), names, stdout)
     return t
+
+
+def _packing_notes(weights: list[Site]) -> list[str]:
+    """What one fault index and bit address in packed sites: a byte and the logical value behind each bit."""
+    notes = []
+    for s in weights:
+        if s.packing is not None:
+            notes.append(f"{s.name}: {s.packing.note()}; `onnxfi inject` names the value behind a bit")
+    sub_byte = sorted({s.dtype_name for s in weights if dtype_info(s.dtype).per_byte > 1})
+    if sub_byte:
+        notes.append(f"{'/'.join(sub_byte)} sites count 4-bit elements, stored two per byte with the even element in "
+                     "the low nibble: element i bit b is bit (i % 2) * 4 + b of byte i // 2")
+    return notes
 
 
 @json_command
@@ -141,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"parameters: {info['parameters']:,}   fault space (elements x bits): "
               + ", ".join(f"{k} {v:,}" for k, v in info["fault_space"].items())
               + f"   total {info['fault_space_total']:,}")
+    for note in _packing_notes([s for s in chosen if s.kind == "weight"]):
+        out.print(f"[dim]{escape(note)}[/dim]")
     if info["sites_with_unknown_shape"]:
         out.print("[yellow]sites with unknown shape (give --input-shape): "
                   + ", ".join(f"{k} {v}" for k, v in info["sites_with_unknown_shape"].items()) + "[/yellow]")
