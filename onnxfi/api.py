@@ -218,6 +218,12 @@ def _ops(ops: str | Sequence[str] | None) -> list[str] | None:
     return parts or None
 
 
+def _task_name(task: str | None) -> str | None:
+    """``task`` as :data:`~onnxfi.metrics.TASKS` names it (``detection:module:function``, a user's decoder, is
+    ``detection``)."""
+    return "detection" if task is not None and task.startswith("detection:") else task
+
+
 def _choice(name: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
         raise OnnxfiError(f"unknown {name} {value!r}: use one of {', '.join(allowed)}")
@@ -410,7 +416,7 @@ def analyze(
         raise OnnxfiError(f"give one of faults, margin and per_stratum, not {' and '.join(sizes)}")
     _choice("target", target, _TARGETS)
     _choice("mode", mode, MODES)
-    _choice("task", task, _TASKS)
+    _choice("task", _task_name(task), _TASKS)
     scratch = _Scratch()
     db_path = Path(db) if db is not None else scratch.path("campaign.db")
     if resume and not db_path.exists():
@@ -704,7 +710,7 @@ def harden(
             raise OnnxfiError(f"{option} applies to {method}; add it to methods")
     if samples < 1 or batch < 1 or repeat < 1:
         raise OnnxfiError("samples, batch and repeat must be at least 1")
-    _choice("task", task, _TASKS)
+    _choice("task", _task_name(task), _TASKS)
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.suffix != ".onnx":
         raise OnnxfiError(f"out {out_path}: the hardened model must be a .onnx file")
@@ -889,7 +895,7 @@ def compare(
             raise OnnxfiError(f"{name} must be at least 1")
     if faults < 0 or warmup < 0:
         raise OnnxfiError("faults and warmup must be >= 0")
-    _choice("task", task, _TASKS)
+    _choice("task", _task_name(task), _TASKS)
     backends = _backends(runtimes, threads)
     if reference is not None and reference.lower() not in [getattr(b, "name", "") for b in backends]:
         backends = _backends(reference, threads) + backends

@@ -34,7 +34,7 @@ from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, ProviderError, first_line
 from onnxfi.faults import inject_element
 from onnxfi.model import LoadedModel
-from onnxfi.outcomes import FLAGS, OUTCOMES, classify, crash_row, experiment_row, task_metric
+from onnxfi.outcomes import FLAGS, OUTCOMES, classify, crash_row, experiment_row, output_metric
 from onnxfi.plan import Plan, make_plan
 from onnxfi.runtime import PROVIDER_NAMES, run_batches
 from onnxfi.scoring import choose_output, describe_shapes, plausibility
@@ -580,7 +580,7 @@ def run_compare(
     for rep, _, _ in usable:
         if rep.name in goldens and rep.name != reference:
             rep.outputs = compare_outputs(ref_out, goldens[rep.name], atol, rtol)
-    clean = task_metric(choice.task, ref_out[primary], ref_out[primary], data.labels, choice.layout)
+    clean = output_metric(choice.task, choice.layout, ref_out, ref_out, primary, data.labels)
     result = CompareResult(model_path, reference, reports, n, data.source, atol, rtol, task=choice.task,
                            output_choice=choice.to_dict(), clean={"metric": clean[0], "value": clean[1]},
                            warning=plausibility(choice, clean[1]) if clean[0] in ("accuracy", "miou") else None)

@@ -76,6 +76,16 @@ class Dataset:
     axes: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def batch_for(self, specs: Sequence[InputSpec], batch: int) -> int:
+        """``batch`` capped at the samples per run that the model's inputs fix (an input whose sample axis has
+        a fixed size, as a ``[1, 3, 800, 608]`` export: exactly that many samples per run)."""
+        for s in specs:
+            ax = self.axis(s.name) if s.name in self.feeds else None
+            fixed = s.shape[ax] if s.shape and ax is not None and ax < len(s.shape) else None
+            if isinstance(fixed, int) and fixed > 0:
+                batch = min(batch, fixed)
+        return batch
+
     def axis(self, name: str) -> int | None:
         """The sample axis of input ``name`` (None: it has none and every batch takes it whole)."""
         if name in self.axes:

@@ -22,7 +22,7 @@ from onnxfi.bits import is_float_dtype
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, SessionError, first_line
 from onnxfi.faults import BitFlip
-from onnxfi.outcomes import task_metric
+from onnxfi.outcomes import output_metric
 from onnxfi.passes import HARDENING_METHODS, Calibration, ClipAct
 from onnxfi.passes._hardening import Change, Skip, graph_opset, hardening_method
 from onnxfi.passes.clipact import threshold_array
@@ -194,10 +194,15 @@ def score_outputs(
     if choice.layout == "raw":
         return choice, "none", None, None
     ref, out = reference[choice.name], outputs[choice.name]
+    if choice.task == "detection":  # mAP@0.5 against the labels, else against the reference's detections
+        lab = labels if choice.metric is not None else None
+        metric, before = output_metric(choice.task, choice.layout, reference, reference, choice.name, lab)
+        return choice, metric, before, output_metric(choice.task, choice.layout, outputs, reference, choice.name,
+                                                     lab)[1]
     if labels is not None and choice.metric is not None:
         with np.errstate(invalid="ignore"):
-            metric, before = task_metric(choice.task, ref, ref, labels, choice.layout)
-            after = task_metric(choice.task, out, ref, labels, choice.layout)[1]
+            metric, before = output_metric(choice.task, choice.layout, reference, reference, choice.name, labels)
+            after = output_metric(choice.task, choice.layout, outputs, reference, choice.name, labels)[1]
         return choice, metric, before, after
     return choice, "top1_agreement", 1.0, float(np.mean(_decisions(out, choice, ref) == _decisions(ref, choice, ref)))
 

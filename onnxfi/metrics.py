@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from onnxfi import sequence
 from onnxfi.bits import is_float_dtype
+from onnxfi.detection import TASK_PLUGIN_PREFIX, is_detection_layout
 from onnxfi.errors import OnnxfiError
 from onnxfi.sequence import SEQUENCE_LAYOUTS, ctc_blank_layout
 
@@ -77,13 +78,13 @@ __all__ = [
     "segmentation_metrics",
 ]
 
-Task = Literal["classification", "segmentation", "regression", "sequence"]
+Task = Literal["classification", "segmentation", "regression", "sequence", "detection"]
 Layout = Literal["classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw",
                  "ctc", "ctc-last", "tokens"]
 LAYOUTS: tuple[Layout, ...] = ("classes", "ids", "nchw", "nhwc", "mask-nchw", "mask-nhwc", "mask", "labelmap", "raw",
                                "ctc", "ctc-last", "tokens")
 # what ``--task`` takes: the four families, and the two readings of a sequence output by name
-TASKS = ("classification", "segmentation", "regression", "sequence", "ctc", "tokens")
+TASKS = ("classification", "segmentation", "regression", "sequence", "ctc", "tokens", "detection")
 MASK_LAYOUTS: tuple[Layout, ...] = ("mask-nchw", "mask-nhwc", "mask")
 # the label id segmentation datasets use for "don't care" pixels (Pascal VOC, Cityscapes): never a class
 IGNORE_ID = 255
@@ -322,6 +323,8 @@ def task_family(task: str | None) -> str | None:
     ``sequence``; an unknown task is an :class:`OnnxfiError` naming the choices."""
     if task is None:
         return None
+    if task.startswith(TASK_PLUGIN_PREFIX):  # detection:module:function, a user's decoder (--decoder)
+        return "detection"
     if task not in TASKS:
         raise OnnxfiError(f"unknown task {task!r} (use {', '.join(TASKS)})")
     return "sequence" if task in ("ctc", "tokens") else task
@@ -347,7 +350,11 @@ def _sequence_layout(arr: NDArray[Any], task: str) -> Layout:
 
 
 def layout_task(layout: str) -> Task:
-    """The task a layout belongs to: ``classes``/``ids`` classification, ``raw`` regression, the rest segmentation."""
+    """The task a layout belongs to: ``classes``/``ids`` classification, ``raw`` regression, ``ctc``/``tokens``
+    sequence, a decoder's (``det-yolo``, ``det:module:function``, :mod:`onnxfi.detection`) detection, the rest
+    segmentation."""
+    if is_detection_layout(layout):
+        return "detection"
     try:
         return _LAYOUT_TASKS[layout]
     except KeyError:
@@ -385,6 +392,8 @@ def infer_layout(x: ArrayLike, task: str | None = None) -> Layout:
     family = task_family(task)
     if task == "regression":
         return "raw"
+    if family == "detection":
+        raise OnnxfiError("a detector's outputs are read together by a decoder (onnxfi.detection), not one by one")
     if family == "sequence" or (task is None and is_sequence_scores(arr)):
         return _sequence_layout(arr, task or "sequence")
     shape = arr.shape

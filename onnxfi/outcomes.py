@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxfi import metrics, sequence
+from onnxfi import detection, metrics, sequence
 from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
-    "classify", "classify_samples", "task_metric", "flag_description", "decision_words", "load_metric", "experiment_row", "crash_row", "fault_spec",
+    "classify", "classify_samples", "task_metric", "output_metric", "detection_task_metric", "flag_description", "decision_words", "load_metric", "experiment_row", "crash_row", "fault_spec",
 ]
 
 # exclusive outcomes, least to most severe
@@ -57,8 +57,11 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "masked": "masked (outputs bitwise equal)",
 }
 # what SDC-1 means where the decision is not a top-1 class
-_SDC1_BY_TASK: Mapping[str, str] = {"sequence": "SDC-1 (decoded sequence changed on some input)"}
-_DECISION_BY_TASK: Mapping[str, str] = {"sequence": "decoded sequence"}
+_SDC1_BY_TASK: Mapping[str, str] = {
+    "sequence": "SDC-1 (decoded sequence changed on some input)",
+    "detection": "SDC-1 (a detection lost, added, relabelled or moved on some image)",
+}
+_DECISION_BY_TASK: Mapping[str, str] = {"sequence": "decoded sequence", "detection": "detections"}
 
 
 def flag_description(flag: str, task: str | None, critical: float) -> str:
@@ -70,7 +73,8 @@ def flag_description(flag: str, task: str | None, critical: float) -> str:
 
 
 def decision_words(task: str | None) -> str:
-    """What one inference decides, for the per-inference line: ``top-1 decision`` or ``decoded sequence``."""
+    """What one inference decides, for the per-inference line: ``top-1 decision``, ``decoded sequence`` or
+    ``detections``."""
     return _DECISION_BY_TASK.get(task or "", "top-1 decision")
 
 
@@ -130,6 +134,8 @@ def task_metric(
     (:func:`onnxfi.sequence.sequence_task_metric`). Regression: ``max_abs_error`` against golden.
     """
     layout = layout or metrics.infer_layout(golden, task)
+    if metrics.layout_task(layout) == "detection":
+        raise ValueError("a detector's task metric reads every output: use output_metric")
     if layout == "classes":
         if labels is not None:
             return "accuracy", metrics.accuracy(out, labels)
@@ -149,6 +155,40 @@ def task_metric(
         k = metrics.layout_classes(golden, layout) or metrics.label_map_classes(gold, ref)
         return "miou", metrics.miou(pred, ref, k)
     return "max_abs_error", metrics.error_stats(out, golden)["max_abs"]
+
+
+def _golden_detections(layout: str, golden: Mapping[str, np.ndarray]) -> list[detection.Detections]:
+    """The fault-free detections (remembered by the golden run's first output: the same for every
+    experiment of a site)."""
+    key = next(iter(golden.values()))
+    out: list[detection.Detections] = metrics.remembered("detections", key, layout,
+                                                          lambda: detection.decode(layout, golden))
+    return out
+
+
+def _truth(labels: np.ndarray) -> list[detection.Detections]:
+    out: list[detection.Detections] = metrics.remembered("detection_labels", labels, None,
+                                                          lambda: detection.labels_to_detections(labels))
+    return out
+
+
+def detection_task_metric(layout: str, outputs: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
+                          labels: np.ndarray | None) -> tuple[str, float]:
+    """A detector's task metric over one run's outputs (every output: the decoder reads them together):
+    ``map50`` (mAP@0.5 against the labels, padded ``[N, M, 5]``), else ``map50_golden`` (against the
+    fault-free detections as the truth; NaN when golden detects nothing)."""
+    found = detection.decode(layout, outputs)
+    if labels is not None:
+        return "map50", detection.average_precision(found, _truth(labels))
+    return "map50_golden", detection.average_precision(found, _golden_detections(layout, golden))
+
+
+def output_metric(task: str, layout: str | None, outputs: Mapping[str, np.ndarray],
+                  golden: Mapping[str, np.ndarray], name: str, labels: np.ndarray | None) -> tuple[str, float]:
+    """:func:`task_metric` of whole runs: the scored output ``name``, or for a detector every output."""
+    if layout is not None and metrics.layout_task(layout) == "detection":
+        return detection_task_metric(layout, outputs, golden, labels)
+    return task_metric(task, outputs[name], golden[name], labels, layout)
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
@@ -202,6 +242,14 @@ def classify(
         m = {"n": float(changed.size), "golden_agreement": float(np.mean(~changed)) if changed.size else float("nan")}
         sdc1 = bool(changed.any())
         changed_frac = float(changed.mean()) if changed.size else 0.0
+    elif task == "detection":
+        gdets = _golden_detections(layout, golden)
+        fdets = detection.decode_changed(layout, faulty, golden, gdets)
+        m, changed, _ = detection.detection_parts(gdets, fdets, with_map=labels is None)
+        if labels is not None:
+            m["map50_labels"] = detection.average_precision(fdets, _truth(labels))
+        sdc1 = bool(changed.any())
+        changed_frac = float(changed.mean()) if changed.size else 0.0
     elif task == "sequence":
         m, changed = sequence.sequence_parts(out, gold, labels, layout, metrics.decisions(gold, layout))
         sdc1 = bool(changed.any())
@@ -218,11 +266,14 @@ def classify(
         changed_frac = float(np.mean(np.any((out != gold).reshape(len(out), -1), axis=1))) if out.ndim else 1.0
     # the fault-free value: the same for every experiment of a site (remembered by the golden array)
     _, name, clean = metrics.remembered("clean_task_metric", gold, (id(labels), task, layout),
-                                        lambda: ([labels], *task_metric(task, gold, gold, labels, layout)))
+                                        lambda: ([labels], *output_metric(task, layout, golden, golden, primary,
+                                                                          labels)))
     if masked:
         value = clean
     elif layout == "classes":  # what task_metric computes, taken from the metrics above
         value = m["accuracy"] if labels is not None else m["golden_agreement"]
+    elif task == "detection":  # what detection_task_metric computes, from the matches above
+        value = m["map50_labels"] if labels is not None else m["map50"]
     else:
         value = task_metric(task, out, gold, labels, layout)[1]
     m["task_metric"] = name
@@ -230,6 +281,8 @@ def classify(
     m["clean_value"] = float(clean)
     drop = (value - clean) if name == "max_abs_error" else (clean - value)
     is_critical = (not masked) and (not np.isfinite(value) or drop > critical) and name != "max_abs_error"
+    if task == "detection" and not np.isfinite(clean):
+        is_critical = False  # no fault-free detection to lose: lost, added or relabelled boxes are SDCs
     if custom is not None:
         res = custom(faulty, golden, labels)
         if isinstance(res, dict):

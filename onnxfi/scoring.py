@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfi import metrics, sequence
+from onnxfi import detection, metrics, sequence
 from onnxfi.bits import is_float_dtype
 from onnxfi.errors import OnnxfiError
 
@@ -283,6 +283,11 @@ def choose_output(
     arrays = {k: np.asarray(v) for k, v in outputs.items()}
     samples = samples if samples is not None else _samples(arrays, labels)
     listing = describe_outputs(arrays, samples)
+    family = metrics.task_family(task)
+    if family == "detection" or (family is None and requested is None):
+        det = detection.choose_layout(arrays, task)
+        if det is not None:
+            return _detection_choice(arrays, labels, det, listing)
     ids = _labels(labels) if labels is not None else None
     kind = metrics.label_rows(labels) if labels is not None else None
     rows = int(np.shape(labels)[1]) if kind is not None and labels is not None else None
@@ -315,6 +320,22 @@ def choose_output(
         choice = replace(choice, reason=f"{choice.reason}; labels {list(np.shape(labels))} are {kind} rows, "
                                         "read as class ids (argmax)")
     return choice
+
+
+def _detection_choice(arrays: Mapping[str, np.ndarray], labels: np.ndarray | None, det: tuple[str, str, str],
+                      listing: str) -> OutputChoice:
+    """A detector's choice: its decoder's layout, the first output it reads, and with labels (padded
+    ``[N, M, 5]`` rows ``class, x1, y1, x2, y2``, class < 0 = padding) the clean mAP@0.5 against them."""
+    layout, name, reason = det
+    if labels is None:
+        return OutputChoice(name, "detection", layout, reason, None, {}, None, None, listing)
+    lab = np.asarray(labels)
+    if lab.ndim != 3 or lab.shape[2] != 5 or not np.issubdtype(lab.dtype, np.number):
+        raise OnnxfiError(f"detection labels are [N, M, 5] rows class, x1, y1, x2, y2 (class < 0 = padding), "
+                          f"got {list(lab.shape)}; outputs: {listing}")
+    score = detection.average_precision(detection.decode(layout, arrays), detection.labels_to_detections(lab))
+    return OutputChoice(name, "detection", layout, f"{reason}; clean mAP@0.5 against the labels {_fmt(score)}",
+                        None, {name: score}, "map50", None, listing)
 
 
 def _id_range(ids: np.ndarray | None) -> str:

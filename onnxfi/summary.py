@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,24 @@ Row = dict[str, Any]
 UNRECORDED_PATH = "unrecorded"
 # per-experiment metrics whose campaign mean the summary reports
 _MEAN_METRICS = ("task_value", "accuracy", "miou", "mean_entropy", "mean_msp", "ece", "pixel_accuracy")
+
+
+def _map_drop(m: dict[str, Any]) -> float | None:
+    """A detector's mAP@0.5 drop (clean - faulty, a gain counting as 0); None for other tasks."""
+    if m.get("task_metric") not in ("map50", "map50_golden"):
+        return None
+    v, c = m.get("task_value"), m.get("clean_value")
+    if not isinstance(v, (int, float)) or not isinstance(c, (int, float)):
+        return 1.0 if isinstance(c, (int, float)) else None  # a NaN mAP (a fault's NaN box): all of it lost
+    return max(0.0, float(c) - float(v))
+
+
+# per-fault means only some tasks store, each estimated as the design weighs the sample (values clipped to
+# [0, 1]: a token error rate above 1, insertions, counts as 1)
+_TASK_MEANS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "token_error_rate": lambda m: m.get("token_error_rate"),
+    "map50_drop": _map_drop,
+}
 # the layer x bit grid counts experiments with any of these flags
 _GRID_FLAGS = ("sdc1", "due")
 
@@ -90,8 +108,9 @@ class _Cells:
     k: dict[str, np.ndarray]  # per flag, plus "grid" (any of _GRID_FLAGS)
     y: np.ndarray  # sum and sum of squares of images_changed
     y2: np.ndarray
-    t: np.ndarray | None = None  # sum and sum of squares of token_error_rate (sequence outputs only)
-    t2: np.ndarray | None = None
+    # per value that only some tasks store (a sequence's token error rate, a detector's mAP drop): its sum and
+    # sum of squares per cell
+    means: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def rate(self, flag: str, cells: np.ndarray | None = None) -> Rate:
         sel = slice(None) if cells is None else cells
@@ -103,12 +122,12 @@ class _Cells:
         return estimate(self.design, self.n[sel], self.y[sel], self.y2[sel], self.population[sel],
                         self.strata[sel], self.confidence, binary=False)
 
-    def per_token(self) -> Rate | None:
-        """The model's mean token error rate (sequence outputs; None for other tasks)."""
-        if self.t is None or self.t2 is None:
+    def mean(self, key: str) -> Rate | None:
+        """The model's mean of a value in :data:`_TASK_MEANS` (None when the campaign's task stores none)."""
+        if key not in self.means:
             return None
-        return estimate(self.design, self.n, self.t, self.t2, self.population, self.strata, self.confidence,
-                        binary=False)
+        t, t2 = self.means[key]
+        return estimate(self.design, self.n, t, t2, self.population, self.strata, self.confidence, binary=False)
 
 
 def _by_id(plan: Plan, rows: Sequence[Row]) -> tuple[dict[int, Row], dict[int, int]]:
@@ -133,16 +152,18 @@ def _cells(plan: Plan, rows: Sequence[Row], confidence: float,
     k = {f: sums(float(bool(r[f])) for _, r in used) for f in FLAGS}
     k["grid"] = sums(float(any(bool(r[f]) for f in grid_flags)) for _, r in used)
     y = [float(r.get("images_changed") or 0.0) for _, r in used]
-    # a sequence output's token error rate; rows without it (masked, crashed) changed no token
-    tok = [(r.get("metrics") or {}).get("token_error_rate") for _, r in used]
-    t = [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in tok]
-    has_tok = any(v is not None for v in tok)
+    means = {}
+    for key, value in _TASK_MEANS.items():
+        vals = [value(r.get("metrics") or {}) for _, r in used]
+        if any(v is not None for v in vals):  # rows without it (masked, crashed) changed nothing
+            t = [min(1.0, max(0.0, v)) if v is not None and math.isfinite(v) else 0.0 for v in vals]
+            means[key] = (sums(t), sums(v * v for v in t))
     cells = _Cells(
         design=plan.design, confidence=confidence,
         population=np.array([s.population for s in plan.strata], dtype=np.float64),
         strata=estimation_strata(plan), n=np.bincount(cell, minlength=size).astype(np.float64), k=k,
         y=sums(y), y2=sums(v * v for v in y),
-        t=sums(t) if has_tok else None, t2=sums(v * v for v in t) if has_tok else None,
+        means=means,
     )
     rounds = sorted({e.round for e in plan.experiments})
     planned = len(plan.experiments)
@@ -280,7 +301,9 @@ def aggregate(plan: Plan, rows: Iterable[Row], confidence: float | None = None) 
         "rates": {f: _entry(cells.rate(f)) for f in FLAGS},
         "rates_raw": {f: _entry(rate_with_ci(sum(1 for r in rows if r[f]), len(rows), conf)) for f in FLAGS},
         "per_inference": {"sdc1": _entry(cells.per_inference(), with_counts=False)},
-        **({"per_token": {"error_rate": _entry(tok, with_counts=False)}} if (tok := cells.per_token()) else {}),
+        **({"per_token": {"error_rate": _entry(tok, with_counts=False)}} if (tok := cells.mean("token_error_rate"))
+           else {}),
+        **({"task_drop": {"map50": _entry(drop, with_counts=False)}} if (drop := cells.mean("map50_drop")) else {}),
         "progress": prog,
         "strata": {"total": int(np.count_nonzero(cells.population)),
                    "sampled": int(np.count_nonzero(cells.n))},

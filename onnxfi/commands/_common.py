@@ -16,6 +16,7 @@ from rich.markup import escape
 from onnxfi.bits import FAULT_DTYPES
 from onnxfi.data import resolve_loader_spec
 from onnxfi.errors import OnnxfiError
+from onnxfi.metrics import TASKS
 from onnxfi.model import LoadedModel, load_model, parse_input_shape
 from onnxfi.sites import SiteIndex, enumerate_sites
 
@@ -45,6 +46,33 @@ stderr = Console(stderr=True, highlight=False, width=_WIDTH)
 def dtype_name(dtype: ir.DataType) -> str:
     info = FAULT_DTYPES.get(dtype)
     return info.name if info else dtype.name.lower()
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """``--task`` (how the scored output is read) and ``--decoder`` (a detector's own decoder)."""
+    p.add_argument("--task", choices=list(TASKS),
+                   help="read the scored output as this task (default: from the evidence: labels, output names and "
+                        "shapes; per-step class scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per "
+                        "step; detection: boxes/scores/classes, raw YOLO or SSD heads)")
+    p.add_argument("--decoder", metavar="MODULE:FUNCTION",
+                   help="a detector's decoder: function(outputs) -> one (boxes [K, 4] x1 y1 x2 y2, scores [K], "
+                        "classes [K]) per image (implies --task detection; see onnxfi/detection.py)")
+
+
+def task_from_args(args: argparse.Namespace) -> str | None:
+    """The task the commands pass on: ``--task``, or ``detection:MODULE:FUNCTION`` with ``--decoder``."""
+    decoder = getattr(args, "decoder", None)
+    if decoder:
+        if args.task not in (None, "detection"):
+            raise OnnxfiError(f"--decoder reads a detector's outputs: it goes with --task detection, not {args.task}")
+        mod, _, fn = decoder.rpartition(":")
+        if mod.endswith(".py"):  # a file: absolute, as workers in another folder import it
+            if not os.path.isfile(mod):
+                raise OnnxfiError(f"--decoder {decoder}: no file {mod}")
+            decoder = f"{os.path.abspath(mod)}:{fn}"
+        return f"detection:{decoder}"
+    task: str | None = args.task
+    return task
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -23,18 +23,19 @@ from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
+    add_task_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
     resolve_model_arg,
     stdout,
+    task_from_args,
 )
 from onnxfi.commands._json import SCHEMAS, STDOUT, add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
 from onnxfi.data import make_dataset
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.metrics import TASKS
 from onnxfi.outcomes import FLAG_LABELS, FLAGS, decision_words, flag_description
 from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
 from onnxfi.store import Store
@@ -122,8 +123,7 @@ def register(sub: Any) -> None:
     p.add_argument("--address", help="with --executor ray: a running cluster (auto, HOST:PORT, ray://HOST:PORT); "
                    "default $RAY_ADDRESS, else a Ray instance on this machine")
     p.add_argument("--provider", default="cpu")
-    p.add_argument("--task", choices=list(TASKS), help="override detection (per-step class scores [N, T, C]: "
-                   "ctc = greedy CTC decode, tokens = one class per step)")
+    add_task_args(p)
     p.add_argument("--output", help="model output that carries the decision (default: chosen from the evidence: "
                    "the output that agrees best with the labels, else by shape; ambiguous -> exit 2 with the list)")
     p.add_argument("--metric", metavar="MODULE:FUNC", help="custom metric f(outputs, golden, labels) -> float|dict")
@@ -235,6 +235,11 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     if tok:
         stdout.print(f"Per token: a fault changes {_pct(tok)} of the decoded tokens (edit distance over the "
                      f"fault-free length, mean over faults; {conf}% {_method(tok)} interval)")
+    drop = (s.get("task_drop") or {}).get("map50")
+    if drop:
+        stdout.print(f"mAP@0.5 drop: a fault lowers the detector's mAP@0.5 by {_pct(drop)} (absolute: clean - faulty, "
+                     f"{'against the labels' if clean.get('metric') == 'map50' else 'against its own fault-free detections'}, "
+                     f"a gain counts as 0; mean over faults; {conf}% {_method(drop)} interval)")
     prog = s.get("progress") or {}
     if prog and not prog.get("complete", True):
         stdout.print(f"[yellow]partial campaign: {prog.get('rounds_complete')} of {prog.get('rounds')} rounds "
@@ -418,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = EngineConfig(
         model_path=model_path, input_shapes=input_shapes_from_args(args), check=not args.no_check,
         data_path=data, data_loader=loader, samples=args.samples, data_seed=args.seed, provider=args.provider, threads=args.threads,
-        batch=args.batch, output=args.output, task=args.task, critical=args.critical, metric=args.metric,
+        batch=args.batch, output=args.output, task=task_from_args(args), critical=args.critical, metric=args.metric,
         mode=args.mode, cache_mb=args.cache_mb, verify=args.verify, allow_cast=args.allow_cast,
     )
     created = replace or not db_path.exists()

@@ -14,6 +14,7 @@ from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
+    add_task_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
@@ -21,6 +22,7 @@ from onnxfi.commands._common import (
     resolve_model_arg,
     stderr,
     stdout,
+    task_from_args,
 )
 from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
@@ -35,7 +37,6 @@ from onnxfi.compare import (
 )
 from onnxfi.data import make_dataset
 from onnxfi.errors import OnnxfiError
-from onnxfi.metrics import TASKS
 from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
 from onnxfi.plan import parse_bits
 from onnxfi.zoo import default_data
@@ -93,9 +94,7 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="NAME",
                    help="model output the faults are scored on (default: chosen by onnxfi.scoring: the output that "
                    "agrees best with the labels, else by shape; ambiguity is an error asking for --output)")
-    p.add_argument("--task", choices=list(TASKS),
-                   help="read the scored output as this task (default: from the labels' shape, else the output's; "
-                   "per-step class scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
+    add_task_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="intra-op threads for every runtime")
     p.add_argument("--skip-unavailable", action="store_true",
@@ -247,12 +246,7 @@ def run(args: argparse.Namespace) -> int:
     data = make_dataset(specs, data_path, loader, seed=args.seed, samples=args.samples,
                         overrides=input_shapes_from_args(args), allow_cast=args.allow_cast)
     print_data_warnings(data.warnings)
-    batch = args.batch
-    for s in specs:  # a model with a fixed batch dimension takes exactly that many samples per run
-        ax = data.axis(s.name)  # the input's sample axis (onnxfi.data.sample_axes), None: taken whole
-        fixed = s.shape[ax] if s.shape and ax is not None else None
-        if isinstance(fixed, int) and fixed > 0:
-            batch = min(batch, fixed)
+    batch = data.batch_for(specs, args.batch)  # a model with a fixed batch dimension takes that many per run
     names = ", ".join(b.name for b in backends)
     stdout.print(f"[bold]compare[/bold] {Path(model_path).name} on {names}; data {data.source} ({data.size} samples)")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -267,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             atol=atol, rtol=rtol, repeat=args.repeat, warmup=args.warmup,
             latency_batch=min(args.latency_batch, batch), batch=batch, n_faults=args.faults,
             bits=parse_bits(args.bits), sites=args.sites, seed=args.seed, fault_samples=args.fault_samples,
-            critical=args.critical, output=args.output, progress=progress, task=args.task,
+            critical=args.critical, output=args.output, progress=progress, task=task_from_args(args),
         )
     print_result(res)
     if res.warning:

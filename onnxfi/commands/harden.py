@@ -14,12 +14,14 @@ from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
+    add_task_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
     print_data_warnings,
     stderr,
     stdout,
+    task_from_args,
 )
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.data import Dataset, load_data, load_loader, random_data
@@ -37,7 +39,6 @@ from onnxfi.harden import (
     parse_methods,
     run_outputs,
 )
-from onnxfi.metrics import TASKS
 from onnxfi.model import LoadedModel, load_model, save_model
 from onnxfi.scoring import choose_output, describe_shapes
 from onnxfi.zoo import default_data
@@ -83,9 +84,7 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="NAME",
                    help="the model output the accuracy comparison scores (default: the one that agrees best with "
                    "the labels, else by shape; see onnxfi.scoring)")
-    p.add_argument("--task", choices=list(TASKS),
-                   help="read the scored output as this task (default: from the labels' shape, else the output's; "
-                   "per-step class scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
+    add_task_args(p)
     p.add_argument("--calib", metavar="DATA.npz", help="calibration data for the activation ranges")
     add_data_loader_arg(p, "; here it serves as --calib (and as the comparison data unless --eval)")
     add_allow_cast_arg(p)
@@ -172,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     print_data_warnings(dict.fromkeys([*calib.warnings, *evaluation.warnings]))
     # the scored output, chosen on the original's clean run before anything is hardened or written
     reference = run_outputs(loaded.model, evaluation, args.batch, provider=args.provider, threads=args.threads)
-    choice = choose_output(reference, evaluation.labels, args.output, args.task)
+    choice = choose_output(reference, evaluation.labels, args.output, task_from_args(args))
     options = replace(options, output=choice.name, task=choice.task)
     result = harden(loaded.model, methods, calib, options)
     written = save_model(result.model, out, external_data=args.external_data or loaded.has_external_data)

@@ -15,18 +15,19 @@ from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
+    add_task_args,
     data_loader_from_args,
     input_shapes_from_args,
     load_from_args,
     print_data_warnings,
     stderr,
     stdout,
+    task_from_args,
 )
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.data import Dataset, make_dataset
 from onnxfi.errors import OnnxfiError
-from onnxfi.metrics import TASKS
-from onnxfi.outcomes import task_metric
+from onnxfi.outcomes import output_metric
 from onnxfi.runtime import concat_batches, make_session, run_session
 from onnxfi.scoring import OutputChoice, choose_output, plausibility
 
@@ -63,9 +64,7 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's choice)")
     p.add_argument("--output", metavar="NAME", help="the output the labels are scored on (default: the one that "
                    "agrees best with them)")
-    p.add_argument("--task", choices=list(TASKS),
-                   help="read the scored output as this task (default: from the labels' shape; per-step class "
-                   "scores [N, T, C]: ctc = greedy CTC decode, tokens = one class per step)")
+    add_task_args(p)
     add_json_arg(p, "the outputs, latency and scores")
     p.set_defaults(func=run)
 
@@ -76,7 +75,7 @@ def label_scores(outputs: dict[str, np.ndarray], labels: np.ndarray, choice: Out
     out = outputs[choice.name]
     if choice.metric is None:
         return {}
-    name, value = task_metric(choice.task, out, out, labels, choice.layout)
+    name, value = output_metric(choice.task, choice.layout, outputs, outputs, choice.name, labels)
     scores = {name: value}
     if name == "miou":
         threshold = metrics.mask_threshold(out) if choice.layout in metrics.MASK_LAYOUTS else None
@@ -109,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     data: Dataset = make_dataset(specs, args.data, data_loader_from_args(args), seed=args.seed, samples=args.samples,
                                  overrides=input_shapes_from_args(args), allow_cast=args.allow_cast)
     print_data_warnings(data.warnings)
+    args.batch = data.batch_for(specs, args.batch)  # a model with a fixed batch dimension takes that many per run
     session = make_session(loaded.model, provider=args.provider, threads=args.threads)
     n = max(1, data.size)
     # the first batch is the timed one; the rest run once, each through run_session for its one-line errors
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     }
     warning = None
     if data.labels is not None or args.output is not None:
-        choice = choose_output(outputs, data.labels, args.output, args.task, samples=data.size)
+        choice = choose_output(outputs, data.labels, args.output, task_from_args(args), samples=data.size)
         result["output_choice"] = choice.to_dict()
         if data.labels is not None:
             scores = label_scores(outputs, data.labels, choice)

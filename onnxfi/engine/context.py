@@ -41,6 +41,7 @@ class Context:
         specs = self.loaded.inputs()
         self.data: Dataset = make_dataset(specs, cfg.data_path, cfg.data_loader, seed=cfg.data_seed,
                                           samples=cfg.samples, overrides=cfg.input_shapes, allow_cast=cfg.allow_cast)
+        cfg.batch = self.data.batch_for(specs, cfg.batch)  # a model with a fixed batch dim runs that many
         self.output_names: list[str] = [o.name for o in self.loaded.outputs()]
         if cfg.output is not None and cfg.output not in self.output_names:  # before running the model
             shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())

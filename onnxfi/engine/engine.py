@@ -14,7 +14,7 @@ from onnxfi.engine.chooser import choose, choose_transient
 from onnxfi.engine.config import MODES, EngineConfig
 from onnxfi.engine.context import Context
 from onnxfi.errors import MetricError, OnnxfiError, first_line
-from onnxfi.outcomes import classify, classify_samples, load_metric, task_metric
+from onnxfi.outcomes import classify, classify_samples, load_metric, output_metric
 from onnxfi.plan import BER_SITE, Experiment
 from onnxfi.runtime import concat_batches
 from onnxfi.scoring import plausibility
@@ -149,11 +149,11 @@ class Engine:
     def clean_summary(self) -> dict[str, Any]:
         """Metrics of the fault-free model on the campaign data (full session, no ports)."""
         chunks = self.ctx.model_outputs(fresh=True)  # a cold run each call (timeouts, bench); kept for the cuts
-        gold = concat_batches(chunks)[self.primary]
+        gold = concat_batches(chunks)
         choice = self.ctx.choice
         self.task = task = choice.task
         data = self.ctx.data
-        name, value = task_metric(task, gold, gold, data.labels, choice.layout)
+        name, value = output_metric(task, choice.layout, gold, gold, self.primary, data.labels)
         return {"task": task, "metric": name, "value": value, "golden_time_s": self.ctx.model_time,
                 "samples": data.size, "data": data.source, "data_warnings": list(data.warnings),
                 "primary_output": self.primary,

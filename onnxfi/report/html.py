@@ -703,6 +703,10 @@ def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
     if tok:
         note += (f"<p>Per token: a fault changes {_e(_pct(tok))} of the decoded tokens (edit distance over the "
                  "fault-free length, mean over faults).</p>")
+    drop = (s.get("task_drop") or {}).get("map50")
+    if drop:
+        note += (f"<p>mAP@0.5 drop: a fault lowers the detector's mAP@0.5 by {_e(_pct(drop))} (absolute: clean - "
+                 "faulty, a gain counts as 0; mean over faults).</p>")
     errors = Counter((r["outcome"], r["error"]) for r in camp.rows if r["error"])
     if errors:
         err_rows = [(outcome, n, _code(err)) for (outcome, err), n in errors.most_common(10)]
