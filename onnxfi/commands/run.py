@@ -103,6 +103,7 @@ def _summary(name: str, arr: np.ndarray) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.repeat < 1 or args.samples < 1:
         raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
+    task = task_from_args(args)
     loaded, _ = load_from_args(args)
     specs = loaded.inputs()
     data: Dataset = make_dataset(specs, args.data, data_loader_from_args(args), seed=args.seed, samples=args.samples,
@@ -127,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         "outputs": [_summary(k, v) for k, v in outputs.items()],
     }
     warning = None
-    if data.labels is not None or args.output is not None:
-        choice = choose_output(outputs, data.labels, args.output, task_from_args(args), samples=data.size)
+    if data.labels is not None or args.output is not None or task is not None:
+        choice = choose_output(outputs, data.labels, args.output, task, samples=data.size)
         result["output_choice"] = choice.to_dict()
         if data.labels is not None:
             scores = label_scores(outputs, data.labels, choice)
