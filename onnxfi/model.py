@@ -324,6 +324,49 @@ def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | str | None,
     return out
 
 
+def _known(vi: onnx.ValueInfoProto, dims: bool) -> bool:
+    """A declared type and shape (``dims``: and every dim a number)."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.elem_type or not tt.HasField("shape"):
+        return False
+    return not dims or all(d.HasField("dim_value") for d in tt.shape.dim)
+
+
+def _with_runtime_shapes(proto: onnx.ModelProto, dims: bool = False) -> onnx.ModelProto:
+    """``proto`` with the types and shapes ONNX Runtime's symbolic shape inference finds for the node outputs
+    of the main graph that ONNX's own inference left unknown (typically outputs of ``com.microsoft`` ops such
+    as ``MatMulNBits``, which it does not know; ``dims``: also values with a dim it could not tell, where the
+    inputs are fixed, as in a probe); unchanged when there are none or the tool fails."""
+    if all(n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return proto  # ONNX knows every op; the runtime's tool costs seconds on large graphs (15 s on PP-OCRv4 det)
+    declared = {vi.name: vi for vi in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input]}
+    missing = {o for n in proto.graph.node for o in n.output
+               if o and (o not in declared or not _known(declared[o], dims))}
+    if not missing:
+        return proto
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        found = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    except Exception:  # a tool of the runtime; many models it cannot read: keep what ONNX inferred
+        return proto
+    if found is None:
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    entries = {vi.name: vi for vi in out.graph.value_info}
+    for vi in found.graph.value_info:
+        if vi.name not in missing or not _known(vi, dims):
+            continue
+        if vi.name in entries:
+            entries[vi.name].CopyFrom(vi)  # ONNX's partial entry, completed
+        elif vi.name in declared:
+            continue  # a graph output ONNX declared partly: left as the model says
+        else:
+            out.graph.value_info.append(vi)
+    return out
+
+
 def _batch_probe_shapes(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int | str | None, ...], bool]]:
     """Shapes of every value with the batch dim told apart: infer at two batch sizes and compare.
 
@@ -355,7 +398,7 @@ def _batch_probe_shapes(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int | s
             probe = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
         except Exception:
             return {}
-        results.append(inferred_shapes(probe))
+        results.append(inferred_shapes(_with_runtime_shapes(probe, dims=True)))
     a, b = results
     out: dict[str, tuple[tuple[int | str | None, ...], bool]] = {}
     for name, sa in a.items():
@@ -430,6 +473,7 @@ def load_model(
         proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # shape inference raises many types on odd models
         warnings.append(f"shape inference incomplete: {_first_line(e)}")
+    proto = _with_runtime_shapes(proto)  # contrib ops' outputs (MatMulNBits, Attention, ...) get their types
     value_shapes = _batch_probe_shapes(proto)
     try:
         model = ir.from_proto(proto)
