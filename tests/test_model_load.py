@@ -303,3 +303,30 @@ def test_input_shape_question_mark_and_n_leave_dims_dynamic() -> None:
     assert parse_input_shape("x:1x3x?x?") == ("x", (1, 3, -1, -1))
     assert parse_input_shape("x:Nx3x48x192") == parse_input_shape("x:[N,3,48,192]") == ("x", (-1, 3, 48, 192))
     assert parse_input_shape("a:b:?,4") == ("a:b", (-1, 4))  # a name with a colon: the last one splits
+
+
+def test_contrib_op_outputs_get_their_shapes_from_the_runtimes_inference(tmp_path: Path) -> None:
+    """ONNX's inference does not know com.microsoft ops: the output of a MatMulNBits feeding a Relu has no type
+    there; ONNX Runtime's symbolic inference gives it, so it is an activation site with a batch axis."""
+    import onnx.numpy_helper as onh
+
+    from onnxfi.sites import enumerate_sites
+
+    k, n, block = 32, 4, 16
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 256, size=(n, k // block, block // 2), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.1, size=n * (k // block)).astype(np.float32)
+    nodes = [oh.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft", K=k, N=n, bits=4,
+                          block_size=block),
+             oh.make_node("Relu", ["Y"], ["Z"])]
+    g = oh.make_graph(nodes, "nbits", [oh.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+                      [oh.make_tensor_value_info("Z", TensorProto.FLOAT, ["M", n])],
+                      [onh.from_array(b, "B"), onh.from_array(scales, "scales")])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 21), oh.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "nbits.onnx"
+    onnx.save(m, path)
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    assert "Y" not in {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type}
+    loaded = load_model(path)
+    sites = {s.name: s for s in enumerate_sites(loaded.model, loaded.value_shapes)}
+    assert sites["Y"].kind == "activation" and sites["Y"].shape == ("N", n) and sites["Y"].batched
