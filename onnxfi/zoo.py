@@ -47,7 +47,7 @@ __all__ = [
 ZOO_ENV_VAR = "ONNXFI_ZOO"
 """Environment variable that overrides the zoo folder."""
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,15 @@ def compute_metrics(task: str, output: np.ndarray, labels: np.ndarray) -> dict[s
     segmentation (output [N,C,H,W], labels [N,H,W]): ``miou`` (:func:`onnxfi.metrics.miou`: mean IoU over
     the classes present in the labels or the prediction) and ``pixel_accuracy``; label ids outside
     ``[0, C)`` (255 "ignore" ids) are left out of both.
+    detection (a raw YOLO head [N, A, 5 + C], labels padded [N, M, 5] rows class, x1, y1, x2, y2): ``map50``
+    (:func:`onnxfi.detection.average_precision` of :class:`onnxfi.detection.YoloDecoder`'s detections: score
+    0.25, class-wise NMS at IoU 0.45).
     """
+    if task == "detection":
+        from onnxfi import detection
+
+        found = detection.YoloDecoder("output")({"output": np.asarray(output)})
+        return {"map50": detection.average_precision(found, detection.labels_to_detections(labels))}
     scores = np.asarray(output)
     if scores.ndim < 2:
         raise OnnxfiError(f"expected an output with a class axis, got shape {scores.shape}")

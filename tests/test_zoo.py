@@ -27,6 +27,9 @@ REQUIRED = [
     "fashion_cnn_pruned50",
     "fashion_cnn_pruned90",
     "fashion_seg",
+    "digits_vit",
+    "digits_vit_fused",
+    "digits_vit_int4",
 ]
 TOLERANCE = 0.005  # +-0.5 percentage points
 ALL = zoo.names()
@@ -52,12 +55,15 @@ def test_entry_files_and_eval_subset(name: str) -> None:
     entry = zoo.get(name)
     assert entry.file.is_file() and entry.file.suffix == ".onnx"
     assert entry.eval_data.is_file() and entry.eval_data.suffix == ".npz"
-    assert entry.task in ("classification", "segmentation")
+    assert entry.task in ("classification", "segmentation", "detection")
     assert entry.data_source.get("license"), "data license must be recorded"
     assert entry.framework and entry.converter
     feeds, labels = zoo.load_eval_data(name)
     assert 256 <= labels.shape[0] <= 1000
-    assert labels.dtype == np.int64
+    if entry.task == "detection":  # padded ground truth: rows (class, x1, y1, x2, y2), class -1 = padding
+        assert labels.dtype == np.float32 and labels.ndim == 3 and labels.shape[2] == 5
+    else:
+        assert labels.dtype == np.int64
     for spec in entry.inputs:
         arr = feeds[spec.name]
         assert str(arr.dtype) == spec.dtype_name
@@ -82,6 +88,9 @@ def test_no_dl_framework_needed(results: dict[str, dict[str, object]]) -> None:
 
 def test_quality_floors(results: dict[str, dict[str, object]]) -> None:
     assert results["digits_cnn"]["value"] >= 0.97  # type: ignore[operator]
+    assert results["digits_vit"]["value"] >= 0.96  # type: ignore[operator]
+    for name in ("digits_vit_fused", "digits_vit_int4"):  # the derived graphs stay close to fp32
+        assert abs(results[name]["value"] - results["digits_vit"]["value"]) <= 0.01, name  # type: ignore[operator]
     for name in ALL:
         if name.startswith("fashion_cnn"):
             floor = 0.85 if "pruned90" in name else 0.88
@@ -114,6 +123,12 @@ def test_graph_forms() -> None:
     assert any(o.domain == "ai.onnx.ml" for o in skl.opset_import)
     paddle = onnx.load(str(zoo.get("digits_cnn_paddle").file))
     assert any(n.op_type == "Constant" for n in paddle.graph.node)
+    assert {"LayerNormalization", "Softmax", "Erf"} <= _ops("digits_vit")
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= _ops("digits_vit_fused")
+    assert "MatMulNBits" in _ops("digits_vit_int4")
+    for name in ("digits_vit_fused", "digits_vit_int4"):
+        model = onnx.load(str(zoo.get(name).file))
+        assert {n.domain for n in model.graph.node} == {"", "com.microsoft"}, name
 
 
 @pytest.mark.parametrize(("name", "floor"), [("fashion_cnn_pruned50", 0.45), ("fashion_cnn_pruned90", 0.85)])

@@ -114,7 +114,108 @@ def save_eval(name: str, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def onnx_metric(model_path: Path, data_path: Path, task: str, output: str | None = None) -> dict[str, float]:
+# Detection decoding used for the recorded map50 (the graph's output is the raw [N, A, 4+1+C] tensor).
+DET_SCORE_THRESHOLD = 0.25
+DET_NMS_IOU = 0.45
+DET_MATCH_IOU = 0.5
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a [P,4] and b [Q,4] given as (x1, y1, x2, y2)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def decode_detections(
+    out: np.ndarray, score_threshold: float = DET_SCORE_THRESHOLD, nms_iou: float = DET_NMS_IOU
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Raw YOLO-style output [N, A, 4+1+C] (cx, cy, w, h, objectness, class probabilities) to
+    per-image (boxes [D,4] x1y1x2y2, scores [D], classes [D]): score = objectness x best class
+    probability, kept when >= score_threshold, then greedy class-wise NMS at nms_iou."""
+    result = []
+    for det in np.asarray(out, np.float64):
+        cls = det[:, 5:].argmax(axis=1)
+        score = det[:, 4] * det[:, 5:].max(axis=1)
+        keep = np.flatnonzero(score >= score_threshold)
+        cx, cy, w, h = (det[keep, i] for i in range(4))
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        score, cls = score[keep], cls[keep]
+        chosen: list[int] = []
+        for c in np.unique(cls):
+            idx = np.flatnonzero(cls == c)
+            idx = idx[np.argsort(-score[idx], kind="stable")]
+            while idx.size:
+                chosen.append(int(idx[0]))
+                idx = idx[1:][box_iou(boxes[idx[:1]], boxes[idx[1:]])[0] < nms_iou]
+        sel = np.array(sorted(chosen, key=lambda i: (-score[i], i)), dtype=np.int64)
+        result.append((boxes[sel], score[sel], cls[sel]))
+    return result
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC all-point interpolated AP: area under the monotone precision envelope."""
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def detection_metrics(
+    out: np.ndarray, labels: np.ndarray, num_classes: int, match_iou: float = DET_MATCH_IOU
+) -> dict[str, float]:
+    """map50 (VOC all-point AP at IoU match_iou, averaged over the classes that have ground
+    truth) of a raw [N, A, 4+1+C] output against padded labels [N, K, 5] (class, x1, y1, x2, y2;
+    class -1 = padding), plus ``ap50_<class id>`` and precision / recall of the kept detections."""
+    dets = decode_detections(out)
+    aps: dict[str, float] = {}
+    tp_all = n_det = n_gt = 0
+    for c in range(num_classes):
+        records: list[tuple[float, int, int]] = []  # (score, image, detection index)
+        gts = [lab[lab[:, 0] == c, 1:5] for lab in labels]
+        npos = sum(len(g) for g in gts)
+        for i, (_, scores, classes) in enumerate(dets):
+            records.extend((float(scores[j]), i, int(j)) for j in np.flatnonzero(classes == c))
+        records.sort(key=lambda r: (-r[0], r[1], r[2]))
+        used = [np.zeros(len(g), bool) for g in gts]
+        tp = np.zeros(len(records))
+        for k, (_, i, j) in enumerate(records):
+            if len(gts[i]) == 0:
+                continue
+            ious = box_iou(dets[i][0][j : j + 1], gts[i])[0]
+            best = int(ious.argmax())
+            if ious[best] >= match_iou and not used[i][best]:
+                used[i][best] = True
+                tp[k] = 1.0
+        tp_all += int(tp.sum())
+        n_det += len(records)
+        n_gt += npos
+        if npos == 0:
+            continue
+        ctp = np.cumsum(tp)
+        recall = ctp / npos
+        precision = ctp / np.arange(1, len(records) + 1)
+        aps[f"ap50_{c}"] = voc_ap(recall, precision)
+    return {
+        "map50": float(np.mean(list(aps.values()))) if aps else 0.0,
+        **aps,
+        "precision": tp_all / n_det if n_det else 0.0,
+        "recall": tp_all / n_gt if n_gt else 0.0,
+    }
+
+
+def onnx_metric(
+    model_path: Path,
+    data_path: Path,
+    task: str,
+    output: str | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """The metric of an exported model on its eval subset, measured with onnxruntime."""
     import onnxruntime as ort
 
@@ -126,6 +227,9 @@ def onnx_metric(model_path: Path, data_path: Path, task: str, output: str | None
         labels = z["labels"]
     out_name = output or sess.get_outputs()[0].name
     out = np.asarray(sess.run([out_name], feeds)[0]).astype(np.float32)
+    if task == "detection":
+        assert num_classes is not None, "detection needs num_classes"
+        return detection_metrics(out, labels, num_classes)
     pred = out.argmax(axis=1)
     if task == "classification":
         return {"accuracy": float(np.mean(pred == labels))}
@@ -188,7 +292,8 @@ def record_entry(
     """Measure the model with onnxruntime and write/replace its entry in registry.json."""
     model_path = ZOO / f"{name}.onnx"
     data_path = DATA / eval_data
-    metrics = onnx_metric(model_path, data_path, task, output)
+    num_classes = (extra or {}).get("num_classes")
+    metrics = onnx_metric(model_path, data_path, task, output, num_classes)
     with np.load(data_path, allow_pickle=False) as z:
         n_samples = int(z["labels"].shape[0])
     import onnx

@@ -60,9 +60,11 @@ step "digits_cnn" .venv-zoo/bin/python "$BUILD/digits_cnn.py"
 step "digits_mlp_skl" .venv-zoo/bin/python "$BUILD/digits_mlp_skl.py"
 step "digits_cnn_paddle" .venv-zoo-paddle/bin/python "$BUILD/digits_paddle.py"
 step "digits_cnn_keras" .venv-zoo-tf/bin/python "$BUILD/digits_keras.py"
+step "digits_vit (+fused, int4)" .venv-zoo/bin/python "$BUILD/digits_vit.py"
 step "fashion_cnn (+bnfold, pruned50, pruned90)" .venv-zoo/bin/python "$BUILD/fashion_cnn.py"
 step "fashion_cnn fp16 / int8 variants" .venv-zoo/bin/python "$BUILD/fashion_variants.py"
 step "fashion_seg" .venv-zoo/bin/python "$BUILD/fashion_seg.py"
+step "shapes_det" .venv-zoo/bin/python "$BUILD/shapes_det.py"
 
 T_END=$(date +%s)
 printf '%s\t%s\n' "total" "$((T_END - T_ALL))" | tee -a "$TIMINGS"
