@@ -45,6 +45,11 @@ from onnxfi.zoo import default_data
 
 __all__ = ["register", "run"]
 
+# how the before/after line names each task metric (onnxfi.outcomes.output_metric)
+_METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP@0.5",
+                  "map50_golden": "mAP@0.5 against the original's detections", "seq_accuracy": "sequence accuracy",
+                  "token_accuracy": "token accuracy", "golden_agreement": "agreement with the original"}
+
 _EXAMPLES = """methods (composed in the order given):
 """ + "".join(f"  {name:<10} {text}\n" for name, text in METHODS.items()) + """
 examples:
@@ -213,7 +218,7 @@ def _print(
     if c.choice is not None:
         stdout.print(escape(f"\nscored output: {c.choice.name} ({c.choice.layout}): {c.choice.reason}"))
     if c.before is not None and c.after is not None:
-        label = {"accuracy": "accuracy", "miou": "mIoU"}.get(c.metric, "top-1 agreement with the original")
+        label = _METRIC_LABELS.get(c.metric, "top-1 agreement with the original")
         stdout.print(escape(f"{label}: {c.before:.4f} -> {c.after:.4f} ({c.after - c.before:+.4f}) "
                             f"on {c.samples} samples of {c.data} (output {c.output})"))
     stdout.print(f"max |output difference| {c.max_abs_diff:.6g}")
