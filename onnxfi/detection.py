@@ -904,11 +904,14 @@ def decoder_outputs(decoder: Decoder) -> list[str]:
     return [n for n in names if isinstance(n, str)]
 
 
-def choose_layout(outputs: Mapping[str, Any], task: str | None) -> tuple[str, str, str] | None:
-    """(layout, scored output, reason) of a detector's outputs, or None when ``task`` is None and no decoder
-    reads them (the model is not a detector by its outputs' names and shapes). ``task`` ``detection`` asks
-    for one (an :class:`OnnxfiError` lists the candidates when there are none or several);
-    ``detection:module:function`` names the user's decoder."""
+def choose_layout(outputs: Mapping[str, Any], task: str | None,
+                  labels: Any = None) -> tuple[str, str, str] | None:
+    """(layout, scored output, reason) of a detector's outputs, or None when ``task`` is None and the evidence
+    does not say detector: outputs named like a detector's that exactly one built-in decoder reads, each with
+    the images on a first axis (rank 3; the unbatched [K, 4] forms are left to ``--task detection``), and
+    no ``labels`` or detection labels (``[N, M, 5]``). ``task`` ``detection`` asks for one (an
+    :class:`OnnxfiError` lists the candidates when there are none or several); ``detection:module:function``
+    names the user's decoder."""
     names = list(outputs)
     if task is not None and task.startswith(TASK_PLUGIN_PREFIX):
         spec = task[len(TASK_PLUGIN_PREFIX):]
@@ -916,6 +919,8 @@ def choose_layout(outputs: Mapping[str, Any], task: str | None) -> tuple[str, st
         return PLUGIN_PREFIX + spec, names[0], f"the decoder {spec} (--decoder) reads every output"
     if task is None and not any(_role(n) is not None for n in names):
         return None  # no output is named like a detector's: the other tasks' rules read it
+    if task is None and labels is not None and (np.ndim(labels) != 3 or np.shape(labels)[-1] != 5):
+        return None  # labels of another task (class ids, label maps) say what the model is
     try:
         decoder = infer_decoder(outputs)
     except OnnxfiError:
@@ -924,6 +929,8 @@ def choose_layout(outputs: Mapping[str, Any], task: str | None) -> tuple[str, st
         raise
     layout = LAYOUT_PREFIX + getattr(decoder, "layout", "")
     reads = decoder_outputs(decoder)
+    if task is None and not isinstance(decoder, DetsDecoder) and np.ndim(outputs[reads[0]]) < 3:
+        return None  # boxes (or a head) without an image axis: a localisation or regression output, maybe
     why = (f"{'--task detection' if task else 'outputs named like a detector'}: {decoder!r} reads "
            f"{', '.join(repr(n) for n in reads)}")
     return layout, reads[0], why

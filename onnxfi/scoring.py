@@ -285,7 +285,7 @@ def choose_output(
     listing = describe_outputs(arrays, samples)
     family = metrics.task_family(task)
     if family == "detection" or (family is None and requested is None):
-        det = detection.choose_layout(arrays, task)
+        det = detection.choose_layout(arrays, task, labels)
         if det is not None:
             return _detection_choice(arrays, labels, det, listing)
     ids = _labels(labels) if labels is not None else None

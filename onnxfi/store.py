@@ -34,11 +34,13 @@ from onnxfi.plan import Plan
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoredCampaign", "load_campaign"]
+__all__ = ["SCHEMA_VERSION", "CRITICAL_FIELDS", "Store", "StoredCampaign", "load_campaign"]
 
 # The layout of a results database. 1: files written before the version was stored (the ``campaign`` key
 # ``schema_version`` is absent; rows may lack ``path`` and ``image``, added on opening for writing);
 # 2: ``schema_version`` stored, every ROW_FIELDS column present. A file of a higher version is refused.
+# Optional tables, created only when first written and ignored by readers that do not know them (so they
+# need no new version): ``critical_bits_searches`` and ``critical_bits`` (``onnxfi critical-bits --db``).
 SCHEMA_VERSION = 2
 
 # SQLite column of each ROW_FIELDS entry (the flags are stored as 0/1)
@@ -54,6 +56,14 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
     f"CREATE TABLE IF NOT EXISTS results ({', '.join(f'{k} {_COLUMNS[k]}' for k in ROW_FIELDS)});\n"
 )
+# onnxfi critical-bits: one row per search (its JSON document) and one per (search, site, element, bit)
+_CRITICAL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS critical_bits_searches (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);\n"
+    "CREATE TABLE IF NOT EXISTS critical_bits (search INTEGER NOT NULL, site TEXT NOT NULL, idx INTEGER NOT NULL, "
+    "bit INTEGER NOT NULL, harmful INTEGER NOT NULL, source TEXT NOT NULL, outcome TEXT, old REAL, new REAL, "
+    "images_changed REAL, path TEXT, PRIMARY KEY (search, site, idx, bit));\n"
+)
+CRITICAL_FIELDS = ("search", "site", "idx", "bit", "harmful", "source", "outcome", "old", "new", "images_changed", "path")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _LEFT_AS_IS = "the file is left as it is (sqlite3's .recover command may save its rows)"
 # sqlite3 errors that are bugs in onnxfi (a closed connection, bad SQL, a NOT NULL row), never the file's fault
@@ -483,6 +493,57 @@ class Store:
         for flag in FLAGS:
             row[flag] = bool(row[flag])
         return row
+
+
+    # ------------------------------------------------------------------------------------ critical bits
+
+    def add_critical_bits(self, doc: dict[str, Any], pairs: Iterable[dict[str, Any]]) -> int:
+        """Store one critical-bit search (``doc``: its JSON document, stored with ``search`` set to the id;
+        ``pairs``: one record per (site, element, bit) with the keys of :data:`CRITICAL_FIELDS` but
+        ``search``) in one transaction; returns the search's id."""
+        with self._guard():
+            self.db.executescript(_CRITICAL_SCHEMA)
+            self._tables.update({"critical_bits_searches", "critical_bits"})
+            sid = int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM critical_bits_searches").fetchone()[0])
+            self.db.execute("INSERT INTO critical_bits_searches(id, doc) VALUES (?, ?)",
+                            (sid, json.dumps({**doc, "search": sid})))
+            self.db.executemany(
+                f"INSERT INTO critical_bits({','.join(CRITICAL_FIELDS)}) VALUES ({','.join('?' * len(CRITICAL_FIELDS))})",
+                [(sid, *(p.get(k) for k in CRITICAL_FIELDS[1:])) for p in pairs],
+            )
+            self.db.commit()
+        return sid
+
+    def critical_bit_searches(self) -> list[tuple[int, dict[str, Any]]]:
+        """Every stored critical-bit search: (id, its JSON document), oldest first."""
+        if "critical_bits_searches" not in self._tables:
+            return []
+        with self._guard():
+            found = list(self.db.execute("SELECT id, doc FROM critical_bits_searches ORDER BY id"))
+        out = []
+        for sid, text in found:
+            try:
+                doc = json.loads(text) if isinstance(text, str) else None
+            except ValueError:
+                doc = None
+            if not isinstance(sid, int) or not isinstance(doc, dict):
+                raise self._damaged(f"critical-bit search {sid!r:.20}")
+            out.append((sid, doc))
+        return out
+
+    def critical_bits(self, search: int) -> list[dict[str, Any]]:
+        """The (site, element, bit) records of one stored search (``harmful`` a bool), by site, element, bit."""
+        if "critical_bits" not in self._tables:
+            return []
+        with self._guard():
+            cur = self.db.execute(f"SELECT {','.join(CRITICAL_FIELDS)} FROM critical_bits WHERE search = ? "
+                                  "ORDER BY site, idx, bit", (search,))
+            rows = [dict(zip(CRITICAL_FIELDS, values)) for values in cur]
+        for r in rows:
+            if r["harmful"] not in (0, 1) or r["source"] not in ("run", "inferred") or not isinstance(r["idx"], int):
+                raise self._damaged(f"critical-bit record {r['site']!r:.40} {r['idx']!r:.20} {r['bit']!r:.20}")
+            r["harmful"] = bool(r["harmful"])
+        return rows
 
 
 @dataclass

@@ -100,7 +100,9 @@ def test_a_task_that_cannot_be_read_as_detection_is_an_error() -> None:
     with pytest.raises(OnnxfiError, match="detection"):
         choose_output({"logits": np.eye(3, dtype=np.float32)}, None, task="detection")
     with pytest.raises(OnnxfiError, match=r"\[N, M, 5\]"):
-        choose_output(_outs(), np.zeros((2, 3), np.float32))
+        choose_output(_outs(), np.zeros((2, 3), np.float32), task="detection")
+    # labels of another task are evidence against the detection reading: the outputs are read as before
+    assert choose_output(_outs(), np.zeros(2, np.int64)).task == "classification"
 
 
 def _detector(path: Path) -> None:

@@ -59,6 +59,8 @@ clean_min = 0.5
                                 "--fault-samples", "8", "--repeat", "1", "--warmup", "0"],
         "zoo list": lambda tag: ["zoo", "list"],
         "zoo eval": lambda tag: ["zoo", "eval", "digits_cnn"],
+        "critical-bits": lambda tag: ["critical-bits", str(MODEL), "--data", str(DATA), "--sites", "classifier.2.bias",
+                                      "--elements", "2", "--db", str(tmp / f"critical-{tag}.db")],
     }
 
 
@@ -127,6 +129,7 @@ _NESTED: dict[str, list[str]] = {
                 "faults.plan", "clean", "output_choice"],
     "zoo list": ["models[]", "models[].inputs[]", "models[].data_source"],
     "zoo eval": [],
+    "critical-bits": ["settings", "clean", "rate", "layers[]", "top[]"],
 }
 
 

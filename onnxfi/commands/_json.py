@@ -38,6 +38,7 @@ SCHEMAS: dict[str, str] = {
     "compare": COMPARE_SCHEMA,
     "zoo list": "onnxfi.zoo.list/1",
     "zoo eval": "onnxfi.zoo.eval/1",
+    "critical-bits": "onnxfi.critical-bits/1",  # onnxfi.critical.CRITICAL_BITS_SCHEMA
 }
 
 # files that a JSON document must never replace (a typo such as `--json model.onnx` would otherwise eat a model)
