@@ -351,7 +351,7 @@ def _misfit(choice: OutputChoice, arr: np.ndarray, labels: np.ndarray, ids: np.n
     head = f"labels of shape {list(np.shape(labels))} do not fit output {choice.name!r} ({choice.layout})"
     tail = f"; outputs: {choice.outputs}"
     k = metrics.layout_classes(arr, choice.layout)
-    if ids is None:
+    if ids is None or (ids.ndim == 2 and choice.layout not in metrics.SEQUENCE_LAYOUTS and arr.ndim != 3):
         lab = np.asarray(labels)
         if lab.ndim == 2 and lab.shape[1] >= 2:
             why = ("their rows are neither one-hot nor probabilities (non-negative, summing to 1); give class "
