@@ -680,6 +680,7 @@ def harden(
     level: int | None = None,
     search: bool = False,
     guard_points: str | None = None,
+    layers: str | None = None,
     output: str | None = None,
     task: str | None = None,
     samples: int = 64,
@@ -699,7 +700,8 @@ def harden(
     ``calib`` (or ``data_loader``, a ``"PATH.py[:FUNC]"`` script) calibrates the activation ranges (default: a
     zoo model's eval set, else seeded random inputs, with a warning); ``eval_data`` (default: ``calib``) scores the clean-metric change on ``output`` (default:
     chosen from the labels and shapes). Method options: ``percentile`` (ranger), ``level`` (protect, 0..3),
-    ``search`` (clipact), ``guard_points`` (nan-guard). With ``out`` the hardened model is written there
+    ``search`` (clipact), ``guard_points`` (nan-guard); ``layers`` (a regex) restricts every method to the
+    candidates whose name it matches. With ``out`` the hardened model is written there
     (``.onnx``) and loaded again; ``measure=False`` skips the accuracy and latency comparison.
     """
     chosen = parse_methods(methods)
@@ -715,7 +717,8 @@ def harden(
     if out_path is not None and out_path.suffix != ".onnx":
         raise OnnxfiError(f"out {out_path}: the hardened model must be a .onnx file")
     options = HardenOptions(percentile=percentile, level=1 if level is None else level, search=search,
-                            guard_points=guard_points, batch_size=batch, provider=provider, threads=threads, seed=seed)
+                            guard_points=guard_points, batch_size=batch, provider=provider, threads=threads, seed=seed,
+                            layers=layers)
     in_memory = isinstance(model, (onnx.ModelProto, ir.Model))
     scratch = _Scratch()
     try:

@@ -10,6 +10,7 @@ The FT-ClipAct threshold search lives here too: it needs data, faults and sessio
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,7 @@ class HardenOptions:
     search: bool = False  # clipact: search T instead of the profiled max
     search_config: SearchConfig = field(default_factory=SearchConfig)
     guard_points: str | None = None  # nan-guard: regex over value names instead of the default points
+    layers: str | None = None  # every method: only the candidates whose label matches this regex (harden --layers)
     batch_size: int = 64
     provider: str = "cpu"
     threads: int | None = None
@@ -111,6 +113,11 @@ class HardenOptions:
             raise OnnxfiError(f"--level must be 0, 1, 2 or 3, got {self.level}")
         if self.batch_size < 1:
             raise OnnxfiError("batch size must be at least 1")
+        if self.layers is not None:
+            try:
+                re.compile(self.layers)
+            except re.error as e:
+                raise OnnxfiError(f"--layers {self.layers!r} is not a regular expression: {e}") from None
 
 
 @dataclass
@@ -419,7 +426,10 @@ def _run_method(
     model: ir.Model, original: ir.Model, method: str, data: Dataset | None, options: HardenOptions
 ) -> PassReport:
     pass_ = HARDENING_METHODS[method].from_settings(options)
+    pass_.only = re.compile(options.layers) if options.layers else None
     details = pass_.report_settings()
+    if options.layers:
+        details["layers"] = options.layers
     if pass_.calibration is Calibration.RANGES:
         prof = _profile(model, data, pass_.profile_points(model), options, method, pass_.profile_percentiles())
         pass_.calibrate(prof.ranges)

@@ -141,3 +141,29 @@ def test_relu_rewritten_by_relumax_is_left_to_it() -> None:
     p = Ranger(ranges(s=(0.0, 1.0)))
     clip = next(n for n in model.graph if n.op_type == "Clip")  # relumax's Clip(x, 0, FLT_MAX) replaced the Relu
     assert p.check(clip) == "part of the relumax hardening"
+
+
+def test_layers_restricts_the_pass_to_matching_candidates() -> None:
+    """``harden --layers REGEX``: only the activations whose label matches get a Clip; the rest are skipped
+    with the reason, and their numbers are untouched."""
+    import re
+
+    model = parse(ELEMENTWISE)
+    p = Ranger(ranges(y=(-3.0, 2.0), s=(0.2, 0.7), t=(-0.15, 1.5)))
+    p.only = re.compile("Sigmoid")
+    p(model)
+    assert [c.detail.split(" after ")[1] for c in p.changes] == ["Sigmoid"]
+    assert len(p.skips) == 2 and all(s.reason == "not in --layers Sigmoid" for s in p.skips)
+    x = np.array([-4.0, -1.0, 0.5, 1.8, 50.0], dtype=np.float32)
+    y, s, t = run(model, {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(x, 0))  # not clipped at 2
+    np.testing.assert_allclose(s, np.clip(1 / (1 + np.exp(-x.astype(np.float64))), 0.2, 0.7), rtol=1e-6)
+    np.testing.assert_allclose(t, np.where(x > 0, x, 0.1 * x), rtol=1e-6)
+
+
+def test_layers_must_be_a_regular_expression() -> None:
+    from onnxfi.errors import OnnxfiError
+    from onnxfi.harden import HardenOptions
+
+    with pytest.raises(OnnxfiError, match="not a regular expression"):
+        HardenOptions(layers="features.(3")

@@ -100,6 +100,10 @@ def register(sub: Any) -> None:
                    help="protect: 0..3, wider windows protect more weights with larger changes (default 1)")
     p.add_argument("--search", action="store_true",
                    help="clipact: search each threshold by fault-injection AUC instead of the profiled max")
+    p.add_argument("--layers", metavar="REGEX",
+                   help="harden only where REGEX matches (searched in each candidate's name: the activation node "
+                        "for ranger/clipact/relumax, the weight for protect, the value for nan-guard; the others "
+                        "are listed as skipped)")
     p.add_argument("--guard-points", metavar="REGEX",
                    help="nan-guard: guard the values whose names match REGEX instead of the default points")
     p.add_argument("--samples", type=int, default=64, help="random calibration inputs: how many (default 64)")
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     options = HardenOptions(
         percentile=args.percentile, level=1 if args.level is None else args.level, search=args.search,
         guard_points=args.guard_points, batch_size=args.batch, provider=args.provider, threads=args.threads,
-        seed=args.seed,
+        seed=args.seed, layers=args.layers,
     )
     if args.out is None:
         if args.output is not None and args.output.endswith(".onnx"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -128,6 +129,8 @@ class HardeningPass(ir.passes.InPlacePass, Generic[CandidateT, PlanT]):
         super().__init__()
         self.changes: list[Change] = []
         self.skips: list[Skip] = []
+        # only the candidates whose label this matches (``harden --layers``); None: every candidate
+        self.only: re.Pattern[str] | None = None
 
     @classmethod
     def from_settings(cls: type[PassT], settings: Settings) -> PassT:
@@ -180,6 +183,9 @@ class HardeningPass(ir.passes.InPlacePass, Generic[CandidateT, PlanT]):
         self.reset()
         plans: list[PlanT] = []
         for candidate in self.candidates(model):
+            if self.only is not None and not self.only.search(self.label(candidate)):
+                self.skips.append(Skip(self.label(candidate), f"not in --layers {self.only.pattern}"))
+                continue
             plan = self.plan(candidate)
             if isinstance(plan, str):
                 self.skips.append(Skip(self.label(candidate), plan))
