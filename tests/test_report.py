@@ -532,3 +532,24 @@ print(json.dumps(sorted(m for m in ("onnxruntime", "onnxfi.engine", "onnxfi.camp
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
     assert (tmp_path / "r.html").read_text(encoding="utf-8").count("<svg ") == 5
+
+
+def test_critical_bit_searches_stored_beside_the_campaign_are_shown(zoo_db: Path, tmp_path: Path) -> None:
+    """``critical-bits --db`` on a campaign's store: the report's "Critical bits" table holds, per weight, the
+    critical pairs the store's records count; a store without searches has no such section."""
+    db = tmp_path / "with-critical.db"
+    shutil.copy(zoo_db, db)
+    assert main(["critical-bits", "digits_cnn", "--sites", "classifier.2.bias", "--elements", "3", "--db",
+                 str(db)]) == 0
+    out = tmp_path / "r.html"
+    assert main(["report", str(db), "-o", str(out)]) == 0
+    tables = _tables(out.read_text(encoding="utf-8"))
+    assert "critical-bits" in tables
+    weights = tables["critical-bits"][0]
+    assert weights[0][:4] == ["weight", "dtype", "elements searched", "critical bits"]
+    records = sqlite3.connect(db).execute(
+        "SELECT COUNT(*), SUM(harmful) FROM critical_bits WHERE site = 'classifier.2.bias'").fetchone()
+    assert weights[1][0] == "classifier.2.bias" and weights[1][3] == f"{records[1]} / {records[0]}"
+    plain = tmp_path / "plain.html"
+    assert main(["report", str(zoo_db), "-o", str(plain)]) == 0
+    assert "critical-bits" not in _tables(plain.read_text(encoding="utf-8"))

@@ -36,7 +36,7 @@ from onnxfi.outcomes import (
     flag_description,
 )
 from onnxfi.plan import Plan, file_sha256
-from onnxfi.store import StoredCampaign, load_campaign
+from onnxfi.store import Store, StoredCampaign, load_campaign
 from onnxfi.summary import aggregate, layer_bit
 
 if TYPE_CHECKING:
@@ -882,6 +882,41 @@ def _ber_section(camp: _Campaign, other: _Campaign | None, note: str | None, fig
     return _Section("ber", "Bit error rate", warn + intro + _plot_ber(figs, series, conf) + table)
 
 
+def _critical_bits_section(camp: _Campaign) -> _Section | None:
+    """The critical-bit searches stored beside the campaign (``onnxfi critical-bits --db``), newest first:
+    per weight the fraction of critical (element, bit) pairs with its interval and the experiments used,
+    and the most severe flips. None when the store holds none."""
+    with Store(camp.path, readonly=True) as store:
+        searches = store.critical_bit_searches()
+    if not searches:
+        return None
+    parts = []
+    for sid, doc in reversed(searches):
+        settings = doc.get("settings") or {}
+        sampled = settings.get("elements")
+        head = (f"Search {sid}: harmful = {doc.get('outcome')} or worse; weights {doc.get('sites_regex') or 'all'}; "
+                f"{'every element' if sampled is None else f'{sampled} sampled elements per weight'}; "
+                f"{doc.get('experiments')} of {doc.get('exhaustive_experiments')} flips run "
+                f"({100 * float(doc.get('ratio') or 0.0):.1f}% of every bit of the searched elements); "
+                f"critical bits overall {_pct(doc.get('rate'))}.")
+        layers = [(_code(w.get("site")), w.get("dtype"), f"{w.get('searched')} of {w.get('elements')}",
+                   f"{w.get('critical')} / {w.get('pairs')}", _pct(w.get("rate")),
+                   f"{w.get('experiments')} / {w.get('exhaustive_experiments')}", w.get("fallbacks"))
+                  for w in doc.get("layers") or [] if isinstance(w, dict)]
+        top = [(_code(t.get("site")), t.get("idx"), t.get("bit"), t.get("outcome"),
+                f"{_fmt(t.get('old'))} -> {_fmt(t.get('new'))}", f"{100 * float(t.get('images_changed') or 0):.1f}%")
+               for t in doc.get("top") or [] if isinstance(t, dict)]
+        parts.append(f"<p>{_e(head)}</p>"
+                     + _table(["weight", "dtype", "elements searched", "critical bits", "fraction [CI]",
+                               "flips run / every bit", "fallbacks"], layers, "num")
+                     + _details(f"most severe flips ({len(top)})",
+                                _table(["weight", "element", "bit", "outcome", "old -> new", "images changed"], top,
+                                       "num"), open_=sid == searches[-1][0]))
+    intro = ("<p>Which (element, bit) pairs of the weights cause the outcome when flipped alone, found by a checked "
+             "search over each element's bits (onnxfi critical-bits; README, Critical bits).</p>")
+    return _Section("critical-bits", "Critical bits", intro + "".join(parts))
+
+
 def _ber_examples_section(camp: _Campaign) -> _Section | None:
     rate_of = {e.id: float(e.fault.get("rate", float("nan"))) for e in camp.plan.experiments}
     order = {"critical": 0, "due": 1, "crash": 2, "sdc5": 3, "sdc1": 4}
@@ -1065,6 +1100,7 @@ def render_report(db_path: str | os.PathLike[str], runtime_json: str | os.PathLi
             _bits_section(camp, figs),
             _distribution_section(camp, figs),
             _examples_section(camp),
+            _critical_bits_section(camp),
             _compare_section(camp, other, note, figs),
             _runtime_section(runtime, str(runtime_json)) if runtime is not None else None,
             _repro_section(camp),
