@@ -7,6 +7,9 @@ then k distinct positions uniform over them (together: every bit flipped indepen
 all flipped at once in the weights, and the whole eval set run. The draw is a pure function of the
 experiment (its rate, sites, bits and seed), so any process replays the same flips.
 
+A ber experiment may instead *list* its flips (``fault["flips"]``: ``[[site, element, bit], ...]``, e.g. the
+flips a worst-case search chose, :mod:`onnxfi.worstcase`): then exactly those are flipped, whatever the rate.
+
 Bit numbering as in :mod:`onnxfi.bits` (bit 0 = least significant bit of the element's storage word).
 """
 
@@ -213,12 +216,39 @@ def _draw(exp: Experiment, sizes: Mapping[str, tuple[int, int]]) -> tuple[list[s
     return names, site, element, bit
 
 
+def _listed_flips(exp: Experiment, sizes: Mapping[str, tuple[int, int]]) -> list[Flip]:
+    """The explicit flips of ``exp`` (``fault["flips"]``), each checked to name a site of ``sizes``, an
+    element and a bit inside it (a plan file is untrusted input)."""
+    listed = exp.fault["flips"]
+    if not isinstance(listed, list):
+        raise OnnxfiError(f"experiment {exp.id}: flips must be a list of [site, element, bit]")
+    out: list[Flip] = []
+    for i, f in enumerate(listed):
+        if not (isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in f[1:])):
+            raise OnnxfiError(f"experiment {exp.id}: flips[{i}] is not [site, element, bit]: {f!r:.100}")
+        name, element, bit = f[0], int(f[1]), int(f[2])
+        if name not in sizes:
+            raise OnnxfiError(f"experiment {exp.id} names weight site {name!r}, which the model does not have: "
+                              "is this the plan's model?")
+        n, width = sizes[name]
+        if not 0 <= element < n or not 0 <= bit < width:
+            raise OnnxfiError(f"experiment {exp.id}: flips[{i}] = {name}[{element}] bit {bit} is outside the site "
+                              f"({n} elements of {width} bits)")
+        out.append((name, element, bit))
+    return out
+
+
 def draw_flips(exp: Experiment, sizes: Mapping[str, tuple[int, int]]) -> list[Flip]:
     """The (site, element index, bit) triples flipped by the fault-rate experiment ``exp``, sorted.
 
     ``sizes`` maps every site name of the experiment to (elements, bits per element) (:func:`ber_sizes`);
     the selected bits of a site are ``exp.fault["bits"]`` below its width, or all. Deterministic from
-    ``exp.seed``: the same experiment gives the same flips in any process. Positions are distinct."""
+    ``exp.seed``: the same experiment gives the same flips in any process. Positions are distinct.
+    An experiment that lists its flips (``fault["flips"]``) gives those, checked against ``sizes``, in their
+    listed order."""
+    if is_ber(exp) and exp.fault.get("flips") is not None:
+        return _listed_flips(exp, sizes)
     names, site, element, bit = _draw(exp, sizes)
     return sorted((names[s], int(e), int(b)) for s, e, b in zip(site.tolist(), element.tolist(), bit.tolist()))
 

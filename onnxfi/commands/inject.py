@@ -44,6 +44,8 @@ _EXAMPLES = """examples:
   onnxfi inject model.onnx --site fc.bias --index 0 --fault value:1e9 -o f.onnx
   onnxfi inject model.onnx --from-plan run.db --experiment 42 -o exp42.onnx
   (a bit error rate experiment: every bit flip of its draw is written into the weights)
+  onnxfi inject model.onnx --from-plan model.worst-case.plan.json --experiment 2 -o worst.onnx
+  (the first 3 flips of `onnxfi worst-case`: its plan lists them)
 
 faults: flip (default), burst:K (K adjacent bits from --bit), stuck-0, stuck-1, value:V,
         random:LO,HI (seeded by --seed), zero.  Bit 0 is the least significant bit;
@@ -154,11 +156,16 @@ def _replay_ber(args: argparse.Namespace, loaded: LoadedModel, sites: SiteIndex,
     total = sum(n * sum(1 for b in (selected if selected is not None else range(w)) if 0 <= b < w)
                 for n, w in (sizes[x] for x in names))
     rate = float(exp.fault["rate"])
+    listed = exp.fault.get("flips") is not None  # the flips themselves (a worst-case search's), not a draw
     written = save_model(loaded.model, out_path, external_data=loaded.has_external_data)
     touched = len({name for name, _, _ in flips})
-    stdout.print(f"experiment {exp.id}: bit error rate {rate:g} over {total:,} bits of {len(names):,} weight site(s)"
-                 + (f" (bits {', '.join(map(str, selected))})" if selected is not None else ""))
-    stdout.print(f"flips     {len(flips):,} (expected {rate * total:,.2f}) in {touched:,} site(s); seed {exp.seed}")
+    if listed:
+        stdout.print(f"experiment {exp.id}: {len(flips):,} listed bit flip(s) in {touched:,} weight site(s), applied "
+                     "in order")
+    else:
+        stdout.print(f"experiment {exp.id}: bit error rate {rate:g} over {total:,} bits of {len(names):,} weight "
+                     "site(s)" + (f" (bits {', '.join(map(str, selected))})" if selected is not None else ""))
+        stdout.print(f"flips     {len(flips):,} (expected {rate * total:,.2f}) in {touched:,} site(s); seed {exp.seed}")
     for f in shown[:_FLIPS_SHOWN]:
         at = ",".join(map(str, f["coords"]))
         stdout.print(f"  {f['site']}[{at}] bit {f['bit']}: "
@@ -169,7 +176,8 @@ def _replay_ber(args: argparse.Namespace, loaded: LoadedModel, sites: SiteIndex,
     stdout.print(f"wrote     {', '.join(str(w) for w in written)}")
     write_json(args.json, {
         "schema": SCHEMAS["inject"], "site": exp.site, "kind": "weight", "experiment": exp.id, "seed": exp.seed,
-        "fault": {"kind": "ber", "rate": rate, "bits": selected, "spec": f"ber:{rate:g}"},
+        "fault": {"kind": "ber", "rate": rate, "bits": selected,
+                  "spec": f"flips:{len(flips)}" if listed else f"ber:{rate:g}"},
         "sites": len(names), "bits_total": total, "n_flips": len(flips), "flips": shown,
         "flips_listed": len(shown), "output": [str(w) for w in written],
     })
