@@ -61,6 +61,10 @@ clean_min = 0.5
         "zoo eval": lambda tag: ["zoo", "eval", "digits_cnn"],
         "critical-bits": lambda tag: ["critical-bits", str(MODEL), "--data", str(DATA), "--sites", "classifier.2.bias",
                                       "--elements", "2", "--db", str(tmp / f"critical-{tag}.db")],
+        "worst-case": lambda tag: ["worst-case", str(MODEL), "--data", str(DATA), "--target-accuracy", "0.2",
+                                   "--candidates", "8", "-o", str(tmp / f"wc-{tag}.plan.json")],
+        "advise": lambda tag: ["advise", str(MODEL), "--data", str(DATA), "--faults", "20", "--repeat", "5",
+                               "--no-verify"],
     }
 
 
@@ -130,6 +134,8 @@ _NESTED: dict[str, list[str]] = {
     "zoo list": ["models[]", "models[].inputs[]", "models[].data_source"],
     "zoo eval": [],
     "critical-bits": ["settings", "clean", "rate", "layers[]", "top[]"],
+    "worst-case": ["flips[]", "settings", "output_choice"],
+    "advise": ["choice", "choice.units[]", "recipe"],
 }
 
 

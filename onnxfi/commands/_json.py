@@ -39,6 +39,8 @@ SCHEMAS: dict[str, str] = {
     "zoo list": "onnxfi.zoo.list/1",
     "zoo eval": "onnxfi.zoo.eval/1",
     "critical-bits": "onnxfi.critical-bits/1",  # onnxfi.critical.CRITICAL_BITS_SCHEMA
+    "worst-case": "onnxfi.worst-case/1",  # onnxfi.worstcase.WORST_CASE_SCHEMA
+    "advise": "onnxfi.advise/1",  # onnxfi.advise.ADVISE_SCHEMA
 }
 
 # files that a JSON document must never replace (a typo such as `--json model.onnx` would otherwise eat a model)

@@ -84,7 +84,9 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
-    p.add_argument("--method", required=True, metavar="M[,M2]", help=f"comma list of: {', '.join(METHODS)}")
+    p.add_argument("--method", metavar="M[,M2]", help=f"comma list of: {', '.join(METHODS)} (or --recipe)")
+    p.add_argument("--recipe", metavar="RECIPE.json",
+                   help="apply a recipe written by onnxfi advise: each step's method at its layers, in order")
     p.add_argument("-o", "--out", metavar="OUT.onnx", help="where to write the hardened model (required)")
     p.add_argument("--output", metavar="NAME",
                    help="the model output the accuracy comparison scores (default: the one that agrees best with "
@@ -153,7 +155,18 @@ def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
-    methods = parse_methods(args.method)
+    recipe = None
+    if args.recipe is not None:
+        from onnxfi.advise import load_recipe
+
+        if args.method is not None or args.layers is not None:
+            raise OnnxfiError("--recipe names the methods and their layers: leave out --method and --layers")
+        recipe = load_recipe(args.recipe)
+        methods = recipe.methods
+    elif args.method is None:
+        raise OnnxfiError("give --method M[,M2] (or --recipe RECIPE.json from onnxfi advise)")
+    else:
+        methods = parse_methods(args.method)
     _check_options(args, methods)
     options = HardenOptions(
         percentile=args.percentile, level=1 if args.level is None else args.level, search=args.search,
@@ -182,7 +195,12 @@ def run(args: argparse.Namespace) -> int:
     reference = run_outputs(loaded.model, evaluation, args.batch, provider=args.provider, threads=args.threads)
     choice = choose_output(reference, evaluation.labels, args.output, task_from_args(args))
     options = replace(options, output=choice.name, task=choice.task)
-    result = harden(loaded.model, methods, calib, options)
+    if recipe is not None:
+        from onnxfi.advise import apply_recipe
+
+        result = apply_recipe(loaded.model, recipe, calib, options)
+    else:
+        result = harden(loaded.model, methods, calib, options)
     written = save_model(result.model, out, external_data=args.external_data or loaded.has_external_data)
     load_model(out)  # the written file must pass the checker and load again
     effect = measure_hardening(
