@@ -13,6 +13,8 @@ per-fault outcomes and measured per-layer costs, verified on faults it did not c
 5. **Choice**: per unit none or one method, maximising the predicted reduction of the per-inference SDC
    (the faults attributed to a unit take the outcome they had under that unit's method) with the summed unit
    costs within the budget; exact by enumeration up to 200,000 combinations, else greedy by benefit per cost.
+   Per-unit costs need not add up, so the chosen recipe's own latency is measured, and while it is over the
+   budget the choice is made again within a budget lowered by what the sum missed (at most 5 rounds).
 6. **Verification**: the recipe is applied (``harden --recipe``), and a fresh plan (seed + 1: faults the
    choice never saw) is run on the original, the recipe and every whole-model method; the recipe's measured
    per-inference SDC and latency overhead are reported beside the prediction and each method's.
