@@ -112,5 +112,6 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) bench/bench_sparse.py --public rapidocr-cls --public rapidocr-det --faults 400 --json $(OUT)/bench/sparse_public.json
 	$(BENCH_PY) bench/bench_sparse.py --zoo $(BENCH_SPARSE_ZOO) --json $(OUT)/bench/sparse_zoo.json
 	$(BENCH_PY) bench/bench_answer.py --model digits_cnn --json $(OUT)/bench/answer_digits_cnn.json
+	$(BENCH_PY) bench/bench_critical.py --model digits_cnn --elements 16 --json $(OUT)/bench/critical_digits_cnn.json
 
 -include model_zoo/zoo.mk
