@@ -4,6 +4,7 @@ of a detector from its outputs, a user's decoder, and a campaign from the comman
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,21 @@ def test_a_model_with_a_fixed_batch_of_one_runs_one_sample_per_run(tmp_path: Pat
                  "--json", str(tmp_path / "b.json")]) == 0
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["clean"]["samples"] == 12 and doc["summary"]["experiments"] == 10
+
+
+def test_transient_faults_on_a_detector_are_scored_per_image(tmp_path: Path) -> None:
+    """One-inference activation faults: each experiment is classified on its own image (the decoder reads
+    that image's rows), so images_changed is 0 or 1 and the detection outcomes come out as for weights."""
+    model = tmp_path / "det.onnx"
+    _detector(model)
+    rc = main(["analyze", str(model), "--data", str(model.with_suffix(".npz")), "--fault-model", "transient",
+               "--target", "activations", "--faults", "120", "--bits", "30", "--db", str(tmp_path / "t.db"),
+               "--json", str(tmp_path / "t.json")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["clean"]["task"] == "detection"
+    s = doc["summary"]
+    assert s["experiments"] == 120 and s["rates"]["crash"]["k"] == 0
+    assert s["rates"]["sdc1"]["k"] > 0  # exponent-MSB flips of boxes, scores or logits change detections
+    changed = {r[0] for r in sqlite3.connect(tmp_path / "t.db").execute("SELECT images_changed FROM results")}
+    assert changed <= {0.0, 1.0}
