@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES", "FLAGS", "FAILURE_FLAGS", "OUTCOME_LABELS", "FLAG_LABELS", "FLAG_DESCRIPTIONS", "ROW_FIELDS",
-    "classify", "classify_samples", "task_metric", "output_metric", "detection_task_metric", "flag_description", "decision_words", "load_metric", "experiment_row", "crash_row", "fault_spec",
+    "classify", "classify_samples", "task_metric", "output_metric", "detection_task_metric", "flag_description",
+    "decision_words", "shown_flags", "load_metric", "experiment_row", "crash_row", "fault_spec",
 ]
 
 # exclusive outcomes, least to most severe
@@ -70,6 +71,12 @@ def flag_description(flag: str, task: str | None, critical: float) -> str:
     if flag == "sdc1" and task is not None and task in _SDC1_BY_TASK:
         return _SDC1_BY_TASK[task]
     return FLAG_DESCRIPTIONS[flag].format(critical=critical)
+
+
+def shown_flags(task: str | None) -> tuple[str, ...]:
+    """The flags a rate table shows for ``task``: SDC-5 (golden top-1 out of the top-5) only where there are
+    class scores to rank, so not for sequences and detectors."""
+    return tuple(f for f in FLAGS if not (f == "sdc5" and task in ("sequence", "detection")))
 
 
 def decision_words(task: str | None) -> str:

@@ -36,7 +36,7 @@ from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
 from onnxfi.data import make_dataset
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import FLAG_LABELS, FLAGS, decision_words, flag_description
+from onnxfi.outcomes import FLAG_LABELS, FLAGS, decision_words, flag_description, shown_flags
 from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
 from onnxfi.store import Store
 
@@ -219,7 +219,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
     for col in cols:
         t.add_column(col, **KEEP)
     critical = plan.options.get("critical", 0.01)
-    for key in FLAGS:
+    for key in shown_flags(clean.get("task")):
         r = rates[key]
         label = escape(flag_description(key, clean.get("task"), critical))
         if self_weighting:

@@ -34,6 +34,7 @@ from onnxfi.outcomes import (
     OUTCOME_LABELS,
     decision_words,
     flag_description,
+    shown_flags,
 )
 from onnxfi.plan import Plan, file_sha256
 from onnxfi.store import Store, StoredCampaign, load_campaign
@@ -685,7 +686,7 @@ def _outcome_section(camp: _Campaign, figs: _Figures) -> _Section:
     raw = s.get("rates_raw", s["rates"])
     task = (camp.clean or {}).get("task")
     rows = [(flag_description(k, task, critical), f'{s["rates"][k]["k"]}/{s["rates"][k]["n"]}',
-             _pct(s["rates"][k]), _pct(raw[k])) for k in FLAGS]
+             _pct(s["rates"][k]), _pct(raw[k])) for k in shown_flags(task)]
     table = _table(["outcome", "sampled k/n", f"per fault, model's rate [{_conf_pct(camp)}% CI]",
                     "raw sample rate [CI]"], rows)
     per = (s.get("per_inference") or {}).get("sdc1")
