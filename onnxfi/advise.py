@@ -29,10 +29,9 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,13 @@ import onnx_ir as ir
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError
 from onnxfi.harden import HardenOptions, HardenResult, harden, parse_methods
-from onnxfi.model import save_model
 from onnxfi.passes import HARDENING_METHODS
 from onnxfi.passes._hardening import node_label
 from onnxfi.profile import copy_model
 from onnxfi.runtime import make_session
 
 __all__ = ["ADVISE_SCHEMA", "RECIPE_SCHEMA", "ACTIVATION_METHODS", "Recipe", "load_recipe", "apply_recipe",
-           "activation_units", "downstream_units", "choose", "latencies"]
+           "activation_units", "downstream_units", "choose", "latencies", "layers_regex"]
 
 ADVISE_SCHEMA = "onnxfi.advise/1"
 RECIPE_SCHEMA = "onnxfi.recipe/1"
@@ -65,14 +63,15 @@ class Recipe:
 
     def to_dict(self, model: str = "") -> dict[str, Any]:
         return {"schema": RECIPE_SCHEMA, "model": model,
-                "steps": [{"method": m, "layers": _regex(units), "units": list(units)} for m, units in self.steps]}
+                "steps": [{"method": m, "layers": layers_regex(units), "units": list(units)} for m, units in self.steps]}
 
     @property
     def methods(self) -> list[str]:
         return [m for m, _ in self.steps]
 
 
-def _regex(units: Sequence[str]) -> str:
+def layers_regex(units: Sequence[str]) -> str:
+    """The ``harden --layers`` regex that matches exactly these node names."""
     return "^(?:" + "|".join(re.escape(u) for u in units) + ")$"
 
 
@@ -105,7 +104,7 @@ def apply_recipe(model: ir.Model, recipe: Recipe, data: Dataset | None, options:
     for method, units in recipe.steps:
         if not units:
             continue
-        opts = HardenOptions(**{**vars(options), "layers": _regex(units)})
+        opts = replace(options, layers=layers_regex(units))
         result = harden(current, [method], data, opts)
         current = result.model
         reports.extend(result.reports)
@@ -215,12 +214,7 @@ def latencies(models: Mapping[str, ir.Model], feeds: Mapping[str, np.ndarray], r
               threads: int | None = 1, provider: str = "cpu") -> dict[str, float]:
     """Median latency (ms) of each model on ``feeds``, the runs interleaved (one run of each model per
     round, ``repeat`` rounds after a warm-up), so that drift of the machine falls on all of them alike."""
-    sessions = {}
-    for key, m in models.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.onnx"
-            save_model(m, path)
-            sessions[key] = make_session(str(path), provider, threads=threads)
+    sessions = {key: make_session(m, provider, threads=threads) for key, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for r in range(repeat + 3):
         for key, s in sessions.items():

@@ -35,6 +35,7 @@ from onnxfi.compare import (
     run_compare,
 )
 from onnxfi.data import Dataset, load_data, load_loader, random_data, resolve_loader_spec
+from onnxfi.detection import TASK_PLUGIN_PREFIX
 from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
 from onnxfi.faults import Fault, parse_fault
@@ -221,7 +222,7 @@ def _ops(ops: str | Sequence[str] | None) -> list[str] | None:
 def _task_name(task: str | None) -> str | None:
     """``task`` as :data:`~onnxfi.metrics.TASKS` names it (``detection:module:function``, a user's decoder, is
     ``detection``)."""
-    return "detection" if task is not None and task.startswith("detection:") else task
+    return "detection" if task is not None and task.startswith(TASK_PLUGIN_PREFIX) else task
 
 
 def _choice(name: str, value: str | None, allowed: Sequence[str]) -> None:

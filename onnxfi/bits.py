@@ -29,6 +29,7 @@ __all__ = [
     "is_fault_dtype",
     "is_float_dtype",
     "to_bits",
+    "element_value",
     "from_bits",
     "FAULT_DTYPES",
 ]
@@ -130,6 +131,15 @@ def dtype_info_for_numpy(dtype: np.dtype) -> DTypeInfo:
         return _BY_NUMPY[np.dtype(dtype)]
     except KeyError:
         raise FaultError(f"numpy dtype {dtype} cannot take bit faults") from None
+
+
+def element_value(v: Any) -> float:
+    """One element (a numpy scalar or 0-d array of any fault dtype) as a Python float; a signalling NaN stays NaN."""
+    a = np.asarray(v)
+    if not is_float_dtype(a.dtype):
+        return float(int(a))
+    with np.errstate(invalid="ignore"):
+        return float(a.astype(np.float64))
 
 
 def to_bits(values: np.ndarray) -> np.ndarray:

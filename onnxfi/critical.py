@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxfi.bits import dtype_info_for_numpy, from_bits, is_float_dtype, to_bits
+from onnxfi.bits import dtype_info_for_numpy, element_value, from_bits, to_bits
 from onnxfi.errors import OnnxfiError
+from onnxfi.jsonvalues import number_or_text
 from onnxfi.outcomes import OUTCOMES
 from onnxfi.stats import Rate, stratified_estimate
 
@@ -284,18 +285,6 @@ class SiteResult:
         return counts
 
 
-def _value_json(v: float) -> float | str:
-    return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-
-
-def _scalar(v: Any) -> float:
-    a = np.asarray(v)
-    if not is_float_dtype(a.dtype):
-        return float(int(a))
-    with np.errstate(invalid="ignore"):  # a signalling NaN
-        return float(a.astype(np.float64))
-
-
 @dataclass
 class CriticalBits:
     """The result of a critical-bit search over some weights (``to_dict`` is the JSON document's body)."""
@@ -387,7 +376,7 @@ class CriticalBits:
             "ratio": self.experiments / exh if exh else None,
             "rate": self.rate().to_dict() if self.sites else None,
             "layers": self.layer_dicts(),
-            "top": [{**t, "old": _value_json(t["old"]), "new": _value_json(t["new"])} for t in self.top(top)],
+            "top": [{**t, "old": number_or_text(t["old"]), "new": number_or_text(t["new"])} for t in self.top(top)],
             "check": self.agreement(),
         }
 
@@ -397,7 +386,7 @@ class CriticalBits:
         path) or ``inferred`` (``harmful`` is the search's answer)."""
         for s in self.sites:
             for e in s.elements:
-                old = _scalar(s.values[e.index])
+                old = element_value(s.values[e.index])
                 new = flipped_values(s.values[e.index])
                 harmful = set(e.harmful)
                 for b in range(s.bits):
@@ -406,7 +395,7 @@ class CriticalBits:
                            "harmful": b in harmful if row is None else bool(row["harmful"]),
                            "source": "run" if row is not None else "inferred",
                            "outcome": None if row is None else row["outcome"],
-                           "old": old, "new": _scalar(new[b]),
+                           "old": old, "new": element_value(new[b]),
                            "images_changed": None if row is None else row.get("images_changed"),
                            "path": None if row is None else row.get("path")}
 
@@ -479,7 +468,7 @@ def find_critical_bits(
         results.append(res)
         for idx in chosen:
             new_values = flipped_values(values[idx])
-            old = _scalar(values[idx])
+            old = element_value(values[idx])
 
             def harmful(bit: int, idx: int = idx, new_values: np.ndarray = new_values, old: float = old,
                         res: SiteResult = res) -> bool:
@@ -490,7 +479,7 @@ def find_critical_bits(
                                      fault={"kind": "flip", "bits": [bit]}, seed=0)
                     next_id += 1
                     row = dict(unwrap(run_one(engine, exp, True, False, worker=0)))
-                    row.update(harmful=is_harmful(row["outcome"], outcome), old=old, new=_scalar(new_values[bit]))
+                    row.update(harmful=is_harmful(row["outcome"], outcome), old=old, new=element_value(new_values[bit]))
                     res.rows[(idx, bit)] = row
                     res.experiments += 1
                 return bool(row["harmful"])

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable"]
+__all__ = ["jsonable", "number_or_text"]
+
+
+def number_or_text(v: float) -> float | str:
+    """A float for a JSON document that must keep non-finite values: ``"nan"``, ``"inf"`` or ``"-inf"`` as text
+    (a flipped weight's old and new value; :func:`jsonable` writes them as None)."""
+    return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
 
 
 def jsonable(obj: Any) -> Any:

@@ -281,6 +281,8 @@ def classify(
         value = m["accuracy"] if labels is not None else m["golden_agreement"]
     elif task == "detection":  # what detection_task_metric computes, from the matches above
         value = m["map50_labels"] if labels is not None else m["map50"]
+    elif task == "sequence":  # sequence_parts holds the task metric (golden_agreement, or against the labels)
+        value = m[name]
     else:
         value = task_metric(task, out, gold, labels, layout)[1]
     m["task_metric"] = name

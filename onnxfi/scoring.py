@@ -278,12 +278,11 @@ def choose_output(
     ``samples``, the eval data's sample count, tells per-sample outputs from states."""
     if not outputs:
         raise OnnxfiError("the model has no outputs to score")
-    metrics.task_family(task)  # an unknown task names the choices
+    family = metrics.task_family(task)  # an unknown task names the choices
     names = list(outputs)
     arrays = {k: np.asarray(v) for k, v in outputs.items()}
     samples = samples if samples is not None else _samples(arrays, labels)
     listing = describe_outputs(arrays, samples)
-    family = metrics.task_family(task)
     if family == "detection" or (family is None and requested is None):
         det = detection.choose_layout(arrays, task, labels)
         if det is not None:

@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 
 from onnxfi.ber import Flip, apply_flips, restore_weights
-from onnxfi.bits import dtype_info, dtype_info_for_numpy, from_bits, to_bits
+from onnxfi.bits import dtype_info, dtype_info_for_numpy, element_value, from_bits, to_bits
 from onnxfi.data import Dataset
 from onnxfi.errors import OnnxfiError, SessionError, first_line
+from onnxfi.jsonvalues import number_or_text
 from onnxfi.metrics import class_ids, softmax, top1
 from onnxfi.model import LoadedModel
 from onnxfi.outcomes import output_metric
@@ -260,7 +261,7 @@ class WorstCaseStep:
 
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site, "index": self.index, "coords": list(self.coords), "bit": self.bit,
-                "dtype": self.dtype, "old_value": _value_json(self.old), "new_value": _value_json(self.new),
+                "dtype": self.dtype, "old_value": number_or_text(self.old), "new_value": number_or_text(self.new),
                 "metric": self.metric, "ref_probability": self.probability, "candidates": self.candidates,
                 "source": self.source}
 
@@ -297,16 +298,6 @@ class WorstCase:
                 "reached": self.reached, "n_flips": len(self.steps), "flips": [s.to_dict() for s in self.steps],
                 "runs": self.runs, "failed_runs": self.failed, "stop": self.stop, "seconds": self.seconds,
                 "settings": dict(self.settings)}
-
-
-def _value_json(v: float) -> float | str:
-    return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-
-
-def _scalar(v: Any) -> float:
-    a = np.asarray(v)
-    with np.errstate(invalid="ignore"):  # a signalling NaN
-        return float(a.astype(np.float64)) if a.dtype.kind not in "iub" else float(int(a))
 
 
 def _key(score: Score) -> tuple[float, float]:
@@ -361,7 +352,7 @@ def greedy_search(
         shape = site.concrete_shape or ()
         coords = tuple(int(c) for c in np.unravel_index(element, shape)) if shape else ()
         chosen.append(cands[i])
-        steps.append(WorstCaseStep(name, element, coords, bit, site.dtype_name, _scalar(old), _scalar(new), score[0],
+        steps.append(WorstCaseStep(name, element, coords, bit, site.dtype_name, element_value(old), element_value(new), score[0],
                                    score[1], len(cands), source[i]))
         current = score
         stop = "target" if current[0] < target else "max-flips"

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                      for m, rep in under.items()}
         # costs: one method at one unit, and each method on the whole model, in one interleaved loop
         task = prog.add_task("latency (per layer)", total=1)
-        single = {(u, m): harden(loaded.model, [m], data, HardenOptions(layers=advise._regex([u]))).model
+        single = {(u, m): harden(loaded.model, [m], data, HardenOptions(layers=advise.layers_regex([u]))).model
                   for u in units for m in methods}
         feeds = data.batch(0, min(data.size, args.batch))
         timed = advise.latencies({"original": loaded.model, **{f"{u}\t{m}": sm for (u, m), sm in single.items()},
