@@ -113,5 +113,7 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) bench/bench_sparse.py --zoo $(BENCH_SPARSE_ZOO) --json $(OUT)/bench/sparse_zoo.json
 	$(BENCH_PY) bench/bench_answer.py --model digits_cnn --json $(OUT)/bench/answer_digits_cnn.json
 	$(BENCH_PY) bench/bench_critical.py --model digits_cnn --elements 16 --json $(OUT)/bench/critical_digits_cnn.json
+	$(BENCH_PY) bench/bench_critical.py --model digits_cnn --sites '^classifier\.2\.weight$$' --elements 0 \
+		--json $(OUT)/bench/critical_digits_cnn_classifier.json
 
 -include model_zoo/zoo.mk

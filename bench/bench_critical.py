@@ -8,6 +8,7 @@ exhaustive answer of those elements, run through the same engine. Prints per wei
 search ran, every bit of the searched elements, the ratio, fallbacks, and the agreement.
 
     .venv/bin/python bench/bench_critical.py --model digits_cnn --elements 16
+    .venv/bin/python bench/bench_critical.py --model digits_cnn --sites '^classifier\.2\.weight$' --elements 0
 """
 
 from __future__ import annotations
@@ -22,26 +23,30 @@ from pathlib import Path
 from typing import Any
 
 
-def _search(model: str, elements: int, verify: int, seed: int) -> tuple[dict[str, Any], float]:
+def _search(model: str, elements: int, verify: int, seed: int, sites: str | None) -> tuple[dict[str, Any], float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "critical.json"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "onnxfi", "critical-bits", model, "--elements", str(elements),
-                        "--verify", str(verify), "--seed", str(seed), "--check", "--json", str(out)],
-                       check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "onnxfi", "critical-bits", model, "--verify", str(verify), "--seed", str(seed),
+               "--check", "--json", str(out)]
+        cmd += ["--elements", str(elements)] if elements > 0 else []
+        cmd += ["--sites", sites] if sites else []
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text()), time.perf_counter() - t
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="digits_cnn")
-    ap.add_argument("--elements", type=int, default=16, help="elements searched per weight (default 16)")
+    ap.add_argument("--elements", type=int, default=16,
+                    help="elements searched per weight (default 16; 0: every element of the selected weights)")
+    ap.add_argument("--sites", help="weights whose name matches this regex (default: every weight)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write both runs' figures here")
     args = ap.parse_args()
     results = {}
     for verify in (1, 0):
-        doc, wall = _search(args.model, args.elements, verify, args.seed)
+        doc, wall = _search(args.model, args.elements, verify, args.seed, args.sites)
         check = doc["check"]
         results[f"verify{verify}"] = {"wall_s": wall, "experiments": doc["experiments"],
                                       "exhaustive": doc["exhaustive_experiments"], "ratio": doc["ratio"],
@@ -50,7 +55,9 @@ def main() -> int:
                                       "layers": [{k: w[k] for k in ("site", "experiments", "exhaustive_experiments",
                                                                     "fallbacks", "critical", "pairs")}
                                                  for w in doc["layers"]]}
-        print(f"\n{args.model}, --elements {args.elements} --verify {verify} --check ({wall:.1f} s whole command)")
+        what = f"--elements {args.elements}" if args.elements > 0 else "every element"
+        print(f"\n{args.model}{f' --sites {args.sites}' if args.sites else ''}, {what} --verify {verify} --check "
+              f"({wall:.1f} s whole command)")
         print(f"{'weight':34} {'flips':>6} {'every bit':>9} {'ratio':>6} {'fallbacks':>9} {'critical':>9}")
         for w in doc["layers"]:
             print(f"{w['site'][:34]:34} {w['experiments']:6d} {w['exhaustive_experiments']:9d} "

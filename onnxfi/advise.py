@@ -1,23 +1,28 @@
-"""The hardening advisor: which activation hardening to put where, under a latency budget, from measured
-per-fault outcomes and measured per-layer costs, verified on faults it did not choose with.
+"""The hardening advisor: which hardening to put where, under a latency and a memory budget, from measured
+per-fault outcomes and measured per-unit costs, verified on faults it did not choose with.
 
-1. **Units**: the activations the activation methods (ranger, clipact, relumax) would harden, by node name.
+1. **Units**: the activations the activation methods (ranger, clipact, relumax) would harden, by node name,
+   and the weights ``weight-clip`` would check (a run-time range check of the weight), by site name.
 2. **Outcomes**: one weight-fault plan (proportional design) is run on the model and, fault for fault, on the
    model hardened whole by each method (``analyze(..., compare_with=...)``): per fault, the fraction of eval
    inferences whose decision it changes (per-inference SDC) with and without each method.
-3. **Attribution**: a weight fault is caught, if at all, by the first unit downstream of its weight (the
-   activation its layer's output reaches first; Ranger's principle: bound the value where it is made). A
-   fault with no unit downstream keeps its unhardened outcome.
+3. **Attribution**: a weight fault is caught, if at all, by the first activation unit downstream of its
+   weight (the activation its layer's output reaches first; Ranger's principle: bound the value where it is
+   made) and by its own weight's check. A fault covered by both chosen protections takes the lower of its two
+   measured outcomes (an assumption the verification tests); a fault covered by none keeps its own.
 4. **Costs**: the latency of the model hardened by one method at one unit, against the original, measured in
-   the same interleaved loop (median of ``repeat`` runs each), clipped at 0.
-5. **Choice**: per unit none or one method, maximising the predicted reduction of the per-inference SDC
-   (the faults attributed to a unit take the outcome they had under that unit's method) with the summed unit
-   costs within the budget; exact by enumeration up to 200,000 combinations, else greedy by benefit per cost.
-   Per-unit costs need not add up, so the chosen recipe's own latency is measured, and while it is over the
-   budget the choice is made again within a budget lowered by what the sum missed (at most 5 rounds).
+   the same interleaved loop (median of ``repeat`` runs each), clipped at 0; memory: the growth of the
+   parameter bytes.
+5. **Choice**: per activation unit none or one method, per weight its check on or off, minimising the
+   predicted per-inference SDC with the summed costs within the budgets: the activation assignments by
+   enumeration up to 200,000 (else greedy by benefit per cost), and for each the weight checks over every
+   subset (up to 2**12), else greedily. Per-unit costs need not add up, so the chosen recipe's own latency
+   is measured, and while it is over the budget the choice is made again within a budget lowered by what
+   the sum missed (at most 5 rounds).
 6. **Verification**: the recipe is applied (``harden --recipe``), and a fresh plan (seed + 1: faults the
-   choice never saw) is run on the original, the recipe and every whole-model method; the recipe's measured
-   per-inference SDC and latency overhead are reported beside the prediction and each method's.
+   choice never saw) is run on the original, the recipe and every whole-model method within the budget; the
+   recipe's measured per-inference SDC, latency and memory are reported beside the prediction and each
+   method's, with the paired difference on the same faults (:func:`paired_difference`).
 
 The library computes; ``onnxfi advise`` prints.
 """
@@ -45,13 +50,17 @@ from onnxfi.passes import HARDENING_METHODS
 from onnxfi.passes._hardening import node_label
 from onnxfi.profile import copy_model
 from onnxfi.runtime import make_session
+from onnxfi.stats import stratified_estimate
 
-__all__ = ["ADVISE_SCHEMA", "RECIPE_SCHEMA", "ACTIVATION_METHODS", "Recipe", "load_recipe", "apply_recipe",
-           "activation_units", "downstream_units", "choose", "latencies", "layers_regex"]
+__all__ = ["ADVISE_SCHEMA", "RECIPE_SCHEMA", "ACTIVATION_METHODS", "WEIGHT_METHOD", "CHOOSABLE", "Recipe",
+           "load_recipe", "apply_recipe", "activation_units", "weight_units", "downstream_units", "choose",
+           "paired_difference", "parameter_bytes", "latencies", "layers_regex"]
 
 ADVISE_SCHEMA = "onnxfi.advise/1"
 RECIPE_SCHEMA = "onnxfi.recipe/1"
 ACTIVATION_METHODS = ("ranger", "clipact", "relumax")
+WEIGHT_METHOD = "weight-clip"  # per weight unit: on or off
+CHOOSABLE = (*ACTIVATION_METHODS, WEIGHT_METHOD)
 _EXACT_LIMIT = 200_000
 
 
@@ -117,6 +126,12 @@ def activation_units(model: ir.Model) -> list[str]:
     return [finder.label(c) for c in finder.candidates(model)]
 
 
+def weight_units(model: ir.Model) -> list[str]:
+    """The weights :data:`WEIGHT_METHOD` would check, by site name, in site order."""
+    finder = HARDENING_METHODS[WEIGHT_METHOD].from_settings(HardenOptions())
+    return [finder.label(c) for c in finder.candidates(model) if finder.check(c) is None]
+
+
 def downstream_units(model: ir.Model, units: Sequence[str]) -> Callable[[str], str | None]:
     """For a weight (initializer or Constant output) name: the first unit its value reaches (breadth first
     through the graph), or None."""
@@ -157,7 +172,7 @@ def downstream_units(model: ir.Model, units: Sequence[str]) -> Callable[[str], s
 
 @dataclass
 class Choice:
-    """The advised assignment (unit -> method), its predicted per-inference SDC and latency cost."""
+    """The advised assignment (unit -> method), its predicted per-inference SDC, latency and memory cost."""
 
     assignment: dict[str, str]
     predicted: float
@@ -166,48 +181,147 @@ class Choice:
     combos: int
     exact: bool
     benefit: dict[tuple[str, str], float] = field(default_factory=dict)
+    memory: float = 0.0
 
     def recipe(self) -> Recipe:
         by_method: dict[str, list[str]] = {}
         for unit, method in self.assignment.items():
             by_method.setdefault(method, []).append(unit)
-        return Recipe(tuple((m, tuple(by_method[m])) for m in ACTIVATION_METHODS if m in by_method))
+        return Recipe(tuple((m, tuple(by_method[m])) for m in CHOOSABLE if m in by_method))
+
+
+def _subset_sums(values: Sequence[float]) -> np.ndarray:
+    """The sum of every subset of ``values``, indexed by the subset's bit mask."""
+    sums = np.zeros(1)
+    for v in values:
+        sums = np.concatenate([sums, sums + v])
+    return sums
 
 
 def choose(units: Sequence[str], methods: Sequence[str], attributed: Mapping[str, Sequence[int]],
            base: Mapping[int, float], under: Mapping[str, Mapping[int, float]],
-           cost: Mapping[tuple[str, str], float], budget: float) -> Choice:
+           cost: Mapping[tuple[str, str], float], budget: float, *,
+           weights: Mapping[str, Sequence[int]] | None = None,
+           memory: Mapping[tuple[str, str], float] | None = None, memory_budget: float = math.inf) -> Choice:
     """The assignment of at most one method per unit that predicts the lowest mean per-inference SDC over the
     faults (``base``: fault id -> its SDC unhardened; ``under[m]``: under whole-model ``m``; ``attributed[u]``:
-    the faults ``u`` catches) with the summed ``cost`` within ``budget``."""
+    the faults activation unit ``u`` catches) with the summed ``cost`` within ``budget`` (and the summed
+    ``memory`` within ``memory_budget``).
+
+    ``weights`` (weight unit -> the faults in that weight) are the units :data:`WEIGHT_METHOD` can check, each
+    on or off. A fault covered by a chosen activation method and by its weight's check is predicted to take
+    the lower of its two measured outcomes. The activation assignments are enumerated (up to 200,000); for
+    each, the weight checks are chosen exactly over every subset (up to 2**12 of them) or else greedily by
+    gain per cost.
+    """
     n = len(base)
     if n == 0:
         raise OnnxfiError("no fault outcome to advise from")
+    weights = dict(weights or {})
+    memory = memory or {}
+    wm = WEIGHT_METHOD
+    act_of = {f: u for u, fs in attributed.items() for f in fs}
+    wt_of = {f: w for w, fs in weights.items() for f in fs}
+
+    def outcome(f: int, m: str | None, on: bool) -> float:
+        if m is None:
+            return under[wm][f] if on else base[f]
+        return min(under[m][f], under[wm][f]) if on else under[m][f]
+
+    # faults grouped by (activation unit, weight unit); per group the summed outcome under each (method, check)
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for f in base:
+        groups.setdefault((act_of.get(f), wt_of.get(f)), []).append(f)
+    sums: dict[tuple[str | None, str | None], dict[tuple[str | None, bool], float]] = {}
+    for (u, w), fs in groups.items():
+        ms: list[str | None] = [None, *(methods if u is not None else ())]
+        ons = (False, True) if w is not None else (False,)
+        sums[(u, w)] = {(m, on): sum(outcome(f, m, on) for f in fs) for m in ms for on in ons}
     baseline = sum(base.values()) / n
-    gain = {(u, m): sum(base[f] - under[m][f] for f in attributed.get(u, ())) / n for u in units for m in methods}
-    options = [[None, *[m for m in methods if gain[(u, m)] > 0]] for u in units]
+
+    def mem(key: tuple[str, str]) -> float:
+        return memory.get(key, 0.0)
+
+    gain: dict[tuple[str, str], float] = {}
+    for u in units:
+        for m in methods:
+            gain[(u, m)] = sum(t[(None, False)] - t[(m, False)] for (gu, _), t in sums.items() if gu == u) / n
+    for w in weights:
+        gain[(w, wm)] = sum(t[(None, False)] - t[(None, True)] for (_, gw), t in sums.items() if gw == w) / n
+    options = [[None, *[m for m in methods if gain[(u, m)] > 0 and cost[(u, m)] <= budget
+                        and mem((u, m)) <= memory_budget]] for u in units]
+    wcands = [w for w in weights if cost[(w, wm)] <= budget and mem((w, wm)) <= memory_budget
+              and any(t[(m, False)] > t[(m, True)] for (_, gw), t in sums.items() if gw == w
+                      for (m, on) in t if not on)]
     combos = math.prod(len(o) for o in options)
-    best: tuple[float, float, dict[str, str]] = (0.0, 0.0, {})
-    if combos <= _EXACT_LIMIT:
-        for pick in itertools.product(*options):
-            c = sum(cost[(u, m)] for u, m in zip(units, pick) if m is not None)
-            if c > budget:
-                continue
-            g = sum(gain[(u, m)] for u, m in zip(units, pick) if m is not None)
-            if (g, -c) > (best[0], -best[1]):
-                best = (g, c, {u: m for u, m in zip(units, pick) if m is not None})
-        exact = True
-    else:  # greedy by gain per unit of cost (free ones first), one method per unit
+    exact = combos <= _EXACT_LIMIT
+    if not exact:  # greedy over the activation units by gain per cost (free ones first), one method per unit
         cands = sorted(((gain[(u, m)] / max(cost[(u, m)], 1e-9), u, m) for u, opts in zip(units, options)
                         for m in opts if m is not None), reverse=True)
-        spent, chosen = 0.0, {}
+        spent, used, chosen = 0.0, 0.0, {}
         for _, u, m in cands:
-            if u not in chosen and spent + cost[(u, m)] <= budget:
+            if u not in chosen and spent + cost[(u, m)] <= budget and used + mem((u, m)) <= memory_budget:
                 chosen[u] = m
                 spent += cost[(u, m)]
-        best = (sum(gain[(u, m)] for u, m in chosen.items()), spent, chosen)
-        exact = False
-    return Choice(best[2], baseline - best[0], best[1], baseline, combos, exact, gain)
+                used += mem((u, m))
+        picks: Any = [tuple(chosen.get(u) for u in units)]
+    else:
+        picks = itertools.product(*options)
+    w_cost = [cost[(w, wm)] for w in wcands]
+    w_mem = [mem((w, wm)) for w in wcands]
+    by_subset = exact and len(wcands) <= 12 and combos * (1 << len(wcands)) <= 50 * _EXACT_LIMIT
+    exact = exact and (by_subset or not wcands)
+    sub_cost, sub_mem = (_subset_sums(w_cost), _subset_sums(w_mem)) if by_subset else (None, None)
+    best: tuple[float, float, float, dict[str, str]] = (math.inf, 0.0, 0.0, {})
+    for pick in picks:
+        a = {u: m for u, m in zip(units, pick) if m is not None}
+        c = sum(cost[(u, m)] for u, m in a.items())
+        mu = sum(mem((u, m)) for u, m in a.items())
+        if c > budget or mu > memory_budget:
+            continue
+        total = sum(t[(a.get(u) if u is not None else None, False)] for (u, _), t in sums.items())
+        gw = [sum(t[(a.get(u) if u is not None else None, False)] - t[(a.get(u) if u is not None else None, True)]
+                  for (u, g), t in sums.items() if g == w) for w in wcands]
+        on: list[str] = []
+        if by_subset and sub_cost is not None and sub_mem is not None:
+            ok = (sub_cost <= budget - c + 1e-12) & (sub_mem <= memory_budget - mu + 1e-12)
+            gains = np.where(ok, _subset_sums(gw), -np.inf)
+            top = float(gains.max())
+            mask = int(np.flatnonzero(gains >= top - 1e-12)[np.argmin(sub_cost[gains >= top - 1e-12])])
+            on = [w for i, w in enumerate(wcands) if mask >> i & 1]
+        else:
+            for _, w, g in sorted(((g / max(wc, 1e-9), w, g) for w, g, wc in zip(wcands, gw, w_cost)), reverse=True):
+                i = wcands.index(w)
+                if g > 0 and c + w_cost[i] <= budget and mu + w_mem[i] <= memory_budget:
+                    on.append(w)
+                    c += w_cost[i]
+                    mu += w_mem[i]
+        total -= sum(gw[wcands.index(w)] for w in on)
+        c = sum(cost[(u, m)] for u, m in a.items()) + sum(w_cost[wcands.index(w)] for w in on)
+        mu = sum(mem((u, m)) for u, m in a.items()) + sum(w_mem[wcands.index(w)] for w in on)
+        if total < best[0] - 1e-12 or (abs(total - best[0]) <= 1e-12 and c < best[1]):
+            best = (total, c, mu, {**a, **{w: wm for w in on}})
+    return Choice(best[3], best[0] / n, best[1], baseline, combos, exact, gain, best[2])
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], population: int,
+                      confidence: float) -> tuple[float, float, float]:
+    """Mean of ``a[f] - b[f]`` over the faults both ran (values in [0, 1], a self-weighting sample of a
+    population of ``population`` faults) with its interval: :func:`onnxfi.stats.stratified_estimate` of
+    ``(d + 1) / 2``, mapped back (its half pseudo-observations at -1 and +1 keep an all-zero sample's
+    interval from collapsing)."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise OnnxfiError("no fault ran on both models")
+    y = np.array([(a[k] - b[k] + 1.0) / 2.0 for k in keys])
+    r = stratified_estimate(np.array([len(y)]), np.array([y.sum()]), np.array([(y * y).sum()]),
+                            np.array([max(population, len(y))]), confidence)
+    return 2 * r.rate - 1, 2 * r.lo - 1, 2 * r.hi - 1
+
+
+def parameter_bytes(model: ir.Model) -> int:
+    """Bytes of the main graph's initializers."""
+    return sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None)
 
 
 def latencies(models: Mapping[str, ir.Model], feeds: Mapping[str, np.ndarray], repeat: int = 100,

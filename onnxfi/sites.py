@@ -446,6 +446,11 @@ class SiteIndex:
             out.append(s)
         return out
 
+    def constant_node(self, site: Site) -> ir.Node | None:
+        """The ``Constant`` node that holds a weight site, or None (an initializer, or not a weight)."""
+        where, obj = self._weights.get(site.name, ("", None))
+        return obj[0] if where == "constant" else None
+
     def weight_array(self, site: Site) -> np.ndarray:
         """The stored values of a weight site (a read-only view is fine; callers copy)."""
         where, obj = self._weights[site.name]

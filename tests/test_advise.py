@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,92 @@ def test_advise_writes_a_recipe_that_harden_applies(tmp_path: Path, capsys: pyte
           "--recipe")
     fails(capsys, ["harden", "digits_cnn", "-o", str(tmp_path / "x.onnx")], "--method")
     fails(capsys, ["advise", "digits_cnn", "--methods", "protect"], "advise chooses among")
+
+
+def test_weight_checks_join_the_choice_and_the_lower_outcome_counts_where_both_cover_a_fault() -> None:
+    units, methods = ["u1", "u2"], ["ranger"]
+    wc = advise.WEIGHT_METHOD
+    # faults 0-1 in weight a (downstream u1), 2-3 in weight b (no activation downstream), 4 in weight c (u2)
+    base = {0: 0.5, 1: 0.4, 2: 0.6, 3: 0.1, 4: 0.3}
+    under = {"ranger": {0: 0.1, 1: 0.4, 2: 0.6, 3: 0.1, 4: 0.0},
+             wc: {0: 0.2, 1: 0.0, 2: 0.0, 3: 0.1, 4: 0.3}}
+    attributed = {"u1": [0, 1], "u2": [4]}
+    weights = {"a": [0, 1], "b": [2, 3], "c": [4]}
+    cost = {("u1", "ranger"): 0.02, ("u2", "ranger"): 0.02, ("a", wc): 0.01, ("b", wc): 0.0, ("c", wc): 0.03}
+    memory = {("a", wc): 0.001, ("b", wc): 0.001, ("c", wc): 0.001}
+
+    def brute(budget: float, mem_budget: float) -> float:
+        best = math.inf
+        for a1, a2, on_a, on_b, on_c in itertools.product((None, "ranger"), (None, "ranger"), *[(False, True)] * 3):
+            pick = {"u1": a1, "u2": a2, "a": wc if on_a else None, "b": wc if on_b else None, "c": wc if on_c else None}
+            c = sum(cost[(k, m)] for k, m in pick.items() if m)
+            mu = sum(memory.get((k, m), 0.0) for k, m in pick.items() if m)
+            if c > budget + 1e-12 or mu > mem_budget + 1e-12:
+                continue
+            act = {0: a1, 1: a1, 4: a2, 2: None, 3: None}
+            chk = {0: on_a, 1: on_a, 2: on_b, 3: on_b, 4: on_c}
+            total = 0.0
+            for f in base:
+                outs = [under[act[f]][f]] if act[f] else []
+                if chk[f]:
+                    outs.append(under[wc][f])
+                total += min(outs) if outs else base[f]
+            best = min(best, total / len(base))
+        return best
+
+    for budget in (0.0, 0.01, 0.02, 0.03, 0.05, 0.1):
+        for mem_budget in (0.0, 0.0015, 1.0):
+            c = advise.choose(units, methods, attributed, base, under, cost, budget, weights=weights, memory=memory,
+                              memory_budget=mem_budget)
+            assert c.exact and c.predicted == pytest.approx(brute(budget, mem_budget)), (budget, mem_budget)
+            assert c.cost <= budget + 1e-12 and c.memory <= mem_budget + 1e-12
+    c = advise.choose(units, methods, attributed, base, under, cost, 0.1, weights=weights, memory=memory)
+    assert c.assignment == {"u1": "ranger", "u2": "ranger", "a": wc, "b": wc}  # c's check adds nothing
+    assert c.predicted == pytest.approx((0.1 + 0.0 + 0.0 + 0.1 + 0.0) / 5)
+    assert [m for m, _ in c.recipe().steps] == ["ranger", wc]
+
+
+def test_the_paired_difference_interval_covers_the_population_difference() -> None:
+    # a population of faults with per-inference outcomes on two models (mostly 0, a few large), sampled without
+    # replacement as a proportional plan draws it; the 99% interval must cover the true mean difference
+    rng = np.random.default_rng(7)
+    size = 20_000
+    a = np.where(rng.random(size) < 0.03, rng.random(size), 0.0)
+    b = np.where(rng.random(size) < 0.5, a, np.where(rng.random(size) < 0.02, rng.random(size), 0.0))
+    truth = float((a - b).mean())
+    hits, reps = 0, 400
+    for _ in range(reps):
+        idx = rng.choice(size, 800, replace=False)
+        d, lo, hi = advise.paired_difference({int(i): float(a[i]) for i in idx}, {int(i): float(b[i]) for i in idx},
+                                             size, 0.99)
+        assert lo <= d <= hi
+        hits += lo <= truth <= hi
+    assert hits / reps >= 0.97
+    same = {i: 0.25 for i in range(50)}
+    d, lo, hi = advise.paired_difference(same, same, 1000, 0.99)
+    assert d == 0.0 and lo < 0 < hi
+    with pytest.raises(OnnxfiError, match="no fault"):
+        advise.paired_difference({1: 0.0}, {2: 0.0}, 10, 0.99)
+
+
+def test_advise_chooses_weight_checks_and_verifies_only_the_methods_within_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "a.json"
+    assert main(["advise", "digits_cnn", "--faults", "60", "--verify-faults", "40", "--repeat", "10",
+                 "--methods", "ranger,weight-clip", "--against", "ranger,weight-clip", "--budget-latency", "30",
+                 "--json", str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["budget_memory"] == 0.02 and "classifier.2.weight" in doc["weights"]
+    ver = doc["verification"]
+    assert set(ver) >= {"recipe", "ranger", "weight-clip", "original"}
+    for key in ("ranger", "weight-clip"):
+        entry = ver[key]
+        assert ("per_inference" in entry) == entry["within_budget"]  # over the budget: not run
+        if entry["within_budget"]:
+            d = entry["recipe_minus_this"]
+            assert d["lo"] <= d["rate"] <= d["hi"]
+    out = capsys.readouterr().out
+    over = [k for k in ("ranger", "weight-clip") if not ver[k]["within_budget"]]
+    assert ("over the budget: not run" in out) == bool(over)
+    if len(over) < 2:
+        assert "recipe - this, paired" in out

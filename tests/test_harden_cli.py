@@ -98,7 +98,7 @@ def test_protect_needs_no_calibration(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize("argv,message", [
     (["--method", "foo"], "onnxfi: error: unknown hardening method 'foo'; choose from ranger, clipact, relumax, "
-                          "protect, nan-guard"),
+                          "protect, nan-guard, weight-clip"),
     (["--method", "ranger", "--search"], "onnxfi: error: --search applies to clipact; add it to --method"),
     (["--method", "protect", "--percentile", "99"], "onnxfi: error: --percentile applies to ranger; add it to --method"),
     (["--method", "ranger", "--level", "0"], "onnxfi: error: --level applies to protect; add it to --method"),
@@ -124,7 +124,8 @@ def test_bad_method_subprocess_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "onnxfi: error: unknown hardening method 'bogus'; choose from ranger, clipact, relumax, protect, nan-guard"
+        "onnxfi: error: unknown hardening method 'bogus'; choose from ranger, clipact, relumax, protect, nan-guard, "
+        "weight-clip"
     ]
     assert "Traceback" not in proc.stderr
 

@@ -12,13 +12,14 @@ from onnxfi.passes import HARDENING_METHODS, Calibration, NanGuard, Protect, Ran
 
 
 def test_methods_declare_names_options_and_calibration() -> None:
-    assert list(HARDENING_METHODS) == ["ranger", "clipact", "relumax", "protect", "nan-guard"]
+    assert list(HARDENING_METHODS) == ["ranger", "clipact", "relumax", "protect", "nan-guard",
+                                      "weight-clip"]
     assert all(cls.method == name and cls.summary for name, cls in HARDENING_METHODS.items())
     assert list(METHODS) == list(HARDENING_METHODS)
     needs = {name: cls.calibration for name, cls in HARDENING_METHODS.items()}
     assert needs == {
         "ranger": Calibration.RANGES, "clipact": Calibration.RANGES, "relumax": Calibration.RANGES,
-        "protect": Calibration.NONE, "nan-guard": Calibration.NONE,
+        "protect": Calibration.NONE, "nan-guard": Calibration.NONE, "weight-clip": Calibration.NONE,
     }
     assert DATA_METHODS == ("ranger", "clipact", "relumax")
     assert METHOD_OPTIONS == {"percentile": "ranger", "search": "clipact", "level": "protect",

@@ -13,16 +13,17 @@ from onnxfi.passes.opset import upgrade_opset
 from onnxfi.passes.protect import Protect
 from onnxfi.passes.ranger import Ranger
 from onnxfi.passes.relumax import ReluMax
+from onnxfi.passes.weight_clip import WeightClip
 from onnxfi.passes.weight_fault import InjectWeightFault
 
 __all__ = [
     "HARDENING_METHODS", "Calibration", "HardeningPass", "hardening_method",
-    "Ranger", "ClipAct", "ReluMax", "Protect", "NanGuard",
+    "Ranger", "ClipAct", "ReluMax", "Protect", "NanGuard", "WeightClip",
     "ExposeValues", "InjectWeightFault", "InsertActivationFault", "required_opset", "upgrade_opset",
 ]
 
 # The registry of hardening methods: name -> pass class (which declares its options and calibration needs),
 # in the order help texts and error messages list them.
 HARDENING_METHODS: dict[str, type[HardeningPass[Any, Any]]] = {
-    p.method: p for p in (Ranger, ClipAct, ReluMax, Protect, NanGuard)
+    p.method: p for p in (Ranger, ClipAct, ReluMax, Protect, NanGuard, WeightClip)
 }

@@ -44,7 +44,8 @@ _DATA_BASES = {"digits_cnn": "digits_eval", "digits_mlp_skl": "digits_eval_flat"
                "digits_cnn_keras": "digits_eval_nhwc",
                "fashion_seg": "fashion_seg_eval", "fashion_cnn_int8_qdq": "fashion_eval",
                "fashion_cnn_fp16": "fashion_eval"}
-_HARDEN = ["ranger", "clipact", "relumax", "protect", "nan-guard", "ranger,protect", "nan-guard,clipact"]
+_HARDEN = ["ranger", "clipact", "relumax", "protect", "nan-guard", "weight-clip", "ranger,protect",
+           "nan-guard,clipact"]
 
 
 def build_corpus(corpus: mu.Corpus) -> None:
