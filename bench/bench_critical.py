@@ -1,4 +1,4 @@
-"""Critical-bit search vs an exhaustive sweep over a whole model (issue 19): the flips the search runs against
+r"""Critical-bit search vs an exhaustive sweep over a whole model (issue 19): the flips the search runs against
 every bit of the searched elements, and how many (element, bit) pairs the two agree on.
 
 Runs ``onnxfi critical-bits MODEL --elements K --check --json F`` (a subprocess, timed whole) with

@@ -97,6 +97,17 @@ def test_advise_writes_a_recipe_that_harden_applies(tmp_path: Path, capsys: pyte
           "--recipe")
     fails(capsys, ["harden", "digits_cnn", "-o", str(tmp_path / "x.onnx")], "--method")
     fails(capsys, ["advise", "digits_cnn", "--methods", "protect"], "advise chooses among")
+    # verify the written recipe again, on another plan, without choosing
+    out_json = tmp_path / "v.json"
+    assert main(["advise", "digits_cnn", "--recipe", str(recipe), "--verify-faults", "30", "--repeat", "5",
+                 "--against", "ranger", "--verify-all", "--json", str(out_json)]) == 0
+    v = json.loads(out_json.read_text())
+    assert "choice" not in v and v["recipe"]["steps"] == doc["steps"]
+    assert v["verification"]["recipe"]["sdc1"]["n"] == 30 and "recipe_minus_this" in v["verification"]["ranger"]
+    fails(capsys, ["advise", "digits_cnn", "--recipe", str(recipe), "--no-verify"], "--no-verify")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "onnxfi.recipe/1", "steps": [{"method": "ranger", "units": ["nope"]}]}))
+    fails(capsys, ["advise", "digits_cnn", "--recipe", str(bad)], "'nope' is not a layer or weight")
 
 
 def test_weight_checks_join_the_choice_and_the_lower_outcome_counts_where_both_cover_a_fault() -> None:

@@ -31,6 +31,7 @@ examples:
   onnxfi advise digits_cnn --budget-latency 5 --budget-memory 2 -o digits.recipe.json
   onnxfi harden digits_cnn --recipe digits.recipe.json -o digits_hardened.onnx
   onnxfi advise model.onnx --data eval.npz --faults 2000 --methods ranger,clipact --json advise.json
+  onnxfi advise digits_cnn --recipe digits.recipe.json --verify-faults 6000 --against ranger   verify it again
 """
 
 
@@ -56,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--repeat", type=int, default=200, help="interleaved latency rounds (default 200)")
     p.add_argument("--batch", type=int, default=64, help="samples per latency run (default 64)")
     p.add_argument("--no-verify", action="store_true", help="choose and write the recipe only")
+    p.add_argument("--recipe", metavar="RECIPE.json",
+                   help="verify this recipe (written by an earlier advise) instead of choosing one")
     p.add_argument("-o", "--out", metavar="RECIPE.json", help="write the recipe here")
     add_json_arg(p, "units, costs, the choice, the recipe and the verification")
     p.set_defaults(func=run)
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxfi.model import save_model
     from onnxfi.zoo import default_data
 
+    if args.recipe and args.no_verify:
+        raise OnnxfiError("--recipe verifies a recipe: it cannot go with --no-verify")
     methods = parse_methods(args.methods)
     other = [m for m in methods if m not in advise.CHOOSABLE]
     if other:
@@ -103,12 +108,20 @@ def run(args: argparse.Namespace) -> int:
                            "budget_latency": budget, "budget_memory": mem_budget, "methods": methods,
                            "units": units, "weights": checkable, "faults": args.faults, "seed": args.seed}
     p0 = advise.parameter_bytes(loaded.model)
+    given = advise.Recipe(())
+    if args.recipe:  # checked before any campaign runs
+        given = advise.load_recipe(args.recipe)
+        known = set(advise.activation_units(loaded.model)) | set(advise.weight_units(loaded.model))
+        missing = [u for _, us in given.steps for u in us if u not in known]
+        if missing:
+            raise OnnxfiError(f"recipe {args.recipe}: {missing[0]!r} is not a layer or weight of this model "
+                              f"({len(missing)} unknown)")
     with tempfile.TemporaryDirectory(prefix="onnxfi-advise-") as tmp, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=stderr, transient=True) as prog:
         work = Path(tmp)
         whole = {m: harden(loaded.model, [m], data, HardenOptions()).model
-                 for m in dict.fromkeys([*methods, *against])}
+                 for m in dict.fromkeys([*(() if args.recipe else methods), *against])}
         paths = {}
         for m, hm in whole.items():
             paths[m] = work / f"{m}.onnx"
@@ -126,81 +139,87 @@ def run(args: argparse.Namespace) -> int:
                 prog.advance(task)
             return base, out
 
-        base, under = campaigns(args.seed, {m: paths[m] for m in methods}, "choice campaigns", args.faults)
-        find = advise.downstream_units(loaded.model, units)
-        attributed: dict[str, list[int]] = {}
-        in_weight: dict[str, list[int]] = {}
-        for r in base.rows:
-            u = find(str(r["site"]))
-            if u is not None:
-                attributed.setdefault(u, []).append(int(r["id"]))
-            if str(r["site"]) in checkable:
-                in_weight.setdefault(str(r["site"]), []).append(int(r["id"]))
-        sdc = {int(r["id"]): float(r.get("images_changed") or 0.0) for r in base.rows}
-        sdc_under = {m: {int(r["id"]): float(r.get("images_changed") or 0.0) for r in rep.rows}
-                     for m, rep in under.items()}
-        wm = advise.WEIGHT_METHOD
-        # only the weights whose check changed some fault's outcome are worth a latency measurement
-        weights = {w: fs for w, fs in in_weight.items()
-                   if any(sdc_under[wm][f] < max([sdc[f], *(sdc_under[m][f] for m in act_methods)]) for f in fs)}
-        # costs: one method at one unit, and each method on the whole model, in one interleaved loop
-        task = prog.add_task("latency (per unit)", total=1)
-        single = {(u, m): harden(loaded.model, [m], data, HardenOptions(layers=advise.layers_regex([u]))).model
-                  for u in units for m in act_methods}
-        single.update({(w, wm): harden(loaded.model, [wm], data, HardenOptions(layers=advise.layers_regex([w]))).model
-                       for w in weights})
         feeds = data.batch(0, min(data.size, args.batch))
-        timed = advise.latencies({"original": loaded.model, **{f"{u}\t{m}": sm for (u, m), sm in single.items()},
-                                  **{f"whole\t{m}": wm_ for m, wm_ in whole.items()}}, feeds, args.repeat)
-        prog.advance(task)
-        t0 = timed["original"]
-        cost = {key: max(0.0, timed[f"{key[0]}\t{key[1]}"] / t0 - 1) for key in single}
-        memory = {key: max(0.0, advise.parameter_bytes(sm) / p0 - 1) for key, sm in single.items()}
-
-        def pick(allowed: float) -> Any:
-            return advise.choose(units, act_methods, attributed, sdc, sdc_under, cost, allowed,
-                                 weights=weights, memory=memory, memory_budget=mem_budget)
-
-        # per-unit costs need not add up: measure the chosen recipe itself; while it is over the budget, choose
-        # again within a budget lowered by what the sum missed (at most 5 rounds; the last fit is kept)
-        task = prog.add_task("latency (the recipe)", total=None)
-        rounds: list[dict[str, Any]] = []
-        allowed = budget
-        choice = pick(allowed)
-        for _ in range(5):
-            if not choice.assignment:
-                break
-            trial = advise.apply_recipe(loaded.model, choice.recipe(), data, HardenOptions()).model
-            t = advise.latencies({"original": loaded.model, "recipe": trial}, feeds, args.repeat)
-            over = t["recipe"] / t["original"] - 1
-            rounds.append({"allowed": allowed, "assignment": dict(choice.assignment), "summed_cost": choice.cost,
-                           "measured_overhead": over})
-            if over <= budget:
-                break
-            allowed -= max(over - choice.cost, 0.1 * budget)
-            choice = pick(max(allowed, 0.0))
+        predicted: float | None = None
+        if args.recipe:  # verify a given recipe; nothing is chosen
+            recipe = given
+            doc["recipe"] = recipe.to_dict(str(model_path))
         else:
-            choice = pick(0.0)  # nothing fit: free only
-        prog.update(task, total=1, completed=1)
-        recipe = choice.recipe()
-        doc["choice"] = {
-            "assignment": choice.assignment, "predicted_per_inference": choice.predicted,
-            "baseline_per_inference": choice.baseline, "cost": choice.cost, "memory": choice.memory,
-            "exact": choice.exact, "combinations": choice.combos, "rounds": rounds,
-            "units": [{"unit": u, "faults": len(attributed.get(u, [])),
-                       **{m: {"cost": cost[(u, m)], "memory": memory[(u, m)], "gain": choice.benefit[(u, m)]}
-                          for m in act_methods}} for u in units],
-            "weights": [{"unit": w, "faults": len(fs), wm: {"cost": cost[(w, wm)], "memory": memory[(w, wm)],
-                                                            "gain": choice.benefit[(w, wm)]}}
-                        for w, fs in weights.items()],
-        }
-        doc["recipe"] = recipe.to_dict(str(model_path))
-        if args.out:
-            Path(args.out).write_text(json.dumps(doc["recipe"], indent=2) + "\n", encoding="utf-8")
-        _print_choice(units, act_methods, attributed, weights, cost, memory, choice, len(sdc))
-        for r in rounds[:-1]:
-            stdout.print(escape(f"chose again: {len(r['assignment'])} step(s) summing {100 * r['summed_cost']:+.1f}% "
-                                f"measured {100 * r['measured_overhead']:+.1f}% latency together, over the budget"))
+            base, under = campaigns(args.seed, {m: paths[m] for m in methods}, "choice campaigns", args.faults)
+            find = advise.downstream_units(loaded.model, units)
+            attributed: dict[str, list[int]] = {}
+            in_weight: dict[str, list[int]] = {}
+            for r in base.rows:
+                u = find(str(r["site"]))
+                if u is not None:
+                    attributed.setdefault(u, []).append(int(r["id"]))
+                if str(r["site"]) in checkable:
+                    in_weight.setdefault(str(r["site"]), []).append(int(r["id"]))
+            sdc = {int(r["id"]): float(r.get("images_changed") or 0.0) for r in base.rows}
+            sdc_under = {m: {int(r["id"]): float(r.get("images_changed") or 0.0) for r in rep.rows}
+                         for m, rep in under.items()}
+            wm = advise.WEIGHT_METHOD
+            # only the weights whose check changed some fault's outcome are worth a latency measurement
+            weights = {w: fs for w, fs in in_weight.items()
+                       if any(sdc_under[wm][f] < max([sdc[f], *(sdc_under[m][f] for m in act_methods)]) for f in fs)}
+            # costs: one method at one unit, and each method on the whole model, in one interleaved loop
+            task = prog.add_task("latency (per unit)", total=1)
+            single = {(u, m): harden(loaded.model, [m], data, HardenOptions(layers=advise.layers_regex([u]))).model
+                      for u in units for m in act_methods}
+            single.update({(w, wm): harden(loaded.model, [wm], data, HardenOptions(layers=advise.layers_regex([w]))).model
+                           for w in weights})
+            timed = advise.latencies({"original": loaded.model, **{f"{u}\t{m}": sm for (u, m), sm in single.items()},
+                                      **{f"whole\t{m}": wm_ for m, wm_ in whole.items()}}, feeds, args.repeat)
+            prog.advance(task)
+            t0 = timed["original"]
+            cost = {key: max(0.0, timed[f"{key[0]}\t{key[1]}"] / t0 - 1) for key in single}
+            memory = {key: max(0.0, advise.parameter_bytes(sm) / p0 - 1) for key, sm in single.items()}
+
+            def pick(allowed: float) -> Any:
+                return advise.choose(units, act_methods, attributed, sdc, sdc_under, cost, allowed,
+                                     weights=weights, memory=memory, memory_budget=mem_budget)
+
+            # per-unit costs need not add up: measure the chosen recipe itself; while it is over the budget, choose
+            # again within a budget lowered by what the sum missed (at most 5 rounds; the last fit is kept)
+            task = prog.add_task("latency (the recipe)", total=None)
+            rounds: list[dict[str, Any]] = []
+            allowed = budget
+            choice = pick(allowed)
+            for _ in range(5):
+                if not choice.assignment:
+                    break
+                trial = advise.apply_recipe(loaded.model, choice.recipe(), data, HardenOptions()).model
+                t = advise.latencies({"original": loaded.model, "recipe": trial}, feeds, args.repeat)
+                over = t["recipe"] / t["original"] - 1
+                rounds.append({"allowed": allowed, "assignment": dict(choice.assignment), "summed_cost": choice.cost,
+                               "measured_overhead": over})
+                if over <= budget:
+                    break
+                allowed -= max(over - choice.cost, 0.1 * budget)
+                choice = pick(max(allowed, 0.0))
+            else:
+                choice = pick(0.0)  # nothing fit: free only
+            prog.update(task, total=1, completed=1)
+            recipe = choice.recipe()
+            doc["choice"] = {
+                "assignment": choice.assignment, "predicted_per_inference": choice.predicted,
+                "baseline_per_inference": choice.baseline, "cost": choice.cost, "memory": choice.memory,
+                "exact": choice.exact, "combinations": choice.combos, "rounds": rounds,
+                "units": [{"unit": u, "faults": len(attributed.get(u, [])),
+                           **{m: {"cost": cost[(u, m)], "memory": memory[(u, m)], "gain": choice.benefit[(u, m)]}
+                              for m in act_methods}} for u in units],
+                "weights": [{"unit": w, "faults": len(fs), wm: {"cost": cost[(w, wm)], "memory": memory[(w, wm)],
+                                                                "gain": choice.benefit[(w, wm)]}}
+                            for w, fs in weights.items()],
+            }
+            doc["recipe"] = recipe.to_dict(str(model_path))
+            if args.out:
+                Path(args.out).write_text(json.dumps(doc["recipe"], indent=2) + "\n", encoding="utf-8")
+            _print_choice(units, act_methods, attributed, weights, cost, memory, choice, len(sdc))
+            for r in rounds[:-1]:
+                stdout.print(escape(f"chose again: {len(r['assignment'])} step(s) summing {100 * r['summed_cost']:+.1f}% "
+                                    f"measured {100 * r['measured_overhead']:+.1f}% latency together, over the budget"))
+            predicted = choice.predicted
         if not args.no_verify:
             hardened = advise.apply_recipe(loaded.model, recipe, data, HardenOptions()).model
             rpath = work / "recipe.onnx"
@@ -230,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                 ver[key] = entry
                 rows.append((key, entry, vunder.get(key)))
             doc["verification"] = ver
-            _print_verification(vbase, rows, choice.predicted, lat["original"])
+            _print_verification(vbase, rows, predicted, lat["original"])
     if args.out:
         stdout.print(escape(f"recipe: {args.out} (apply: onnxfi harden {args.model} --recipe {args.out} -o OUT.onnx)"))
     if args.json:
@@ -282,7 +301,7 @@ def _print_choice(units: list[str], methods: list[str], attributed: dict[str, li
                  f"at {100 * choice.cost:+.1f}% latency, {100 * choice.memory:+.3f}% memory ({how}; {n:,} faults)")
 
 
-def _print_verification(base: Any, rows: list[tuple[str, dict[str, Any], Any | None]], predicted: float,
+def _print_verification(base: Any, rows: list[tuple[str, dict[str, Any], Any | None]], predicted: float | None,
                         t0: float) -> None:
     t = Table(title=f"Verification on a fresh plan ({base.plan.population:,} faults in the space, "
                     f"{len(base.rows):,} drawn; {100 * base.confidence:g}% intervals); original {t0:.3f} ms median",
@@ -304,5 +323,6 @@ def _print_verification(base: Any, rows: list[tuple[str, dict[str, Any], Any | N
     stdout.print(t)
     recipe = next(rep for key, _, rep in rows if key == "recipe")
     if recipe is not None:
-        stdout.print(f"advised recipe: predicted {100 * predicted:.3f}%, measured {_pct(recipe.per_inference)} "
-                     "per-inference SDC on faults the choice did not see")
+        said = "" if predicted is None else f"predicted {100 * predicted:.3f}%, "
+        stdout.print(f"advised recipe: {said}measured {_pct(recipe.per_inference)} per-inference SDC on faults "
+                     "the choice did not see")
