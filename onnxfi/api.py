@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxfi import zoo
-from onnxfi.campaign import matched_plan, run_campaign
+from onnxfi.campaign import matched_plan, prestart_workers, run_campaign
 from onnxfi.compare import (
     Backend,
     CompareResult,
@@ -425,6 +425,7 @@ def analyze(
     replace = db_path.exists() and not resume
     if replace and not overwrite:
         raise OnnxfiError(f"{db_path} exists: resume=True continues it, overwrite=True replaces it")
+    prestart_workers(executor)  # the workers' server imports while the model loads and the plan is made
     created = replace or not db_path.exists()
     # the writer lock before anything is deleted or written: a database another campaign writes is refused
     store = Store.open_locked(db_path, replace=replace)

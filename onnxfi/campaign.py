@@ -1,30 +1,64 @@
-"""Campaigns: plan -> executor -> store -> summary; every finished experiment is stored as soon as it is known."""
+"""Campaigns: plan -> executor -> store -> summary; every finished experiment is stored as soon as it is known.
+
+Light to import (the engine, ONNX and ONNX Runtime load when a campaign runs), so that a command can call
+:func:`prestart_workers` before it loads them itself.
+"""
 
 from __future__ import annotations
 
 import platform
+import signal
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import numpy as np
-import onnx
-import onnxruntime
+from typing import TYPE_CHECKING, Any
 
 from onnxfi import __version__
-from onnxfi.engine import EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.executors import make_executor
-from onnxfi.faults import BitFault
-from onnxfi.plan import Plan, extend_plan
-from onnxfi.store import Store
-from onnxfi.summary import aggregate, headline
 
-__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions"]
+if TYPE_CHECKING:
+    from onnxfi.engine import EngineConfig
+    from onnxfi.plan import Plan
+    from onnxfi.store import Store
+
+__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "prestart_workers"]
+
+# the module a local worker runs (onnxfi.executors.local); importing it here would load what the
+# server is there to load in parallel
+_LOCAL_WORKER = "onnxfi.executors.local"
+
+
+def prestart_workers(executor: str = "local") -> None:
+    """Start, now, the server process that the local executor forks its workers from (Linux; see
+    :mod:`onnxfi.executors.local`), so that its imports (ONNX, ONNX Runtime, the engine: about a second)
+    run while the caller loads the model and plans, not after. Nothing for another executor or platform,
+    or when the server runs already; a campaign starts the server itself when it was not started early."""
+    if executor != "local" or not sys.platform.startswith("linux"):
+        return
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return
+    mp.get_context("forkserver").set_forkserver_preload([_LOCAL_WORKER])  # as the executor sets it
+    try:  # the server inherits SIGINT ignored: a Ctrl-C while it imports is the caller's alone
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: the executor starts the server when it needs it
+        return
+    try:
+        forkserver.ensure_running()
+    except OSError:  # only a head start: the executor starts the server itself, and reports what fails
+        pass
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def versions() -> dict[str, str]:
+    import numpy as np
+    import onnx
+    import onnxruntime
+
     return {
         "onnxfi": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
@@ -57,6 +91,8 @@ def planned_faults(plan: Plan) -> dict[str, int]:
 
 
 def _site_flags(plan: Plan) -> Callable[[str], tuple[bool, bool]]:
+    from onnxfi.faults import BitFault
+
     flags: dict[str, list[bool]] = defaultdict(lambda: [False, False])
     for e in plan.experiments:
         f = flags[e.site]
@@ -74,7 +110,7 @@ def matched_plan(plan: Plan, other_path: str, input_shapes: dict[str, tuple[int,
     elements, otherwise the comparison would not be like for like.
     """
     from onnxfi.model import load_model
-    from onnxfi.plan import file_sha256
+    from onnxfi.plan import Plan, file_sha256
     from onnxfi.sites import enumerate_sites
 
     loaded = load_model(other_path, input_shapes or {}, check=False)
@@ -142,6 +178,10 @@ def _run_campaign(
     progress: Callable[[int, int, dict[str, Any]], None] | None, timeout_factor: float, min_timeout_s: float,
     executor: str, address: str | None, max_attempts: int | None,
 ) -> CampaignResult:
+    from onnxfi.executors import make_executor
+    from onnxfi.plan import extend_plan
+    from onnxfi.summary import aggregate, headline
+
     if resume:
         stored = store.plan()  # a stored value that is not a plan is the store's damage, named as such
         if stored is None:

@@ -26,7 +26,18 @@ _EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules() -> list[str]:
+    """The modules of :mod:`onnxfi.commands` that may define a sub-command, in help order (none imported)."""
+    import onnxfi.commands as commands
+
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return names
+
+
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or of the modules in ``only`` (the rest are not imported: a module
+    imports what its command's run needs when it runs)."""
     parser = argparse.ArgumentParser(
         prog="onnxfi",
         description="Fault injection and hardening for any ONNX model.",
@@ -35,16 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"onnxfi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import onnxfi.commands as commands
-
-    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
-    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
-    for name in names:
+    for name in command_modules():
+        if only is not None and name not in only:
+            continue
         module = importlib.import_module(f"onnxfi.commands.{name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
     return parser
+
+
+def _needed(argv: Sequence[str]) -> list[str] | None:
+    """The command modules that parsing ``argv`` needs: the one it names (``onnxfi analyze ...``), none for a
+    bare ``--version``; None (all of them) for the full help, a bad command name or anything else.
+
+    The top-level options take no value, so the first word not starting with ``-`` names the command;
+    a module's name is its command's (``critical_bits``: ``critical-bits``)."""
+    names = command_modules()
+    for word in argv:
+        if word in ("-h", "--help", "--"):
+            return None
+        if not word.startswith("-"):
+            name = word.replace("-", "_")
+            return [name] if name in names else None
+    return [] if "--version" in argv else None
 
 
 # onnxruntime is an extra (two distributions of one module that must not be installed together): say which
@@ -66,12 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("onnxruntime") is None:
         print(f"onnxfi: error: {_NO_RUNTIME}", file=sys.stderr)
         return 2
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(_needed(words))
+    args = parser.parse_args(words)
     func = getattr(args, "func", None)
-    if func is None:
+    if func is None:  # no command: argv named none, so the parser has every command
         parser.print_help()
         return 2
+    # what a command starts before ONNX Runtime loads here (analyze: the process its workers fork from,
+    # whose imports then run alongside this process's)
+    start_early = getattr(args, "start_early", None)
+    if start_early is not None:
+        start_early(args)
     _quiet_libraries()
     try:
         return int(func(args) or 0)

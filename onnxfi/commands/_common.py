@@ -1,4 +1,8 @@
-"""Argument groups and helpers shared by the sub-commands (the CLI/report layer: may print)."""
+"""Argument groups and helpers shared by the sub-commands (the CLI/report layer: may print).
+
+Light to import: building the parser (``onnxfi --help``, ``--version``) loads no ONNX, ONNX Runtime or numpy;
+the helpers that need them import them when called.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx_ir as ir
 from rich.console import Console
 from rich.markup import escape
 
-from onnxfi.bits import FAULT_DTYPES
-from onnxfi.data import resolve_loader_spec
 from onnxfi.errors import OnnxfiError
-from onnxfi.metrics import TASKS
-from onnxfi.model import LoadedModel, load_model, parse_input_shape
-from onnxfi.sites import SiteIndex, enumerate_sites
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from onnxfi.model import LoadedModel
+    from onnxfi.sites import SiteIndex
 
 __all__ = [
     "add_allow_cast_arg",
@@ -35,7 +39,14 @@ __all__ = [
     "fmt_int",
     "fmt_value",
     "dtype_name",
+    "TASKS",
+    "MODES",
 ]
+
+# onnxfi.metrics.TASKS and onnxfi.engine.MODES, spelled out so that building the parser (--help, --version)
+# loads neither the metrics nor the engine (ONNX, numpy); tests/test_startup.py checks that they agree
+TASKS = ("classification", "segmentation", "regression", "sequence", "ctc", "tokens", "detection")
+MODES = ("suffix", "port", "naive")
 
 # Rich assumes 80 columns off a terminal; site tables are wider, so give pipes and CI logs room.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
@@ -44,6 +55,8 @@ stderr = Console(stderr=True, highlight=False, width=_WIDTH)
 
 
 def dtype_name(dtype: ir.DataType) -> str:
+    from onnxfi.bits import FAULT_DTYPES
+
     info = FAULT_DTYPES.get(dtype)
     return info.name if info else dtype.name.lower()
 
@@ -128,10 +141,14 @@ def data_loader_from_args(args: argparse.Namespace, npz_option: str = "data") ->
         return None
     if getattr(args, npz_option, None):
         raise OnnxfiError(f"--{npz_option} and --data-loader both give the data: use one")
+    from onnxfi.data import resolve_loader_spec
+
     return resolve_loader_spec(spec)
 
 
 def input_shapes_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    from onnxfi.model import parse_input_shape
+
     shapes: dict[str, tuple[int, ...]] = {}
     for text in getattr(args, "input_shape", None) or []:
         name, dims = parse_input_shape(text)
@@ -140,6 +157,9 @@ def input_shapes_from_args(args: argparse.Namespace) -> dict[str, tuple[int, ...
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, SiteIndex]:
+    from onnxfi.model import load_model
+    from onnxfi.sites import enumerate_sites
+
     loaded = load_model(
         resolve_model_arg(args.model), input_shapes_from_args(args), check=not getattr(args, "no_check", False)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import (
@@ -18,8 +18,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from onnxfi.campaign import CampaignResult, matched_plan, run_campaign
+from onnxfi.campaign import CampaignResult, matched_plan, prestart_workers, run_campaign
 from onnxfi.commands._common import (
+    MODES,
     add_allow_cast_arg,
     add_data_loader_arg,
     add_model_args,
@@ -33,12 +34,13 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import SCHEMAS, STDOUT, add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, fit_names, short_names, table_width
-from onnxfi.data import make_dataset
-from onnxfi.engine import MODES, EngineConfig
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import FLAG_LABELS, FLAGS, decision_words, flag_description, shown_flags
-from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
-from onnxfi.store import Store
+
+# ONNX, ONNX Runtime, numpy and the engine load when the command runs, not with the parser (--help)
+if TYPE_CHECKING:
+    from onnxfi.engine import EngineConfig
+    from onnxfi.plan import Plan
+    from onnxfi.store import Store
 
 __all__ = ["register", "run", "print_summary"]
 
@@ -145,7 +147,33 @@ def register(sub: Any) -> None:
                    "print both side by side; its results go to DB.compare.db")
     p.add_argument("--timeout-min", type=float, default=30.0, help="minimum seconds before a fault is a hang")
     p.add_argument("--top", type=int, default=15, help="layers shown in the terminal table")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, start_early=start_early)
+
+
+def start_early(args: argparse.Namespace) -> None:
+    """Before this process loads ONNX Runtime (:func:`onnxfi.cli.main`): start the process the local
+    workers fork from, so that its imports overlap this process's own and its model load and plan.
+
+    Not when :func:`run` is about to stop on its first checks (workers, the database), which the
+    server's imports would only slow down on a busy machine. A zoo name is taken for its file's stem
+    here (the default database's name); where that guess is wrong, the server starts or not in vain,
+    and :func:`run` makes the checks that count."""
+    try:
+        exists = _db_path(args, args.model).exists()
+    except OSError:  # run() says what is wrong with it
+        return
+    if args.workers < 1 or (exists and not args.resume and not args.overwrite) or (args.resume and not exists):
+        return
+    prestart_workers(args.executor)
+
+
+def _db_path(args: argparse.Namespace, model_path: str) -> Path:
+    """``--db``, else next to ``--json FILE``, else ``./<model>.onnxfi.db``."""
+    if args.db:
+        return Path(args.db)
+    if args.json and args.json != STDOUT:
+        return Path(args.json).with_suffix(".db")
+    return Path(f"{Path(model_path).stem}.onnxfi.db")
 
 
 def parse_rates(text: str) -> list[float]:
@@ -165,6 +193,7 @@ def parse_rates(text: str) -> list[float]:
 def _ber_plan(args: argparse.Namespace, model_path: str, chosen: list[Any], target: str,
               options: dict[str, Any]) -> Plan:
     from onnxfi.ber import make_ber_plan
+    from onnxfi.plan import parse_bits
 
     for flag, given in (("--margin", args.margin), ("--per-stratum", args.per_stratum), ("--design", args.design)):
         if given is not None:
@@ -199,6 +228,8 @@ def _method(r: dict[str, Any]) -> str:
 
 def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int = 15) -> None:
     """The campaign summary ``s`` (:func:`onnxfi.summary.aggregate`'s) as terminal tables."""
+    from onnxfi.outcomes import decision_words, flag_description, shown_flags
+
     if plan.fault_model == "ber":  # a metric per bit error rate, no single rate
         from onnxfi.commands._ber import ber_table
 
@@ -364,6 +395,9 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
     """Run ``other_plan`` (``plan`` on ``--compare``, experiments matched by site name) and print both."""
     from dataclasses import replace
 
+    from onnxfi.outcomes import FLAG_LABELS, FLAGS
+    from onnxfi.store import Store
+
     other_path = other_plan.model
     other_db = Path(f"{db_path}.compare.db")
     for path in (other_db, Path(f"{other_db}-wal"), Path(f"{other_db}-shm")):
@@ -403,6 +437,11 @@ def _run_compare(args: argparse.Namespace, plan: Any, other_plan: Any, cfg: Engi
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.data import make_dataset
+    from onnxfi.engine import EngineConfig
+    from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
+    from onnxfi.store import Store
+
     if args.workers < 1:
         raise OnnxfiError("--workers must be at least 1")
     if args.html:  # before the campaign: matplotlib and a writable path, not an error after an hour of it
@@ -410,9 +449,7 @@ def run(args: argparse.Namespace) -> int:
 
         preflight(args.html)
     model_path = resolve_model_arg(args.model)
-    db_path = Path(args.db) if args.db else (
-        Path(args.json).with_suffix(".db") if args.json and args.json != STDOUT
-        else Path(f"{Path(model_path).stem}.onnxfi.db"))
+    db_path = _db_path(args, model_path)
     replace = db_path.exists() and not args.resume
     if replace and not args.overwrite:
         raise OnnxfiError(f"{db_path} exists: use --resume to continue it, --overwrite to replace it, or --db")

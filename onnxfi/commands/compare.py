@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,20 +26,10 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
-from onnxfi.compare import (
-    Backend,
-    CompareResult,
-    RuntimeUnavailable,
-    available_backends,
-    get_backend,
-    parse_tolerance,
-    run_compare,
-)
-from onnxfi.data import make_dataset
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
-from onnxfi.plan import parse_bits
-from onnxfi.zoo import default_data
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and numpy load when the command runs, not with the parser (--help)
+    from onnxfi.compare import Backend, CompareResult, RuntimeUnavailable
 
 __all__ = ["register", "run", "print_result"]
 
@@ -104,6 +94,8 @@ def register(sub: Any) -> None:
 
 
 def _backends(spec: str, threads: int | None) -> list[Backend | RuntimeUnavailable]:
+    from onnxfi.compare import RuntimeUnavailable, available_backends, get_backend
+
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise OnnxfiError("--providers: give at least one runtime")
@@ -139,6 +131,8 @@ def _fmt_err(x: float) -> str:
 
 
 def print_result(res: CompareResult) -> None:
+    from onnxfi.outcomes import OUTCOME_LABELS, OUTCOMES
+
     # rows: runtime, output (a model output's name, or a note), the four numbers, median ms, p90 ms, result
     rows: list[tuple[str, str | None, list[str], str, str, str]] = []  # output None: "-" (no output compared)
     for r in res.runtimes:
@@ -228,6 +222,11 @@ def print_result(res: CompareResult) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.compare import parse_tolerance, run_compare
+    from onnxfi.data import make_dataset
+    from onnxfi.plan import parse_bits
+    from onnxfi.zoo import default_data
+
     for name in ("repeat", "latency_batch", "batch", "fault_samples"):
         if getattr(args, name) < 1:
             raise OnnxfiError(f"--{name.replace('_', '-')} must be at least 1")

@@ -7,12 +7,13 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from onnxfi.campaign import prestart_workers
 from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
@@ -23,9 +24,9 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.errors import OnnxfiError
-from onnxfi.gate import GateResult, find_config, load_config, write_junit
-from onnxfi.gate_campaign import run_gate
-from onnxfi.zoo import default_data
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and the engine load when the command runs, not with the parser (--help)
+    from onnxfi.gate import GateResult
 
 __all__ = ["register", "run"]
 
@@ -77,7 +78,15 @@ def register(sub: Any) -> None:
     add_json_arg(p, "the verdict, checks and summary (a baseline later)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per check")
     p.add_argument("--workers", type=int, help="worker processes (default: the config's, else 1)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, start_early=start_early)
+
+
+def start_early(args: argparse.Namespace) -> None:
+    """Before this process loads ONNX Runtime (:func:`onnxfi.cli.main`): start the process the campaign's
+    local workers fork from, so that its imports overlap this process's own (not when :func:`run` is
+    about to refuse ``--workers``)."""
+    if args.workers is None or args.workers >= 1:
+        prestart_workers("local")
 
 
 def _fmt(x: float | None, pct: bool) -> str:
@@ -128,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from onnxfi.gate import find_config, load_config, write_junit
+    from onnxfi.gate_campaign import run_gate
+    from onnxfi.zoo import default_data
+
     cfg_path = find_config(args.config)
     cfg = load_config(cfg_path)
     if args.workers is not None:

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from onnxfi.ber import apply_flips, ber_sizes, draw_flips, is_ber
-from onnxfi.bits import dtype_info
 from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_model_args,
@@ -20,16 +16,13 @@ from onnxfi.commands._common import (
     stdout,
 )
 from onnxfi.commands._json import SCHEMAS, add_json_arg, check_model_output, json_command, write_json
-from onnxfi.data import load_data, random_data
 from onnxfi.errors import OnnxfiError
-from onnxfi.faults import parse_fault
-from onnxfi.inject import Injection, inject
-from onnxfi.model import LoadedModel, save_model
-from onnxfi.passes import ExposeValues
-from onnxfi.plan import Experiment, Plan, file_sha256
-from onnxfi.runtime import make_session
-from onnxfi.sites import SiteIndex
-from onnxfi.store import Store
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and numpy load when the command runs, not with the parser (--help)
+    from onnxfi.inject import Injection
+    from onnxfi.model import LoadedModel
+    from onnxfi.plan import Experiment, Plan
+    from onnxfi.sites import SiteIndex
 
 __all__ = ["register", "run"]
 
@@ -84,7 +77,12 @@ def _activation_preview(
     loaded: LoadedModel, result: Injection, args: argparse.Namespace
 ) -> tuple[Any, Any, str] | None:
     """Golden and faulty value of an activation element on image 0 of the sample inputs."""
+    import numpy as np
+
     from onnxfi import load_model
+    from onnxfi.data import load_data, random_data
+    from onnxfi.passes import ExposeValues
+    from onnxfi.runtime import make_session
 
     clean = load_model(loaded.path, input_shapes_from_args(args), check=False)
     ExposeValues([result.site.tensor_name])(clean.model)
@@ -107,6 +105,9 @@ def _activation_preview(
 
 
 def _load_plan(path: str) -> Plan:
+    from onnxfi.plan import Plan
+    from onnxfi.store import Store
+
     p = Path(path)
     if p.suffix == ".json" or not p.is_file():
         return Plan.load(p)
@@ -121,6 +122,8 @@ def _check_plan_model(plan: Plan, loaded: LoadedModel, plan_path: str) -> None:
     """The plan's sites, indices and seeds describe one model file: refuse another (its hash differs)."""
     if not plan.model_sha256:
         return
+    from onnxfi.plan import file_sha256
+
     mine = file_sha256(loaded.path)
     if mine != plan.model_sha256:
         raise OnnxfiError(
@@ -130,6 +133,8 @@ def _check_plan_model(plan: Plan, loaded: LoadedModel, plan_path: str) -> None:
 
 
 def _scalar(v: Any) -> Any:
+    import numpy as np
+
     f = float(v)
     return int(v) if getattr(getattr(v, "dtype", None), "kind", "f") in "iub" else f if np.isfinite(f) else str(f)
 
@@ -137,6 +142,11 @@ def _scalar(v: Any) -> Any:
 def _replay_ber(args: argparse.Namespace, loaded: LoadedModel, sites: SiteIndex, exp: Experiment,
                 out_path: Path) -> int:
     """Write the model with every bit flip of the fault-rate experiment ``exp`` applied, and say where they went."""
+    import numpy as np
+
+    from onnxfi.ber import apply_flips, ber_sizes, draw_flips
+    from onnxfi.model import save_model
+
     if args.image is not None:
         raise OnnxfiError("--image applies to activation faults; a bit error rate experiment flips stored weights")
     sizes = ber_sizes(sites)
@@ -186,6 +196,14 @@ def _replay_ber(args: argparse.Namespace, loaded: LoadedModel, sites: SiteIndex,
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from onnxfi.ber import is_ber
+    from onnxfi.bits import dtype_info
+    from onnxfi.faults import parse_fault
+    from onnxfi.inject import inject
+    from onnxfi.model import save_model
+
     out_path = Path(args.output)
     check_model_output(args.output)
     if out_path.exists() and out_path.is_dir():

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from onnxfi.bits import dtype_info
 from onnxfi.commands._common import add_model_args, dtype_name, fmt_int, load_from_args, stdout
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, NUMBER, fit_names, table_width
-from onnxfi.model import LoadedModel
-from onnxfi.sites import Site, SiteIndex
+
+if TYPE_CHECKING:  # ONNX loads when the command runs, not with the parser (--help)
+    from onnxfi.model import LoadedModel
+    from onnxfi.sites import Site, SiteIndex
 
 __all__ = ["register", "run", "summary"]
 
@@ -121,6 +122,8 @@ def _site_table(title: str, rows: list[Site], limit: int | None) -> Table:
 
 def _packing_notes(weights: list[Site]) -> list[str]:
     """What one fault index and bit address in packed sites: a byte and the logical value behind each bit."""
+    from onnxfi.bits import dtype_info
+
     notes = []
     for s in weights:
         if s.packing is not None:

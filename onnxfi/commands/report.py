@@ -8,7 +8,6 @@ from typing import Any
 
 from onnxfi.commands._common import stdout
 from onnxfi.errors import OnnxfiError
-from onnxfi.report.html import write_report
 
 __all__ = ["register", "run"]
 
@@ -31,6 +30,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy and matplotlib load when the command runs, not with the parser (--help)
+    from onnxfi.report.html import write_report
+
     out = Path(args.output) if args.output else Path(args.db).with_suffix(".html")
     if out.suffix.lower() == ".json":
         raise OnnxfiError(f"-o {out}: the report is an HTML page; name it .html (JSON documents: docs/json.md)")

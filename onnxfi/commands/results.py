@@ -10,9 +10,6 @@ from typing import Any
 
 from onnxfi.commands._common import stdout
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
-from onnxfi.outcomes import ROW_FIELDS
-from onnxfi.store import load_campaign
-from onnxfi.summary import aggregate
 
 __all__ = ["register", "run"]
 
@@ -34,6 +31,11 @@ def register(sub: Any) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    # numpy and ONNX load when the command runs, not with the parser (--help)
+    from onnxfi.outcomes import ROW_FIELDS
+    from onnxfi.store import load_campaign
+    from onnxfi.summary import aggregate
+
     camp = load_campaign(args.db)
     plan, rows = camp.plan, camp.rows
     if args.csv:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from onnxfi import metrics
-from onnxfi.bits import is_float_dtype
 from onnxfi.commands._common import (
     add_allow_cast_arg,
     add_data_loader_arg,
@@ -25,11 +22,13 @@ from onnxfi.commands._common import (
     task_from_args,
 )
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
-from onnxfi.data import Dataset, make_dataset
 from onnxfi.errors import OnnxfiError
-from onnxfi.outcomes import output_metric
-from onnxfi.runtime import concat_batches, make_session, run_session
-from onnxfi.scoring import OutputChoice, choose_output, plausibility
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and numpy load when the command runs, not with the parser (--help)
+    import numpy as np
+
+    from onnxfi.data import Dataset
+    from onnxfi.scoring import OutputChoice
 
 __all__ = ["register", "run", "label_scores"]
 
@@ -72,6 +71,9 @@ def register(sub: Any) -> None:
 def label_scores(outputs: dict[str, np.ndarray], labels: np.ndarray, choice: OutputChoice) -> dict[str, float]:
     """The chosen output against the labels: ``accuracy`` (class ids) or ``miou`` and ``pixel_accuracy``
     (label maps), read in the choice's layout; empty when the labels do not fit it."""
+    from onnxfi import metrics
+    from onnxfi.outcomes import output_metric
+
     out = outputs[choice.name]
     if choice.metric is None:
         return {}
@@ -86,6 +88,10 @@ def label_scores(outputs: dict[str, np.ndarray], labels: np.ndarray, choice: Out
 
 
 def _summary(name: str, arr: np.ndarray) -> dict[str, Any]:
+    import numpy as np
+
+    from onnxfi.bits import is_float_dtype
+
     finite = np.isfinite(arr) if is_float_dtype(arr.dtype) else np.ones(arr.shape, bool)
     vals = arr[finite].astype(np.float64) if arr.size else np.zeros(0)
     return {
@@ -101,6 +107,10 @@ def _summary(name: str, arr: np.ndarray) -> dict[str, Any]:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.data import make_dataset
+    from onnxfi.runtime import concat_batches, make_session, run_session
+    from onnxfi.scoring import choose_output, plausibility
+
     if args.batch < 1 or args.repeat < 1 or args.samples < 1:
         raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
     task = task_from_args(args)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from onnxfi import zoo
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
+
+if TYPE_CHECKING:  # the zoo module loads ONNX: it loads when the command runs, not with the parser (--help)
+    from onnxfi.zoo import ZooEntry
 
 __all__ = ["register", "run"]
 
@@ -45,7 +47,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, zoo_action=None)
 
 
-def _entry_json(entry: zoo.ZooEntry) -> dict[str, Any]:
+def _entry_json(entry: ZooEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
         "file": str(entry.file),
@@ -66,6 +68,8 @@ _SHORT = {"pytorch": "torch", "tensorflow": "tf/keras", "paddlepaddle": "paddle"
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
+    from onnxfi import zoo
+
     items = zoo.entries()
     table = Table(title=f"onnxfi model zoo ({zoo.zoo_dir()})", box=box.SIMPLE_HEAD)
     table.add_column("name", style="bold", no_wrap=True)
@@ -90,6 +94,8 @@ def _list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
+    from onnxfi import zoo
+
     result = zoo.evaluate(args.name, providers=args.providers)
     table = Table(title=f"{result['name']} ({result['task']}, {result['samples']} samples)")
     table.add_column("metric")
@@ -119,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if action == "list" or action is None:
         return _list(args, console)
     if action == "path":
+        from onnxfi import zoo
+
         entry = zoo.get(args.name)
         sys.stdout.write(f"{entry.eval_data if args.data else entry.file}\n")
         return 0

@@ -7,6 +7,12 @@ it was on is retried or recorded as ``crash`` by the rule every executor shares
 a ``crash`` row with the reason (and the execution path, once the worker had built the site's runner).
 An error that is not the faulty model's (a user error, a bug in onnxfi) stops the run: the worker sends
 it, :meth:`LocalExecutor.run` raises it.
+
+Where the platform has it (Linux), workers are forked from a server process that imported this module (ONNX,
+ONNX Runtime, the engine) once: multiprocessing's "forkserver". A worker, a dead one's replacement included,
+then starts without the second those imports take in a spawned one, and a crash still kills only its worker.
+:func:`onnxfi.campaign.prestart_workers` starts the server early, so that its imports overlap the caller's own.
+Elsewhere workers are spawned.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,13 +35,32 @@ from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
 
-__all__ = ["LocalExecutor", "default_workers"]
+__all__ = ["LocalExecutor", "default_workers", "worker_context", "FORKSERVER"]
+
+# Fork workers from a server process (see the module docstring) on Linux; macOS forks badly once system
+# frameworks are loaded (spawn is its default for that reason), Windows cannot fork.
+# onnxfi.campaign.prestart_workers makes the same choice without importing this module.
+FORKSERVER = sys.platform.startswith("linux") and "forkserver" in mp.get_all_start_methods()
 
 
-def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int) -> None:
+def worker_context() -> mp.context.SpawnContext | mp.context.ForkServerContext:
+    """The multiprocessing context workers start in: "forkserver" with this module preloaded, else "spawn"."""
+    if not FORKSERVER:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # applies when the server starts (once per process)
+    return ctx
+
+
+def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int, env: dict[str, str] | None = None) -> None:
     # Ctrl-C reaches the whole process group: the parent handles it (stores what finished, stops the
     # workers); a worker ignores it, so it prints no KeyboardInterrupt traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if env is not None and env != os.environ:
+        # a forked worker has the server's environment, from when the server started: take the parent's
+        # of now, as a spawned worker would (a variable a custom metric or ONNXFI_MEMORY_MB reads)
+        os.environ.clear()
+        os.environ.update(env)
     try:
         engine = Engine(cfg)
         conn.send(("ready", engine.clean_summary()))
@@ -94,7 +120,7 @@ class LocalExecutor:
         self.n_workers = max(1, workers)
         self.timeout_factor = timeout_factor
         self.min_timeout_s = min_timeout_s
-        self.ctx = mp.get_context("spawn")
+        self.ctx = worker_context()
         self.clean: dict[str, Any] | None = None
         self._workers: list[_Worker] = []
         self._next_id = 0
@@ -103,8 +129,9 @@ class LocalExecutor:
         parent, child = self.ctx.Pipe()
         wid = self._next_id
         self._next_id += 1
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid), daemon=True)
-        with _sigint_ignored():  # the child inherits it: a Ctrl-C while it imports is the parent's alone
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid, dict(os.environ)), daemon=True)
+        # the child (and a fork server this starts) inherits it: a Ctrl-C while it imports is the parent's alone
+        with _sigint_ignored():
             proc.start()
         child.close()
         try:

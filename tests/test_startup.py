@@ -1,0 +1,193 @@
+"""Start-up: ``onnxfi --version`` and a command's ``--help`` load no ONNX, ONNX Runtime or numpy; the parser of
+one command is the parser it has among all of them; the names the CLI spells out agree with the library's;
+the local executor's workers, forked from a server started early, see the parent's environment of now."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from campaign_helpers import save_kat
+
+from onnxfi.cli import build_parser, command_modules, main
+
+HEAVY = ("onnx", "onnx_ir", "onnxruntime", "numpy")
+# commands whose modules import ONNX, ONNX Runtime and numpy when they run, not when they load (harden,
+# critical-bits and worst-case still import their library modules at the top; advise is light today)
+LIGHT = ("inspect", "inject", "run", "analyze", "gate", "compare", "report", "results", "zoo")
+
+
+def _modules_after(argvs: list[list[str]]) -> dict[str, list[str]]:
+    """For each argv, in one fresh interpreter: which of HEAVY ``main(argv)`` left in sys.modules."""
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from onnxfi.cli import main
+        seen = {{}}
+        for argv in {argvs!r}:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main(argv)
+            seen[" ".join(argv)] = [m for m in {HEAVY!r} if m in sys.modules]
+        print(json.dumps(seen))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    seen: dict[str, list[str]] = json.loads(out)
+    return seen
+
+
+def test_version_and_a_commands_help_load_no_onnx_runtime_or_numpy() -> None:
+    argvs = [["--version"], *([c, "--help"] for c in LIGHT), ["zoo", "list", "--help"]]
+    assert _modules_after(argvs) == {" ".join(a): [] for a in argvs}
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from onnxfi import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"onnxfi {__version__}"
+
+
+def _help(only: list[str] | None, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        build_parser(only).parse_args(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", command_modules())
+def test_a_command_alone_has_the_parser_it_has_among_all(module: str, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI registers only the module the command line names: that module defines the command of its
+    name (``critical_bits``: ``critical-bits``), with the same options and help as among all commands."""
+    monkeypatch.setenv("COLUMNS", "100")
+    argv = [module.replace("_", "-"), "--help"]
+    alone = _help([module], argv, capsys)
+    assert alone.startswith(f"usage: onnxfi {argv[0]} ")
+    assert alone == _help(None, argv, capsys)
+
+
+def test_a_bad_command_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no-such-command'" in err
+    for module in command_modules():
+        assert repr(module.replace("_", "-")) in err
+
+
+def test_the_names_the_cli_spells_out_are_the_librarys() -> None:
+    from onnxfi.advise import ADVISE_SCHEMA
+    from onnxfi.commands._common import MODES as CLI_MODES
+    from onnxfi.commands._common import TASKS as CLI_TASKS
+    from onnxfi.commands._json import SCHEMAS
+    from onnxfi.compare import COMPARE_SCHEMA
+    from onnxfi.critical import CRITICAL_BITS_SCHEMA
+    from onnxfi.engine import MODES
+    from onnxfi.gate import GATE_SCHEMA
+    from onnxfi.metrics import TASKS
+    from onnxfi.worstcase import WORST_CASE_SCHEMA
+
+    assert CLI_TASKS == TASKS and CLI_MODES == MODES
+    assert (SCHEMAS["gate"], SCHEMAS["compare"], SCHEMAS["critical-bits"], SCHEMAS["worst-case"],
+            SCHEMAS["advise"]) == (GATE_SCHEMA, COMPARE_SCHEMA, CRITICAL_BITS_SCHEMA, WORST_CASE_SCHEMA, ADVISE_SCHEMA)
+
+
+def test_starting_the_worker_server_early_leaves_ctrl_c_to_the_caller() -> None:
+    from onnxfi.campaign import prestart_workers
+
+    before = signal.getsignal(signal.SIGINT)
+    prestart_workers("local")
+    prestart_workers("local")  # once running, a no-op
+    prestart_workers("ray")  # another executor: nothing
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+PROBE = '''
+import os
+from pathlib import Path
+
+
+def probe(faulty, golden, labels):
+    """Write the worker's pid and the value of ONNXFI_TEST_STARTUP it sees next to the marker folder."""
+    folder = Path(os.environ["ONNXFI_TEST_STARTUP"])
+    (folder / str(os.getpid())).write_text(os.getcwd())
+    return 0.0
+'''
+
+
+def test_workers_started_after_the_server_see_the_callers_environment_and_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server that local workers fork from may have started long before (by another campaign of this
+    process): a worker still sees the environment, the import paths and the working folder of its parent
+    at the time it starts, as a spawned one does."""
+    from onnxfi.campaign import prestart_workers
+    from onnxfi.engine import EngineConfig
+    from onnxfi.executors import make_executor
+    from onnxfi.model import load_model
+    from onnxfi.plan import make_plan
+    from onnxfi.sites import enumerate_sites
+
+    prestart_workers("local")  # before the variable, the module folder and the working folder exist
+    model, data = save_kat(tmp_path)
+    loaded = load_model(str(model))
+    plan = make_plan(model, enumerate_sites(loaded.model, loaded.value_shapes).select("all", "^W$"), bits=[30],
+                     n_faults=4)
+    (tmp_path / "startup_probe.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv("ONNXFI_TEST_STARTUP", str(seen))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ex = make_executor("local", EngineConfig(str(model), data_path=str(data), metric="startup_probe:probe"))
+    try:
+        rows = list(ex.run(plan.experiments, lambda site: (True, False)))
+    finally:
+        ex.close()
+    assert len(rows) == len(plan.experiments) and all(r["error"] is None for r in rows)
+    written = list(seen.iterdir())
+    assert len(written) == 1 and int(written[0].name) != os.getpid()  # one worker, not this process
+    assert written[0].read_text() == str(work)
+
+
+def _children_after(argv: list[str]) -> list[str]:
+    """In a fresh interpreter: ``main(argv)``, then the command lines of the processes it left running."""
+    script = textwrap.dedent(f"""
+        import json, os
+        from pathlib import Path
+        from onnxfi.cli import main
+        rc = main({argv!r})
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == os.getpid():
+                    kids.append((stat.parent / "cmdline").read_bytes().replace(b"\\0", b" ").decode())
+            except (OSError, IndexError, ValueError):
+                pass
+        print(json.dumps([rc, kids]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    rc, kids = json.loads(out.splitlines()[-1])
+    assert rc == 2
+    return list(kids)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers fork from a server on Linux only")
+def test_an_analyze_that_stops_on_its_database_starts_no_worker_server(tmp_path: Path) -> None:
+    model, data = save_kat(tmp_path)
+    db = tmp_path / "taken.db"
+    db.write_bytes(b"")
+    argv = ["analyze", str(model), "--data", str(data), "--faults", "4"]
+    assert _children_after([*argv, "--db", str(db)]) == []
+    assert _children_after([*argv, "--db", str(tmp_path / "missing.db"), "--resume"]) == []
