@@ -18,9 +18,9 @@ from campaign_helpers import save_kat
 from onnxfi.cli import build_parser, command_modules, main
 
 HEAVY = ("onnx", "onnx_ir", "onnxruntime", "numpy")
-# commands whose modules import ONNX, ONNX Runtime and numpy when they run, not when they load (harden,
-# critical-bits and worst-case still import their library modules at the top; advise is light today)
-LIGHT = ("inspect", "inject", "run", "analyze", "gate", "compare", "report", "results", "zoo")
+# every command's module imports ONNX, ONNX Runtime and numpy when its command runs, not when it loads
+LIGHT = ("inspect", "inject", "run", "analyze", "gate", "compare", "report", "results", "zoo", "harden",
+         "critical-bits", "worst-case", "advise")
 
 
 def _modules_after(argvs: list[list[str]]) -> dict[str, list[str]]:
@@ -99,6 +99,11 @@ def test_the_names_the_cli_spells_out_are_the_librarys() -> None:
     assert CLI_TASKS == TASKS and CLI_MODES == MODES
     assert (SCHEMAS["gate"], SCHEMAS["compare"], SCHEMAS["critical-bits"], SCHEMAS["worst-case"],
             SCHEMAS["advise"]) == (GATE_SCHEMA, COMPARE_SCHEMA, CRITICAL_BITS_SCHEMA, WORST_CASE_SCHEMA, ADVISE_SCHEMA)
+    from onnxfi.commands import critical_bits, harden
+    from onnxfi.critical import THRESHOLDS
+    from onnxfi.harden import METHODS
+
+    assert harden.METHODS == METHODS and tuple(critical_bits._MEANS) == THRESHOLDS
 
 
 def test_starting_the_worker_server_early_leaves_ctrl_c_to_the_caller() -> None:

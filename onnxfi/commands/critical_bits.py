@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,10 +22,10 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, fit_names
-from onnxfi.critical import CRITICAL_BITS_SCHEMA, THRESHOLDS, CriticalBits, find_critical_bits
 from onnxfi.errors import OnnxfiError
-from onnxfi.jsonvalues import jsonable
-from onnxfi.outcomes import OUTCOME_LABELS
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and numpy load when the command runs, not with the parser (--help)
+    from onnxfi.critical import CriticalBits
 
 __all__ = ["register", "run"]
 
@@ -41,7 +41,8 @@ then checked by running flips on both sides of it. A flip that contradicts the b
 run every bit (a fallback). The sign bit is always run. Integer/quantized weights: every bit of each element.
 """
 
-# the harmful outcomes of each --outcome, in words
+# the harmful outcomes of each --outcome (onnxfi.critical.THRESHOLDS, spelled out so that building the parser
+# loads no engine: tests/test_startup.py checks that they agree), in words
 _MEANS = {"sdc1": "SDC-1 or worse (a changed decision, critical, DUE or crash)",
           "critical": "critical or worse (task metric drop > --critical, DUE or crash)",
           "due": "DUE or crash (NaN/Inf in an output, or a runtime failure)"}
@@ -59,7 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help=".npz eval data (default: the zoo model's eval set, else seeded random inputs)")
     p.add_argument("--samples", type=int, default=16, help="random inputs when no data (default 16)")
     p.add_argument("--sites", metavar="REGEX", help="weights whose name matches (default: every weight)")
-    p.add_argument("--outcome", choices=list(THRESHOLDS), default="sdc1",
+    p.add_argument("--outcome", choices=list(_MEANS), default="sdc1",
                    help="what counts as harmful: sdc1 (default: any decision change, or DUE), critical (task "
                    "metric drop > --critical, or DUE), due (NaN/Inf)")
     p.add_argument("--elements", type=int, metavar="K",
@@ -94,6 +95,8 @@ def _value(v: Any) -> str:
 
 def print_result(doc: dict[str, Any]) -> None:
     """A search's JSON document as terminal tables."""
+    from onnxfi.outcomes import OUTCOME_LABELS
+
     conf = int(round(100 * doc["settings"]["confidence"]))
     layers = doc["layers"]
 
@@ -145,7 +148,9 @@ def print_result(doc: dict[str, Any]) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.critical import CRITICAL_BITS_SCHEMA, find_critical_bits
     from onnxfi.engine import Engine, EngineConfig
+    from onnxfi.jsonvalues import jsonable
     from onnxfi.store import Store
     from onnxfi.zoo import default_data
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -24,24 +24,13 @@ from onnxfi.commands._common import (
     task_from_args,
 )
 from onnxfi.commands._json import SCHEMAS, add_json_arg, json_command, write_json
-from onnxfi.data import Dataset, load_data, load_loader, random_data
 from onnxfi.errors import OnnxfiError
-from onnxfi.harden import (
-    DATA_METHODS,
-    METHOD_OPTIONS,
-    METHODS,
-    HardeningEffect,
-    HardenOptions,
-    HardenResult,
-    PassReport,
-    harden,
-    measure_hardening,
-    parse_methods,
-    run_outputs,
-)
-from onnxfi.model import LoadedModel, load_model, save_model
-from onnxfi.scoring import choose_output, describe_shapes
-from onnxfi.zoo import default_data
+
+# ONNX, ONNX Runtime, numpy and the passes load when the command runs, not with the parser (--help)
+if TYPE_CHECKING:
+    from onnxfi.data import Dataset
+    from onnxfi.harden import HardeningEffect, HardenResult, PassReport
+    from onnxfi.model import LoadedModel
 
 __all__ = ["register", "run"]
 
@@ -50,8 +39,19 @@ _METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP@0.5",
                   "map50_golden": "mAP@0.5 against the original's detections", "seq_accuracy": "sequence accuracy",
                   "token_accuracy": "token accuracy", "golden_agreement": "agreement with the original"}
 
+# onnxfi.harden.METHODS (the passes' registry: name -> summary), spelled out so that building the parser loads
+# no pass; tests/test_startup.py checks that they agree
+METHODS = {
+    "ranger": "Ranger: Clip(x, lo, hi) after each activation (chain) with profiled bounds",
+    "clipact": "FT-ClipAct: ReLU -> x if 0 <= x <= T else 0 (T: profiled max, or --search)",
+    "relumax": "ReLUMax: ReLU -> 0 where the pre-activation exceeds its profiled max",
+    "protect": "zero-cost protection: nudge fp32 weights out of exponent classes where one flip blows up",
+    "nan-guard": "NaN -> 0, +-Inf -> +-max at outputs, residual Adds and the classifier input",
+    "weight-clip": "weight range check: clip each weight to its own fault-free [min, max] at run time",
+}
+
 _EXAMPLES = """methods (composed in the order given):
-""" + "".join(f"  {name:<10} {text}\n" for name, text in METHODS.items()) + """
+""" + "".join(f"  {name:<11} {text}\n" for name, text in METHODS.items()) + """
 examples:
   onnxfi harden model.onnx --method ranger --calib calib.npz -o hardened.onnx
   onnxfi harden model.onnx --method relumax,protect --calib calib.npz -o hardened.onnx --json harden.json
@@ -77,7 +77,7 @@ _SHOW = 20  # rows per table before eliding (everything is in --json)
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "harden", help="harden a model without retraining (ranger, clipact, relumax, protect, nan-guard)",
+        "harden", help=f"harden a model without retraining ({', '.join(METHODS)})",
         epilog=_EXAMPLES,
         description="Apply hardening passes to a model, write it, and report what changed, the clean-metric "
         "change and the latency overhead.",
@@ -122,6 +122,10 @@ def register(sub: Any) -> None:
 def _calibration(
     args: argparse.Namespace, loaded: LoadedModel, methods: list[str], warnings: list[str]
 ) -> Dataset:
+    from onnxfi.data import load_data, load_loader, random_data
+    from onnxfi.harden import DATA_METHODS
+    from onnxfi.zoo import default_data
+
     specs = loaded.inputs()
     loader = data_loader_from_args(args, "calib")
     cast = args.allow_cast
@@ -145,6 +149,8 @@ def _calibration(
 
 
 def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
+    from onnxfi.harden import METHOD_OPTIONS
+
     if args.batch < 1 or args.repeat < 1 or args.samples < 1:
         raise OnnxfiError("--batch, --repeat and --samples must be at least 1")
     for option, method in METHOD_OPTIONS.items():  # each method's options, from the registry
@@ -155,6 +161,11 @@ def _check_options(args: argparse.Namespace, methods: list[str]) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.data import load_data
+    from onnxfi.harden import HardenOptions, harden, measure_hardening, parse_methods, run_outputs
+    from onnxfi.model import load_model, save_model
+    from onnxfi.scoring import choose_output, describe_shapes
+
     recipe = None
     if args.recipe is not None:
         from onnxfi.advise import load_recipe
@@ -231,6 +242,8 @@ def _print(
     loaded: LoadedModel, out: Path, methods: list[str], calib: Dataset, result: HardenResult,
     effect: HardeningEffect, provider: str,
 ) -> None:
+    from onnxfi.harden import DATA_METHODS
+
     role = "calibration" if any(m in DATA_METHODS for m in methods) else "data"
     stdout.print(f"[bold]{escape(str(loaded.path))}[/bold] -> [bold]{escape(str(out))}[/bold]: "
                  f"{', '.join(methods)} ({role}: {calib.size} samples from {escape(calib.source)})")

@@ -26,10 +26,7 @@ from onnxfi.commands._common import (
 )
 from onnxfi.commands._json import add_json_arg, json_command, write_json
 from onnxfi.commands._text import KEEP, fit_names
-from onnxfi.data import make_dataset
 from onnxfi.errors import OnnxfiError
-from onnxfi.plan import parse_bits
-from onnxfi.worstcase import WORST_CASE_SCHEMA, default_bits, find_worst_case, worst_case_plan
 
 __all__ = ["register", "run"]
 
@@ -83,6 +80,8 @@ def register(sub: Any) -> None:
 
 
 def _bits_arg(text: str | None) -> list[int] | None:
+    from onnxfi.plan import parse_bits
+
     if text is not None and text.strip().lower() == "all":
         return list(range(64))  # cut to each weight's width
     return parse_bits(text)
@@ -130,6 +129,8 @@ def print_result(doc: dict[str, Any]) -> None:
 
 @json_command
 def run(args: argparse.Namespace) -> int:
+    from onnxfi.data import make_dataset
+    from onnxfi.worstcase import WORST_CASE_SCHEMA, default_bits, find_worst_case, worst_case_plan
     from onnxfi.zoo import default_data
 
     target = args.target_accuracy
