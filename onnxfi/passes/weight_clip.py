@@ -34,7 +34,6 @@ from onnxfi.passes._hardening import (
     NodeBuilder,
     Settings,
     clip_opset_reason,
-    const_scalar,
     graph_opset,
     hardening_method,
 )
@@ -123,16 +122,9 @@ class WeightClip(HardeningPass[tuple[Site, SiteIndex, ir.Model], ClippedWeight])
             graph.remove(plan.constant, safe=True)
             graph.register_initializer(init)
             w = init
-        dtype = w.dtype or ir.DataType.FLOAT
         checked = ir.Value(name=builder.unique(f"{w.name}__checked"), shape=w.shape, type=w.type)
         w.replace_all_uses_with(checked)  # every reader (not the Clip, made after) takes the checked value
-        if builder.opset >= 11:
-            lo_v = builder.const("lo", const_scalar(plan.lo, dtype, -1), dtype)
-            hi_v = builder.const("hi", const_scalar(plan.hi, dtype, +1), dtype)
-            node, _ = builder.node("Clip", [w, lo_v, hi_v], dtype, w.shape, checked)
-        else:
-            node, _ = builder.node("Clip", [w], dtype, w.shape, checked,
-                                   attributes={"min": float(plan.lo), "max": float(plan.hi)})
+        node, _ = builder.clip(w, plan.lo, plan.hi, checked)
         builder.insert_after(None, [node])
         graph.inputs.append(w)  # overridable initializer: the runtime keeps the Clip (module docstring)
         return Change(plan.site.name, w.name or "", f"clipped to [{plan.lo:.6g}, {plan.hi:.6g}] at run time")
