@@ -52,9 +52,16 @@ def main() -> int:
                                       "exhaustive": doc["exhaustive_experiments"], "ratio": doc["ratio"],
                                       "agree": check["agree"], "pairs": check["pairs"],
                                       "agreement": check["agreement"], "rate": doc["rate"],
-                                      "layers": [{k: w[k] for k in ("site", "experiments", "exhaustive_experiments",
-                                                                    "fallbacks", "critical", "pairs")}
+                                      "layers": [{k: w[k] for k in ("site", "elements", "experiments",
+                                                                    "exhaustive_experiments", "fallbacks", "critical",
+                                                                    "pairs")}
                                                  for w in doc["layers"]]}
+        # what a search of every element would run against every bit of every element: each weight's ratio
+        # weighted by its element count (the sampled total above weighs a 16-element BatchNorm vector like a
+        # 10,000-element convolution)
+        sized = [(w["experiments"] / max(1, w["exhaustive_experiments"]), w["elements"]) for w in doc["layers"]]
+        projected = sum(r * n for r, n in sized) / max(1, sum(n for _, n in sized))
+        results[f"verify{verify}"]["projected_ratio"] = projected
         what = f"--elements {args.elements}" if args.elements > 0 else "every element"
         print(f"\n{args.model}{f' --sites {args.sites}' if args.sites else ''}, {what} --verify {verify} --check "
               f"({wall:.1f} s whole command)")
@@ -63,6 +70,8 @@ def main() -> int:
             print(f"{w['site'][:34]:34} {w['experiments']:6d} {w['exhaustive_experiments']:9d} "
                   f"{w['experiments'] / max(1, w['exhaustive_experiments']):6.1%} {w['fallbacks']:9d} "
                   f"{w['critical']:5d}/{w['pairs']}")
+        print(f"projected over every element of these weights (each weight's ratio weighted by its size): "
+              f"{projected:.1%}")
         print(f"total: {doc['experiments']:,} of {doc['exhaustive_experiments']:,} flips ({doc['ratio']:.1%}); "
               f"agreement with every bit run: {check['agree']:,}/{check['pairs']:,} ({check['agreement']:.2%}); "
               f"critical pairs {100 * doc['rate']['rate']:.2f}% [{100 * doc['rate']['lo']:.2f}, "
