@@ -320,8 +320,14 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], population
 
 
 def parameter_bytes(model: ir.Model) -> int:
-    """Bytes of the main graph's initializers."""
-    return sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None)
+    """Bytes of the weights the model stores: initializers and ``Constant`` node tensors, subgraphs included."""
+    graphs = [model.graph, *model.graph.subgraphs()]
+    held = sum(int(v.const_value.nbytes) for g in graphs for v in g.initializers.values() if v.const_value is not None)
+    for node in model.graph.all_nodes():
+        attr = node.attributes.get("value") if node.op_type == "Constant" else None
+        if attr is not None and attr.type == ir.AttributeType.TENSOR:
+            held += int(attr.value.nbytes)
+    return held
 
 
 def latencies(models: Mapping[str, ir.Model], feeds: Mapping[str, np.ndarray], repeat: int = 100,

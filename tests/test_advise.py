@@ -197,3 +197,14 @@ def test_advise_chooses_weight_checks_and_verifies_only_the_methods_within_budge
     assert ("over the budget: not run" in out) == bool(over)
     if len(over) < 2:
         assert "recipe - this, paired" in out
+
+
+def test_parameter_bytes_count_initializers_and_constant_nodes() -> None:
+    model = parse("""
+    g (float[N,2] x) => (float[N,2] y) <float[2] b = {1, 2}> {
+      w = Constant <value = float[2,2] {1, 2, 3, 4}> ()
+      a = MatMul(x, w)
+      y = Add(a, b)
+    }
+    """)
+    assert advise.parameter_bytes(model) == 4 * 4 + 2 * 4  # a Paddle export holds every weight in Constant nodes

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = {"schema": advise.ADVISE_SCHEMA, "model": str(model_path), "data": data.source,
                            "budget_latency": budget, "budget_memory": mem_budget, "methods": methods,
                            "units": units, "weights": checkable, "faults": args.faults, "seed": args.seed}
-    p0 = advise.parameter_bytes(loaded.model)
+    p0 = max(1, advise.parameter_bytes(loaded.model))  # a model with no stored weight: growth is in bytes
     given = advise.Recipe(())
     if args.recipe:  # checked before any campaign runs
         given = advise.load_recipe(args.recipe)
