@@ -271,7 +271,8 @@ def choose(units: Sequence[str], methods: Sequence[str], attributed: Mapping[str
     w_mem = [mem((w, wm)) for w in wcands]
     by_subset = exact and len(wcands) <= 12 and combos * (1 << len(wcands)) <= 50 * _EXACT_LIMIT
     exact = exact and (by_subset or not wcands)
-    sub_cost, sub_mem = (_subset_sums(w_cost), _subset_sums(w_mem)) if by_subset else (None, None)
+    if by_subset:
+        sub_cost, sub_mem = _subset_sums(w_cost), _subset_sums(w_mem)
     best: tuple[float, float, float, dict[str, str]] = (math.inf, 0.0, 0.0, {})
     for pick in picks:
         a = {u: m for u, m in zip(units, pick) if m is not None}
@@ -279,28 +280,29 @@ def choose(units: Sequence[str], methods: Sequence[str], attributed: Mapping[str
         mu = sum(mem((u, m)) for u, m in a.items())
         if c > budget or mu > memory_budget:
             continue
-        total = sum(t[(a.get(u) if u is not None else None, False)] for (u, _), t in sums.items())
-        gw = [sum(t[(a.get(u) if u is not None else None, False)] - t[(a.get(u) if u is not None else None, True)]
-                  for (u, g), t in sums.items() if g == w) for w in wcands]
-        on: list[str] = []
-        if by_subset and sub_cost is not None and sub_mem is not None:
+        at = {key: t[(a.get(key[0]) if key[0] is not None else None, False)] for key, t in sums.items()}
+        total = sum(at.values())
+        gw = [sum(at[key] - t[(a.get(key[0]) if key[0] is not None else None, True)]
+                  for key, t in sums.items() if key[1] == w) for w in wcands]
+        on: list[int] = []
+        if by_subset:  # the subset with the largest gain within what is left of both budgets (cheapest on a tie)
             ok = (sub_cost <= budget - c + 1e-12) & (sub_mem <= memory_budget - mu + 1e-12)
             gains = np.where(ok, _subset_sums(gw), -np.inf)
-            top = float(gains.max())
-            mask = int(np.flatnonzero(gains >= top - 1e-12)[np.argmin(sub_cost[gains >= top - 1e-12])])
-            on = [w for i, w in enumerate(wcands) if mask >> i & 1]
-        else:
-            for _, w, g in sorted(((g / max(wc, 1e-9), w, g) for w, g, wc in zip(wcands, gw, w_cost)), reverse=True):
-                i = wcands.index(w)
-                if g > 0 and c + w_cost[i] <= budget and mu + w_mem[i] <= memory_budget:
-                    on.append(w)
-                    c += w_cost[i]
-                    mu += w_mem[i]
-        total -= sum(gw[wcands.index(w)] for w in on)
-        c = sum(cost[(u, m)] for u, m in a.items()) + sum(w_cost[wcands.index(w)] for w in on)
-        mu = sum(mem((u, m)) for u, m in a.items()) + sum(w_mem[wcands.index(w)] for w in on)
+            tied = np.flatnonzero(gains >= gains.max() - 1e-12)
+            mask = int(tied[np.argmin(sub_cost[tied])])
+            on = [i for i in range(len(wcands)) if mask >> i & 1]
+        else:  # greedily by gain per cost
+            spent, used = c, mu
+            for i in sorted(range(len(wcands)), key=lambda i: gw[i] / max(w_cost[i], 1e-9), reverse=True):
+                if gw[i] > 0 and spent + w_cost[i] <= budget and used + w_mem[i] <= memory_budget:
+                    on.append(i)
+                    spent += w_cost[i]
+                    used += w_mem[i]
+        total -= sum(gw[i] for i in on)
+        c += sum(w_cost[i] for i in on)
+        mu += sum(w_mem[i] for i in on)
         if total < best[0] - 1e-12 or (abs(total - best[0]) <= 1e-12 and c < best[1]):
-            best = (total, c, mu, {**a, **{w: wm for w in on}})
+            best = (total, c, mu, {**a, **{wcands[i]: wm for i in on}})
     return Choice(best[3], best[0] / n, best[1], baseline, combos, exact, gain, best[2])
 
 

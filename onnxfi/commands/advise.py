@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(data_path, loaded.inputs())
     budget, mem_budget = args.budget_latency / 100.0, args.budget_memory / 100.0
     act_methods = [m for m in methods if m in advise.ACTIVATION_METHODS]
-    units = advise.activation_units(loaded.model) if act_methods else []
-    checkable = advise.weight_units(loaded.model) if advise.WEIGHT_METHOD in methods else []
+    all_units, all_weights = advise.activation_units(loaded.model), advise.weight_units(loaded.model)
+    units = all_units if act_methods else []
+    checkable = all_weights if advise.WEIGHT_METHOD in methods else []
     if not units and not checkable:
         raise OnnxfiError("nothing to harden in this model: no activation (ranger, clipact, relumax) and no float "
                           "initializer weight (weight-clip)")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     given = advise.Recipe(())
     if args.recipe:  # checked before any campaign runs
         given = advise.load_recipe(args.recipe)
-        known = set(advise.activation_units(loaded.model)) | set(advise.weight_units(loaded.model))
+        known = {*all_units, *all_weights}
         missing = [u for _, us in given.steps for u in us if u not in known]
         if missing:
             raise OnnxfiError(f"recipe {args.recipe}: {missing[0]!r} is not a layer or weight of this model "

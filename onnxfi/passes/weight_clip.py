@@ -74,8 +74,6 @@ class WeightClip(HardeningPass[tuple[Site, SiteIndex, ir.Model], ClippedWeight])
     def plan(self, candidate: tuple[Site, SiteIndex, ir.Model]) -> ClippedWeight | str:
         site, index, model = candidate
         graph = model.graph
-        if site.kind != "weight":
-            return "not a weight"
         if site.structural:
             return "structural tensor (feeds shapes, axes or indices), not a weight value"
         if site.graph:
