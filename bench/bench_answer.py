@@ -6,7 +6,8 @@
   the margin; the JSON gives the estimate, its interval and the experiments it took.
 * PyTorchFI: uniform random weight bit flips (what a PyTorchFI study draws; the proportional plan over
   every (site, bit) is the same self-weighting sample), as many as a uniform sample needs for the same
-  half-width at onnxfi's estimate: n = z^2 p (1 - p) / margin^2. With ``--pfi-limit K`` it runs K of
+  half-width at onnxfi's estimate with the same interval (:func:`uniform_size`; until 2026-12-07 the
+  normal approximation n = z^2 p (1 - p) / margin^2, too few near 0). With ``--pfi-limit K`` it runs K of
   them and extrapolates (the rate per fault does not depend on which faults); the torch import and the
   model build are counted once.
 * naive: ``bench/naive_injector.py`` (a model copy, a flip, a new ONNX Runtime session per fault) on
@@ -47,6 +48,27 @@ def z_of(confidence: float) -> float:
     from onnxfi.stats import normal_quantile
 
     return float(normal_quantile(1.0 - (1.0 - confidence) / 2.0))
+
+
+def uniform_size(rate: float, margin: float, confidence: float) -> int:
+    """The fewest uniform random faults whose interval at ``rate`` has half-width <= ``margin``, with the
+    interval onnxfi reports for a simple random sample (:func:`onnxfi.stats.rate_with_ci`: Wilson, held to
+    the exact Poisson limit at 3 events or fewer). The normal approximation z^2 p (1 - p) / margin^2 asks for
+    far fewer near 0 (160 instead of about 420 at 0.24%, +-1%, 99%), where its interval is known not to
+    cover; a PyTorchFI study that stopped there would not have the answer onnxfi gives."""
+    from onnxfi.stats import rate_with_ci
+
+    def ok(n: int) -> bool:
+        return rate_with_ci(round(rate * n), n, confidence).half_width <= margin
+
+    hi = 16
+    while not ok(hi):
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:  # the smallest n that holds (half-widths shrink with n, up to the rounding of k)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 def run_onnxfi(model: Path, data: Path, margin: float, confidence: float, work: Path) -> dict[str, Any]:
@@ -124,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   onnxfi (adaptive, early stop): {fi['experiments']} faults, SDC-1 {fi['rate']:.2%} "
               f"[{fi['lo']:.2%}, {fi['hi']:.2%}], {fi['wall_s']:.1f} s whole command", flush=True)
         z = z_of(args.confidence)
-        n_uniform = math.ceil(z * z * fi["rate"] * (1 - fi["rate"]) / args.margin ** 2)
+        n_wald = math.ceil(z * z * fi["rate"] * (1 - fi["rate"]) / args.margin ** 2)
+        n_uniform = uniform_size(fi["rate"], args.margin, args.confidence)
         nv = run_naive(model, data, fi["plan"], fi["experiments"], args.naive_limit, work)
         print(f"   naive (same plan): {nv['wall_s']:.1f} s" + (f" (extrapolated from {nv['faults_run']} faults)"
                                                            if nv["extrapolated"] else ""), flush=True)
         pfi = run_pytorchfi(args.model, model, data, n_uniform, args.pfi_limit, args.seed)
-        print(f"   PyTorchFI (uniform, {n_uniform} faults for the same half-width): {pfi['wall_s']:.1f} s"
+        print(f"   PyTorchFI (uniform, {n_uniform} faults for the same half-width with the same interval; the "
+              f"normal approximation would say {n_wald}): {pfi['wall_s']:.1f} s"
               + (f" (extrapolated from {pfi['faults_run']} faults)" if pfi["extrapolated"] else ""), flush=True)
     ratio_pfi, ratio_naive = pfi["wall_s"] / fi["wall_s"], nv["wall_s"] / fi["wall_s"]
     print(f"   time to answer: onnxfi {fi['wall_s']:.1f} s; {ratio_naive:.2f}x naive, {ratio_pfi:.2f}x PyTorchFI "

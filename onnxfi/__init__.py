@@ -12,6 +12,7 @@ import HardenOptions``) leaves the package attribute the function.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -96,3 +97,35 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+
+class _Deferred(types.ModuleType):
+    """A module that stands in for another until its first attribute access (see :func:`_defer_import`)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        real = self.__dict__.get("_deferred_real")
+        if real is None:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+            self.__dict__["_deferred_real"] = real
+        return getattr(real, attr)
+
+
+def _defer_import(name: str) -> None:
+    """Make ``import name`` give a stand-in that loads the module on its first attribute access.
+
+    For SymPy: onnx_ir imports it at the top (and its expression parser reads a few SymPy functions when
+    it loads) but uses it only for symbolic dimension arithmetic, which onnxfi never does; loading SymPy
+    costs about 0.3 s in every process onnxfi starts (measured on 2 cores). importlib's LazyLoader would
+    load at the ``import`` statement itself, which reads ``__spec__``; the stand-in's is None, which the
+    import system reads as "loaded". Nothing when the module is loaded already; any use of it loads it
+    whole, as usual (a module that is not installed then raises ImportError there)."""
+    if name not in sys.modules:
+        sys.modules[name] = _Deferred(name)
+
+
+if importlib.util.find_spec("sympy") is not None:
+    _defer_import("sympy")
+    _defer_import("onnx_ir._symbolic_shapes")

@@ -381,7 +381,7 @@ def analyze(
     resume: bool = False,
     overwrite: bool = False,
     early_stop: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
     provider: str = "cpu",
@@ -410,7 +410,7 @@ def analyze(
     model (e.g. a hardened copy; its report is in ``report.compare``). ``progress(done, planned, live)`` is
     called after every experiment.
     """
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise OnnxfiError("workers must be at least 1")
     sizes = [name for name, v in (("faults", faults), ("margin", margin), ("per_stratum", per_stratum)) if v is not None]
     if len(sizes) > 1:
@@ -522,7 +522,7 @@ def _plan(cfg: EngineConfig, *, target: str, sites: str | None, ops: list[str] |
     )
 
 
-def _compare_campaign(report: CampaignReport, other_plan: Plan, cfg: EngineConfig, workers: int, timeout_min: float,
+def _compare_campaign(report: CampaignReport, other_plan: Plan, cfg: EngineConfig, workers: int | None, timeout_min: float,
                       executor: str, address: str | None) -> CampaignReport:
     other_db = Path(f"{report.db}.compare.db")
     _remove_db(other_db)

@@ -6,6 +6,7 @@ Light to import (the engine, ONNX and ONNX Runtime load when a campaign runs), s
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import sys
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from onnxfi.plan import Plan
     from onnxfi.store import Store
 
-__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "prestart_workers"]
+__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "prestart_workers", "auto_workers",
+           "usable_cores"]
 
 # the module a local worker runs (onnxfi.executors.local); importing it here would load what the
 # server is there to load in parallel
@@ -52,6 +54,64 @@ def prestart_workers(executor: str = "local") -> None:
         pass
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new processes (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# at most this many workers by default (each loads the model and the data, and builds its own sessions)
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers(cfg: EngineConfig, executor: str = "local", workers: int | None = None) -> tuple[int, int | None]:
+    """Worker processes and ONNX Runtime intra-op threads per worker for a campaign: ``(workers, threads)``.
+
+    ``workers`` None (the default of every command): on the local executor with the CPU provider, one
+    worker per usable core with one thread each (``cfg.threads`` given: cores // threads workers), fewer
+    where half the available memory does not hold each worker's model (counted three times: the loaded
+    model, its sessions, the cone sessions) and cache (``cfg.cache_mb``); one worker for a GPU provider (one
+    device) and for Ray (its actors are its own resources). Measured on 2 cores (bench/RESULTS.md): a
+    campaign's per-fault work is mostly single-threaded (session builds, Python), so two one-thread workers
+    ran a 400-fault campaign on a PaddleOCR classifier in 6.4 s against 9.0 s for one two-thread worker,
+    and the same time on compute-bound ResNet-18. Explicit ``workers`` keep their count; without
+    ``cfg.threads`` the cores are then shared between them rather than oversubscribed.
+
+    Rows do not depend on the count (a site's path is chosen from the plan, never from timing)."""
+    cores = usable_cores()
+    if workers is not None:
+        return workers, cfg.threads if cfg.threads or workers == 1 else max(1, cores // workers)
+    if executor != "local" or (cfg.provider or "cpu").lower() not in ("cpu", "cpuexecutionprovider"):
+        return 1, cfg.threads
+    n = max(1, cores // cfg.threads) if cfg.threads else cores
+    n = min(n, MAX_AUTO_WORKERS)
+    avail = _available_memory()
+    try:
+        model_bytes = os.path.getsize(cfg.model_path)
+    except OSError:
+        model_bytes = 0
+    need = 3 * model_bytes + int(cfg.cache_mb * 2**20)
+    if avail is None:
+        n = 1
+    elif need > 0:
+        n = max(1, min(n, (avail // 2) // need))
+    return n, cfg.threads if cfg.threads else max(1, cores // n)
 
 
 def versions() -> dict[str, str]:
@@ -144,7 +204,7 @@ def run_campaign(
     plan: Plan,
     cfg: EngineConfig,
     store: Store,
-    workers: int = 1,
+    workers: int | None = None,
     resume: bool = False,
     early_stop: bool = False,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
@@ -155,6 +215,9 @@ def run_campaign(
     max_attempts: int | None = None,
 ) -> CampaignResult:
     """Run (or finish) ``plan``; every finished experiment is stored as soon as it is known.
+
+    ``workers`` None: as many as :func:`auto_workers` says (one per core on the CPU); the count used is
+    ``result.extra["workers"]`` (with ``["threads"]``, ONNX Runtime threads per worker, None: its default).
 
     Experiments run round by round (each round a sample of the whole fault space in the design's
     proportions), so whatever stops the campaign, the complete rounds are a sample of the model.
@@ -174,7 +237,7 @@ def run_campaign(
 
 
 def _run_campaign(
-    plan: Plan, cfg: EngineConfig, store: Store, workers: int, resume: bool, early_stop: bool,
+    plan: Plan, cfg: EngineConfig, store: Store, workers: int | None, resume: bool, early_stop: bool,
     progress: Callable[[int, int, dict[str, Any]], None] | None, timeout_factor: float, min_timeout_s: float,
     executor: str, address: str | None, max_attempts: int | None,
 ) -> CampaignResult:
@@ -182,6 +245,7 @@ def _run_campaign(
     from onnxfi.plan import extend_plan
     from onnxfi.summary import aggregate, headline
 
+    workers, threads = auto_workers(cfg, executor, workers)
     if resume:
         stored = store.plan()  # a stored value that is not a plan is the store's damage, named as such
         if stored is None:
@@ -192,10 +256,10 @@ def _run_campaign(
     else:
         # one transaction: a kill leaves all three or none
         store.set_metas({"plan": plan.to_dict(), "config": dict(cfg.__dict__), "versions": versions()})
-    runner = make_executor(executor, replace(cfg, site_faults=planned_faults(plan)), workers=workers,
+    runner = make_executor(executor, replace(cfg, threads=threads, site_faults=planned_faults(plan)), workers=workers,
                            address=address, timeout_factor=timeout_factor, min_timeout_s=min_timeout_s,
                            max_attempts=max_attempts)
-    result = CampaignResult(plan, {}, {})
+    result = CampaignResult(plan, {}, {}, extra={"workers": workers, "threads": threads})
     buffer: list[dict[str, Any]] = []
     live: dict[str, Any] = {"sdc1": 0, "headline": None}
 

@@ -130,7 +130,7 @@ class GateConfig:
     samples: int = 16
     provider: str = "cpu"
     threads: int | None = None
-    workers: int = 1
+    workers: int | None = None  # None: one per core (onnxfi.campaign.auto_workers)
     batch: int = 256
     db: str | None = None
     output: str | None = None
@@ -424,7 +424,7 @@ def config_from_dict(table: Mapping[str, Any], base_dir: str | os.PathLike[str] 
         samples=_int(table.get("samples", 16), f"{w}.samples", 1),
         provider=_str(table.get("provider", "cpu"), f"{w}.provider"),
         threads=_int(table["threads"], f"{w}.threads", 1) if "threads" in table else None,
-        workers=_int(table.get("workers", 1), f"{w}.workers", 1),
+        workers=_int(table["workers"], f"{w}.workers", 1) if "workers" in table else None,
         batch=_int(table.get("batch", 256), f"{w}.batch", 1),
         db=_path(table["db"], f"{w}.db", base) if "db" in table else None,
         output=_str(table["output"], f"{w}.output") if "output" in table else None,

@@ -196,3 +196,68 @@ def test_an_analyze_that_stops_on_its_database_starts_no_worker_server(tmp_path:
     argv = ["analyze", str(model), "--data", str(data), "--faults", "4"]
     assert _children_after([*argv, "--db", str(db)]) == []
     assert _children_after([*argv, "--db", str(tmp_path / "missing.db"), "--resume"]) == []
+
+
+def test_onnx_ir_loads_without_sympy_and_symbolic_dimensions_still_work() -> None:
+    """onnxfi stands in for SymPy until it is used (0.3 s of every start): ``import onnxfi, onnx_ir`` and
+    a model load leave it unloaded; a symbolic dimension expression then loads it and evaluates."""
+    script = textwrap.dedent("""
+        import json, sys
+        import onnxfi, onnx_ir
+        from onnxfi.model import load_model
+        from onnxfi.zoo import model_path
+        load_model(str(model_path("digits_cnn")), {}, check=True)
+        before = "sympy.core" in sys.modules
+        value = onnx_ir.SymbolicDim("N * 2 + 1").evaluate({"N": 3})
+        import sympy
+        print(json.dumps([before, "sympy.core" in sys.modules, int(value), str(sympy.Symbol("x") + 1)]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [False, True, 7, "x + 1"]
+
+
+def test_auto_workers_one_per_core_with_one_thread_within_memory(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from onnxfi import campaign
+    from onnxfi.engine import EngineConfig
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x" * 2**20)  # 1 MiB
+    cfg = EngineConfig(model_path=str(model), cache_mb=100)
+    monkeypatch.setattr(campaign, "usable_cores", lambda: 4)
+    monkeypatch.setattr(campaign, "_available_memory", lambda: 2**40)
+    assert campaign.auto_workers(cfg) == (4, 1)
+    monkeypatch.setattr(campaign, "usable_cores", lambda: 64)
+    assert campaign.auto_workers(cfg) == (campaign.MAX_AUTO_WORKERS, 64 // campaign.MAX_AUTO_WORKERS)
+    monkeypatch.setattr(campaign, "usable_cores", lambda: 4)
+    # threads given: cores // threads workers
+    assert campaign.auto_workers(EngineConfig(model_path=str(model), cache_mb=100, threads=2)) == (2, 2)
+    # memory: half of what is available must hold each worker (3 x model + cache)
+    need = 3 * 2**20 + 100 * 2**20
+    monkeypatch.setattr(campaign, "_available_memory", lambda: 2 * need * 2 + 1)
+    assert campaign.auto_workers(cfg) == (2, 2)
+    monkeypatch.setattr(campaign, "_available_memory", lambda: need)
+    assert campaign.auto_workers(cfg) == (1, 4)
+    monkeypatch.setattr(campaign, "_available_memory", lambda: None)  # unknown: one worker
+    assert campaign.auto_workers(cfg) == (1, 4)
+    monkeypatch.setattr(campaign, "_available_memory", lambda: 2**40)
+    # one device, or Ray's own resources: one worker, threads as configured
+    assert campaign.auto_workers(EngineConfig(model_path=str(model), provider="cuda")) == (1, None)
+    assert campaign.auto_workers(cfg, executor="ray") == (1, None)
+    # an explicit count is kept; the cores are shared between its workers unless threads are given
+    assert campaign.auto_workers(cfg, workers=2) == (2, 2)
+    assert campaign.auto_workers(cfg, workers=1) == (1, None)
+    assert campaign.auto_workers(EngineConfig(model_path=str(model), threads=3), workers=2) == (2, 3)
+
+
+def test_analyze_json_says_the_workers_and_threads_it_used(tmp_path: Path) -> None:
+    from onnxfi.campaign import usable_cores
+
+    out = tmp_path / "a.json"
+    assert main(["analyze", "digits_mlp_skl", "--faults", "8", "--db", str(tmp_path / "a.db"),
+                 "--json", str(out)]) == 0
+    w = json.loads(out.read_text())["workers"]
+    assert 1 <= w["workers"] <= usable_cores() and w["threads"] == max(1, usable_cores() // w["workers"])
+    assert main(["analyze", "digits_mlp_skl", "--faults", "8", "--db", str(tmp_path / "b.db"), "--workers", "1",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["workers"] == {"workers": 1, "threads": None}

@@ -118,7 +118,8 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --db")
     add_json_arg(p, "the plan header, clean run and summary")
     p.add_argument("--early-stop", action="store_true", help="stop once the SDC-1 interval is within --margin")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; ORT already uses the cores)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core, each with one ORT "
+                   "thread, fewer where memory is short; 1 with a GPU provider or --executor ray)")
     p.add_argument("--threads", type=int, help="ORT intra-op threads per worker")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: worker processes here (default); ray: Ray actors (pip install 'onnxfi[ray]')")
@@ -162,7 +163,7 @@ def start_early(args: argparse.Namespace) -> None:
         exists = _db_path(args, args.model).exists()
     except OSError:  # run() says what is wrong with it
         return
-    if args.workers < 1 or (exists and not args.resume and not args.overwrite) or (args.resume and not exists):
+    if (args.workers is not None and args.workers < 1) or (exists and not args.resume and not args.overwrite) or (args.resume and not exists):
         return
     prestart_workers(args.executor)
 
@@ -442,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxfi.plan import Plan, file_sha256, left_out_note, make_plan, parse_bits
     from onnxfi.store import Store
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise OnnxfiError("--workers must be at least 1")
     if args.html:  # before the campaign: matplotlib and a writable path, not an error after an hour of it
         from onnxfi.report.html import preflight
@@ -567,7 +568,8 @@ def run(args: argparse.Namespace) -> int:
             stdout.print(escape(note), style="yellow")
         doc = {"schema": SCHEMAS["analyze"], "model": cfg.model_path, "db": str(db_path),
                "plan": {k: v for k, v in plan.to_dict().items() if k != "experiments"}, "clean": result.clean,
-               "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped}
+               "summary": result.summary, "interrupted": result.interrupted, "early_stopped": result.early_stopped,
+               "workers": {k: result.extra.get(k) for k in ("workers", "threads")}}
         if args.compare and not result.interrupted:
             other = _run_compare(args, plan, other_plan, cfg, db_path, store, result)
             doc["compare"] = other

@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
                    "[gate.baseline] file; the deltas still come from the config)")
     add_json_arg(p, "the verdict, checks and summary (a baseline later)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per check")
-    p.add_argument("--workers", type=int, help="worker processes (default: the config's, else 1)")
+    p.add_argument("--workers", type=int, help="worker processes (default: the config's, else one per core with one ORT thread each)")
     p.set_defaults(func=run, start_early=start_early)
 
 
