@@ -1,8 +1,9 @@
 """The one place that chooses how a site's experiments run: ``choose`` returns the runner, its path and
 the reason the faster paths were not taken, so every row can say how it was computed.
 
-Paths, fastest first: ``cone`` (prefix cache + forward-cone session; weights: fed, with rounding-ambiguous
-experiments re-run baked), ``cone-split`` (weights: a small baked head per fault + a shared rest),
+Paths, fastest first: ``cone-opt`` (weights: ORT's optimized cone with the weight as ORT rewrote it fed
+per fault, exact; see :mod:`onnxfi.engine.optcone`), ``cone`` (prefix cache + forward-cone session;
+weights: fed, with rounding-ambiguous experiments re-run baked), ``cone-split`` (weights: a small baked head per fault + a shared rest),
 ``cone-baked`` (weights: a baked cone session per fault), ``port`` (one whole-model session per site with
 the site opened to faults), ``rebuild`` (weights: a whole-model session per fault), ``naive`` (the
 reference: the model reloaded and rewritten per fault)."""
@@ -25,6 +26,7 @@ from onnxfi.engine.cone import (
 )
 from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
+from onnxfi.engine.optcone import OptWeightRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
 from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner, TransientOutputRunner
@@ -183,6 +185,22 @@ def _port(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason
         return RebuildRunner(ctx, site, why) if site.kind == "weight" else NaiveRunner(ctx, site, why)
 
 
+# planned faults at a weight from which ORT's optimized cone with the weight fed (one session build more per
+# site, none per fault) costs less than a baked cone per fault
+OPT_MIN_FAULTS = 2
+
+
+def _opt_pays(ctx: Context, site: Site) -> bool:
+    """Whether to try the ``cone-opt`` path (:mod:`onnxfi.engine.optcone`) for a main-graph weight: in
+    campaigns with the cost model (planned counts known, or a growing plan) where at least
+    ``OPT_MIN_FAULTS`` faults are planned at it. Deterministic: a function of the plan alone."""
+    cfg = ctx.cfg
+    if cfg.mode != "suffix" or not cfg.cost_model or cfg.site_faults is None:
+        return False
+    k = cfg.site_faults.get(site.name, 0)
+    return k <= 0 or k >= OPT_MIN_FAULTS
+
+
 def _cone(ctx: Context, site: Site) -> Runner:
     if site.kind != "weight":
         return ActivationConeRunner(ctx, site)
@@ -190,8 +208,23 @@ def _cone(ctx: Context, site: Site) -> Runner:
     if site.graph:
         raise CutError("site is inside a subgraph")
     plan = _plan_costs(ctx, site)
+    opt_reason = ""
+    if _opt_pays(ctx, site):
+        cone0 = WeightCone(ctx, site, False, fed=False)
+        if not cone0.quantized:
+            try:
+                opt = OptWeightRunner(cone0)
+                if cfg.verify:
+                    opt.check_faithful()
+                return opt
+            except CutError as e:  # UnfaithfulCut included: the other paths check for themselves
+                opt_reason = f"not cone-opt: {e}"
+            except Exception as e:
+                if not is_runtime_failure(e):
+                    raise
+                opt_reason = _cannot("the optimized cone", e)
     if plan is not None and plan.baked:
-        few = BakedWeightRunner(WeightCone(ctx, site, False, fed=False), plan.reason)
+        few = BakedWeightRunner(WeightCone(ctx, site, False, fed=False), _join(opt_reason, plan.reason))
         if cfg.verify:
             few.check_faithful()
         return few

@@ -200,13 +200,14 @@ class WeightCone:
                                                                if self.bake_cut is not self.cut else 0))
         self._bake_bytes: dict[int, bytes] = {}  # id(cut) -> the cut serialized without the site input
 
-    def baked_session(self, weight: np.ndarray, cut: Cut | None = None) -> Any:
+    def baked_session(self, weight: np.ndarray, cut: Cut | None = None, optimized_path: str | None = None) -> Any:
         """A session of ``cut`` (default: the baked cone) with ``weight`` as an initializer instead of
         an input.
 
         The cut without the site input is serialized once; a serialized ModelProto holding only the
         initializer is appended per fault (protobuf merges repeated fields of concatenated messages),
-        so a fault costs the weight's bytes, not a copy of the cut's."""
+        so a fault costs the weight's bytes, not a copy of the cut's. ``optimized_path``: where ORT writes
+        the graph it optimized."""
         cut = cut if cut is not None else self.bake_cut
         head = self._bake_bytes.get(id(cut))
         if head is None:
@@ -218,7 +219,7 @@ class WeightCone:
             head = self._bake_bytes[id(cut)] = model.SerializeToString()
         extra = onnx.ModelProto(graph=onnx.GraphProto(
             initializer=[onnx.numpy_helper.from_array(weight, self.site.tensor_name)]))
-        return self.ctx.session(head + extra.SerializeToString())
+        return self.ctx.session(head + extra.SerializeToString(), optimized_path=optimized_path)
 
     def baked_run(self, weight: np.ndarray) -> Outputs:
         """The model outputs with ``weight`` baked into the baked cone (one session per call)."""

@@ -55,6 +55,8 @@ class Context:
         # not possible, e.g. over the cache budget) and its names
         self._planned: tuple[Chunks, int, frozenset[str]] | None | bool = None
         self._shared: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
+        # ORT's optimized baked cones (onnxfi.engine.optcone), by cone
+        self.optimized: OrderedDict[tuple[Any, ...], onnx.ModelProto] = OrderedDict()
         self._sample_shapes: dict[str, tuple[tuple[int | str | None, ...], bool]] | None = None
         self._model_outputs: Chunks | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
@@ -65,9 +67,11 @@ class Context:
                                                    samples=self.data.size)
         self.primary = self.choice.name
 
-    def session(self, model: ir.Model | bytes, threads: int | None = None) -> Any:
-        """A session on the configured provider (``threads`` overrides the configured thread count)."""
-        return make_session(model, self.cfg.provider, threads=threads if threads is not None else self.cfg.threads)
+    def session(self, model: ir.Model | bytes, threads: int | None = None, optimized_path: str | None = None) -> Any:
+        """A session on the configured provider (``threads`` overrides the configured thread count;
+        ``optimized_path``: where ORT writes the graph it optimized)."""
+        return make_session(model, self.cfg.provider, threads=threads if threads is not None else self.cfg.threads,
+                            optimized_path=optimized_path)
 
     def run_all(self, session: Any, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every model output of ``session`` over all the data (``extra`` feeds added to each batch)."""

@@ -1,0 +1,133 @@
+"""The ``cone-opt`` path (onnxfi/engine/optcone.py): ORT's optimized cone with the weight, as ORT rewrote
+it, fed per fault. Rows equal the naive path's (a model rewritten and a session built per fault) bit for
+bit, on a Conv+BatchNormalization (folded and reordered by ORT), a Gemm, and bits of every kind; the
+layouts it reads are checked against an index computation of their own; what it cannot read falls back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+from onnx import TensorProto
+
+from onnxfi.engine import Engine, EngineConfig
+from onnxfi.engine.optcone import bn_scale, layouts
+from onnxfi.faults import BitFlip
+from onnxfi.plan import Experiment
+
+
+def test_blocked_layouts_put_each_element_where_the_index_formula_says() -> None:
+    o, i, kh, kw = 10, 3, 2, 2
+    w = np.arange(o * i * kh * kw, dtype=np.int64).reshape(o, i, kh, kw)
+    got = layouts(w, -1)
+    for b in (8, 16):
+        bo = got[f"OIHWBo{b}"]
+        assert bo.shape == (-(-o // b), i, kh, kw, b)
+        bibo = got[f"OIHWBiBo{b}"]
+        assert bibo.shape == (-(-o // b), -(-i // b), kh, kw, b, b)
+        for a in range(bo.shape[0]):
+            for c in range(i):
+                for y in range(kh):
+                    for x in range(kw):
+                        for k in range(b):
+                            oo = a * b + k
+                            assert bo[a, c, y, x, k] == (w[oo, c, y, x] if oo < o else -1)
+                            ib, ci = divmod(c, b)
+                            assert bibo[a, ib, y, x, ci, k] == (w[oo, c, y, x] if oo < o else -1)
+        assert (bibo == -1).sum() == bibo.size - w.size  # padding: every other position
+    assert np.array_equal(layouts(np.arange(6).reshape(2, 3))["transposed"], np.arange(6).reshape(2, 3).T)
+
+
+def _model(tmp_path: Path, zeros: bool = False) -> tuple[str, str]:
+    """x [N, 16, 8, 8] -> Conv 16->16 3x3 -> BatchNormalization -> Relu -> GlobalAveragePool -> Flatten ->
+    Gemm 16->10: channels ORT's NCHWc kernels block, and a BatchNormalization ORT folds into the Conv."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.2, size=(16, 16, 3, 3)).astype(np.float32)
+    if zeros:
+        w[:, :12] = 0.0  # mostly equal values: the layout cannot be read from them
+    inits = [onh.from_array(w, "cw"), onh.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "cb")]
+    inits += [onh.from_array(v.astype(np.float32), n) for n, v in (
+        ("g", rng.uniform(0.5, 2, 16)), ("b", rng.normal(size=16)), ("mu", rng.normal(0, 0.1, 16)),
+        ("var", rng.uniform(0.1, 2, 16)))]
+    inits += [onh.from_array(rng.normal(0, 0.3, size=(10, 16)).astype(np.float32), "fw"),
+              onh.from_array(rng.normal(0, 0.1, 10).astype(np.float32), "fb")]
+    nodes = [
+        oh.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+        oh.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["bn"], epsilon=1e-3),
+        oh.make_node("Relu", ["bn"], ["r"]),
+        oh.make_node("GlobalAveragePool", ["r"], ["p"]),
+        oh.make_node("Flatten", ["p"], ["f"]),
+        oh.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializer=inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(12, 16, 8, 8)).astype(np.float32))
+    return str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
+
+
+BITS = (0, 3, 11, 19, 22, 23, 27, 30, 31)
+
+
+def _rows_equal_naive(model: str, data: str, site: str, indices: list[int]) -> list[str]:
+    """Every (index, bit) of ``site``: the suffix engine's row (planned faults known, so the cost model
+    applies) equals the naive engine's, outcome and metrics; returns the paths taken."""
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={site: 50}))
+    naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
+    paths = []
+    for idx in indices:
+        for bit in BITS:
+            e = Experiment(id=0, site=site, kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(),
+                           seed=1, round=0)
+            a, b = naive.run(e, True, False), eng.run(e, True, False)
+            assert (a["outcome"], a["masked"], a["sdc1"], a["due"]) == (b["outcome"], b["masked"], b["sdc1"],
+                                                                        b["due"]), (site, idx, bit)
+            assert a["metrics"] == b["metrics"], (site, idx, bit)
+            paths.append(b["path"])
+    return paths
+
+
+def test_a_folded_and_reordered_conv_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path) -> None:
+    model, data = _model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
+    info = eng.runner("cw", True, False).describe()
+    assert info["path"] == "cone-opt" and info["rewrite"].startswith("bn-fold, ")
+    paths = _rows_equal_naive(model, data, "cw", [0, 17, 1000, 2303])
+    assert set(paths) == {"cone-opt"}
+
+
+def test_a_gemm_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path) -> None:
+    model, data = _model(tmp_path)
+    paths = _rows_equal_naive(model, data, "fw", [0, 37, 159])
+    assert set(paths) == {"cone-opt"}
+
+
+def test_the_fold_factor_is_orts(tmp_path: Path) -> None:
+    """bn_scale is what ORT multiplies the Conv weight by: gamma / sqrt(var + epsilon) in float32."""
+    model, _ = _model(tmp_path)
+    m = onnx.load(model)
+    s = bn_scale(m, "cw")
+    arrays = {t.name: onh.to_array(t) for t in m.graph.initializer}
+    assert s is not None and s.dtype == np.float32
+    assert np.array_equal(s, arrays["g"] / np.sqrt(arrays["var"] + np.float32(1e-3)))
+    assert bn_scale(m, "fw") is None  # a Gemm weight: no fold
+
+
+def test_a_weight_it_cannot_read_takes_another_path_and_still_equals_naive(tmp_path: Path) -> None:
+    model, data = _model(tmp_path, zeros=True)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
+    r = eng.runner("cw", True, False)
+    assert r.path != "cone-opt" and "too many equal values" in r.reason
+    _rows_equal_naive(model, data, "cw", [0, 2000])
+
+
+@pytest.mark.parametrize("faults", [1, 0])
+def test_one_planned_fault_runs_baked_and_an_unknown_count_tries_the_optimized_cone(tmp_path: Path,
+                                                                                   faults: int) -> None:
+    model, data = _model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": faults}))
+    assert (eng.runner("cw", True, False).path == "cone-opt") == (faults == 0)
