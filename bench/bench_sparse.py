@@ -156,6 +156,24 @@ def case(model: Path, data: Path, faults: int, naive_limit: int, work: Path, ext
             "headline": summary.get("headline") if isinstance(summary, dict) else None}
 
 
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case run several times: the first run's fields, the median times and their ratio, every time,
+    and the outcome comparison summed over the runs (an error in any run is the case's)."""
+    import statistics
+
+    bad = next((r for r in runs if "error" in r), None)
+    if bad is not None or len(runs) == 1:
+        return bad or runs[0]
+    r = dict(runs[0])
+    r["onnxfi_s"] = statistics.median(x["onnxfi_s"] for x in runs)
+    r["naive_s"] = statistics.median(x["naive_s"] for x in runs)
+    r["ratio"] = r["naive_s"] / r["onnxfi_s"]
+    r["runs"] = [{"onnxfi_s": x["onnxfi_s"], "naive_s": x["naive_s"]} for x in runs]
+    r["outcomes_equal"] = sum(x["outcomes_equal"] for x in runs)
+    r["outcomes_differ"] = sum(x["outcomes_differ"] for x in runs)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", action="store_true", help="every model_zoo model with its eval data")
@@ -167,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", default=[], help="its .npz feeds (one per --model)")
     ap.add_argument("--faults", default="400", help="comma list of campaign sizes")
     ap.add_argument("--naive-limit", type=int, default=0, help="run at most this many naive faults, extrapolate")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each case this many times (onnxfi and naive alternating); medians are shown")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("extra", nargs="*", help="more onnxfi analyze options (after --)")
     args = ap.parse_args(argv)
@@ -187,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         cases += [public_case(name, args.public_dir, Path(tmp)) for name in args.public]
         for model, data in cases:
             for n in sizes:
-                r = case(model, data, n, args.naive_limit, Path(tmp), args.extra)
+                runs = [case(model, data, n, args.naive_limit, Path(tmp), args.extra) for _ in range(args.repeat)]
+                r = _median_of(runs)
                 results.append(r)
                 if "error" in r:
                     print(f"{model.name:28}{n:>8}  ERROR {r['error'][:200]}")
@@ -195,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 est = "*" if r["naive_extrapolated"] else " "
                 print(f"{r['model']:28}{n:>8}{r['sites']:>7}{r['onnxfi_s']:>10.2f}{r['naive_s']:>9.2f}{est}"
                       f"{r['ratio']:>9.2f}  {r['outcomes_equal']}/{r['outcomes_equal'] + r['outcomes_differ']} equal  "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(r["paths"].items())), flush=True)
+                      + ", ".join(f"{k} {v}" for k, v in sorted(r["paths"].items()))
+                      + ("  (runs: " + ", ".join(f"{x['onnxfi_s']:.2f}/{x['naive_s']:.2f}" for x in r["runs"]) + ")"
+                         if "runs" in r else ""), flush=True)
     if args.naive_limit:
         print(f"(* naive extrapolated from a random {args.naive_limit} of the plan's faults)")
     print(f"load average {os.getloadavg()[0]:.2f}")

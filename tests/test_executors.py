@@ -360,3 +360,27 @@ def test_cli_internal_error_end_to_end(kat: tuple[Path, Path, Plan], plants: Pat
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 70, proc.stderr
     assert "ZeroDivisionError" in proc.stderr and "please report it" in proc.stderr
+
+
+def test_a_worker_takes_the_current_rounds_chunk_of_a_site_it_had_before() -> None:
+    """Site affinity (local executor): a later round's chunk of a site goes to the worker that built that
+    site's runner, when it is of the round now running; rounds are never taken out of order."""
+
+    from onnxfi.executors.local import _take_chunk, _Worker
+
+    def exp(i: int, site: str, rnd: int) -> Experiment:
+        return Experiment(id=i, site=site, kind="weight", index=0, bit=0, fault=BitFlip((0,)).to_dict(), seed=0,
+                          round=rnd)
+
+    chunks = common.chunk_by_site([exp(0, "a", 0), exp(1, "b", 0), exp(2, "c", 0), exp(3, "b", 1), exp(4, "a", 1)])
+    w = _Worker(wid=0, proc=None, conn=None)  # type: ignore[arg-type]
+    w.sites = {"c"}
+    assert [e.id for e in _take_chunk(chunks, w)] == [2]  # its site, behind two others of the same round
+    assert [e.id for e in _take_chunk(chunks, w)] == [0]  # none of its sites left in round 0: the first chunk
+    assert w.sites == {"c", "a"}
+    # round 0 still has b: round 1's a waits, though the worker had a
+    assert [e.id for e in _take_chunk(chunks, w)] == [1]
+    v = _Worker(wid=1, proc=None, conn=None)  # type: ignore[arg-type]
+    v.sites = {"a"}
+    assert [e.id for e in _take_chunk(chunks, v)] == [4]  # round 1 now: its site a before b
+    assert [e.id for e in _take_chunk(chunks, v)] == [3] and not chunks

@@ -99,6 +99,7 @@ class _Worker:
     golden_time: float = 0.0
     path: str | None = None  # the execution path of the current experiment's site, once its runner is built
     hinted: set[int] = field(default_factory=set)  # experiments this worker was sent as hints (computed ahead)
+    sites: set[str] = field(default_factory=set)  # sites it was given (it may still hold their runners)
 
 
 class LocalExecutor:
@@ -198,7 +199,7 @@ class LocalExecutor:
         attempts = self._attempts = common.Attempts(self.max_attempts)
         for w in self._workers:
             if chunks:
-                w.queue = chunks.popleft()
+                w.queue = _take_chunk(chunks, w)
                 self._send_next(w, flags)
         while any(w.current is not None for w in self._workers):
             conns = {w.conn: w for w in self._workers if w.current is not None}
@@ -223,7 +224,7 @@ class LocalExecutor:
                     elif msg[0] == common.RESULT:
                         yield msg[1]
                         if not w.queue and chunks:
-                            w.queue = chunks.popleft()
+                            w.queue = _take_chunk(chunks, w)
                         self._send_next(w, flags)
                     else:  # an error that is not an outcome: stop (the rows yielded so far are kept)
                         common.unwrap(msg)
@@ -253,8 +254,25 @@ class LocalExecutor:
                         yield crash_row(exp, reason, w.wid, path=w.path)
                     self._workers[i] = w = self._replace(w)
                     if not w.queue and chunks:
-                        w.queue = chunks.popleft()
+                        w.queue = _take_chunk(chunks, w)
                     self._send_next(w, flags)
+
+
+def _take_chunk(chunks: deque[deque[Experiment]], w: _Worker) -> deque[Experiment]:
+    """The next chunk for worker ``w``: the first of the current round (that of the first chunk left) at a
+    site it was given before, else the first chunk. A site's runner (its sessions, its optimized cone, its
+    fault-free reference) is then built in one worker, not again in each worker a later round's chunk of it
+    lands on; rounds stay in order, so an early stop still sees whole rounds as soon as before."""
+    head = chunks[0][0].round
+    for j, c in enumerate(chunks):
+        if c[0].round != head:
+            break
+        if c[0].site in w.sites:
+            del chunks[j]
+            return c
+    c = chunks.popleft()
+    w.sites.add(c[0].site)
+    return c
 
 
 @contextlib.contextmanager
