@@ -337,8 +337,11 @@ def _with_runtime_shapes(proto: onnx.ModelProto, dims: bool = False) -> onnx.Mod
     of the main graph that ONNX's own inference left unknown (typically outputs of ``com.microsoft`` ops such
     as ``MatMulNBits``, which it does not know; ``dims``: also values with a dim it could not tell, where the
     inputs are fixed, as in a probe); unchanged when there are none or the tool fails."""
-    if all(n.domain in ("", "ai.onnx") for n in proto.graph.node):
-        return proto  # ONNX knows every op; the runtime's tool costs seconds on large graphs (15 s on PP-OCRv4 det)
+    if all(n.domain in ("", "ai.onnx", "ai.onnx.ml") for n in proto.graph.node):
+        # ONNX knows every op (what it leaves unknown, e.g. a ZipMap's sequence of maps, the runtime's tool does
+        # not find either); that tool costs seconds on large graphs (15 s on PP-OCRv4 det, 0.4 s on a
+        # scikit-learn MLP, whose SymPy import it pays too)
+        return proto
     declared = {vi.name: vi for vi in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input]}
     missing = {o for n in proto.graph.node for o in n.output
                if o and (o not in declared or not _known(declared[o], dims))}
