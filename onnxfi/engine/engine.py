@@ -146,9 +146,11 @@ class Engine:
             row["metrics"] = {**row.get("metrics", {}), **res.extra}
         return row
 
-    def clean_summary(self) -> dict[str, Any]:
-        """Metrics of the fault-free model on the campaign data (full session, no ports)."""
-        chunks = self.ctx.model_outputs(fresh=True)  # a cold run each call (timeouts, bench); kept for the cuts
+    def clean_summary(self, fresh: bool = True) -> dict[str, Any]:
+        """Metrics of the fault-free model on the campaign data (full session, no ports). ``fresh``: from a new
+        session and run (``golden_time_s`` of a cold run: timeouts, bench); else the run the engine made when
+        it loaded (a worker starting: one whole-model build and run less)."""
+        chunks = self.ctx.model_outputs(fresh=fresh)  # kept for the cuts
         gold = concat_batches(chunks)
         choice = self.ctx.choice
         self.task = task = choice.task

@@ -63,7 +63,7 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int, env: dict[
         os.environ.update(env)
     try:
         engine = Engine(cfg)
-        conn.send(("ready", engine.clean_summary()))
+        conn.send(("ready", engine.clean_summary(fresh=False)))  # the run its loading made: no second one
     except Exception as e:  # report, then exit: the parent raises it
         conn.send(common.startup_error(e))
         return

@@ -142,7 +142,7 @@ class _EngineActor:
                           data_path=str(data) if data else cfg.data_path)
         try:
             self.engine = Engine(cfg)
-            clean = self.engine.clean_summary()
+            clean = self.engine.clean_summary(fresh=False)
         except Exception as e:  # reported to the driver, which raises it
             return common.startup_error(e)
         return ("ready", clean, os.getpid(), ray.get_runtime_context().get_node_id())
