@@ -220,7 +220,10 @@ class OptWeightRunner(_WeightRunner):
             session = cone.baked_session(cone.original, optimized_path=path)
             model = onnx.load(path)
         ctx.optimized[key] = model
-        while len(ctx.optimized) > 4:
+        # a layer's weights share it; kept while at most 4 and an eighth of --cache-mb (oldest dropped first)
+        budget = ctx.cfg.cache_mb * 2**20 / 8
+        while len(ctx.optimized) > 1 and (len(ctx.optimized) > 4 or sum(
+                m.ByteSize() for m in ctx.optimized.values()) > budget):
             ctx.optimized.popitem(last=False)
         return model, session
 
