@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 
 from onnxfi.engine.base import Outputs, Result, Runner
@@ -21,6 +23,7 @@ from onnxfi.model import load_model
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
 from onnxfi.passes.opset import upgrade_opset
 from onnxfi.plan import Experiment
+from onnxfi.runtime import concat_batches
 from onnxfi.sites import Site, enumerate_sites
 
 __all__ = ["NaiveRunner", "RebuildRunner"]
@@ -77,17 +80,45 @@ class RebuildRunner(Runner):
 
     def __init__(self, ctx: Context, site: Site, reason: str = "") -> None:
         super().__init__(ctx, site, reason)
+        self.sessions = 0  # one per fault, dropped after its run
+        # A main-graph initializer: the model serialized once without it, and per fault a ModelProto holding
+        # only the faulty weight appended (protobuf merges repeated fields); the fault-free outputs are the
+        # whole model's, which the context has. Otherwise (a weight in a subgraph or a Constant node) the
+        # model is loaded again and the weight rewritten in it before each session build.
+        self.head: bytes | None = None
+        self.original: np.ndarray = ctx.index.weight_array(site).copy()
+        if not site.graph and self.original.dtype.kind in "fiub":
+            proto = ctx.model_proto()
+            name = site.tensor_name
+            keep = [t for t in proto.graph.initializer if t.name != name]
+            mine = [t for t in proto.graph.initializer if t.name == name]
+            if len(mine) == 1 and mine[0].data_type == onnx.numpy_helper.from_array(self.original[:0]).data_type:
+                model = onnx.ModelProto()
+                model.CopyFrom(proto)
+                del model.graph.initializer[:]
+                model.graph.initializer.extend(keep)
+                self.head = model.SerializeToString()
+                self.cache_bytes = len(self.head)
+                self.name = name
+                t0 = time.perf_counter()
+                self.golden = concat_batches(ctx.model_outputs())
+                self.golden_time = time.perf_counter() - t0
+                return
         self.loaded = load_model(ctx.cfg.model_path, ctx.cfg.input_shapes, check=False)
         self.index = enumerate_sites(self.loaded.model, self.loaded.value_shapes)
-        self.original: np.ndarray = self.index.weight_array(self.index.get(site.name)).copy()
+        self.original = self.index.weight_array(self.index.get(site.name)).copy()
         session = ctx.session(self.loaded.model)
         t0 = time.perf_counter()
         self.golden = ctx.run_all(session)
         self.golden_time = time.perf_counter() - t0
 
     def result(self, exp: Experiment) -> Result:
-        site = self.index.get(self.site.name)
         arr = inject_element(self.original, exp.index, exp.fault_obj(), np.random.default_rng(exp.seed))
+        if self.head is not None:
+            extra = onnx.ModelProto(graph=onnx.GraphProto(initializer=[onnx.numpy_helper.from_array(arr, self.name)]))
+            return Result(self.ctx.run_all(self.ctx.session(self.head + extra.SerializeToString())), self.golden,
+                          self.path)
+        site = self.index.get(self.site.name)
         self.index.set_weight_array(site, arr)
         try:
             session = self.ctx.session(self.loaded.model)
