@@ -209,8 +209,9 @@ def _cone(ctx: Context, site: Site) -> Runner:
         raise CutError("site is inside a subgraph")
     plan = _plan_costs(ctx, site)
     opt_reason = ""
+    baked_cone: WeightCone | None = None  # the cone cone-opt was tried on: the baked path's too
     if _opt_pays(ctx, site):
-        cone0 = WeightCone(ctx, site, False, fed=False)
+        cone0 = baked_cone = WeightCone(ctx, site, False, fed=False)
         if not cone0.quantized:
             try:
                 opt = OptWeightRunner(cone0)
@@ -224,7 +225,7 @@ def _cone(ctx: Context, site: Site) -> Runner:
                     raise
                 opt_reason = _cannot("the optimized cone", e)
     if plan is not None and plan.baked:
-        few = BakedWeightRunner(WeightCone(ctx, site, False, fed=False), _join(opt_reason, plan.reason))
+        few = BakedWeightRunner(baked_cone or WeightCone(ctx, site, False, fed=False), _join(opt_reason, plan.reason))
         if cfg.verify:
             few.check_faithful()
         return few

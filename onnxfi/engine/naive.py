@@ -86,13 +86,14 @@ class RebuildRunner(Runner):
         # whole model's, which the context has. Otherwise (a weight in a subgraph or a Constant node) the
         # model is loaded again and the weight rewritten in it before each session build.
         self.head: bytes | None = None
-        self.original: np.ndarray = ctx.index.weight_array(site).copy()
-        if not site.graph and self.original.dtype.kind in "fiub":
-            proto = ctx.model_proto()
-            name = site.tensor_name
-            keep = [t for t in proto.graph.initializer if t.name != name]
-            mine = [t for t in proto.graph.initializer if t.name == name]
-            if len(mine) == 1 and mine[0].data_type == onnx.numpy_helper.from_array(self.original[:0]).data_type:
+        proto = ctx.model_proto()
+        name = site.tensor_name
+        mine = [t for t in proto.graph.initializer if t.name == name] if not site.graph else []
+        if len(mine) == 1:
+            self.original: np.ndarray = ctx.index.weight_array(site).copy()
+            if self.original.dtype.kind in "fiub" and (
+                    mine[0].data_type == onnx.numpy_helper.from_array(self.original[:0]).data_type):
+                keep = [t for t in proto.graph.initializer if t.name != name]
                 model = onnx.ModelProto()
                 model.CopyFrom(proto)
                 del model.graph.initializer[:]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +34,7 @@ from onnxfi.cut import CutError, forward_cone
 from onnxfi.engine.base import Outputs, Result
 from onnxfi.engine.cone import WeightCone, _run_cut, _WeightRunner
 from onnxfi.engine.rounding import same_bits
+from onnxfi.faults import inject_element
 from onnxfi.plan import Experiment
 from onnxfi.runtime import concat_batches, make_session
 
@@ -157,6 +157,7 @@ class OptWeightRunner(_WeightRunner):
         fname, lname, tensor, t_value = found[0]
         self.rewrite = f"{fname}, {lname}"
         self.scale = scale if fname == "bn-fold" else None
+        self.per_channel = w.size // w.shape[0]  # elements per output channel (the fold's axis 0)
         where = np.full(w.size, -1, dtype=np.int64)
         src = perms[lname]
         valid = src >= 0
@@ -233,23 +234,17 @@ class OptWeightRunner(_WeightRunner):
         return _run_cut(self.ctx, self.cone.chunks, self.fed_cut, self.site.tensor_name, self.session,
                         lambda c: value, True)
 
-    def _rewrite(self) -> Callable[[np.ndarray, int], np.ndarray]:
-        scale = self.scale
-        per = self.cone.original.size // max(1, self.cone.original.shape[0]) if self.cone.original.ndim else 1
-
-        def f(v: np.ndarray, i: int) -> np.ndarray:
-            if scale is None:
-                return v
-            with np.errstate(all="ignore"):
-                return (v * scale[i // per: i // per + 1]).astype(np.float32)
-
-        return f
-
     def result(self, exp: Experiment) -> Result:
-        arr = self.cone.faulty(exp)
         i = exp.index
+        # the faulty element alone, as inject_element computes it for the whole weight (same values, same draw)
+        v = inject_element(self.cone.original.reshape(-1)[i: i + 1], 0, exp.fault_obj(),
+                           np.random.default_rng(exp.seed))
+        if self.scale is not None:  # the fold, as ORT computes it: fl32(w * s[o])
+            o = i // self.per_channel
+            with np.errstate(all="ignore"):
+                v = (v * self.scale[o: o + 1]).astype(np.float32)
         t = self.t0.copy()
-        t[self.where[i]] = self._rewrite()(arr.reshape(-1)[i: i + 1], i)[0]
+        t[self.where[i]] = v[0]
         return Result(self._run(t), self.golden, self.path)
 
     def describe(self) -> dict[str, Any]:
