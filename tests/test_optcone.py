@@ -1,7 +1,9 @@
-"""The ``cone-opt`` path (onnxfi/engine/optcone.py): ORT's optimized cone with the weight, as ORT rewrote
-it, fed per fault. Rows equal the naive path's (a model rewritten and a session built per fault) bit for
-bit, on a Conv+BatchNormalization (folded and reordered by ORT), a Gemm, and bits of every kind; the
-layouts it reads are checked against an index computation of their own; what it cannot read falls back."""
+"""The ``opt-cut`` and ``cone-opt`` paths (onnxfi/engine/optcone.py): ORT's optimized graph (the whole
+model's, cut at the weight; or the weight's cone's) with the weight, as ORT rewrote it, fed per fault. Rows
+equal the naive path's (a model rewritten and a session built per fault) bit for bit, on a
+Conv+BatchNormalization (folded and reordered by ORT), a Gemm, float32 and float16, and bits of every kind;
+the layouts it reads are checked against an index computation of their own; what it cannot read falls
+back."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import onnx.numpy_helper as onh
 import pytest
 from onnx import TensorProto
 
-from onnxfi.engine import Engine, EngineConfig
+from onnxfi.cut import CutError
+from onnxfi.engine import Engine, EngineConfig, chooser
 from onnxfi.engine.optcone import bn_scale, layouts
 from onnxfi.faults import BitFlip
 from onnxfi.plan import Experiment
@@ -42,9 +45,10 @@ def test_blocked_layouts_put_each_element_where_the_index_formula_says() -> None
     assert np.array_equal(layouts(np.arange(6).reshape(2, 3))["transposed"], np.arange(6).reshape(2, 3).T)
 
 
-def _model(tmp_path: Path, zeros: bool = False) -> tuple[str, str]:
+def _model(tmp_path: Path, zeros: bool = False, fp16: bool = False) -> tuple[str, str]:
     """x [N, 16, 8, 8] -> Conv 16->16 3x3 -> BatchNormalization -> Relu -> GlobalAveragePool -> Flatten ->
-    Gemm 16->10: channels ORT's NCHWc kernels block, and a BatchNormalization ORT folds into the Conv."""
+    Gemm 16->10: channels ORT's NCHWc kernels block, and a BatchNormalization ORT folds into the Conv.
+    ``fp16``: every weight float16, x cast to float16 first and y back to float32 (as a converted model)."""
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.2, size=(16, 16, 3, 3)).astype(np.float32)
     if zeros:
@@ -63,6 +67,12 @@ def _model(tmp_path: Path, zeros: bool = False) -> tuple[str, str]:
         oh.make_node("Flatten", ["p"], ["f"]),
         oh.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
     ]
+    if fp16:
+        inits = [onh.from_array(onh.to_array(t).astype(np.float16), t.name) for t in inits]
+        nodes = [oh.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16)] + nodes + [
+            oh.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT)]
+        nodes[1].input[0] = "x16"
+        nodes[-2].output[0] = "y16"
     g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
                       [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializer=inits)
     onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
@@ -71,16 +81,28 @@ def _model(tmp_path: Path, zeros: bool = False) -> tuple[str, str]:
 
 
 BITS = (0, 3, 11, 19, 22, 23, 27, 30, 31)
+BITS16 = (0, 3, 9, 10, 12, 14, 15)
 
 
-def _rows_equal_naive(model: str, data: str, site: str, indices: list[int]) -> list[str]:
+@pytest.fixture(params=["opt-cut", "cone-opt"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each path in turn: ``cone-opt`` is what the chooser takes where ``opt-cut`` cannot be made."""
+    if request.param == "cone-opt":
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise CutError("refused by the test")
+        monkeypatch.setattr(chooser, "OptCutRunner", refuse)
+    return str(request.param)
+
+
+def _rows_equal_naive(model: str, data: str, site: str, indices: list[int], bits: tuple[int, ...] = BITS
+                      ) -> list[str]:
     """Every (index, bit) of ``site``: the suffix engine's row (planned faults known, so the cost model
     applies) equals the naive engine's, outcome and metrics; returns the paths taken."""
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={site: 50}))
     naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
     paths = []
     for idx in indices:
-        for bit in BITS:
+        for bit in bits:
             e = Experiment(id=0, site=site, kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(),
                            seed=1, round=0)
             a, b = naive.run(e, True, False), eng.run(e, True, False)
@@ -91,23 +113,46 @@ def _rows_equal_naive(model: str, data: str, site: str, indices: list[int]) -> l
     return paths
 
 
-def test_a_folded_and_reordered_conv_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path) -> None:
+def test_a_folded_and_reordered_conv_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path,
+                                                                                    path: str) -> None:
     model, data = _model(tmp_path)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
     info = eng.runner("cw", True, False).describe()
-    assert info["path"] == "cone-opt" and info["rewrite"].startswith("bn-fold, ")
+    assert info["path"] == path and info["rewrite"].startswith("bn-fold, ")
     paths = _rows_equal_naive(model, data, "cw", [0, 17, 1000, 2303])
-    assert set(paths) == {"cone-opt"}
+    assert set(paths) == {path}
 
 
-def test_a_gemm_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path) -> None:
+def test_a_gemm_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path, path: str) -> None:
     model, data = _model(tmp_path)
     paths = _rows_equal_naive(model, data, "fw", [0, 37, 159])
-    assert set(paths) == {"cone-opt"}
+    assert set(paths) <= {path, path + "-baked"} and paths
+
+
+def test_float16_weights_run_in_the_cut_of_orts_graph_and_equal_naive(tmp_path: Path) -> None:
+    """A float16 model: ORT computes its Conv and Gemm in float32 (the weights cast, the fold computed in
+    float16 arithmetic); the cone of its optimized graph reads the float32 values ORT keeps there."""
+    model, data = _model(tmp_path, fp16=True)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50, "fw": 50}))
+    conv, gemm = eng.runner("cw", True, False).describe(), eng.runner("fw", True, False).describe()
+    assert conv["path"] == "opt-cut" and conv["rewrite"].startswith("bn-fold, cast, ")
+    assert gemm["path"].startswith("opt-cut") and gemm["rewrite"].startswith("cast, ")
+    assert set(_rows_equal_naive(model, data, "cw", [0, 17, 2303], BITS16)) == {"opt-cut"}
+    assert {p.split("-baked")[0] for p in _rows_equal_naive(model, data, "fw", [0, 159], BITS16)} == {"opt-cut"}
+
+
+def test_the_planned_weights_share_one_prefix_run_of_orts_graph(tmp_path: Path) -> None:
+    model, data = _model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 5, "fw": 5}))
+    conv, gemm = eng.runner("cw", True, False), eng.runner("fw", True, False)
+    assert conv.path == "opt-cut" and gemm.path.startswith("opt-cut")
+    assert conv.chunks is gemm.chunks  # type: ignore[attr-defined]
+    assert isinstance(eng.ctx.planned_optimized, tuple)
 
 
 def test_the_fold_factor_is_orts(tmp_path: Path) -> None:
-    """bn_scale is what ORT multiplies the Conv weight by: gamma / sqrt(var + epsilon) in float32."""
+    """bn_scale is what ORT multiplies the Conv weight by: gamma / sqrt(var + epsilon) in float32; in
+    float16, each step computed in float32 and rounded to float16."""
     model, _ = _model(tmp_path)
     m = onnx.load(model)
     s = bn_scale(m, "cw")
@@ -115,19 +160,45 @@ def test_the_fold_factor_is_orts(tmp_path: Path) -> None:
     assert s is not None and s.dtype == np.float32
     assert np.array_equal(s, arrays["g"] / np.sqrt(arrays["var"] + np.float32(1e-3)))
     assert bn_scale(m, "fw") is None  # a Gemm weight: no fold
+    m16 = onnx.load(_model(tmp_path, fp16=True)[0])
+    a16 = {t.name: onh.to_array(t) for t in m16.graph.initializer}
+    s16 = bn_scale(m16, "cw")
+    v = (a16["var"].astype(np.float32) + np.float32(1e-3)).astype(np.float16)
+    want = (a16["g"].astype(np.float32) / np.sqrt(v.astype(np.float32)).astype(np.float16).astype(np.float32))
+    assert s16 is not None and s16.dtype == np.float16 and np.array_equal(s16, want.astype(np.float16))
 
 
 def test_a_weight_it_cannot_read_takes_another_path_and_still_equals_naive(tmp_path: Path) -> None:
     model, data = _model(tmp_path, zeros=True)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
     r = eng.runner("cw", True, False)
-    assert r.path != "cone-opt" and "too many equal values" in r.reason
+    assert r.path not in ("opt-cut", "cone-opt") and "too many equal values" in r.reason
     _rows_equal_naive(model, data, "cw", [0, 2000])
 
 
 @pytest.mark.parametrize("faults", [1, 0])
-def test_one_planned_fault_runs_baked_and_an_unknown_count_tries_the_optimized_cone(tmp_path: Path,
-                                                                                   faults: int) -> None:
+def test_one_planned_fault_runs_baked_and_an_unknown_count_tries_the_optimized_graph(tmp_path: Path,
+                                                                                    faults: int) -> None:
     model, data = _model(tmp_path)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": faults}))
-    assert (eng.runner("cw", True, False).path == "cone-opt") == (faults == 0)
+    assert (eng.runner("cw", True, False).path == "opt-cut") == (faults == 0)
+
+
+def test_a_rewritten_tensor_read_by_two_nodes_is_not_fed() -> None:
+    """Where ORT's graph reads the weight's rewrite in two places (e.g. one initializer shared by two weights
+    of equal values), feeding a fault there would put it in both: refused."""
+    from onnxfi.engine.optcone import Rewrite, fed_graph
+
+    t = onh.from_array(np.ones((2, 2), np.float32), "T")
+    nodes = [oh.make_node("MatMul", ["x", "T"], ["a"]), oh.make_node("MatMul", ["a", "T"], ["y"])]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=[t])
+    rw = Rewrite("as-is", "as-is", "T", np.ones(4, np.float32), (2, 2), np.arange(4), None, 2)
+    with pytest.raises(CutError, match="several nodes"):
+        fed_graph(oh.make_model(g), rw, "w")
+    nodes[1].input[1] = "x2"  # read once: fed under the weight's name
+    g2 = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                       [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=[t])
+    fed = fed_graph(oh.make_model(g2), rw, "w")
+    assert [i.name for i in fed.graph.input] == ["x", "w"] and not fed.graph.initializer
+    assert list(fed.graph.node[0].input) == ["x", "w"]

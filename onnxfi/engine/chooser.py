@@ -1,12 +1,15 @@
 """The one place that chooses how a site's experiments run: ``choose`` returns the runner, its path and
 the reason the faster paths were not taken, so every row can say how it was computed.
 
-Paths, fastest first: ``cone-opt`` (weights: ORT's optimized cone with the weight as ORT rewrote it fed
-per fault, exact; see :mod:`onnxfi.engine.optcone`), ``cone`` (prefix cache + forward-cone session;
-weights: fed, with rounding-ambiguous experiments re-run baked), ``cone-split`` (weights: a small baked head per fault + a shared rest),
-``cone-baked`` (weights: a baked cone session per fault), ``port`` (one whole-model session per site with
-the site opened to faults), ``rebuild`` (weights: a whole-model session per fault), ``naive`` (the
-reference: the model reloaded and rewritten per fault)."""
+Paths, fastest first: ``opt-cut`` (weights with two or more planned faults: the weight's forward cone cut
+from ORT's own optimized whole model, with the weight as ORT rewrote it fed per fault, exact, float16
+included; ``opt-cut-baked`` where a kernel computes a fed weight differently: the small cone built per
+fault; see :mod:`onnxfi.engine.optcone`), ``cone-opt`` (the same on ORT's optimization of the cone alone),
+``cone`` (prefix cache + forward-cone session; weights: fed, with rounding-ambiguous experiments re-run
+baked), ``cone-split`` (weights: a small baked head per fault + a shared rest), ``cone-baked`` (weights: a
+baked cone session per fault), ``port`` (one whole-model session per site with the site opened to
+faults), ``rebuild`` (weights: a whole-model session per fault), ``naive`` (the reference: the model
+reloaded and rewritten per fault)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from onnxfi.engine.cone import (
 )
 from onnxfi.engine.context import Context
 from onnxfi.engine.naive import NaiveRunner, RebuildRunner
-from onnxfi.engine.optcone import OptWeightRunner
+from onnxfi.engine.optcone import OPT_MIN_FAULTS, OptCutRunner, OptWeightRunner
 from onnxfi.engine.port import PortRunner
 from onnxfi.engine.rounding import split_pays
 from onnxfi.engine.transient import TransientConeRunner, TransientNaiveRunner, TransientOutputRunner
@@ -56,9 +59,9 @@ def choose(ctx: Context, site: Site, needs_bits: bool, needs_values: bool) -> Ch
     elif mode == "suffix":
         try:
             runner = _cone(ctx, site)
-        except UnfaithfulCut as e:
-            runner = (RebuildRunner(ctx, site, str(e)) if site.kind == "weight"
-                      else _port(ctx, site, needs_bits, needs_values, str(e)))
+        except UnfaithfulCut as e:  # (opt-cut, which cuts ORT's own graph, was tried where it pays)
+            runner = (RebuildRunner(ctx, site, _join(str(e), "one whole-model session per fault"))
+                      if site.kind == "weight" else _port(ctx, site, needs_bits, needs_values, str(e)))
         except CutError as e:
             runner = _whole(ctx, site, needs_bits, needs_values, str(e))
         except Exception as e:
@@ -185,11 +188,6 @@ def _port(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason
         return RebuildRunner(ctx, site, why) if site.kind == "weight" else NaiveRunner(ctx, site, why)
 
 
-# planned faults at a weight from which ORT's optimized cone with the weight fed (one session build more per
-# site, none per fault) costs less than a baked cone per fault
-OPT_MIN_FAULTS = 2
-
-
 def _opt_pays(ctx: Context, site: Site) -> bool:
     """Whether to try the ``cone-opt`` path (:mod:`onnxfi.engine.optcone`) for a main-graph weight: in
     campaigns with the cost model (planned counts known, or a growing plan) where at least
@@ -204,11 +202,29 @@ def _opt_pays(ctx: Context, site: Site) -> bool:
 def _cone(ctx: Context, site: Site) -> Runner:
     if site.kind != "weight":
         return ActivationConeRunner(ctx, site)
-    cfg = ctx.cfg
     if site.graph:
         raise CutError("site is inside a subgraph")
     plan = _plan_costs(ctx, site)
     opt_reason = ""
+    if _opt_pays(ctx, site):
+        try:
+            return OptCutRunner(ctx, site)
+        except CutError as e:
+            opt_reason = f"not opt-cut: {e}"
+        except Exception as e:
+            if not is_runtime_failure(e):
+                raise
+            opt_reason = _cannot("the cone of the optimized model", e)
+        try:
+            return _cone_rest(ctx, site, plan, opt_reason)
+        except UnfaithfulCut as e:
+            raise UnfaithfulCut(_join(str(e), opt_reason)) from None
+    return _cone_rest(ctx, site, plan, "")
+
+
+def _cone_rest(ctx: Context, site: Site, plan: _Plan | None, opt_reason: str) -> Runner:
+    """The weight paths after ``opt-cut``: ``cone-opt`` (where it pays), then those of the cost model."""
+    cfg = ctx.cfg
     baked_cone: WeightCone | None = None  # the cone cone-opt was tried on: the baked path's too
     if _opt_pays(ctx, site):
         cone0 = baked_cone = WeightCone(ctx, site, False, fed=False)
@@ -219,11 +235,11 @@ def _cone(ctx: Context, site: Site) -> Runner:
                     opt.check_faithful()
                 return opt
             except CutError as e:  # UnfaithfulCut included: the other paths check for themselves
-                opt_reason = f"not cone-opt: {e}"
+                opt_reason = _join(opt_reason, f"not cone-opt: {e}")
             except Exception as e:
                 if not is_runtime_failure(e):
                     raise
-                opt_reason = _cannot("the optimized cone", e)
+                opt_reason = _join(opt_reason, _cannot("the optimized cone", e))
     if plan is not None and plan.baked:
         few = BakedWeightRunner(baked_cone or WeightCone(ctx, site, False, fed=False), _join(opt_reason, plan.reason))
         if cfg.verify:

@@ -261,8 +261,7 @@ class _WeightRunner(Runner):
         naive included.)"""
         if not self.ctx.near_model(self.reference or self.golden):
             raise UnfaithfulCut("the cut model's fault-free outputs differ from the whole model's beyond "
-                                "rounding (e.g. float16 that ORT keeps in float32): one whole-model session "
-                                "per fault")
+                                "rounding (e.g. float16 that ORT keeps in float32)")
 
 
     def describe(self) -> dict[str, Any]:

@@ -5,6 +5,8 @@ import the engine, and report their path through their own attributes, never int
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -47,6 +49,7 @@ class Context:
             shapes = describe_shapes((o.name, o.shape) for o in self.loaded.outputs())
             raise OnnxfiError(f"--output {cfg.output!r} is not a model output; outputs: {shapes}")
         self.prefix_runs = 0  # fault-free prefix runs made (sites that expose the same values share one)
+        self.optimized_prefix_runs = 0  # the same, of ORT's optimized whole model (the opt-cut path)
         self._proto: onnx.ModelProto | None = None
         self._model_bytes: bytes | None = None
         self._value_map: dict[str, ir.Value] | None = None
@@ -57,6 +60,14 @@ class Context:
         self._shared: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
         # ORT's optimized baked cones (onnxfi.engine.optcone), by cone
         self.optimized: OrderedDict[tuple[Any, ...], onnx.ModelProto] = OrderedDict()
+        self._whole_optimized: onnx.ModelProto | None = None
+        self._optimized_bytes: bytes | None = None
+        # onnxfi.engine.optcone's findings in it: each weight's rewrite (or why none), its decoded
+        # initializers, and the planned weights' prefix run (chunks, names, bytes; None: not made yet; False:
+        # not possible)
+        self.rewrites: dict[str, Any] = {}
+        self.optimized_arrays: dict[str, np.ndarray] = {}
+        self.planned_optimized: Any = None
         self._sample_shapes: dict[str, tuple[tuple[int | str | None, ...], bool]] | None = None
         self._model_outputs: Chunks | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
@@ -93,12 +104,15 @@ class Context:
         planned = self._planned_prefix()
         if planned is not None and planned[2].issuperset(expose):
             return planned[0], 0  # held by the context for the whole campaign, not by the runners using it
-        key = tuple(sorted(expose))
+        return self._shared_prefix(expose, optimized=False)
+
+    def _shared_prefix(self, expose: list[str], optimized: bool) -> tuple[Chunks, int]:
+        key = (*(("<optimized>",) if optimized else ()), *sorted(expose))
         hit = self._prefixes.get(key)
         if hit is not None:
             self._prefixes.move_to_end(key)
             return hit
-        chunks, used = self._prefix_run(expose)
+        chunks, used = self._prefix_run(expose, optimized)
         self._prefixes[key] = (chunks, used)
         while len(self._prefixes) > 2:  # the runners keep what they use; this only shares runs
             self._prefixes.popitem(last=False)
@@ -124,9 +138,10 @@ class Context:
                             names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
                         except CutError:
                             continue
-                if names and self._exposed_bytes(names) <= self.cfg.cache_mb * 2**20:
+                room = self._planned_room()
+                if names and self._exposed_bytes(names) <= room:
                     try:
-                        chunks, used = self._prefix_run(list(names))
+                        chunks, used = self._prefix_run(list(names), limit=room)
                         self._planned = (chunks, used, frozenset(names))
                     except CutError:
                         pass
@@ -201,23 +216,46 @@ class Context:
             self._shared.popitem(last=False)
         return value
 
-    def _prefix_run(self, expose: list[str]) -> tuple[Chunks, int]:
+    def _planned_room(self) -> int:
+        """Bytes of ``--cache-mb`` left to a planned prefix run: what the other one (of the model, of ORT's
+        optimized graph) does not hold."""
+        held = 0
+        if isinstance(self._planned, tuple):
+            held += self._planned[1]
+        if isinstance(self.planned_optimized, tuple):
+            held += self.planned_optimized[2]
+        return int(self.cfg.cache_mb * 2**20) - held
+
+    def _prefix_run(self, expose: list[str], optimized: bool = False, limit: int | None = None
+                    ) -> tuple[Chunks, int]:
         cfg = self.cfg
-        if self._model_bytes is None:
-            self._model_bytes = self.model_proto().SerializeToString()
-        present = {o.name for o in self.model_proto().graph.output}
-        extra = [ir.serde.serialize_value(self._values()[n]) for n in expose if n not in present]
-        source = self._model_bytes + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
+        limit = int(cfg.cache_mb * 2**20) if limit is None else limit
+        if optimized:  # ORT's optimized graph, as ORT wrote it: its values are typed by ORT itself
+            if self._optimized_bytes is None:
+                self._optimized_bytes = self.whole_optimized().SerializeToString()
+            base, level = self._optimized_bytes, "none"
+            present = {o.name for o in self.whole_optimized().graph.output}
+            extra = [onnx.ValueInfoProto(name=n) for n in expose if n not in present]
+        else:
+            if self._model_bytes is None:
+                self._model_bytes = self.model_proto().SerializeToString()
+            base, level = self._model_bytes, "all"
+            present = {o.name for o in self.model_proto().graph.output}
+            extra = [ir.serde.serialize_value(self._values()[n]) for n in expose if n not in present]
+        source = base + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
         exposed, used = set(expose), [0]
 
         def budget(chunk: dict[str, np.ndarray]) -> None:  # stop as soon as the cache would be over budget
             used[0] += sum(v.nbytes for k, v in chunk.items() if k in exposed)
-            if used[0] > cfg.cache_mb * 2**20:
+            if used[0] > limit:
                 raise CutError(f"prefix cache needs more than --cache-mb {cfg.cache_mb:g}")
 
-        chunks = run_chunks(make_session(source, cfg.provider, threads=cfg.threads), self.data, batch=cfg.batch,
-                            keep_feeds=True, each=budget)
-        self.prefix_runs += 1
+        chunks = run_chunks(make_session(source, cfg.provider, optimization=level, threads=cfg.threads), self.data,
+                            batch=cfg.batch, keep_feeds=True, each=budget)
+        if optimized:
+            self.optimized_prefix_runs += 1
+        else:
+            self.prefix_runs += 1
         return chunks, used[0]
 
     def model_outputs(self, fresh: bool = False) -> Chunks:
@@ -229,6 +267,31 @@ class Context:
             self._model_outputs = run_chunks(sess, self.data, self.output_names, self.cfg.batch)
             self.model_time = time.perf_counter() - t0
         return self._model_outputs
+
+    def optimized_prefix(self, expose: list[str], keep: bool = False) -> tuple[Chunks, int]:
+        """:meth:`prefix` of ORT's optimized whole model (:meth:`whole_optimized`, run with optimizations
+        off): the values the ``opt-cut`` path's cones read, as that graph computes them. ``keep``: a run
+        the caller keeps for the campaign (the planned run: within what the model's planned run leaves of
+        ``--cache-mb``), not shared through the two-entry cache."""
+        if keep:
+            return self._prefix_run(expose, optimized=True, limit=self._planned_room())
+        return self._shared_prefix(expose, optimized=True)
+
+    def whole_optimized(self) -> onnx.ModelProto:
+        """The whole model as ORT optimizes it for this machine (written by a session build, read back):
+        the graph the ``opt-cut`` path cuts and feeds rewritten weights to. Made once per worker."""
+        if self._whole_optimized is None:
+            with tempfile.TemporaryDirectory(prefix="onnxfi-opt-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads, optimized_path=path)
+                try:
+                    model = onnx.load(path)
+                    # its value_info keeps the original types (float16 where ORT now computes float32)
+                    del model.graph.value_info[:]
+                    self._whole_optimized = model
+                except Exception as e:  # e.g. a graph over protobuf's 2 GB
+                    raise CutError(f"ORT's optimized model cannot be read back ({type(e).__name__})") from None
+        return self._whole_optimized
 
     def near_model(self, outputs: dict[str, np.ndarray]) -> bool:
         """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs up to

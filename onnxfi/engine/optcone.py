@@ -1,21 +1,33 @@
-"""The ``cone-opt`` path for weights: ONNX Runtime's own optimized cone, with the weight as it stands in
-that graph fed per fault, so a fault costs one run and no session build.
+"""The ``opt-cut`` and ``cone-opt`` paths for weights: ONNX Runtime's own optimized graph, with the weight
+as it stands in that graph fed per fault, so a fault costs one run and no session build.
 
-A baked cone session is what the naive path computes for a weight fault, but ORT rewrites a constant
+A rebuilt model's session is what the naive path computes for a weight fault, but ORT rewrites a constant
 weight while it builds that session: it folds a following BatchNormalization into it (``W * s`` per output
 channel), reorders a convolution filter into its blocked NCHWc layout (zero padded), transposes a Gemm
-operand. A weight fed as an input is not rewritten, so a plain fed cone computes differently (the ``cone``
-path re-runs what rounding could decide). Here the cone is optimized once, with the fault-free weight baked
-in, and saved (``optimized_model_filepath``): the rewritten weight ``T`` is found in it, made the input of
-that graph, and the graph is run with optimizations off. A fault in element ``i`` of ``W`` changes one
-element of ``T``: position ``perm[i]``, value ``f(W'[i])``, where ``f`` is the identity or the fold's
-``fl32(w * s[o])``.
+operand, casts a float16 weight to float32 where its CPU kernels compute in float32. A weight fed as an
+input is not rewritten, so a plain fed cone computes differently (the ``cone`` path re-runs what rounding
+could decide). Here the graph is optimized once, with the fault-free weight baked in, and saved
+(``optimized_model_filepath``): the rewritten weight ``T`` is found in it, made an input of that graph,
+and the graph is run with optimizations off. A fault in element ``i`` of ``W`` changes one element of
+``T``: position ``perm[i]``, value ``f(W'[i])``, where ``f`` is the identity, the cast, or the fold's
+``fl(w * s[o])`` in the weight's type (float16 arithmetic as ORT does it: float32, rounded per step).
+
+* ``opt-cut`` (:class:`OptCutRunner`): the whole model is optimized once per worker, and the weight's
+  forward cone is cut from that graph, fed by a prefix run of it (one for every planned weight where it
+  fits in ``--cache-mb``). The cone reads the values ORT computes there (float32 where ORT keeps a
+  float16 chain in float32, NCHWc-blocked where it reorders), so even a float16 model, whose cut of the
+  original graph is not faithful, is computed as its rebuilt session computes it. Where a kernel computes
+  a fed weight differently from a constant one (ORT prepacks a constant Gemm operand), the small cone is
+  built per fault with the weight baked in (``opt-cut-baked``).
+* ``cone-opt`` (:class:`OptWeightRunner`): the weight's baked cone of the original graph, optimized by ORT
+  once per cone (the fallback where ``opt-cut`` cannot be made).
 
 Nothing is assumed: the layout and ``f`` are chosen among the candidates below only where ``T`` equals
 ``layout(f(W))`` bit for bit for every element (and no other candidate's does with another layout, and the
-weight's values are distinct enough to tell layouts apart), and the fed optimized cone's fault-free
-outputs must equal the baked cone's bit for bit. Float32 weights of one node, CPU provider. Anything else
-raises :class:`onnxfi.cut.CutError` and the chooser takes the other paths.
+weight's values are distinct enough to tell layouts apart), and the fed graph's fault-free outputs must
+equal the whole model's (``opt-cut``) or the baked cone's (``cone-opt``) bit for bit. Float32 and float16
+weights of one node, CPU provider. Anything else raises :class:`onnxfi.cut.CutError` and the chooser takes
+the other paths.
 """
 
 from __future__ import annotations
@@ -23,27 +35,34 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnxfi.cut import CutError, forward_cone
-from onnxfi.engine.base import Outputs, Result
+from onnxfi.cut import CutError, boundary, cut_model, forward_cone
+from onnxfi.engine.base import Outputs, Result, Runner
 from onnxfi.engine.cone import WeightCone, _run_cut, _WeightRunner
+from onnxfi.engine.context import Context
 from onnxfi.engine.rounding import same_bits
 from onnxfi.faults import inject_element
 from onnxfi.plan import Experiment
 from onnxfi.runtime import concat_batches, make_session
+from onnxfi.sites import Site
 
-__all__ = ["OptWeightRunner", "layouts", "bn_scale"]
+__all__ = ["OptWeightRunner", "OptCutRunner", "OPT_MIN_FAULTS", "Rewrite", "find_rewrite", "fed_graph", "layouts", "bn_scale"]
 
+# planned faults at a weight from which a path with one session per weight (``cone-opt``, ``opt-cut``) is
+# taken over one session per fault
+OPT_MIN_FAULTS = 2
 # NCHWc block sizes of ORT's CPU kernels (MLAS: 8 with AVX2, 16 with AVX-512)
 _BLOCKS = (8, 16)
 # at least this share of a weight's elements must be distinct values to tell two layouts apart
 _DISTINCT = 0.5
+# ... or at least this many (a float16 weight has at most 65,536 values)
+_MIN_DISTINCT = 1024
 
 
 def _pad_axis(a: np.ndarray, axis: int, block: int, fill: Any) -> np.ndarray:
@@ -91,8 +110,8 @@ def _array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 def bn_scale(model: onnx.ModelProto, weight: str) -> np.ndarray | None:
     """The per-output-channel factor ORT's Conv+BatchNormalization fusion multiplies a Conv weight by,
-    computed as ORT computes it in float32: ``scale / sqrt(var + epsilon)``; None when the weight's Conv
-    does not feed a BatchNormalization alone."""
+    computed as ORT computes it, each step rounded to the weight's type (float32 or float16):
+    ``scale / sqrt(var + epsilon)``; None when the weight's Conv does not feed a BatchNormalization alone."""
     users = [n for n in model.graph.node if weight in n.input]
     if len(users) != 1 or users[0].op_type != "Conv" or list(users[0].input).index(weight) != 1:
         return None
@@ -102,11 +121,180 @@ def bn_scale(model: onnx.ModelProto, weight: str) -> np.ndarray | None:
         return None
     bn = readers[0]
     gamma, var = _array(model, bn.input[1]), _array(model, bn.input[4])
-    if gamma is None or var is None or gamma.dtype != np.float32 or var.dtype != np.float32:
+    if gamma is None or var is None or gamma.dtype != var.dtype or gamma.dtype not in (np.float32, np.float16):
         return None
+    t = gamma.dtype.type
     eps = np.float32(next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5))
+    f32 = np.float32
+    with np.errstate(all="ignore"):  # ORT's float16 initializer arithmetic: float32, rounded per step
+        root = np.sqrt((var.astype(f32) + eps).astype(t).astype(f32)).astype(t)
+        return (gamma.astype(f32) / root.astype(f32)).astype(t)
+
+
+def _fold(w: np.ndarray, scale: np.ndarray, channel: np.ndarray | int) -> np.ndarray:
+    """``fl(w * s[o])`` in the weight's type, as ORT's fusion computes it (float32 product, rounded)."""
+    s = scale[channel] if isinstance(channel, np.ndarray) else scale[channel: channel + 1]
     with np.errstate(all="ignore"):
-        return (gamma / np.sqrt(var + eps)).astype(np.float32)
+        return (w.astype(np.float32) * s.astype(np.float32)).astype(w.dtype)
+
+
+def _distinct_enough(w: np.ndarray) -> bool:
+    """Whether a weight's values tell its layouts apart: at most half of them one value (a pruned weight's
+    zeros could sit anywhere), and distinct values in at least half of them or in ``_MIN_DISTINCT`` (a
+    float16 weight has at most 65,536 values; a structured reordering other than the one matched would move
+    some of its distinct values). Checked on at most about a million values: a sort per site."""
+    probe = np.ascontiguousarray(w.reshape(-1)[:: max(1, w.size // 2**20)])
+    _, counts = np.unique(probe.view(f"u{probe.dtype.itemsize}"), return_counts=True)  # bit patterns
+    return bool(counts.max() <= _DISTINCT * probe.size and counts.size >= min(_DISTINCT * probe.size, _MIN_DISTINCT))
+
+
+@dataclass
+class Rewrite:
+    """How an optimized graph holds a weight ``W``: tensor ``tensor`` (flat fault-free value ``t0``, shape
+    ``t_shape``) is ``layout(f(W))``; element ``i`` of ``W`` is its element ``where[i]``. ``f`` is ``value``:
+    ``as-is``, ``cast`` (a float16 weight in float32) or ``bn-fold`` (``fl(w * scale[o])``, then cast where
+    ``t0`` is float32)."""
+
+    value: str
+    layout: str
+    tensor: str
+    t0: np.ndarray
+    t_shape: tuple[int, ...]
+    where: np.ndarray
+    scale: np.ndarray | None
+    per_channel: int  # elements per output channel of W (the fold's axis 0)
+
+    def faulty(self, original: np.ndarray, exp: Experiment) -> np.ndarray:
+        """The rewritten tensor with ``exp``'s fault: the faulty element alone, as ``inject_element``
+        computes it for the whole weight (same values, same draw), through ``f``."""
+        i = exp.index
+        v = inject_element(original.reshape(-1)[i: i + 1], 0, exp.fault_obj(), np.random.default_rng(exp.seed))
+        if self.scale is not None:
+            v = _fold(v, self.scale, i // self.per_channel)
+        t = self.t0.copy()
+        t[self.where[i]] = v.astype(self.t0.dtype)[0]
+        return t.reshape(self.t_shape)
+
+
+def find_rewrite(optimized: onnx.ModelProto, w: np.ndarray, scale: np.ndarray | None,
+                 decoded: dict[str, np.ndarray] | None = None) -> Rewrite:
+    """The one rewrite of ``w`` in ``optimized``'s initializers (see the module docstring), or CutError.
+    ``scale``: the BatchNormalization factor of ``w``'s Conv (:func:`bn_scale`), if any; ``decoded``: the
+    initializers' arrays decoded so far, by name (filled in; calls on one graph may share it)."""
+    if w.dtype not in (np.float32, np.float16) or w.ndim == 0:
+        raise CutError("only float32 and float16 weights are read in ORT's optimized graph")
+    if not _distinct_enough(w):
+        raise CutError("too many equal values in the weight to tell its layout in ORT's graph")
+    values: dict[str, np.ndarray] = {"as-is": w}
+    if scale is not None and w.ndim >= 1 and scale.shape == (w.shape[0],) and scale.dtype == w.dtype:
+        values["bn-fold"] = _fold(w, scale, np.arange(w.shape[0]).reshape((-1,) + (1,) * (w.ndim - 1)))
+    if w.dtype == np.float16:  # ORT computes float16 on the CPU in float32: the weight cast, its Cast folded
+        values.update({f"{k}, cast" if k != "as-is" else "cast": v.astype(np.float32) for k, v in list(values.items())})
+    types: dict[int, Any] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+    by_size: dict[int, list[onnx.TensorProto]] = {}
+    for t in optimized.graph.initializer:
+        if t.data_type in types:
+            by_size.setdefault(int(np.prod(t.dims, dtype=np.int64)), []).append(t)
+    decoded = {} if decoded is None else decoded
+    found: list[tuple[str, str, onnx.TensorProto, np.ndarray]] = []
+    for fname, v in values.items():
+        for lname, arr in layouts(v).items():
+            for t in by_size.get(arr.size, []):
+                if types[t.data_type] != arr.dtype:
+                    continue
+                got = decoded.get(t.name)
+                if got is None:
+                    got = decoded[t.name] = onnx.numpy_helper.to_array(t)
+                if same_bits(got.reshape(-1), arr.reshape(-1)):
+                    found.append((fname, lname, t, got))
+    index_layouts = layouts(np.arange(w.size, dtype=np.int64).reshape(w.shape), -1) if found else {}
+    perms = {lname: index_layouts[lname].reshape(-1) for _, lname, _, _ in found}
+    if not found or len({(t.name, perms[lname].tobytes()) for _, lname, t, _ in found}) != 1 or len(
+            {f for f, _, _, _ in found}) != 1:
+        raise CutError("the weight's rewrite in ORT's optimized graph is not one known layout of it")
+    fname, lname, tensor, t_value = found[0]
+    where = np.full(w.size, -1, dtype=np.int64)
+    src = perms[lname]
+    valid = src >= 0
+    where[src[valid]] = np.flatnonzero(valid)
+    return Rewrite(fname, lname, tensor.name, t_value.reshape(-1).copy(), tuple(t_value.shape), where,
+                   scale if fname.startswith("bn-fold") else None, w.size // max(1, w.shape[0]))
+
+
+def fed_graph(optimized: onnx.ModelProto, rewrite: Rewrite, name: str) -> onnx.ModelProto:
+    """``optimized`` with the rewritten weight an input named ``name`` (the weight's name)."""
+    if sum(rewrite.tensor in n.input for n in optimized.graph.node) != 1:
+        # e.g. ORT shares one initializer between weights of equal values: a fault in one is not in the other
+        raise CutError("the weight's rewrite is read by several nodes in ORT's optimized graph")
+    fed = onnx.ModelProto()
+    fed.CopyFrom(optimized)
+    if any(name in (*n.output,) for n in fed.graph.node) or any(
+            i.name == name for i in fed.graph.initializer if i.name != rewrite.tensor) or any(
+            i.name == name for i in fed.graph.input):
+        raise CutError("the weight's name is taken in ORT's optimized graph")
+    keep = [i for i in fed.graph.initializer if i.name != rewrite.tensor]
+    dtype = fed.graph.initializer[[i.name for i in fed.graph.initializer].index(rewrite.tensor)].data_type
+    del fed.graph.initializer[:]
+    fed.graph.initializer.extend(keep)
+    for n in fed.graph.node:
+        for k, x in enumerate(n.input):
+            if x == rewrite.tensor:
+                n.input[k] = name
+    fed.graph.input.append(onnx.helper.make_tensor_value_info(name, dtype, list(rewrite.t_shape)))
+    return fed
+
+
+def _rewrite(ctx: Context, site: Site) -> Rewrite:
+    """:func:`find_rewrite` of a main-graph weight in the context's optimized whole model (kept per site,
+    a failure too)."""
+    hit = ctx.rewrites.get(site.name)
+    if hit is None:
+        try:
+            hit = find_rewrite(ctx.whole_optimized(), ctx.index.weight_array(site),
+                               bn_scale(ctx.model_proto(), site.tensor_name), ctx.optimized_arrays)
+        except CutError as e:
+            hit = e
+        ctx.rewrites[site.name] = hit
+    if isinstance(hit, CutError):
+        raise hit
+    return hit
+
+
+def _optimized_prefix(ctx: Context, rw: Rewrite) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The values the cone of ``rw``'s tensor reads in the optimized whole model, over the data: from one
+    prefix run for every planned weight (``cfg.site_faults``, those with ``OPT_MIN_FAULTS`` faults or more)
+    where it fits in ``--cache-mb`` (what the context keeps for the campaign: 0 bytes to this runner),
+    else a run of its own."""
+    graph = ctx.whole_optimized()
+    mine = boundary(graph, [rw.tensor], [rw.tensor])
+    planned = ctx.planned_optimized
+    if planned is None:
+        ctx.planned_optimized = False
+        counts = ctx.cfg.site_faults or {}
+        names: dict[str, None] = {}
+        if len(counts) > 1:
+            for site in ctx.index.sites:
+                if site.kind == "weight" and not site.graph and counts.get(site.name, 0) >= OPT_MIN_FAULTS:
+                    try:
+                        other = _rewrite(ctx, site)
+                    except CutError:
+                        continue
+                    names.update(dict.fromkeys(boundary(graph, [other.tensor], [other.tensor])))
+        if len(names) > len(mine):
+            try:
+                chunks, used = ctx.optimized_prefix(list(names), keep=True)
+                ctx.planned_optimized = (chunks, frozenset(names), used)
+            except CutError:  # over --cache-mb: a run per cone
+                pass
+        planned = ctx.planned_optimized
+    if planned and planned[1].issuperset(mine):
+        return planned[0], 0
+    return ctx.optimized_prefix(mine)
+
+
+def _cpu_only(ctx: Context) -> None:
+    if (ctx.cfg.provider or "cpu").lower() not in ("cpu", "cpuexecutionprovider"):
+        raise CutError("ORT's optimized graph is read on the CPU provider only")
 
 
 class OptWeightRunner(_WeightRunner):
@@ -117,69 +305,19 @@ class OptWeightRunner(_WeightRunner):
     def __init__(self, cone: WeightCone, reason: str = "") -> None:
         super().__init__(cone, reason)
         ctx, site = cone.ctx, cone.site
-        if (ctx.cfg.provider or "cpu").lower() not in ("cpu", "cpuexecutionprovider"):
-            raise CutError("ORT's optimized graph is read on the CPU provider only")
+        _cpu_only(ctx)
         w = cone.original
-        if w.dtype != np.float32 or w.ndim == 0:
-            raise CutError("only float32 weights are read in ORT's optimized graph")
-        probe = w.reshape(-1)[:: max(1, w.size // 2**20)]  # at most about a million values: a sort per site
-        if np.unique(probe).size < _DISTINCT * probe.size:
-            raise CutError("too many equal values in the weight to tell its layout in ORT's graph")
+        if w.dtype not in (np.float32, np.float16) or w.ndim == 0:
+            raise CutError("only float32 and float16 weights are read in ORT's optimized graph")
         name = site.tensor_name
         cut = cone.bake_cut
         if sum(name in n.input for n in cut.model.graph.node) != 1:
             raise CutError("the weight is read by several nodes")
         t0 = time.perf_counter()
         optimized, built = self._optimized()
-        # which rewrite of the weight the optimized graph holds: f (as is, or the BatchNormalization fold)
-        # and the layout; exactly one (f, layout, initializer) must match bit for bit
-        scale = bn_scale(cut.model, name)
-        values: dict[str, np.ndarray] = {"as-is": w}
-        if scale is not None and w.ndim >= 1 and scale.shape == (w.shape[0],):
-            with np.errstate(all="ignore"):
-                values["bn-fold"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
-        by_size: dict[int, list[onnx.TensorProto]] = {}
-        for t in optimized.graph.initializer:
-            if t.data_type == onnx.TensorProto.FLOAT:
-                by_size.setdefault(int(np.prod(t.dims, dtype=np.int64)), []).append(t)
-        found: list[tuple[str, str, onnx.TensorProto, np.ndarray]] = []
-        for fname, v in values.items():
-            for lname, arr in layouts(v).items():
-                for t in by_size.get(arr.size, []):
-                    got = onnx.numpy_helper.to_array(t)
-                    if got.dtype == np.float32 and same_bits(got.reshape(-1), arr.reshape(-1)):
-                        found.append((fname, lname, t, got))
-        index_layouts = layouts(np.arange(w.size, dtype=np.int64).reshape(w.shape), -1) if found else {}
-        perms = {lname: index_layouts[lname].reshape(-1) for _, lname, _, _ in found}
-        if not found or len({(t.name, perms[lname].tobytes()) for _, lname, t, _ in found}) != 1 or len(
-                {f for f, _, _, _ in found}) != 1:
-            raise CutError("the weight's rewrite in ORT's optimized graph is not one known layout of it")
-        fname, lname, tensor, t_value = found[0]
-        self.rewrite = f"{fname}, {lname}"
-        self.scale = scale if fname == "bn-fold" else None
-        self.per_channel = w.size // w.shape[0]  # elements per output channel (the fold's axis 0)
-        where = np.full(w.size, -1, dtype=np.int64)
-        src = perms[lname]
-        valid = src >= 0
-        where[src[valid]] = np.flatnonzero(valid)
-        self.where = where  # element i of the weight -> its position in the rewritten tensor
-        self.t0 = t_value.reshape(-1).copy()
-        self.t_shape = t_value.shape
-        # the optimized graph with the rewritten weight an input named as the weight (the cut's feeds then
-        # serve it unchanged)
-        fed = onnx.ModelProto()
-        fed.CopyFrom(optimized)
-        if any(name in (*n.output,) for n in fed.graph.node) or any(
-                i.name == name for i in fed.graph.initializer if i.name != tensor.name):
-            raise CutError("the weight's name is taken in ORT's optimized graph")
-        keep = [i for i in fed.graph.initializer if i.name != tensor.name]
-        del fed.graph.initializer[:]
-        fed.graph.initializer.extend(keep)
-        for n in fed.graph.node:
-            for k, x in enumerate(n.input):
-                if x == tensor.name:
-                    n.input[k] = name
-        fed.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(t_value.shape)))
+        self.rw = find_rewrite(optimized, w, bn_scale(cut.model, name))
+        self.rewrite = f"{self.rw.value}, {self.rw.layout}"
+        fed = fed_graph(optimized, self.rw, name)
         inputs = {i.name for i in fed.graph.input}
         self.fed_cut = replace(cut, model=fed, inputs=[x for x in cut.inputs if x in inputs or x == name])
         fed_bytes = fed.SerializeToString()
@@ -188,7 +326,7 @@ class OptWeightRunner(_WeightRunner):
         # over more weights than that would otherwise rebuild this setup round after round
         self.sessions = 0
         self.cache_bytes += 2 * len(fed_bytes)
-        golden = self._run(self.t0)
+        golden = self._run(self.rw.t0)
         # the baked reference (what the other paths classify against); where the fed optimized cone gives
         # the whole model's fault-free outputs bit for bit (the cached ones), those are it, without a run
         key = self._key()
@@ -230,22 +368,86 @@ class OptWeightRunner(_WeightRunner):
         return model, session
 
     def _run(self, t: np.ndarray) -> Outputs:
-        value = t.reshape(self.t_shape)
+        value = t.reshape(self.rw.t_shape)
         return _run_cut(self.ctx, self.cone.chunks, self.fed_cut, self.site.tensor_name, self.session,
                         lambda c: value, True)
 
     def result(self, exp: Experiment) -> Result:
-        i = exp.index
-        # the faulty element alone, as inject_element computes it for the whole weight (same values, same draw)
-        v = inject_element(self.cone.original.reshape(-1)[i: i + 1], 0, exp.fault_obj(),
-                           np.random.default_rng(exp.seed))
-        if self.scale is not None:  # the fold, as ORT computes it: fl32(w * s[o])
-            o = i // self.per_channel
-            with np.errstate(all="ignore"):
-                v = (v * self.scale[o: o + 1]).astype(np.float32)
-        t = self.t0.copy()
-        t[self.where[i]] = v[0]
-        return Result(self._run(t), self.golden, self.path)
+        return Result(self._run(self.rw.faulty(self.cone.original, exp)), self.golden, self.path)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"rewrite": self.rewrite}
+
+
+class OptCutRunner(Runner):
+    """Weights whose cut of the model is not faithful (a float16 model: ORT keeps its chains in float32
+    across the cut, which a cut rounds to float16) or that ``cone-opt`` cannot take: the forward cone of
+    the weight cut from ORT's optimized *whole* model (written once per worker), with the weight as ORT
+    rewrote it fed per fault (see the module docstring). The cone's inputs are the values ORT computes in
+    that graph (float32 where it keeps a chain in float32, NCHWc-blocked where it reorders), from a prefix
+    run of it, so the cut is the graph a rebuilt model's session runs; it runs with optimizations off. A
+    fault costs one cone run and no session build. Its fault-free outputs must equal the whole model's
+    cached outputs bit for bit."""
+
+    path = "opt-cut"
+
+    def __init__(self, ctx: Context, site: Site, reason: str = "") -> None:
+        super().__init__(ctx, site, reason)
+        _cpu_only(ctx)
+        if site.graph:
+            raise CutError("site is inside a subgraph")
+        proto = ctx.model_proto()
+        name = site.tensor_name
+        if sum(name in n.input for n in proto.graph.node) != 1:
+            raise CutError("the weight is read by several nodes")
+        t0 = time.perf_counter()
+        self.original: np.ndarray = ctx.index.weight_array(site)
+        optimized = ctx.whole_optimized()
+        self.rw = _rewrite(ctx, site)
+        self.rewrite = f"{self.rw.value}, {self.rw.layout}"
+        fed = fed_graph(optimized, self.rw, name)
+        value = self.rw.t0.reshape(self.rw.t_shape)
+        self.chunks, self.cache_bytes = _optimized_prefix(ctx, self.rw)
+        self.cut = cut_model(fed, [name], [name], {**self.chunks[0], name: value})
+        self.golden = concat_batches(ctx.model_outputs())
+        cut_bytes = self.cut.model.SerializeToString()
+        self.session: Any = make_session(cut_bytes, ctx.cfg.provider, optimization="none", threads=ctx.cfg.threads)
+        self.cache_bytes += 2 * len(cut_bytes)
+        self.sessions = 0  # bounded by --cache-mb (about twice the cone's bytes), as cone-opt's
+        self.head: bytes | None = None
+        if not self._same(self._run(value)):
+            # Some kernels compute differently with a constant weight (ORT prepacks a constant Gemm/MatMul
+            # operand): the cone with the weight baked in, a session per fault (a small cone's build, not the
+            # whole model's). The cut serialized once without the weight; per fault the faulty tensor is
+            # appended as an initializer (protobuf merges the repeated field).
+            head = onnx.ModelProto()
+            head.CopyFrom(self.cut.model)
+            keep = [i for i in head.graph.input if i.name != name]
+            del head.graph.input[:]
+            head.graph.input.extend(keep)
+            self.head = head.SerializeToString()
+            self.session = None  # one per fault, dropped after its run
+            self.cache_bytes -= len(cut_bytes)
+            self.path = "opt-cut-baked"
+            if not self._same(self._run(value)):
+                raise CutError("the cone of ORT's optimized model does not reproduce the model bit for bit")
+        self.golden_time = time.perf_counter() - t0
+
+    def _same(self, got: Outputs) -> bool:
+        return all(k in got and same_bits(got[k], g) for k, g in self.golden.items())
+
+    def _run(self, t: np.ndarray) -> Outputs:
+        session, feed = self.session, True
+        if self.head is not None:  # baked: this tensor as the weight's initializer
+            extra = onnx.ModelProto(graph=onnx.GraphProto(initializer=[
+                onnx.numpy_helper.from_array(np.ascontiguousarray(t), self.site.tensor_name)]))
+            session = make_session(self.head + extra.SerializeToString(), self.ctx.cfg.provider,
+                                   optimization="none", threads=self.ctx.cfg.threads)
+            feed = False
+        return _run_cut(self.ctx, self.chunks, self.cut, self.site.tensor_name, session, lambda c: t, feed)
+
+    def result(self, exp: Experiment) -> Result:
+        return Result(self._run(self.rw.faulty(self.original, exp)), self.golden, self.path)
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"rewrite": self.rewrite, "cut_inputs": list(self.cut.inputs)}
