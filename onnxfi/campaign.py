@@ -1,18 +1,22 @@
 """Campaigns: plan -> executor -> store -> summary; every finished experiment is stored as soon as it is known.
 
-Light to import (the engine, ONNX and ONNX Runtime load when a campaign runs), so that a command can call
-:func:`prestart_workers` before it loads them itself.
+Light to import (ONNX and numpy load when a campaign runs), so that a command can call
+:func:`prestart_workers` before it loads them itself. With the local executor, the campaign's own process
+never loads the engine or ONNX Runtime: only its workers run sessions.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import re
 import signal
 import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxfi import __version__
@@ -23,12 +27,12 @@ if TYPE_CHECKING:
     from onnxfi.plan import Plan
     from onnxfi.store import Store
 
-__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "prestart_workers", "auto_workers",
-           "usable_cores"]
+__all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "runtime_version", "prestart_workers",
+           "auto_workers", "usable_cores"]
 
-# the module a local worker runs (onnxfi.executors.local); importing it here would load what the
-# server is there to load in parallel
-_LOCAL_WORKER = "onnxfi.executors.local"
+# what the server of local workers imports (onnxfi.executors.local.SERVER_PRELOAD: the module a worker
+# runs and the engine); importing that module here would load what the server is there to load in parallel
+_SERVER_PRELOAD = ["onnxfi.executors.local", "onnxfi.engine.engine"]
 
 
 def prestart_workers(executor: str = "local") -> None:
@@ -43,7 +47,7 @@ def prestart_workers(executor: str = "local") -> None:
 
     if "forkserver" not in mp.get_all_start_methods():
         return
-    mp.get_context("forkserver").set_forkserver_preload([_LOCAL_WORKER])  # as the executor sets it
+    mp.get_context("forkserver").set_forkserver_preload(_SERVER_PRELOAD)  # as the executor sets it
     try:  # the server inherits SIGINT ignored: a Ctrl-C while it imports is the caller's alone
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: the executor starts the server when it needs it
@@ -115,14 +119,37 @@ def auto_workers(cfg: EngineConfig, executor: str = "local", workers: int | None
 
 
 def versions() -> dict[str, str]:
+    """The versions a campaign stores with its plan; ONNX Runtime's read without loading it
+    (:func:`runtime_version`)."""
     import numpy as np
     import onnx
-    import onnxruntime
 
     return {
-        "onnxfi": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "onnxfi": __version__, "onnx": onnx.__version__, "onnxruntime": runtime_version(),
         "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
     }
+
+
+def runtime_version() -> str:
+    """``onnxruntime.__version__`` without importing ONNX Runtime where it is not loaded yet: a campaign's
+    own process plans and stores, its workers run the sessions, and the import would cost it 0.04 s (on an
+    idle machine; more on a busy one) for this one string. The package takes its version from its build-info module
+    (``onnxruntime/capi/build_and_package_info.py``: ``package_name = ...``, ``__version__ = ...``), read here
+    as text; where that file is missing or names no version, the package is imported."""
+    if "onnxruntime" not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime")
+        if spec is not None and spec.origin:
+            info = Path(spec.origin).parent / "capi" / "build_and_package_info.py"
+            try:
+                found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", info.read_text(encoding="utf-8"),
+                                  re.MULTILINE)
+            except (OSError, UnicodeDecodeError):
+                found = None
+            if found:
+                return found.group(1)
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 @dataclass

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
+import os
 import pkgutil
 import sys
+import threading
 import traceback
+import types
 from collections.abc import Sequence
 
 from onnxfi import __version__
 from onnxfi.errors import InternalError, OnnxfiError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console_main", "build_parser"]
 
 _ORDER = ["inspect", "inject", "run", "analyze", "harden", "gate", "compare", "report", "zoo"]
 
@@ -79,12 +84,42 @@ _NO_RUNTIME = ("ONNX Runtime is not installed: pip install 'onnxfi[cpu]' (or 'on
 
 def _quiet_libraries() -> None:
     """Only onnxfi's own lines on stderr: onnx_ir's warnings about a damaged model (onnxfi reports the
-    damage itself) and ONNX Runtime's error log (its errors come back as exceptions) stay silent."""
+    damage itself) and ONNX Runtime's error log (its errors come back as exceptions) stay silent.
+
+    ONNX Runtime is quieted when it loads, not loaded here: ``onnxfi analyze``'s own process never needs it
+    (its workers run the sessions)."""
     logging.getLogger("onnx_ir").addHandler(logging.NullHandler())
     logging.getLogger("onnx_ir").propagate = False
-    import onnxruntime as ort
+    if "onnxruntime" in sys.modules:
+        sys.modules["onnxruntime"].set_default_logger_severity(4)
+    elif not any(isinstance(f, _QuietOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietOnImport())
 
-    ort.set_default_logger_severity(4)
+
+class _QuietOnImport:
+    """Finds ``onnxruntime`` as the import system would, with a loader that sets the package's log severity
+    as soon as the package has loaded (then leaves the import path); every other module is left to the
+    rest of the path."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "onnxruntime":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:  # not on sys.path: the rest of the import path decides
+            return None
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_quiet(module: types.ModuleType) -> None:
+            exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            module.set_default_logger_severity(4)
+
+        # this spec's own loader (a new one per find): the loaded package keeps its usual loader class
+        loader.exec_module = exec_and_quiet  # type: ignore[method-assign]
+        return spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:  # no command: argv named none, so the parser has every command
         parser.print_help()
         return 2
-    # what a command starts before ONNX Runtime loads here (analyze: the process its workers fork from,
+    # what a command starts before it loads what it runs on (analyze: the process its workers fork from,
     # whose imports then run alongside this process's)
     start_early = getattr(args, "start_early", None)
     if start_early is not None:
@@ -120,3 +155,30 @@ def main(argv: Sequence[str] | None = None) -> int:
               "please report it with the traceback above (a campaign's stored rows are kept: --resume "
               "continues it)", file=sys.stderr)
         return InternalError.exit_code
+
+
+def console_main() -> int:
+    """The ``onnxfi`` command and ``python -m onnxfi``: :func:`main`, then the process ends without the
+    interpreter's teardown (freeing every object and module one by one: about 0.1 s after a campaign, with
+    nothing to show for it). What the exit does that is seen from outside still happens first: stdout and
+    stderr flushed, the atexit handlers run (multiprocessing stops its helpers, weakref.finalize removes
+    temporary folders, Ray shuts down, logging flushes). Where that is not enough, the usual exit is taken:
+    a flush that fails (e.g. on a closed pipe: the interpreter reports it), a thread the exit would wait
+    for, a profiler or tracer that writes its results once the program returns (``python -m cProfile -m
+    onnxfi``, coverage, a debugger)."""
+    rc = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        return rc
+    if sys.getprofile() is not None or sys.gettrace() is not None or any(
+            t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return rc
+    atexit._run_exitfuncs()  # each handler once: the registry is empty after
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        return rc
+    os._exit(rc)

@@ -416,10 +416,12 @@ def test_path_note_names_fallbacks_per_site_kind_and_is_silent_on_fast_paths() -
     from onnxfi.commands.analyze import path_note
 
     fast = [{"kind": "weight", "path": "cone-split"}, {"kind": "weight", "path": "cone+baked"},
-            {"kind": "activation", "path": "cone+shortcut"}]
+            {"kind": "activation", "path": "cone+shortcut"}, {"kind": "weight", "path": "opt-cut"},
+            {"kind": "weight", "path": "opt-cut-baked"}, {"kind": "weight", "path": "cone-opt"}]
     assert path_note(fast) is None
     mixed = fast + [{"kind": "weight", "path": "rebuild"}, {"kind": "weight", "path": "rebuild"},
                     {"kind": "activation", "path": "port"}]
     note = path_note(mixed)
     assert note is not None
     assert "activation: cone 1, port 1" in note and "weight: rebuild 2, cone-split 1, cone 1" in note
+    assert "opt-cut 1" in note  # the fast paths are named too once a fallback is

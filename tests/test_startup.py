@@ -1,6 +1,8 @@
 """Start-up: ``onnxfi --version`` and a command's ``--help`` load no ONNX, ONNX Runtime or numpy; the parser of
 one command is the parser it has among all of them; the names the CLI spells out agree with the library's;
-the local executor's workers, forked from a server started early, see the parent's environment of now."""
+the local executor's workers, forked from a server started early, see the parent's environment of now and
+load their engines side by side; a campaign's own process never loads ONNX Runtime (quieted wherever it
+loads); the command exits without the interpreter's teardown but after its exit handlers."""
 
 from __future__ import annotations
 
@@ -104,6 +106,11 @@ def test_the_names_the_cli_spells_out_are_the_librarys() -> None:
     from onnxfi.harden import METHODS
 
     assert harden.METHODS == METHODS and tuple(critical_bits._MEANS) == THRESHOLDS
+    # what the worker server imports, spelled out where it starts early (before the executor loads)
+    from onnxfi import campaign
+    from onnxfi.executors.local import SERVER_PRELOAD
+
+    assert campaign._SERVER_PRELOAD == SERVER_PRELOAD
 
 
 def test_starting_the_worker_server_early_leaves_ctrl_c_to_the_caller() -> None:
@@ -261,3 +268,124 @@ def test_analyze_json_says_the_workers_and_threads_it_used(tmp_path: Path) -> No
     assert main(["analyze", "digits_mlp_skl", "--faults", "8", "--db", str(tmp_path / "b.db"), "--workers", "1",
                  "--json", str(out)]) == 0
     assert json.loads(out.read_text())["workers"] == {"workers": 1, "threads": None}
+
+
+def test_an_analyze_leaves_onnx_runtime_to_its_workers(tmp_path: Path) -> None:
+    """A campaign's own process plans, stores and reports: ONNX Runtime and the engine load in its workers
+    (and the server they fork from) only. The versions it stores still name ONNX Runtime's."""
+    import onnxruntime
+
+    from onnxfi.store import load_campaign
+
+    model, data = save_kat(tmp_path)
+    db = tmp_path / "a.db"
+    argv = ["analyze", str(model), "--data", str(data), "--faults", "8", "--db", str(db)]
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from onnxfi.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main({argv!r})
+        print(json.dumps([rc, [m for m in ("onnxruntime", "onnxfi.engine.engine") if m in sys.modules]]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1]) == [0, []]
+    assert load_campaign(db).versions["onnxruntime"] == onnxruntime.__version__
+
+
+def test_onnx_runtime_loaded_after_the_cli_started_is_quiet_all_the_same(tmp_path: Path) -> None:
+    """The CLI silences ONNX Runtime's log when the runtime loads: also where it loads only after the
+    command ran (``inspect`` leaves it unloaded), as it does where a command's library code loads it."""
+    model, _ = save_kat(tmp_path)
+    script = textwrap.dedent(f"""
+        import contextlib, io, sys
+        import onnx.helper as oh
+        if sys.argv[1] == "cli":
+            from onnxfi.cli import main
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert main(["inspect", {str(model)!r}]) == 0
+            assert "onnxruntime" not in sys.modules
+        import onnxruntime as ort
+        # an initializer no node uses: ONNX Runtime removes it with a warning (at its default severity)
+        graph = oh.make_graph([oh.make_node("Identity", ["x"], ["y"])], "g",
+                              [oh.make_tensor_value_info("x", 1, [1])], [oh.make_tensor_value_info("y", 1, [1])],
+                              [oh.make_tensor("unused", 1, [1], [1.0])])
+        model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """)
+
+    def stderr(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stderr
+
+    # the precondition: without the CLI this ONNX Runtime warns (if a version stops warning, pick another warning)
+    assert "Removing initializer" in stderr("alone")
+    assert "Removing initializer" not in stderr("cli")
+
+
+def test_the_command_exits_with_mains_code_once_the_exit_handlers_ran(tmp_path: Path) -> None:
+    """``onnxfi`` (:func:`onnxfi.cli.console_main`) skips the interpreter's teardown, not what its exit is
+    seen to do: the output flushed, the atexit handlers and finalizers run (a temporary folder removed), the
+    exit code :func:`onnxfi.cli.main`'s."""
+    script = textwrap.dedent("""
+        import atexit, sys, tempfile
+        from onnxfi.cli import console_main
+        held = tempfile.TemporaryDirectory()  # removed by its finalizer at exit
+        print(held.name, file=sys.stderr)
+        atexit.register(lambda: print("atexit ran"))
+        sys.argv = ["onnxfi", *sys.argv[1:]]
+        sys.exit(console_main())
+    """)
+
+    def command(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+
+    ok = command("zoo", "list")
+    assert ok.returncode == 0, ok.stderr
+    assert "digits_cnn" in ok.stdout and ok.stdout.endswith("atexit ran\n")
+    assert not Path(ok.stderr.splitlines()[0]).exists()
+    bad = command("inspect", str(tmp_path / "missing.onnx"))
+    assert bad.returncode == 2 and "onnxfi: error" in bad.stderr and bad.stdout == "atexit ran\n"
+    assert not Path(bad.stderr.splitlines()[0]).exists()
+
+
+LOADER = '''
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def feeds():
+    """Mark that this worker loads its data, then wait (at most 60 s) until two workers have; say how many did."""
+    folder = Path(os.environ["ONNXFI_TEST_STARTUP"])
+    mine = folder / str(os.getpid())
+    mine.write_text("")
+    deadline = time.monotonic() + 60
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mine.write_text(str(len(list(folder.iterdir()))))
+    with np.load(os.environ["ONNXFI_TEST_DATA"]) as d:
+        return [{"x": d["x"], "labels": d["labels"]}]
+'''
+
+
+def test_workers_load_their_engines_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local executor launches every worker before it waits for the first: each loads its model and
+    data while the others do (each worker here waits to see the other load)."""
+    from onnxfi.engine import EngineConfig
+    from onnxfi.executors import make_executor
+
+    model, data = save_kat(tmp_path)
+    loader = tmp_path / "loader.py"
+    loader.write_text(LOADER)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv("ONNXFI_TEST_STARTUP", str(seen))
+    monkeypatch.setenv("ONNXFI_TEST_DATA", str(data))
+    ex = make_executor("local", EngineConfig(str(model), data_loader=f"{loader}:feeds"), workers=2)
+    try:
+        clean = ex.start()
+    finally:
+        ex.close()
+    assert clean["samples"] == 2
+    assert sorted(p.read_text() for p in seen.iterdir()) == ["2", "2"]

@@ -152,8 +152,9 @@ def register(sub: Any) -> None:
 
 
 def start_early(args: argparse.Namespace) -> None:
-    """Before this process loads ONNX Runtime (:func:`onnxfi.cli.main`): start the process the local
-    workers fork from, so that its imports overlap this process's own and its model load and plan.
+    """Before this process loads ONNX and numpy (:func:`onnxfi.cli.main`): start the process the local
+    workers fork from, so that its imports (the engine, ONNX Runtime) overlap this process's own and its
+    model load and plan.
 
     Not when :func:`run` is about to stop on its first checks (workers, the database), which the
     server's imports would only slow down on a busy machine. A zoo name is taken for its file's stem
@@ -316,7 +317,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
 
 
 # the engine's fast paths; any other path (port, rebuild, naive) is a fallback worth a line
-_FAST_PATHS = ("cone", "cone-split", "cone-baked")
+_FAST_PATHS = ("opt-cut", "opt-cut-baked", "cone-opt", "cone", "cone-split", "cone-baked")
 
 
 def path_note(rows: list[dict[str, Any]]) -> str | None:

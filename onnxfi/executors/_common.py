@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from onnxfi.engine.base import is_runtime_failure
 from onnxfi.errors import InternalError, OnnxfiError, first_line
 from onnxfi.outcomes import crash_row, experiment_row
 from onnxfi.plan import Experiment
@@ -119,6 +118,8 @@ def _error_reply(e: BaseException, where: str) -> Reply:
 def startup_error(e: BaseException) -> Reply:
     """The reply of a worker whose engine cannot start: the user's input (an OnnxfiError, or ONNX Runtime
     refusing the fault-free model or data) is a user error, anything else a bug."""
+    from onnxfi.engine.base import is_runtime_failure  # a worker's: ONNX Runtime is loaded there
+
     if isinstance(e, OnnxfiError):  # the user's input, said as the parent would say it
         return (USER_ERROR, first_line(e))
     if is_runtime_failure(e):
@@ -163,6 +164,8 @@ def run_one(engine: Engine, exp: Experiment, needs_bits: bool, needs_values: boo
     Runtime fails on the faulty model; any other exception is an error reply (see the module docstring)
     and the campaign stops. ``ahead``: experiments the worker gets next (:func:`hints`), computed now
     where they run together with ``exp`` (:meth:`Engine.prefetch`)."""
+    from onnxfi.engine.base import is_runtime_failure  # a worker's: ONNX Runtime is loaded there
+
     built = build_runner(engine, exp.site, needs_bits, needs_values, exp.image is not None)
     if built[0] != PATH:
         return built

@@ -8,11 +8,12 @@ a ``crash`` row with the reason (and the execution path, once the worker had bui
 An error that is not the faulty model's (a user error, a bug in onnxfi) stops the run: the worker sends
 it, :meth:`LocalExecutor.run` raises it.
 
-Where the platform has it (Linux), workers are forked from a server process that imported this module (ONNX,
-ONNX Runtime, the engine) once: multiprocessing's "forkserver". A worker, a dead one's replacement included,
-then starts without the second those imports take in a spawned one, and a crash still kills only its worker.
-:func:`onnxfi.campaign.prestart_workers` starts the server early, so that its imports overlap the caller's own.
-Elsewhere workers are spawned.
+Where the platform has it (Linux), workers are forked from a server process that imported this module and
+the engine (ONNX, ONNX Runtime) once: multiprocessing's "forkserver". A worker, a dead one's replacement
+included, then starts without the second those imports take in a spawned one, and a crash still kills only
+its worker. :func:`onnxfi.campaign.prestart_workers` starts the server early, so that its imports overlap the
+caller's own. Elsewhere workers are spawned. The caller (the campaign's own process) never imports the
+engine: ONNX Runtime loads in the server and the workers only.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from onnxfi.engine import Engine, EngineConfig
+from onnxfi.engine import EngineConfig
 from onnxfi.errors import InternalError
 from onnxfi.executors import _common as common
 from onnxfi.outcomes import crash_row
 from onnxfi.plan import Experiment
 
-__all__ = ["LocalExecutor", "default_workers", "worker_context", "FORKSERVER"]
+__all__ = ["LocalExecutor", "default_workers", "worker_context", "FORKSERVER", "SERVER_PRELOAD"]
 
 # Fork workers from a server process (see the module docstring) on Linux; macOS forks badly once system
 # frameworks are loaded (spawn is its default for that reason), Windows cannot fork.
 # onnxfi.campaign.prestart_workers makes the same choice without importing this module.
 FORKSERVER = sys.platform.startswith("linux") and "forkserver" in mp.get_all_start_methods()
+# What the server imports before it forks a worker: this module and the engine, which only a worker
+# imports (the parent, which plans and stores, runs without ONNX Runtime). prestart_workers sets the same.
+SERVER_PRELOAD = [__name__, "onnxfi.engine.engine"]
 
 
 def worker_context() -> mp.context.SpawnContext | mp.context.ForkServerContext:
@@ -48,7 +52,7 @@ def worker_context() -> mp.context.SpawnContext | mp.context.ForkServerContext:
     if not FORKSERVER:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # applies when the server starts (once per process)
+    ctx.set_forkserver_preload(SERVER_PRELOAD)  # applies when the server starts (once per process)
     return ctx
 
 
@@ -62,6 +66,8 @@ def _worker_main(conn: Connection, cfg: EngineConfig, worker_id: int, env: dict[
         os.environ.clear()
         os.environ.update(env)
     try:
+        from onnxfi.engine.engine import Engine  # the server's import, or a spawned worker's own
+
         engine = Engine(cfg)
         conn.send(("ready", engine.clean_summary(fresh=False)))  # the run its loading made: no second one
     except Exception as e:  # report, then exit: the parent raises it
@@ -126,7 +132,8 @@ class LocalExecutor:
         self._workers: list[_Worker] = []
         self._next_id = 0
 
-    def _spawn(self) -> _Worker:
+    def _launch(self) -> tuple[int, Any, Connection]:
+        """Start a worker process (it then loads its engine): ``(worker id, process, parent's end of its pipe)``."""
         parent, child = self.ctx.Pipe()
         wid = self._next_id
         self._next_id += 1
@@ -135,6 +142,10 @@ class LocalExecutor:
         with _sigint_ignored():
             proc.start()
         child.close()
+        return wid, proc, parent
+
+    def _ready(self, wid: int, proc: Any, parent: Connection) -> _Worker:
+        """Wait for a launched worker's engine; raises what kept it from starting (the process killed)."""
         try:
             msg: Any = parent.recv() if parent.poll(600) else (common.USER_ERROR, "worker did not start in 600 s")
         except EOFError:
@@ -143,15 +154,29 @@ class LocalExecutor:
         if msg[0] != "ready":
             proc.kill()
             common.unwrap(msg)  # raises OnnxfiError or InternalError
-        self.clean = msg[1]
         w = _Worker(wid, proc, parent)
         w.golden_time = float(msg[1].get("golden_time_s", 0.0))
+        if self.clean is None:
+            self.clean = msg[1]
         return w
 
+    def _spawn(self) -> _Worker:
+        return self._ready(*self._launch())
+
     def start(self) -> dict[str, Any]:
-        """Start the workers; returns the clean (fault-free) summary measured by the first one."""
+        """Start the workers; returns the clean (fault-free) summary measured by the first one.
+
+        Every worker is launched before the first is waited for: their engines (model, data, fault-free
+        run) load side by side, not one after another. Should one fail to start, all are stopped."""
         if not self._workers:
-            self._workers = [self._spawn() for _ in range(self.n_workers)]
+            launched = [self._launch() for _ in range(self.n_workers)]
+            try:
+                self._workers = [self._ready(*one) for one in launched]
+            except BaseException:  # one could not start (or Ctrl-C): none is left running
+                for _, proc, _ in launched:
+                    if proc.is_alive():
+                        proc.kill()
+                raise
         assert self.clean is not None
         return self.clean
 
