@@ -141,13 +141,15 @@ def test_float16_weights_run_in_the_cut_of_orts_graph_and_equal_naive(tmp_path: 
     assert {p.split("-baked")[0] for p in _rows_equal_naive(model, data, "fw", [0, 159], BITS16)} == {"opt-cut"}
 
 
-def test_the_planned_weights_share_one_prefix_run_of_orts_graph(tmp_path: Path) -> None:
+@pytest.mark.parametrize("counts", [{"cw": 5, "fw": 5}, {}], ids=["planned", "unknown"])
+def test_the_planned_weights_share_one_prefix_run_of_orts_graph(tmp_path: Path, counts: dict[str, int]) -> None:
+    """Known counts (a fixed plan) or none (an adaptive plan, which grows: any weight may be hit)."""
     model, data = _model(tmp_path)
-    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 5, "fw": 5}))
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults=counts))
     conv, gemm = eng.runner("cw", True, False), eng.runner("fw", True, False)
     assert conv.path == "opt-cut" and gemm.path.startswith("opt-cut")
     assert conv.chunks is gemm.chunks  # type: ignore[attr-defined]
-    assert isinstance(eng.ctx.planned_optimized, tuple)
+    assert isinstance(eng.ctx.planned_optimized, tuple) and eng.ctx.optimized_prefix_runs == 1
 
 
 def test_the_fold_factor_is_orts(tmp_path: Path) -> None:
@@ -202,3 +204,27 @@ def test_a_rewritten_tensor_read_by_two_nodes_is_not_fed() -> None:
     fed = fed_graph(oh.make_model(g2), rw, "w")
     assert [i.name for i in fed.graph.input] == ["x", "w"] and not fed.graph.initializer
     assert list(fed.graph.node[0].input) == ["x", "w"]
+
+
+def test_a_model_ort_cannot_optimize_is_tried_once_per_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """Where ORT cannot write its optimized model, every weight takes the other paths, and the failed build
+    is not repeated for each of them."""
+    from onnxfi.engine import context
+    from onnxfi.errors import SessionError
+
+    model, data = _model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 5, "fw": 5}))
+    calls = []
+    real = context.make_session
+
+    def refuse_optimized(*args: object, **kwargs: object) -> object:
+        if kwargs.get("optimized_path") and not str(kwargs["optimized_path"]).endswith("cone.onnx"):
+            calls.append(1)
+            raise SessionError("onnxruntime cannot load the model: refused by the test")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(context, "make_session", refuse_optimized)
+    paths = {eng.runner(s, True, False).path for s in ("cw", "fw")}
+    assert "opt-cut" not in paths and len(calls) == 1
+    assert "the cone of the optimized model" in eng.runner("cw", True, False).reason

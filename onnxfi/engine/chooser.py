@@ -230,7 +230,7 @@ def _cone_rest(ctx: Context, site: Site, plan: _Plan | None, opt_reason: str) ->
         cone0 = baked_cone = WeightCone(ctx, site, False, fed=False)
         if not cone0.quantized:
             try:
-                opt = OptWeightRunner(cone0)
+                opt = OptWeightRunner(cone0, opt_reason)
                 if cfg.verify:
                     opt.check_faithful()
                 return opt

@@ -60,7 +60,7 @@ class Context:
         self._shared: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()
         # ORT's optimized baked cones (onnxfi.engine.optcone), by cone
         self.optimized: OrderedDict[tuple[Any, ...], onnx.ModelProto] = OrderedDict()
-        self._whole_optimized: onnx.ModelProto | None = None
+        self._whole_optimized: onnx.ModelProto | Exception | None = None
         self._optimized_bytes: bytes | None = None
         # onnxfi.engine.optcone's findings in it: each weight's rewrite (or why none), its decoded
         # initializers, and the planned weights' prefix run (chunks, names, bytes; None: not made yet; False:
@@ -279,18 +279,25 @@ class Context:
 
     def whole_optimized(self) -> onnx.ModelProto:
         """The whole model as ORT optimizes it for this machine (written by a session build, read back):
-        the graph the ``opt-cut`` path cuts and feeds rewritten weights to. Made once per worker."""
+        the graph the ``opt-cut`` path cuts and feeds rewritten weights to. Made once per worker (a failure
+        too: raised again to every later caller)."""
+        if isinstance(self._whole_optimized, BaseException):
+            raise self._whole_optimized
         if self._whole_optimized is None:
-            with tempfile.TemporaryDirectory(prefix="onnxfi-opt-") as tmp:
-                path = os.path.join(tmp, "model.onnx")
-                make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads, optimized_path=path)
-                try:
-                    model = onnx.load(path)
-                    # its value_info keeps the original types (float16 where ORT now computes float32)
-                    del model.graph.value_info[:]
-                    self._whole_optimized = model
-                except Exception as e:  # e.g. a graph over protobuf's 2 GB
-                    raise CutError(f"ORT's optimized model cannot be read back ({type(e).__name__})") from None
+            try:
+                with tempfile.TemporaryDirectory(prefix="onnxfi-opt-") as tmp:
+                    path = os.path.join(tmp, "model.onnx")
+                    make_session(self.loaded.model, self.cfg.provider, threads=self.cfg.threads,
+                                 optimized_path=path)
+                    try:
+                        model = onnx.load(path)
+                    except Exception as e:  # e.g. a graph over protobuf's 2 GB
+                        raise CutError(f"ORT's optimized model cannot be read back ({type(e).__name__})") from None
+            except Exception as e:
+                self._whole_optimized = e
+                raise
+            del model.graph.value_info[:]  # it keeps the original types (float16 where ORT computes float32)
+            self._whole_optimized = model
         return self._whole_optimized
 
     def near_model(self, outputs: dict[str, np.ndarray]) -> bool:

@@ -262,19 +262,20 @@ def _rewrite(ctx: Context, site: Site) -> Rewrite:
 
 def _optimized_prefix(ctx: Context, rw: Rewrite) -> tuple[list[dict[str, np.ndarray]], int]:
     """The values the cone of ``rw``'s tensor reads in the optimized whole model, over the data: from one
-    prefix run for every planned weight (``cfg.site_faults``, those with ``OPT_MIN_FAULTS`` faults or more)
-    where it fits in ``--cache-mb`` (what the context keeps for the campaign: 0 bytes to this runner),
+    prefix run for every planned weight (``cfg.site_faults``, those with ``OPT_MIN_FAULTS`` faults or more;
+    every main-graph weight where the counts are not known) where it fits in ``--cache-mb`` (what the context keeps for the campaign: 0 bytes to this runner),
     else a run of its own."""
     graph = ctx.whole_optimized()
     mine = boundary(graph, [rw.tensor], [rw.tensor])
     planned = ctx.planned_optimized
     if planned is None:
         ctx.planned_optimized = False
-        counts = ctx.cfg.site_faults or {}
+        counts = ctx.cfg.site_faults
         names: dict[str, None] = {}
-        if len(counts) > 1:
+        if counts is not None and len(counts) != 1:  # empty: counts not known (a plan that grows), any weight
             for site in ctx.index.sites:
-                if site.kind == "weight" and not site.graph and counts.get(site.name, 0) >= OPT_MIN_FAULTS:
+                if site.kind == "weight" and not site.graph and (
+                        not counts or counts.get(site.name, 0) >= OPT_MIN_FAULTS):
                     try:
                         other = _rewrite(ctx, site)
                     except CutError:
