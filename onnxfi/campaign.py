@@ -7,6 +7,7 @@ never loads the engine or ONNX Runtime: only its workers run sessions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -14,7 +15,7 @@ import re
 import signal
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from onnxfi.store import Store
 
 __all__ = ["CampaignResult", "run_campaign", "matched_plan", "versions", "runtime_version", "prestart_workers",
-           "auto_workers", "usable_cores"]
+           "server_import_path", "auto_workers", "usable_cores"]
 
 # what the server of local workers imports (onnxfi.executors.local.SERVER_PRELOAD: the module a worker
 # runs and the engine); importing that module here would load what the server is there to load in parallel
@@ -53,11 +54,34 @@ def prestart_workers(executor: str = "local") -> None:
     except ValueError:  # not the main thread: the executor starts the server when it needs it
         return
     try:
-        forkserver.ensure_running()
+        with server_import_path():
+            forkserver.ensure_running()
     except OSError:  # only a head start: the executor starts the server itself, and reports what fails
         pass
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def server_import_path() -> Iterator[None]:
+    """While a worker server starts: this process's import path for it. Python 3.11's forkserver ignores
+    the path multiprocessing hands it and puts its working folder first (it runs ``python -c``), so run
+    from inside another checkout, the workers would import that checkout's onnxfi, not this one. So the
+    server starts with ``PYTHONPATH`` = this process's ``sys.path`` (the working folder spelled out where
+    it is on it) and ``PYTHONSAFEPATH=1`` (Python 3.11+: nothing in front of it). Restored after: the
+    workers take the environment the campaign sends them."""
+    keys = ("PYTHONPATH", "PYTHONSAFEPATH")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def usable_cores() -> int:

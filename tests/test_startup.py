@@ -389,3 +389,21 @@ def test_workers_load_their_engines_side_by_side(tmp_path: Path, monkeypatch: py
         ex.close()
     assert clean["samples"] == 2
     assert sorted(p.read_text() for p in seen.iterdir()) == ["2", "2"]
+
+
+def test_workers_import_this_onnxfi_even_from_inside_another_checkout(tmp_path: Path) -> None:
+    """The worker server starts with ``python -c``, whose import path begins with its working folder (Python
+    3.11 ignores the path multiprocessing hands it): run from a folder holding another ``onnxfi``, the
+    workers would import that one. They import the command's own."""
+    import shutil
+
+    model, data = save_kat(tmp_path)
+    other = tmp_path / "checkout"
+    (other / "onnxfi").mkdir(parents=True)
+    (other / "onnxfi" / "__init__.py").write_text("raise RuntimeError('the wrong onnxfi was imported')\n")
+    exe = shutil.which("onnxfi", path=str(Path(sys.executable).parent))
+    assert exe is not None  # the console script the package installs
+    p = subprocess.run([exe, "analyze", str(model), "--data", str(data), "--faults", "8", "--workers", "2",
+                        "--db", str(tmp_path / "a.db")], cwd=other, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-800:] + p.stderr[-800:]
+    assert "wrong onnxfi" not in p.stderr

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from onnxfi.campaign import server_import_path
 from onnxfi.engine import EngineConfig
 from onnxfi.errors import InternalError
 from onnxfi.executors import _common as common
@@ -139,7 +140,7 @@ class LocalExecutor:
         self._next_id += 1
         proc = self.ctx.Process(target=_worker_main, args=(child, self.cfg, wid, dict(os.environ)), daemon=True)
         # the child (and a fork server this starts) inherits it: a Ctrl-C while it imports is the parent's alone
-        with _sigint_ignored():
+        with _sigint_ignored(), server_import_path():  # (the server, where this starts it, imports this onnxfi)
             proc.start()
         child.close()
         return wid, proc, parent
