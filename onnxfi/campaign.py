@@ -113,8 +113,9 @@ def auto_workers(cfg: EngineConfig, executor: str = "local", workers: int | None
 
     ``workers`` None (the default of every command): on the local executor with the CPU provider, one
     worker per usable core with one thread each (``cfg.threads`` given: cores // threads workers), fewer
-    where half the available memory does not hold each worker's model (counted three times: the loaded
-    model, its sessions, the cone sessions) and cache (``cfg.cache_mb``); one worker for a GPU provider (one
+    where half the available memory does not hold each worker's model (counted five times: the loaded
+    model, its sessions, the cone sessions, and ORT's optimized model that the ``opt-cut`` path reads, once
+    as a graph and once serialized) and cache (``cfg.cache_mb``); one worker for a GPU provider (one
     device) and for Ray (its actors are its own resources). Measured on 2 cores (bench/RESULTS.md): a
     campaign's per-fault work is mostly single-threaded (session builds, Python), so two one-thread workers
     ran a 400-fault campaign on a PaddleOCR classifier in 6.4 s against 9.0 s for one two-thread worker,
@@ -134,7 +135,7 @@ def auto_workers(cfg: EngineConfig, executor: str = "local", workers: int | None
         model_bytes = os.path.getsize(cfg.model_path)
     except OSError:
         model_bytes = 0
-    need = 3 * model_bytes + int(cfg.cache_mb * 2**20)
+    need = 5 * model_bytes + int(cfg.cache_mb * 2**20)
     if avail is None:
         n = 1
     elif need > 0:

@@ -239,8 +239,8 @@ def test_auto_workers_one_per_core_with_one_thread_within_memory(monkeypatch: py
     monkeypatch.setattr(campaign, "usable_cores", lambda: 4)
     # threads given: cores // threads workers
     assert campaign.auto_workers(EngineConfig(model_path=str(model), cache_mb=100, threads=2)) == (2, 2)
-    # memory: half of what is available must hold each worker (3 x model + cache)
-    need = 3 * 2**20 + 100 * 2**20
+    # memory: half of what is available must hold each worker (5 x model + cache)
+    need = 5 * 2**20 + 100 * 2**20
     monkeypatch.setattr(campaign, "_available_memory", lambda: 2 * need * 2 + 1)
     assert campaign.auto_workers(cfg) == (2, 2)
     monkeypatch.setattr(campaign, "_available_memory", lambda: need)

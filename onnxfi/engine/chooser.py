@@ -189,7 +189,7 @@ def _port(ctx: Context, site: Site, needs_bits: bool, needs_values: bool, reason
 
 
 def _opt_pays(ctx: Context, site: Site) -> bool:
-    """Whether to try the ``cone-opt`` path (:mod:`onnxfi.engine.optcone`) for a main-graph weight: in
+    """Whether to try the ``opt-cut`` and ``cone-opt`` paths (:mod:`onnxfi.engine.optcone`) for a main-graph weight: in
     campaigns with the cost model (planned counts known, or a growing plan) where at least
     ``OPT_MIN_FAULTS`` faults are planned at it. Deterministic: a function of the plan alone."""
     cfg = ctx.cfg

@@ -281,6 +281,7 @@ def _optimized_prefix(ctx: Context, rw: Rewrite) -> tuple[list[dict[str, np.ndar
                     except CutError:
                         continue
                     names.update(dict.fromkeys(boundary(graph, [other.tensor], [other.tensor])))
+        ctx.optimized_arrays.clear()  # the planned weights' rewrites are kept (ctx.rewrites): not the decoding
         if len(names) > len(mine):
             try:
                 chunks, used = ctx.optimized_prefix(list(names), keep=True)
