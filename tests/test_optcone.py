@@ -228,3 +228,30 @@ def test_a_model_ort_cannot_optimize_is_tried_once_per_worker(tmp_path: Path, mo
     paths = {eng.runner(s, True, False).path for s in ("cw", "fw")}
     assert "opt-cut" not in paths and len(calls) == 1
     assert "the cone of the optimized model" in eng.runner("cw", True, False).reason
+
+
+def test_each_fault_is_written_into_the_fed_tensor_and_taken_back(tmp_path: Path, path: str) -> None:
+    """A fault is written into the rewritten tensor in place (no copy of the weight per fault): after
+    faults of every kind, a NaN and an infinity included, the tensor is the fault-free one bit for bit,
+    and the next fault-free run gives the golden outputs."""
+    model, data = _model(tmp_path)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
+    r = eng.runner("cw", True, False)
+    before = r.rw.t0.copy()  # type: ignore[attr-defined]
+    for idx, bit in ((0, 30), (17, 31), (1000, 23), (2303, 0)):
+        e = Experiment(id=0, site="cw", kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(), seed=1,
+                       round=0)
+        eng.run(e, True, False)
+    assert np.array_equal(r.rw.t0.view(np.uint32), before.view(np.uint32))  # type: ignore[attr-defined]
+    got = r._run(r.rw.t0.reshape(r.rw.t_shape))  # type: ignore[attr-defined]
+    assert all(np.array_equal(got[k].view(np.uint32), g.view(np.uint32)) for k, g in r.golden.items())
+
+
+def test_a_weight_that_is_also_a_model_output_is_not_fed_in_orts_layout(tmp_path: Path) -> None:
+    model, data = _model(tmp_path)
+    m = onnx.load(model)
+    m.graph.output.append(oh.make_tensor_value_info("cw", TensorProto.FLOAT, [16, 16, 3, 3]))
+    onnx.save(m, model)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}, output="y"))
+    r = eng.runner("cw", True, False)
+    assert r.path not in ("opt-cut", "cone-opt") and "the weight is a model output" in r.reason

@@ -24,7 +24,7 @@ from onnxfi.errors import OnnxfiError
 from onnxfi.model import LoadedModel, inferred_shapes, load_model
 from onnxfi.runtime import concat_batches, make_session, run_batches, run_chunks
 from onnxfi.scoring import OutputChoice, choose_output, describe_shapes
-from onnxfi.sites import SiteIndex, enumerate_sites
+from onnxfi.sites import Site, SiteIndex, enumerate_sites
 
 __all__ = ["Context"]
 
@@ -70,10 +70,11 @@ class Context:
         self.planned_optimized: Any = None
         self._sample_shapes: dict[str, tuple[tuple[int | str | None, ...], bool]] | None = None
         self._model_outputs: Chunks | None = None
+        self._joined: Outputs | None = None
         self.model_time = 0.0  # seconds of the last whole-model fault-free run (without the session build)
         # The scored output and how it is read, chosen once per worker from the clean run over the eval data
         # (onnxfi.scoring: the same model and data give every worker the same choice); the run is kept.
-        clean = concat_batches(self.model_outputs())
+        clean = self.model_golden()
         self.choice: OutputChoice = choose_output(clean, self.data.labels, cfg.output, cfg.task,
                                                    samples=self.data.size)
         self.primary = self.choice.name
@@ -127,25 +128,33 @@ class Context:
         is no plan, or the run would not fit in ``--cache-mb`` (each site then runs its own)."""
         if self._planned is None:
             self._planned = False
-            planned = self.cfg.site_faults
-            if planned is not None and len(planned) != 1:  # empty: counts not known, any weight may be hit
-                proto = self.model_proto()
-                names: dict[str, None] = {}
-                for site in self.index.sites:
-                    if site.kind == "weight" and not site.graph and (not planned or site.name in planned):
-                        try:
-                            start = weight_start(proto, site.tensor_name)
-                            names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
-                        except CutError:
-                            continue
+            proto = self.model_proto()
+            names: dict[str, None] = {}
+            for site in self.planned_weights():
+                try:
+                    start = weight_start(proto, site.tensor_name)
+                    names.update(dict.fromkeys(boundary(proto, start, [site.tensor_name])))
+                except CutError:
+                    continue
+            if names:
                 room = self._planned_room()
-                if names and self._exposed_bytes(names) <= room:
+                if self._exposed_bytes(names) <= room:
                     try:
                         chunks, used = self._prefix_run(list(names), limit=room)
                         self._planned = (chunks, used, frozenset(names))
                     except CutError:
                         pass
         return self._planned if isinstance(self._planned, tuple) else None
+
+    def planned_weights(self, min_faults: int = 1) -> list[Site]:
+        """The main-graph weights a planned prefix run serves: those with at least ``min_faults`` faults in
+        ``cfg.site_faults``, every one where the counts are not known (empty: a plan that grows, any weight
+        may be hit); none without counts or with a single planned weight (its own run is the same)."""
+        counts = self.cfg.site_faults
+        if counts is None or len(counts) == 1:
+            return []
+        return [s for s in self.index.sites if s.kind == "weight" and not s.graph
+                and (not counts or counts.get(s.name, 0) >= min_faults)]
 
     def _exposed_bytes(self, names: Iterable[str]) -> int:
         """Bytes ``names`` take over the campaign data, from their per-sample shapes (checked before the
@@ -266,7 +275,18 @@ class Context:
             t0 = time.perf_counter()
             self._model_outputs = run_chunks(sess, self.data, self.output_names, self.cfg.batch)
             self.model_time = time.perf_counter() - t0
+            self._joined = None
         return self._model_outputs
+
+    def model_golden(self) -> Outputs:
+        """:meth:`model_outputs` joined over the data: the golden of the paths that classify against the
+        whole model. One copy per context, shared by the runners (read-only)."""
+        chunks = self.model_outputs()
+        if self._joined is None:
+            self._joined = concat_batches(chunks)
+            for a in self._joined.values():
+                a.flags.writeable = False
+        return self._joined
 
     def optimized_prefix(self, expose: list[str], keep: bool = False) -> tuple[Chunks, int]:
         """:meth:`prefix` of ORT's optimized whole model (:meth:`whole_optimized`, run with optimizations
@@ -304,7 +324,7 @@ class Context:
         """Whether ``outputs`` (over all the data) are the whole model's fault-free outputs up to
         rounding (``rounding.noise_bounds``: the same decisions and non-finite values, within 64 units
         in the last place)."""
-        want = concat_batches(self.model_outputs())
+        want = self.model_golden()
         if all(same_bits(np.asarray(outputs[k]), v) for k, v in want.items()):
             return True
         with np.errstate(invalid="ignore"):

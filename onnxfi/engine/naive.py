@@ -23,7 +23,6 @@ from onnxfi.model import load_model
 from onnxfi.passes.activation_fault import InsertActivationFault, required_opset
 from onnxfi.passes.opset import upgrade_opset
 from onnxfi.plan import Experiment
-from onnxfi.runtime import concat_batches
 from onnxfi.sites import Site, enumerate_sites
 
 __all__ = ["NaiveRunner", "RebuildRunner"]
@@ -102,7 +101,7 @@ class RebuildRunner(Runner):
                 self.cache_bytes = len(self.head)
                 self.name = name
                 t0 = time.perf_counter()
-                self.golden = concat_batches(ctx.model_outputs())
+                self.golden = ctx.model_golden()
                 self.golden_time = time.perf_counter() - t0
                 return
         self.loaded = load_model(ctx.cfg.model_path, ctx.cfg.input_shapes, check=False)

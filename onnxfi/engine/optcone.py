@@ -32,9 +32,11 @@ the other paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -164,16 +166,22 @@ class Rewrite:
     scale: np.ndarray | None
     per_channel: int  # elements per output channel of W (the fold's axis 0)
 
-    def faulty(self, original: np.ndarray, exp: Experiment) -> np.ndarray:
-        """The rewritten tensor with ``exp``'s fault: the faulty element alone, as ``inject_element``
-        computes it for the whole weight (same values, same draw), through ``f``."""
+    @contextlib.contextmanager
+    def faulty(self, original: np.ndarray, exp: Experiment) -> Iterator[np.ndarray]:
+        """The rewritten tensor with ``exp``'s fault, while the block runs: the faulty element alone, as
+        ``inject_element`` computes it for the whole weight (same values, same draw), through ``f``, written
+        into ``t0`` and restored after (no copy of the weight per fault)."""
         i = exp.index
         v = inject_element(original.reshape(-1)[i: i + 1], 0, exp.fault_obj(), np.random.default_rng(exp.seed))
         if self.scale is not None:
             v = _fold(v, self.scale, i // self.per_channel)
-        t = self.t0.copy()
-        t[self.where[i]] = v.astype(self.t0.dtype)[0]
-        return t.reshape(self.t_shape)
+        at = slice(int(self.where[i]), int(self.where[i]) + 1)
+        kept = self.t0[at].copy()
+        self.t0[at] = v.astype(self.t0.dtype)
+        try:
+            yield self.t0.reshape(self.t_shape)
+        finally:
+            self.t0[at] = kept
 
 
 def find_rewrite(optimized: onnx.ModelProto, w: np.ndarray, scale: np.ndarray | None,
@@ -262,25 +270,21 @@ def _rewrite(ctx: Context, site: Site) -> Rewrite:
 
 def _optimized_prefix(ctx: Context, rw: Rewrite) -> tuple[list[dict[str, np.ndarray]], int]:
     """The values the cone of ``rw``'s tensor reads in the optimized whole model, over the data: from one
-    prefix run for every planned weight (``cfg.site_faults``, those with ``OPT_MIN_FAULTS`` faults or more;
-    every main-graph weight where the counts are not known) where it fits in ``--cache-mb`` (what the context keeps for the campaign: 0 bytes to this runner),
-    else a run of its own."""
+    prefix run for every planned weight (:meth:`Context.planned_weights` with ``OPT_MIN_FAULTS``) where it
+    fits in ``--cache-mb`` (what the context keeps for the campaign: 0 bytes to this runner), else a run of
+    its own."""
     graph = ctx.whole_optimized()
     mine = boundary(graph, [rw.tensor], [rw.tensor])
     planned = ctx.planned_optimized
     if planned is None:
         ctx.planned_optimized = False
-        counts = ctx.cfg.site_faults
         names: dict[str, None] = {}
-        if counts is not None and len(counts) != 1:  # empty: counts not known (a plan that grows), any weight
-            for site in ctx.index.sites:
-                if site.kind == "weight" and not site.graph and (
-                        not counts or counts.get(site.name, 0) >= OPT_MIN_FAULTS):
-                    try:
-                        other = _rewrite(ctx, site)
-                    except CutError:
-                        continue
-                    names.update(dict.fromkeys(boundary(graph, [other.tensor], [other.tensor])))
+        for site in ctx.planned_weights(OPT_MIN_FAULTS):
+            try:
+                other = _rewrite(ctx, site)
+            except CutError:
+                continue
+            names.update(dict.fromkeys(boundary(graph, [other.tensor], [other.tensor])))
         ctx.optimized_arrays.clear()  # the planned weights' rewrites are kept (ctx.rewrites): not the decoding
         if len(names) > len(mine):
             try:
@@ -294,9 +298,16 @@ def _optimized_prefix(ctx: Context, rw: Rewrite) -> tuple[list[dict[str, np.ndar
     return ctx.optimized_prefix(mine)
 
 
-def _cpu_only(ctx: Context) -> None:
+def _feedable(ctx: Context, model: onnx.ModelProto, name: str) -> None:
+    """CutError unless weight ``name`` of ``model`` may be fed in ORT's optimized graph: the CPU provider,
+    one node reading it, and not a model output (the fed tensor is in ORT's layout, and each fault is
+    written into it in place)."""
     if (ctx.cfg.provider or "cpu").lower() not in ("cpu", "cpuexecutionprovider"):
         raise CutError("ORT's optimized graph is read on the CPU provider only")
+    if sum(name in n.input for n in model.graph.node) != 1:
+        raise CutError("the weight is read by several nodes")
+    if name in ctx.output_names:
+        raise CutError("the weight is a model output")
 
 
 class OptWeightRunner(_WeightRunner):
@@ -307,14 +318,12 @@ class OptWeightRunner(_WeightRunner):
     def __init__(self, cone: WeightCone, reason: str = "") -> None:
         super().__init__(cone, reason)
         ctx, site = cone.ctx, cone.site
-        _cpu_only(ctx)
         w = cone.original
-        if w.dtype not in (np.float32, np.float16) or w.ndim == 0:
+        if w.dtype not in (np.float32, np.float16) or w.ndim == 0:  # (before the optimized cone is built)
             raise CutError("only float32 and float16 weights are read in ORT's optimized graph")
         name = site.tensor_name
         cut = cone.bake_cut
-        if sum(name in n.input for n in cut.model.graph.node) != 1:
-            raise CutError("the weight is read by several nodes")
+        _feedable(ctx, cut.model, name)
         t0 = time.perf_counter()
         optimized, built = self._optimized()
         self.rw = find_rewrite(optimized, w, bn_scale(cut.model, name))
@@ -375,7 +384,8 @@ class OptWeightRunner(_WeightRunner):
                         lambda c: value, True)
 
     def result(self, exp: Experiment) -> Result:
-        return Result(self._run(self.rw.faulty(self.cone.original, exp)), self.golden, self.path)
+        with self.rw.faulty(self.cone.original, exp) as t:
+            return Result(self._run(t), self.golden, self.path)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"rewrite": self.rewrite}
@@ -395,13 +405,11 @@ class OptCutRunner(Runner):
 
     def __init__(self, ctx: Context, site: Site, reason: str = "") -> None:
         super().__init__(ctx, site, reason)
-        _cpu_only(ctx)
         if site.graph:
             raise CutError("site is inside a subgraph")
         proto = ctx.model_proto()
         name = site.tensor_name
-        if sum(name in n.input for n in proto.graph.node) != 1:
-            raise CutError("the weight is read by several nodes")
+        _feedable(ctx, proto, name)
         t0 = time.perf_counter()
         self.original: np.ndarray = ctx.index.weight_array(site)
         optimized = ctx.whole_optimized()
@@ -411,7 +419,7 @@ class OptCutRunner(Runner):
         value = self.rw.t0.reshape(self.rw.t_shape)
         self.chunks, self.cache_bytes = _optimized_prefix(ctx, self.rw)
         self.cut = cut_model(fed, [name], [name], {**self.chunks[0], name: value})
-        self.golden = concat_batches(ctx.model_outputs())
+        self.golden = ctx.model_golden()
         cut_bytes = self.cut.model.SerializeToString()
         self.session: Any = make_session(cut_bytes, ctx.cfg.provider, optimization="none", threads=ctx.cfg.threads)
         self.cache_bytes += 2 * len(cut_bytes)
@@ -449,7 +457,8 @@ class OptCutRunner(Runner):
         return _run_cut(self.ctx, self.chunks, self.cut, self.site.tensor_name, session, lambda c: t, feed)
 
     def result(self, exp: Experiment) -> Result:
-        return Result(self._run(self.rw.faulty(self.original, exp)), self.golden, self.path)
+        with self.rw.faulty(self.original, exp) as t:
+            return Result(self._run(t), self.golden, self.path)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"rewrite": self.rewrite, "cut_inputs": list(self.cut.inputs)}
