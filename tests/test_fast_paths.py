@@ -737,8 +737,9 @@ def test_baked_runners_hold_no_session_and_are_not_rebuilt_across_rounds(tmp_pat
     names = sorted({e.site for e in plan.experiments})
     assert len(names) > 2
     first = {n: eng.runner(n, True, False) for n in names}
-    assert all(r.sessions == 0 and r.path in ("cone-baked", "opt-cut", "opt-cut-baked") for r in first.values())
-    assert {r.path for r in first.values()} == {"cone-baked", "opt-cut"}
+    assert all(r.sessions == 0 and r.path in ("cone-baked", "opt-slice", "opt-cut", "opt-cut-baked")
+               for r in first.values())
+    assert {r.path for r in first.values()} == {"cone-baked", "opt-slice", "opt-cut"}
     assert all(eng.runner(n, True, False) is first[n] for n in names)
 
 

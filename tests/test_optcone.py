@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto
 
 from onnxfi.cut import CutError
-from onnxfi.engine import Engine, EngineConfig, chooser
+from onnxfi.engine import Engine, EngineConfig, chooser, optcone
 from onnxfi.engine.optcone import bn_scale, layouts
 from onnxfi.faults import BitFlip
 from onnxfi.plan import Experiment
@@ -84,13 +84,16 @@ BITS = (0, 3, 11, 19, 22, 23, 27, 30, 31)
 BITS16 = (0, 3, 9, 10, 12, 14, 15)
 
 
-@pytest.fixture(params=["opt-cut", "cone-opt"])
+@pytest.fixture(params=["opt-slice", "opt-cut", "cone-opt"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each path in turn: ``cone-opt`` is what the chooser takes where ``opt-cut`` cannot be made."""
+    """Each path of a convolution filter in turn: ``opt-cut`` where its output block cannot be sliced,
+    ``cone-opt`` where ``opt-cut`` cannot be made."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise CutError("refused by the test")
     if request.param == "cone-opt":
-        def refuse(*args: object, **kwargs: object) -> None:
-            raise CutError("refused by the test")
         monkeypatch.setattr(chooser, "OptCutRunner", refuse)
+    if request.param == "opt-cut":
+        monkeypatch.setattr(optcone, "ConvSlice", refuse)
     return str(request.param)
 
 
@@ -120,13 +123,14 @@ def test_a_folded_and_reordered_conv_weight_runs_fed_in_orts_graph_and_equals_na
     info = eng.runner("cw", True, False).describe()
     assert info["path"] == path and info["rewrite"].startswith("bn-fold, ")
     paths = _rows_equal_naive(model, data, "cw", [0, 17, 1000, 2303])
-    assert set(paths) == {path}
+    assert path in paths and set(paths) <= {path, path + "+shortcut"}
 
 
 def test_a_gemm_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path, path: str) -> None:
     model, data = _model(tmp_path)
     paths = _rows_equal_naive(model, data, "fw", [0, 37, 159])
-    assert set(paths) <= {path, path + "-baked"} and paths
+    gemm = "opt-cut" if path == "opt-slice" else path  # (not a convolution: nothing to slice)
+    assert set(paths) <= {gemm, gemm + "-baked"} and paths
 
 
 def test_float16_weights_run_in_the_cut_of_orts_graph_and_equal_naive(tmp_path: Path) -> None:
@@ -135,9 +139,9 @@ def test_float16_weights_run_in_the_cut_of_orts_graph_and_equal_naive(tmp_path: 
     model, data = _model(tmp_path, fp16=True)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50, "fw": 50}))
     conv, gemm = eng.runner("cw", True, False).describe(), eng.runner("fw", True, False).describe()
-    assert conv["path"] == "opt-cut" and conv["rewrite"].startswith("bn-fold, cast, ")
+    assert conv["path"] == "opt-slice" and conv["rewrite"].startswith("bn-fold, cast, ")
     assert gemm["path"].startswith("opt-cut") and gemm["rewrite"].startswith("cast, ")
-    assert set(_rows_equal_naive(model, data, "cw", [0, 17, 2303], BITS16)) == {"opt-cut"}
+    assert {p.split("+")[0] for p in _rows_equal_naive(model, data, "cw", [0, 17, 2303], BITS16)} == {"opt-slice"}
     assert {p.split("-baked")[0] for p in _rows_equal_naive(model, data, "fw", [0, 159], BITS16)} == {"opt-cut"}
 
 
@@ -147,7 +151,7 @@ def test_the_planned_weights_share_one_prefix_run_of_orts_graph(tmp_path: Path, 
     model, data = _model(tmp_path)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults=counts))
     conv, gemm = eng.runner("cw", True, False), eng.runner("fw", True, False)
-    assert conv.path == "opt-cut" and gemm.path.startswith("opt-cut")
+    assert conv.path == "opt-slice" and gemm.path.startswith("opt-cut")
     assert conv.chunks is gemm.chunks  # type: ignore[attr-defined]
     assert isinstance(eng.ctx.planned_optimized, tuple) and eng.ctx.optimized_prefix_runs == 1
 
@@ -183,7 +187,7 @@ def test_one_planned_fault_runs_baked_and_an_unknown_count_tries_the_optimized_g
                                                                                     faults: int) -> None:
     model, data = _model(tmp_path)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": faults}))
-    assert (eng.runner("cw", True, False).path == "opt-cut") == (faults == 0)
+    assert (eng.runner("cw", True, False).path == "opt-slice") == (faults == 0)
 
 
 def test_a_rewritten_tensor_read_by_two_nodes_is_not_fed() -> None:
@@ -237,13 +241,20 @@ def test_each_fault_is_written_into_the_fed_tensor_and_taken_back(tmp_path: Path
     model, data = _model(tmp_path)
     eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
     r = eng.runner("cw", True, False)
+    assert r.path == path
     before = r.rw.t0.copy()  # type: ignore[attr-defined]
+    outputs_before = [y.copy() for y in r.slice.y0] if path == "opt-slice" else []  # type: ignore[attr-defined]
     for idx, bit in ((0, 30), (17, 31), (1000, 23), (2303, 0)):
         e = Experiment(id=0, site="cw", kind="weight", index=idx, bit=bit, fault=BitFlip((bit,)).to_dict(), seed=1,
                        round=0)
         eng.run(e, True, False)
     assert np.array_equal(r.rw.t0.view(np.uint32), before.view(np.uint32))  # type: ignore[attr-defined]
-    got = r._run(r.rw.t0.reshape(r.rw.t_shape))  # type: ignore[attr-defined]
+    if path == "opt-slice":  # the convolution's output block written per fault is taken back too
+        assert [np.array_equal(y.view(np.uint32), y0.view(np.uint32)) for y, y0 in zip(
+            r.slice.y0, outputs_before)] == [True] * len(outputs_before)  # type: ignore[attr-defined]
+        got = r.slice._rest()  # type: ignore[attr-defined]
+    else:
+        got = r._run(r.rw.t0.reshape(r.rw.t_shape))  # type: ignore[attr-defined]
     assert all(np.array_equal(got[k].view(np.uint32), g.view(np.uint32)) for k, g in r.golden.items())
 
 

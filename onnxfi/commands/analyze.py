@@ -317,7 +317,7 @@ def print_summary(plan: Plan, clean: dict[str, Any], s: dict[str, Any], top: int
 
 
 # the engine's fast paths; any other path (port, rebuild, naive) is a fallback worth a line
-_FAST_PATHS = ("opt-cut", "opt-cut-baked", "cone-opt", "cone", "cone-split", "cone-baked")
+_FAST_PATHS = ("opt-slice", "opt-cut", "opt-cut-baked", "cone-opt", "cone", "cone-split", "cone-baked")
 
 
 def path_note(rows: list[dict[str, Any]]) -> str | None:

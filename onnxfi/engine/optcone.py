@@ -16,7 +16,9 @@ and the graph is run with optimizations off. A fault in element ``i`` of ``W`` c
   forward cone is cut from that graph, fed by a prefix run of it (one for every planned weight where it
   fits in ``--cache-mb``). The cone reads the values ORT computes there (float32 where ORT keeps a
   float16 chain in float32, NCHWc-blocked where it reorders), so even a float16 model, whose cut of the
-  original graph is not faithful, is computed as its rebuilt session computes it. Where a kernel computes
+  original graph is not faithful, is computed as its rebuilt session computes it. A convolution filter's
+  fault computes only the block of output channels holding it, then the rest of the cone
+  (``opt-slice``, :mod:`onnxfi.engine.optslice`). Where a kernel computes
   a fed weight differently from a constant one (ORT prepacks a constant Gemm operand), the small cone is
   built per fault with the weight baked in (``opt-cut-baked``).
 * ``cone-opt`` (:class:`OptWeightRunner`): the weight's baked cone of the original graph, optimized by ORT
@@ -48,6 +50,7 @@ from onnxfi.cut import CutError, boundary, cut_model, forward_cone
 from onnxfi.engine.base import Outputs, Result, Runner
 from onnxfi.engine.cone import WeightCone, _run_cut, _WeightRunner
 from onnxfi.engine.context import Context
+from onnxfi.engine.optslice import ConvSlice
 from onnxfi.engine.rounding import same_bits
 from onnxfi.faults import inject_element
 from onnxfi.plan import Experiment
@@ -415,16 +418,28 @@ class OptCutRunner(Runner):
         optimized = ctx.whole_optimized()
         self.rw = _rewrite(ctx, site)
         self.rewrite = f"{self.rw.value}, {self.rw.layout}"
+        self.chunks, self.cache_bytes = _optimized_prefix(ctx, self.rw)
+        self.golden = ctx.model_golden()
+        self.sessions = 0  # bounded by --cache-mb (about twice the cone's bytes), as cone-opt's
+        self.head: bytes | None = None
+        self.slice: ConvSlice | None = None
+        self.slice_reason = ""
+        try:  # a convolution filter: the output block of the fault alone, then the rest of the cone
+            self.slice = ConvSlice(ctx, optimized, self.rw.tensor, self.rw.layout, self.rw.t0, self.rw.t_shape,
+                                   self.chunks, self.golden)
+        except CutError as e:
+            self.slice_reason = str(e)
+        else:
+            self.path = "opt-slice"
+            self.cache_bytes += self.slice.cache_bytes
+            self.golden_time = time.perf_counter() - t0
+            return
         fed = fed_graph(optimized, self.rw, name)
         value = self.rw.t0.reshape(self.rw.t_shape)
-        self.chunks, self.cache_bytes = _optimized_prefix(ctx, self.rw)
         self.cut = cut_model(fed, [name], [name], {**self.chunks[0], name: value})
-        self.golden = ctx.model_golden()
         cut_bytes = self.cut.model.SerializeToString()
         self.session: Any = make_session(cut_bytes, ctx.cfg.provider, optimization="none", threads=ctx.cfg.threads)
         self.cache_bytes += 2 * len(cut_bytes)
-        self.sessions = 0  # bounded by --cache-mb (about twice the cone's bytes), as cone-opt's
-        self.head: bytes | None = None
         if not self._same(self._run(value)):
             # Some kernels compute differently with a constant weight (ORT prepacks a constant Gemm/MatMul
             # operand): the cone with the weight baked in, a session per fault (a small cone's build, not the
@@ -458,7 +473,16 @@ class OptCutRunner(Runner):
 
     def result(self, exp: Experiment) -> Result:
         with self.rw.faulty(self.original, exp) as t:
-            return Result(self._run(t), self.golden, self.path)
+            if self.slice is None:
+                return Result(self._run(t), self.golden, self.path)
+            out = self.slice.run(self.rw.t0, int(self.rw.where[exp.index]), self.ctx.cfg.shortcuts)
+        if out is None:  # the fault's output block is the fault-free one bit for bit: nothing after it changes
+            return Result(self.golden, self.golden, self.path + "+shortcut")
+        return Result(out, self.golden, self.path)
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"rewrite": self.rewrite, "cut_inputs": list(self.cut.inputs)}
+        if self.slice is not None:
+            return super().describe() | {"rewrite": self.rewrite, "blocks": self.slice.blocks,
+                                         "rest_inputs": list(self.slice.rest.inputs)}
+        return super().describe() | {"rewrite": self.rewrite, "cut_inputs": list(self.cut.inputs),
+                                     "not_sliced": self.slice_reason}
