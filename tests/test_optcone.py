@@ -45,10 +45,12 @@ def test_blocked_layouts_put_each_element_where_the_index_formula_says() -> None
     assert np.array_equal(layouts(np.arange(6).reshape(2, 3))["transposed"], np.arange(6).reshape(2, 3).T)
 
 
-def _model(tmp_path: Path, zeros: bool = False, fp16: bool = False) -> tuple[str, str]:
+def _model(tmp_path: Path, zeros: bool = False, fp16: bool = False, bias_add: bool = False) -> tuple[str, str]:
     """x [N, 16, 8, 8] -> Conv 16->16 3x3 -> BatchNormalization -> Relu -> GlobalAveragePool -> Flatten ->
     Gemm 16->10: channels ORT's NCHWc kernels block, and a BatchNormalization ORT folds into the Conv.
-    ``fp16``: every weight float16, x cast to float16 first and y back to float32 (as a converted model)."""
+    ``fp16``: every weight float16, x cast to float16 first and y back to float32 (as a converted model).
+    ``bias_add``: the Conv's bias added by an Add of it reshaped, then an Identity, before the
+    BatchNormalization (as Paddle's exporter writes a Conv)."""
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.2, size=(16, 16, 3, 3)).astype(np.float32)
     if zeros:
@@ -67,6 +69,11 @@ def _model(tmp_path: Path, zeros: bool = False, fp16: bool = False) -> tuple[str
         oh.make_node("Flatten", ["p"], ["f"]),
         oh.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
     ]
+    if bias_add:
+        inits.append(onh.from_array(np.array([1, 16, 1, 1], np.int64), "bshape"))
+        nodes[:1] = [oh.make_node("Conv", ["x", "cw"], ["c0"], pads=[1, 1, 1, 1]),
+                     oh.make_node("Reshape", ["cb", "bshape"], ["cb4"]), oh.make_node("Add", ["c0", "cb4"], ["ca"]),
+                     oh.make_node("Identity", ["ca"], ["c"])]
     if fp16:
         inits = [onh.from_array(onh.to_array(t).astype(np.float16), t.name) for t in inits]
         nodes = [oh.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16)] + nodes + [
@@ -124,6 +131,17 @@ def test_a_folded_and_reordered_conv_weight_runs_fed_in_orts_graph_and_equals_na
     assert info["path"] == path and info["rewrite"].startswith("bn-fold, ")
     paths = _rows_equal_naive(model, data, "cw", [0, 17, 1000, 2303])
     assert path in paths and set(paths) <= {path, path + "+shortcut"}
+
+
+def test_a_conv_whose_bias_is_added_before_its_batchnorm_is_found_folded(tmp_path: Path) -> None:
+    """Paddle's exporter writes Conv -> Add (bias) -> Identity -> BatchNormalization; ORT fuses the Add and
+    removes the Identity before it folds the BatchNormalization, so the fold factor is found through them."""
+    model, data = _model(tmp_path, bias_add=True)
+    assert bn_scale(onnx.load(model), "cw") is not None
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"cw": 50}))
+    info = eng.runner("cw", True, False).describe()
+    assert info["path"] == "opt-slice" and info["rewrite"].startswith("bn-fold, ")
+    assert {p.split("+")[0] for p in _rows_equal_naive(model, data, "cw", [0, 1000, 2303])} == {"opt-slice"}
 
 
 def test_a_gemm_weight_runs_fed_in_orts_graph_and_equals_naive(tmp_path: Path, path: str) -> None:

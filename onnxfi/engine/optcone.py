@@ -116,12 +116,18 @@ def _array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 def bn_scale(model: onnx.ModelProto, weight: str) -> np.ndarray | None:
     """The per-output-channel factor ORT's Conv+BatchNormalization fusion multiplies a Conv weight by,
     computed as ORT computes it, each step rounded to the weight's type (float32 or float16):
-    ``scale / sqrt(var + epsilon)``; None when the weight's Conv does not feed a BatchNormalization alone."""
+    ``scale / sqrt(var + epsilon)``; None when the weight's Conv does not feed a BatchNormalization alone
+    (directly, or through an Add of its bias and Identity nodes, as Paddle's exporter writes it: ORT fuses
+    and removes them first)."""
     users = [n for n in model.graph.node if weight in n.input]
     if len(users) != 1 or users[0].op_type != "Conv" or list(users[0].input).index(weight) != 1:
         return None
     out = users[0].output[0]
     readers = [n for n in model.graph.node if out in n.input]
+    for _ in range(3):  # through the bias Add and Identity nodes ORT removes (if it does not, no rewrite matches)
+        if len(readers) != 1 or readers[0].op_type not in ("Add", "Identity"):
+            break
+        readers = [n for n in model.graph.node if readers[0].output[0] in n.input]
     if len(readers) != 1 or readers[0].op_type != "BatchNormalization" or len(readers[0].input) < 5:
         return None
     bn = readers[0]
