@@ -118,3 +118,16 @@ def test_a_grouped_convolution_is_not_sliced_and_still_equals_naive(tmp_path: Pa
     r = eng.runner("A", True, False)
     assert r.path.startswith("opt-cut") and "grouped" in r.describe()["not_sliced"]
     _rows_equal_naive(eng, naive, "A", [0, 1000, 2303])
+
+
+def test_a_convolution_output_over_the_cache_budget_is_not_kept(tmp_path: Path) -> None:
+    """The Conv's fault-free output over the data is kept per sliced weight: where it is over a quarter of
+    --cache-mb the weight takes opt-cut (which keeps no such tensor)."""
+    model, data = _model(tmp_path)
+    a_out = 12 * 40 * 8 * 8 * 4  # bytes of A's output over the 12 samples (its channels padded: more)
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"A": 50},
+                              cache_mb=2 * a_out / 2**20))
+    naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
+    r = eng.runner("A", True, False)
+    assert r.path == "opt-cut" and "--cache-mb" in r.describe()["not_sliced"]
+    _rows_equal_naive(eng, naive, "A", [0, 11519], (23, 30))

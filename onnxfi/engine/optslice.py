@@ -109,8 +109,12 @@ class ConvSlice:
                                   opset_imports=list(graph.opset_import), ir_version=graph.ir_version)
         threads = ctx.cfg.threads
         self.conv = make_session(model.SerializeToString(), ctx.cfg.provider, optimization="none", threads=threads)
-        # the Conv's fault-free output per chunk (the same node, the whole filter)
-        self.y0 = [self._conv(c, None, t0.reshape(t_shape)) for c in chunks]
+        # the Conv's fault-free output per chunk (the same node, the whole filter), kept: a quarter of
+        # --cache-mb at most (the prefix values the cone reads are of the same order)
+        self.y0 = [self._conv(chunks[0], None, t0.reshape(t_shape))]
+        if self.y0[0].nbytes * len(chunks) > ctx.cfg.cache_mb * 2**20 / 4:
+            raise CutError("the convolution's output over the data is over a quarter of --cache-mb")
+        self.y0 += [self._conv(c, None, t0.reshape(t_shape)) for c in chunks[1:]]
         if self.y0[0].dtype != t0.dtype or self.y0[0].ndim < 2 or self.y0[0].shape[1] != t_shape[0]:
             raise CutError("the convolution's output does not match its filter")
         for k in range(self.blocks):
