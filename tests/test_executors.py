@@ -321,6 +321,10 @@ def test_startup_errors() -> None:
 
     assert common.startup_error(OnnxfiError("data file not found: d.npz"))[0] == common.USER_ERROR
     assert common.startup_error(InvalidArgument("bad input shape"))[0] == common.USER_ERROR
+    # a long user error reaches the parent whole: its end says what to do (it was cut at 300 characters)
+    long = OnnxfiError("no output looks like class scores; outputs: " + ", ".join(f"out{i} [N,7600,10]" for i in range(30))
+                       + "; choose one with --output NAME")
+    assert common.startup_error(long) == (common.USER_ERROR, str(long))
     try:
         raise TypeError("bug")
     except TypeError as e:

@@ -109,8 +109,8 @@ def _describe(exp: Experiment) -> str:
 
 def _error_reply(e: BaseException, where: str) -> Reply:
     """The reply for an exception that is not a runtime failure of the faulty model."""
-    if isinstance(e, OnnxfiError):
-        return (USER_ERROR, f"{where}: {first_line(e)}")
+    if isinstance(e, OnnxfiError):  # written for the user: whole (its end often says what to do)
+        return (USER_ERROR, f"{where}: {first_line(e, limit=None)}")
     text = "".join(traceback.format_exception(e))
     return (INTERNAL_ERROR, (f"{where} (worker pid {os.getpid()}): {type(e).__name__}: {first_line(e)}", text))
 
@@ -120,8 +120,8 @@ def startup_error(e: BaseException) -> Reply:
     refusing the fault-free model or data) is a user error, anything else a bug."""
     from onnxfi.engine.base import is_runtime_failure  # a worker's: ONNX Runtime is loaded there
 
-    if isinstance(e, OnnxfiError):  # the user's input, said as the parent would say it
-        return (USER_ERROR, first_line(e))
+    if isinstance(e, OnnxfiError):  # the user's input, said whole as the parent would say it
+        return (USER_ERROR, first_line(e, limit=None))
     if is_runtime_failure(e):
         return (USER_ERROR, f"ONNX Runtime cannot run the fault-free model on this data: {first_line(e)}")
     return _error_reply(e, "starting a worker")
