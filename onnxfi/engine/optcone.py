@@ -408,7 +408,8 @@ class OptCutRunner(Runner):
     that graph (float32 where it keeps a chain in float32, NCHWc-blocked where it reorders), from a prefix
     run of it, so the cut is the graph a rebuilt model's session runs; it runs with optimizations off. A
     fault costs one cone run and no session build. Its fault-free outputs must equal the whole model's
-    cached outputs bit for bit."""
+    cached outputs bit for bit. A convolution filter's fault runs its output block alone and then the rest
+    of the cone (``opt-slice``, :class:`onnxfi.engine.optslice.ConvSlice`) where that checks out."""
 
     path = "opt-cut"
 
