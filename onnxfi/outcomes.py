@@ -61,8 +61,10 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
 _SDC1_BY_TASK: Mapping[str, str] = {
     "sequence": "SDC-1 (decoded sequence changed on some input)",
     "detection": "SDC-1 (a detection lost, added, relabelled or moved on some image)",
+    "regression": "SDC-1 (an output value changed on some input: raw values, no decision)",
 }
-_DECISION_BY_TASK: Mapping[str, str] = {"sequence": "decoded sequence", "detection": "detections"}
+_DECISION_BY_TASK: Mapping[str, str] = {"sequence": "decoded sequence", "detection": "detections",
+                                        "regression": "output values"}
 
 
 def flag_description(flag: str, task: str | None, critical: float) -> str:
@@ -75,8 +77,8 @@ def flag_description(flag: str, task: str | None, critical: float) -> str:
 
 def shown_flags(task: str | None) -> tuple[str, ...]:
     """The flags a rate table shows for ``task``: SDC-5 (golden top-1 out of the top-5) only where there are
-    class scores to rank, so not for sequences and detectors."""
-    return tuple(f for f in FLAGS if not (f == "sdc5" and task in ("sequence", "detection")))
+    class scores to rank, so not for sequences, detectors and raw values (regression)."""
+    return tuple(f for f in FLAGS if not (f == "sdc5" and task in ("sequence", "detection", "regression")))
 
 
 def decision_words(task: str | None) -> str:

@@ -325,3 +325,18 @@ def test_analyze_exits_2_on_ambiguity(
     rc, _, err = _run(capsys, ["analyze", model, "--data", data, "--faults", "8", "--db", tmp_path / "t.db"])
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "cannot tell which output" in lines[0] and "--output NAME" in lines[0]
+
+
+def test_raw_values_are_not_described_as_top1_decisions() -> None:
+    """Read as regression, SDC-1 flags any changed output value (there is no decision): the tables say so,
+    and show no SDC-5 row (a top-5 needs class scores; it would read 0% whatever the faults did)."""
+    from onnxfi.outcomes import decision_words, flag_description, shown_flags
+
+    gold = np.linspace(-1, 1, 40, dtype=np.float32).reshape(4, 10)
+    out = gold.copy()
+    out[2, 3] = np.nextafter(out[2, 3], np.float32(2))  # one value, one ulp: no class could change
+    row = classify({"y": gold}, {"y": out}, "y", "regression", None, 0.01, layout="raw")
+    assert row["sdc1"] and not row["masked"]
+    assert "top-1" not in flag_description("sdc1", "regression", 0.01)
+    assert "sdc5" not in shown_flags("regression") and "sdc5" in shown_flags("classification")
+    assert decision_words("regression") == "output values"
