@@ -131,3 +131,24 @@ def test_a_convolution_output_over_the_cache_budget_is_not_kept(tmp_path: Path) 
     r = eng.runner("A", True, False)
     assert r.path == "opt-cut" and "--cache-mb" in r.describe()["not_sliced"]
     _rows_equal_naive(eng, naive, "A", [0, 11519], (23, 30))
+
+
+def test_a_first_convolution_reading_an_input_named_like_the_slices_own_is_sliced(tmp_path: Path) -> None:
+    """The first Conv of an image model reads the graph input itself (3 channels: ORT's NCHWc kernel takes
+    it as is). An input named "w" (the name the slice's filter has) is no conflict."""
+    rng = np.random.default_rng(1)
+    inits = [onh.from_array(rng.normal(0, 0.3, size=(32, 3, 3, 3)).astype(np.float32), "C"),
+             onh.from_array(rng.normal(0, 0.3, size=(10, 32)).astype(np.float32), "fw")]
+    nodes = [oh.make_node("Conv", ["w", "C"], ["c"], pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
+             oh.make_node("GlobalAveragePool", ["r"], ["p"]), oh.make_node("Flatten", ["p"], ["f"]),
+             oh.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializer=inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", w=rng.normal(size=(12, 3, 8, 8)).astype(np.float32))
+    model, data = str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
+    eng = Engine(EngineConfig(model_path=model, data_path=data, mode="suffix", site_faults={"C": 50}))
+    naive = Engine(EngineConfig(model_path=model, data_path=data, mode="naive"))
+    r = eng.runner("C", True, False)
+    assert r.path == "opt-slice" and r.slice.x == "w"  # type: ignore[attr-defined]
+    _rows_equal_naive(eng, naive, "C", [0, 400, 863], (3, 23, 30, 31))

@@ -47,11 +47,12 @@ import onnx
 import onnx.numpy_helper
 
 from onnxfi.cut import CutError, boundary, cut_model, forward_cone
-from onnxfi.engine.base import Outputs, Result, Runner
+from onnxfi.engine.base import Outputs, Result, Runner, is_runtime_failure
 from onnxfi.engine.cone import WeightCone, _run_cut, _WeightRunner
 from onnxfi.engine.context import Context
 from onnxfi.engine.optslice import ConvSlice
 from onnxfi.engine.rounding import same_bits
+from onnxfi.errors import first_line
 from onnxfi.faults import inject_element
 from onnxfi.plan import Experiment
 from onnxfi.runtime import concat_batches, make_session
@@ -434,8 +435,10 @@ class OptCutRunner(Runner):
         try:  # a convolution filter: the output block of the fault alone, then the rest of the cone
             self.slice = ConvSlice(ctx, optimized, self.rw.tensor, self.rw.layout, self.rw.t0, self.rw.t_shape,
                                    self.chunks, self.golden)
-        except CutError as e:
-            self.slice_reason = str(e)
+        except Exception as e:  # (ORT refusing the Conv alone too: the whole cone is run instead)
+            if not isinstance(e, CutError) and not is_runtime_failure(e):
+                raise
+            self.slice_reason = first_line(e)
         else:
             self.path = "opt-slice"
             self.cache_bytes += self.slice.cache_bytes

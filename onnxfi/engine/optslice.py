@@ -93,9 +93,10 @@ class ConvSlice:
         if len(node.input) > max(3, sum_at + 1):
             raise CutError("the convolution has inputs this path does not slice")
         dtype = helper.np_dtype_to_tensor_dtype(t0.dtype)
-        ins = [helper.make_tensor_value_info(self.x, helper.np_dtype_to_tensor_dtype(chunks[0][self.x].dtype),
-                                             None), helper.make_tensor_value_info("w", dtype, None)]
-        names = [self.x, "w"]
+        # the one-node model's own input names (x, w, b, s): none of the graph's can collide with them
+        ins = [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(chunks[0][self.x].dtype), None),
+               helper.make_tensor_value_info("w", dtype, None)]
+        names = ["x", "w"]
         if self.bias is not None:
             ins.append(helper.make_tensor_value_info("b", helper.np_dtype_to_tensor_dtype(self.bias.dtype), None))
             names.append("b")
@@ -117,6 +118,8 @@ class ConvSlice:
         self.y0 += [self._conv(c, None, t0.reshape(t_shape)) for c in chunks[1:]]
         if self.y0[0].dtype != t0.dtype or self.y0[0].ndim < 2 or self.y0[0].shape[1] != t_shape[0]:
             raise CutError("the convolution's output does not match its filter")
+        if self.sum and any(c[self.sum].shape != y.shape for c, y in zip(chunks, self.y0)):
+            raise CutError("the convolution's Sum input is broadcast: its blocks are not the output's")
         for k in range(self.blocks):
             w = self.block(t0, k)
             if not all(same_bits(self._conv(c, k, w), self.view(y, k)) for c, y in zip(chunks, self.y0)):
@@ -139,7 +142,7 @@ class ConvSlice:
     def _conv(self, chunk: dict[str, np.ndarray], k: int | None, w: np.ndarray) -> np.ndarray:
         """The Conv over ``chunk`` with filter ``w``: block ``k`` of it, flattened per sample as :meth:`view`
         gives it (``k`` None: the whole output)."""
-        feeds: dict[str, Any] = {self.x: chunk[self.x], "w": w}
+        feeds: dict[str, Any] = {"x": chunk[self.x], "w": w}
         if self.bias is not None:
             feeds["b"] = self.bias if k is None else self.bias.reshape(self.blocks, -1)[k]
         if self.sum:
