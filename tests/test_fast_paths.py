@@ -789,3 +789,13 @@ def test_the_shared_prefix_run_respects_the_cache_budget() -> None:
     tight = Context(EngineConfig(model_path=model, data_path=data, samples=8, site_faults={},
                                  cache_mb=roomy._exposed_bytes(shared[2]) / 2**20 / 2))
     assert tight._planned_prefix() is None and tight.prefix_runs == 0
+
+
+def test_same_outputs_wants_every_output_bit_for_bit() -> None:
+    from onnxfi.engine.rounding import same_outputs
+
+    a = {"y": np.array([1.0, 0.0], np.float32), "z": np.arange(3)}
+    assert same_outputs({**a, "extra": np.zeros(1)}, a)  # outputs beyond the wanted ones do not count
+    assert not same_outputs({"y": a["y"]}, a)  # a missing output
+    assert not same_outputs({**a, "y": np.array([1.0, -0.0], np.float32)}, a)  # the sign of zero
+    assert not same_outputs({**a, "z": np.arange(3).astype(np.int32)}, a)  # the dtype

@@ -23,10 +23,11 @@ BITS = (0, 3, 11, 19, 22, 23, 27, 30, 31)
 
 
 def _model(tmp_path: Path, group: int = 1) -> tuple[str, str]:
-    """x [N, 32, 8, 8] -> Conv 1x1 -> Relu -> h -> Conv A 32->40 (3x3) -> Relu -> Conv B 40->32 -> Add h ->
-    Relu -> GlobalAveragePool -> Flatten -> Gemm 32->10. A's 40 output channels are several blocks, the last
-    one padded; ORT fuses the residual Add into B (its Sum input). A's channel 0 is dead (bias -50): small changes of its filter leave
-    its output at 0. ``group`` > 1: A is a grouped convolution of 32 channels (no Sum anywhere)."""
+    """x [N, 32, 8, 8] -> Conv 1x1 -> Relu -> h -> Conv A 32->40 (3x3) -> Relu -> Conv B 40->32 -> Add h
+    -> Relu -> GlobalAveragePool -> Flatten -> Gemm 32->10. A's 40 output channels are several blocks, the
+    last one padded; ORT fuses the residual Add into B (its Sum input). A's channel 0 is dead (bias -50):
+    small changes of its filter leave its output at 0. ``group`` > 1: A is a grouped convolution of 32
+    channels (no Sum anywhere)."""
     rng = np.random.default_rng(0)
     a_out = 40 if group == 1 else 32
     a = rng.normal(0, 0.1, size=(a_out, 32 // group, 3, 3)).astype(np.float32)

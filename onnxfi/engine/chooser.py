@@ -5,7 +5,8 @@ Paths, fastest first: ``opt-cut`` (weights with two or more planned faults: the 
 from ORT's own optimized whole model, with the weight as ORT rewrote it fed per fault, exact, float16
 included; ``opt-slice`` for a convolution filter: the output block holding the fault computed alone and
 the rest of the cone fed, see :mod:`onnxfi.engine.optslice`; ``opt-cut-baked`` where a kernel computes a
-fed weight differently: the small cone built per fault; see :mod:`onnxfi.engine.optcone`), ``cone-opt`` (the same on ORT's optimization of the cone alone),
+fed weight differently: the small cone built per fault; see :mod:`onnxfi.engine.optcone`), ``cone-opt``
+(the same on ORT's optimization of the cone alone),
 ``cone`` (prefix cache + forward-cone session; weights: fed, with rounding-ambiguous experiments re-run
 baked), ``cone-split`` (weights: a small baked head per fault + a shared rest), ``cone-baked`` (weights: a
 baked cone session per fault), ``port`` (one whole-model session per site with the site opened to

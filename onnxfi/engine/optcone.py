@@ -51,7 +51,7 @@ from onnxfi.engine.base import Outputs, Result, Runner, is_runtime_failure
 from onnxfi.engine.cone import WeightCone, _run_cut, _WeightRunner
 from onnxfi.engine.context import Context
 from onnxfi.engine.optslice import ConvSlice
-from onnxfi.engine.rounding import same_bits
+from onnxfi.engine.rounding import same_bits, same_outputs
 from onnxfi.errors import first_line
 from onnxfi.faults import inject_element
 from onnxfi.plan import Experiment
@@ -352,13 +352,13 @@ class OptWeightRunner(_WeightRunner):
         # the whole model's fault-free outputs bit for bit (the cached ones), those are it, without a run
         key = self._key()
         whole = concat_batches([{k: c[k] for k in ctx.output_names} for c in cone.chunks])
-        if all(k in golden and same_bits(golden[k], g) for k, g in whole.items()):
+        if same_outputs(golden, whole):
             self.reference = ctx.shared(("reference", *key), lambda: whole)
         else:
             self.reference = ctx.shared(("reference", *key), lambda: _run_cut(
                 ctx, cone.chunks, cut, name, built if built is not None else cone.baked_session(w),
                 lambda c: w, False))
-        if not all(k in golden and same_bits(golden[k], g) for k, g in self.reference.items()):
+        if not same_outputs(golden, self.reference):
             raise CutError("ORT's optimized cone with the weight fed does not reproduce the baked cone bit for bit")
         self.golden = self.reference
         self.golden_time = time.perf_counter() - t0
@@ -450,7 +450,7 @@ class OptCutRunner(Runner):
         cut_bytes = self.cut.model.SerializeToString()
         self.session: Any = make_session(cut_bytes, ctx.cfg.provider, optimization="none", threads=ctx.cfg.threads)
         self.cache_bytes += 2 * len(cut_bytes)
-        if not self._same(self._run(value)):
+        if not same_outputs(self._run(value), self.golden):
             # Some kernels compute differently with a constant weight (ORT prepacks a constant Gemm/MatMul
             # operand): the cone with the weight baked in, a session per fault (a small cone's build, not the
             # whole model's). The cut serialized once without the weight; per fault the faulty tensor is
@@ -464,12 +464,9 @@ class OptCutRunner(Runner):
             self.session = None  # one per fault, dropped after its run
             self.cache_bytes -= len(cut_bytes)
             self.path = "opt-cut-baked"
-            if not self._same(self._run(value)):
+            if not same_outputs(self._run(value), self.golden):
                 raise CutError("the cone of ORT's optimized model does not reproduce the model bit for bit")
         self.golden_time = time.perf_counter() - t0
-
-    def _same(self, got: Outputs) -> bool:
-        return all(k in got and same_bits(got[k], g) for k, g in self.golden.items())
 
     def _run(self, t: np.ndarray) -> Outputs:
         session, feed = self.session, True

@@ -14,6 +14,7 @@ before it: an experiment takes the same path and gets the same row in any worker
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import ml_dtypes
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from onnxfi.bits import is_float_dtype
 
 __all__ = [
-    "SPLIT_MIN_MACS", "SMALL_CHANGE_MARGIN", "is_float", "noise_bounds", "split_pays", "same_bits", "extreme",
+    "SPLIT_MIN_MACS", "SMALL_CHANGE_MARGIN", "is_float", "noise_bounds", "split_pays", "same_bits", "same_outputs", "extreme",
     "change_class", "small_change_class", "decision_ambiguous", "ambiguous",
 ]
 
@@ -82,6 +83,11 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
         return bool(np.array_equal(a, b))
     return bool(np.array_equal(np.require(a, requirements="C").reshape(-1).view(np.uint8),
                                np.require(b, requirements="C").reshape(-1).view(np.uint8)))
+
+
+def same_outputs(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> bool:
+    """Every output of ``want`` is in ``got``, bit for bit (:func:`same_bits`)."""
+    return all(k in got and same_bits(got[k], v) for k, v in want.items())
 
 
 def extreme(value: np.ndarray) -> bool:
